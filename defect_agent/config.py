@@ -1,0 +1,168 @@
+"""Typed configuration: the application config (`configs/default.yaml`) and one config per product line
+(`configs/lines/<line>.yaml`). Every other module reads settings through these models."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from defect_agent.errors import ConfigError
+from defect_agent.paths import configs_dir
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Synonyms(_Strict):
+    en: list[str] = Field(default_factory=list)
+    zh: list[str] = Field(default_factory=list)
+
+
+class ClassSpec(_Strict):
+    """A detector class. `role: part` marks structural parts (tab, weld) that are located but are not defects."""
+
+    name: str
+    role: Literal["defect", "part"] = "defect"
+    synonyms: Synonyms = Field(default_factory=Synonyms)
+    description: Synonyms = Field(default_factory=Synonyms)  # report-style sentences used to train / prompt the embedder
+
+
+class DerivedDefect(_Strict):
+    """A defect that is measured or inferred, not detected directly.
+
+    rule `offset`: distance between the centre of `parts[0]` (e.g. weld) and the centre of `parts[1]` (e.g. tab),
+    reported as measurement `offset_mm`; present when above `tolerance_mm`.
+    rule `absent`: `parts[1]` (e.g. tab) was located but no `parts[0]` (e.g. weld) inside it."""
+
+    name: str
+    rule: Literal["offset", "absent"]
+    parts: tuple[str, str]
+    tolerance_mm: float = 0.0
+    synonyms: Synonyms = Field(default_factory=Synonyms)
+    description: Synonyms = Field(default_factory=Synonyms)
+
+
+class Calibration(_Strict):
+    mm_per_px: float = Field(gt=0)
+
+
+class LocatorConfig(_Strict):
+    weights: str  # shipped base or merged model, relative to the project root
+    adapter: str | None = None  # peft LoRA adapter for this line over `base`
+    base: str | None = None
+    imgsz: int = 640
+    conf: float = 0.25
+    iou: float = 0.5
+    reference: Literal["none", "template"] = "none"  # golden-template use (pcb)
+
+
+class PromptConfig(_Strict):
+    templates: Synonyms = Field(default_factory=Synonyms)  # "a photo of {state} {object}"
+    normal_states: Synonyms = Field(default_factory=Synonyms)
+    defect_states: Synonyms = Field(default_factory=Synonyms)
+    object_name: Synonyms = Field(default_factory=Synonyms)
+
+
+class TextureConfig(_Strict):
+    threshold: float | None = None  # set by `defect-agent calibrate`
+    max_false_alarm: float | None = None
+
+
+class LineConfig(_Strict):
+    name: str
+    title: Synonyms = Field(default_factory=Synonyms)
+    subject: Synonyms = Field(default_factory=Synonyms)  # words for the inspected item: cell / 电芯, board / 板
+    image_size: tuple[int, int] | None = None  # (width, height) expected; None = any
+    calibration: Calibration
+    classes: list[ClassSpec]
+    derived: list[DerivedDefect] = Field(default_factory=list)
+    locator: LocatorConfig
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    texture: TextureConfig = Field(default_factory=TextureConfig)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def defect_names(self) -> list[str]:
+        """Everything an operator can ask for: detected defects and derived (measured) ones."""
+        return [c.name for c in self.classes if c.role == "defect"] + [d.name for d in self.derived]
+
+    def class_spec(self, name: str) -> ClassSpec | DerivedDefect:
+        for spec in [*self.classes, *self.derived]:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"line {self.name!r} has no class {name!r}; known: {', '.join(self.class_names)}")
+
+
+class FusionConfig(_Strict):
+    review_band: tuple[float, float] = (0.35, 0.65)  # fused probability inside the band -> review
+    measurement_margin_mm: float = 0.02  # a measurement this close to a query threshold -> review
+
+
+class RetrievalConfig(_Strict):
+    k: int = 5
+    exact_below: int = 50_000  # exact search below this many cases; IVF / HNSW above
+
+
+class EmbedderConfig(_Strict):
+    """Which open_clip model embeds crops and text.
+
+    `model`: an open_clip architecture name (e.g. ViT-B-32) or the project's registered default
+    (`defect-lite-minilm`). `pretrained`: an open_clip pretrained tag, a local checkpoint file, or None."""
+
+    model: str = "defect-lite-minilm"
+    pretrained: str | None = "models/embedder/defect-lite-minilm.pt"
+    image_size: int = 224
+
+
+class AppConfig(_Strict):
+    default_line: str = "battery_tab"
+    threads: int | None = None
+    kb_dir: str = "var/kb"
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+@lru_cache(maxsize=None)
+def load_app_config(path: str | None = None) -> AppConfig:
+    cfg_path = Path(path) if path else configs_dir() / "default.yaml"
+    try:
+        return AppConfig.model_validate(_load_yaml(cfg_path))
+    except ValidationError as exc:
+        raise ConfigError(f"{cfg_path}: {exc}") from exc
+
+
+def available_lines() -> list[str]:
+    return sorted(p.stem for p in (configs_dir() / "lines").glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def load_line(name: str) -> LineConfig:
+    path = configs_dir() / "lines" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_lines()) or "none"
+        raise ConfigError(f"unknown product line {name!r}: no {path}. Known lines: {known}")
+    try:
+        return LineConfig.model_validate(_load_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,16 @@
+"""What retrieval returns for one query vector: past cases with their similarity and the engineers' conclusions."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class SimilarCase(BaseModel):
+    case_id: int
+    similarity: float  # cosine similarity in [-1, 1] (inner product of normalised vectors)
+    line: str
+    defect_class: str
+    disposition: str  # scrap | rework | accept
+    root_cause: str = ""
+    corrective_action: str = ""
+    report: str = ""
