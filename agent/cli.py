@@ -1,0 +1,140 @@
+"""`defect-agent` command line. Each area registers its own commands (see REGISTRARS); this module holds the
+operator-facing ones: inspect, explain, schema, demo, eval queries."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from defect_agent.errors import DefectAgentError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Multimodal defect-inspection agent: instruction + images -> JSON verdicts.")
+train_app = typer.Typer(no_args_is_help=True, help="Train models (locator, adapter, embedder).")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure models and the agent on held-out data.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate or convert datasets.")
+schema_app = typer.Typer(no_args_is_help=True, help="Print the JSON Schema of a data contract.")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+app.add_typer(data_app, name="data")
+app.add_typer(schema_app, name="schema")
+
+# modules exposing register(app, train, eval, data)
+REGISTRARS = [
+    "agent.parser_cli",
+    "vision.synth.cli",
+    "vision.locator_cli",
+    "vision.adapter_cli",
+    "vision.embedder_cli",
+    "knowledge_base.cli",
+]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@schema_app.command("verdict")
+def schema_verdict() -> None:
+    """JSON Schema of the per-image verdict (one JSONL line each)."""
+    from agent.verdict import verdict_json_schema
+
+    typer.echo(json.dumps(verdict_json_schema(), indent=2, ensure_ascii=False))
+
+
+@schema_app.command("query")
+def schema_query() -> None:
+    """JSON Schema of the parsed instruction (InspectionQuery)."""
+    from agent.query import InspectionQuery
+
+    typer.echo(json.dumps(InspectionQuery.model_json_schema(), indent=2, ensure_ascii=False))
+
+
+@schema_app.command("case")
+def schema_case() -> None:
+    """JSON Schema of a knowledge-base case."""
+    from knowledge_base.case import Case
+
+    typer.echo(json.dumps(Case.model_json_schema(), indent=2, ensure_ascii=False))
+
+
+@app.command()
+def inspect(
+    instruction: str = typer.Argument(..., help='e.g. "find all cells whose tab weld is offset more than 0.3 mm and shows weld spatter"'),
+    images: list[str] = typer.Argument(..., help="image files, folders or glob patterns"),
+    line: Optional[str] = typer.Option(None, help="product line (default: from the instruction's words, else the config default)"),
+    out: Optional[Path] = typer.Option(None, help="write verdicts as JSONL here (default: stdout)"),
+    overlays: Optional[Path] = typer.Option(None, help="write annotated images into this folder"),
+    kb: Optional[Path] = typer.Option(None, help="knowledge base folder (default: configs/default.yaml kb_dir)"),
+    k: Optional[int] = typer.Option(None, help="similar past cases per defect"),
+    no_kb: bool = typer.Option(False, help="skip retrieval of similar cases"),
+) -> None:
+    """Run an instruction over images; one JSON verdict per image. Exit 0 all inspected, 3 some images unreadable."""
+    from agent.images import collect_images
+    from agent.parser import parse_instruction
+    from agent.pipeline import Inspector
+    from agent.report import VerdictWriter, summary_table
+
+    query = parse_instruction(instruction, line=line)
+    paths = collect_images(images)
+    inspector = Inspector.from_config(line=query.line, kb_dir=kb, use_kb=not no_kb)
+    with VerdictWriter(out, overlays=overlays) as writer:
+        for verdict in inspector.inspect(query, paths, k=k):
+            writer.write(verdict)
+    typer.echo(summary_table(writer.verdicts), err=out is None)
+    raise typer.Exit(EXIT_PARTIAL if writer.errors else EXIT_OK)
+
+
+@app.command()
+def explain(
+    instruction: str = typer.Argument(...),
+    line: Optional[str] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+) -> None:
+    """Show the parsed query and the tool plan without running any model."""
+    from agent.plan import build_plan
+
+    plan = build_plan(instruction, line=line)
+    typer.echo(plan.model_dump_json(indent=2) if as_json else plan.render())
+
+
+@app.command()
+def demo(
+    n: int = typer.Option(24, help="images to generate"),
+    seed: int = typer.Option(2026, help="generator seed of the demo batch"),
+    out: Path = typer.Option(Path("var/demo"), help="output folder"),
+) -> None:
+    """Generate a battery_tab batch, build the sample knowledge base, run the seed instruction, write JSONL + overlays."""
+    from agent.demo import run_demo
+
+    result = run_demo(n=n, seed=seed, out=out)
+    typer.echo(result.table)
+    typer.echo(f"\nverdicts: {result.verdicts_path}\noverlays: {result.overlays_dir}\n{result.accuracy_line}")
+
+
+def _register_all() -> None:
+    for name in REGISTRARS:
+        module = importlib.import_module(name)
+        module.register(app, train_app, eval_app, data_app)
+
+
+_register_all()
+importlib.import_module("agent.eval_cli").register(app, train_app, eval_app, data_app)
+
+
+def main() -> None:
+    try:
+        app()
+    except DefectAgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)

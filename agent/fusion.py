@@ -1,0 +1,104 @@
+"""Per-defect fusion: detector confidence, texture score and retrieved-case evidence -> one probability.
+
+A logistic model in logit space. Until `defect-agent calibrate` has fitted it on labelled validation findings, the
+weights are the identity on the detector confidence (texture and case evidence are reported but do not move the
+probability): an unfitted weight would be a guess, and a guessed weight can stop a line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from defect_agent.paths import models_dir
+
+log = logging.getLogger(__name__)
+
+_EPS = 1e-4
+
+
+def logit(p: float) -> float:
+    p = min(max(p, _EPS), 1.0 - _EPS)
+    return math.log(p / (1.0 - p))
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+class FusionWeights(BaseModel):
+    bias: float = 0.0
+    detector: float = 1.0
+    texture: float = 0.0
+    cases: float = 0.0
+    fitted_on: str | None = None  # what data fitted them; None = identity default
+
+    def features(self, confidence: float, texture: float | None, cases: float | None) -> list[float]:
+        # a missing score sits at logit 0 (no evidence either way)
+        return [
+            1.0,
+            logit(confidence),
+            logit(texture) if texture is not None else 0.0,
+            logit(cases) if cases is not None else 0.0,
+        ]
+
+    def fuse(self, confidence: float, texture: float | None = None, cases: float | None = None) -> float:
+        f = self.features(confidence, texture, cases)
+        z = self.bias * f[0] + self.detector * f[1] + self.texture * f[2] + self.cases * f[3]
+        return sigmoid(z)
+
+
+def fusion_path(line: str) -> Path:
+    return models_dir() / "fusion" / f"{line}.json"
+
+
+def load_fusion(line: str) -> FusionWeights:
+    path = fusion_path(line)
+    if not path.is_file():
+        return FusionWeights()
+    return FusionWeights.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def save_fusion(line: str, weights: FusionWeights) -> Path:
+    path = fusion_path(line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(weights.model_dump_json(indent=2), encoding="utf-8")
+    return path
+
+
+def fit_fusion(
+    confidences: list[float],
+    textures: list[float | None],
+    cases: list[float | None],
+    labels: list[int],
+    l2: float = 1e-2,
+    fitted_on: str = "",
+) -> FusionWeights:
+    """Logistic regression by Newton's method (IRLS) with a small ridge: labels are 1 for a true defect, 0 for a
+    false detection (matched to ground truth on validation images)."""
+    if len(set(labels)) < 2:
+        raise ValueError("fusion needs both true and false detections to fit")
+    proto = FusionWeights()
+    x = np.array([proto.features(c, t, e) for c, t, e in zip(confidences, textures, cases)], dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    w = np.array([0.0, 1.0, 0.0, 0.0])
+    ridge = l2 * np.eye(4)
+    ridge[0, 0] = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y) + ridge @ w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge + 1e-9 * np.eye(4)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    log.info("fusion fitted on %d findings: %s", len(y), np.round(w, 3).tolist())
+    return FusionWeights(bias=w[0], detector=w[1], texture=w[2], cases=w[3], fitted_on=fitted_on)
+
+
+def dump_weights(weights: FusionWeights) -> str:
+    return json.dumps(weights.model_dump(), indent=2)

@@ -1,0 +1,209 @@
+"""The inspection pipeline and its facade `Inspector`: instruction + images -> one Verdict per image.
+
+Stages, each on its real model: parse (agent.parser) -> locate (vision.locator, YOLO + line adapter) -> measure
+(vision.measure, mm from the line calibration) -> embed crops (vision.embedder, open_clip) -> texture score
+(vision.texture) -> retrieve similar past cases (knowledge_base + FAISS) -> fuse (agent.fusion) -> decide
+(agent.clauses)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from agent.clauses import decide
+from agent.fusion import FusionWeights, load_fusion
+from agent.images import apply_scope, read_image
+from agent.query import InspectionQuery
+from agent.verdict import DefectFinding, ModelVersions, Verdict
+from defect_agent.config import AppConfig, LineConfig, load_app_config, load_line
+from defect_agent.errors import DefectAgentError
+from defect_agent.paths import resolve
+from retrieval.hits import SimilarCase
+from vision.crops import crop_region
+
+log = logging.getLogger(__name__)
+
+
+def case_evidence(cases: list[SimilarCase]) -> float | None:
+    """Similarity-weighted share of similar past cases that engineers did not accept: evidence the defect is real."""
+    weights = [max(c.similarity, 0.0) for c in cases]
+    total = sum(weights)
+    if not cases or total <= 0:
+        return None
+    return sum(w for w, c in zip(weights, cases) if c.disposition != "accept") / total
+
+
+class Inspector:
+    """Facade for line software: `Inspector.from_config(line="battery_tab").inspect(instruction, paths)`.
+
+    Models load once per Inspector; an Inspector serves one product line (switch lines with another Inspector;
+    adapters of one base are shared by the locator pool)."""
+
+    def __init__(
+        self,
+        app: AppConfig,
+        line: LineConfig,
+        locator,
+        embedder=None,
+        texture_scorer=None,
+        knowledge_base=None,
+        fusion: FusionWeights | None = None,
+    ) -> None:
+        self.app = app
+        self.line = line
+        self.locator = locator
+        self.embedder = embedder
+        self.texture_scorer = texture_scorer
+        self.kb = knowledge_base
+        self.fusion = fusion or load_fusion(line.name)
+
+    @classmethod
+    def from_config(
+        cls,
+        line: str | None = None,
+        kb_dir: str | Path | None = None,
+        use_embedder: bool = True,
+        use_kb: bool = True,
+        app: AppConfig | None = None,
+    ) -> "Inspector":
+        from defect_agent.runtime import configure_offline, set_threads
+
+        configure_offline()
+        app = app or load_app_config()
+        line_cfg = load_line(line or app.default_line)
+        from vision.locator import Locator
+
+        locator = Locator.from_line(line_cfg)
+        set_threads(app.threads)
+        embedder = scorer = kb = None
+        if use_embedder:
+            from vision.embedder import load_embedder
+            from vision.texture import TextureScorer
+
+            embedder = load_embedder(app.embedder)
+            kb = _open_kb(kb_dir or app.kb_dir, embedder) if use_kb else None
+            scorer = TextureScorer.from_line(line_cfg, embedder, prototypes=_kb_prototypes(kb, line_cfg.name))
+        return cls(app, line_cfg, locator, embedder, scorer, kb)
+
+    def versions(self) -> ModelVersions:
+        return ModelVersions(
+            locator=getattr(self.locator, "version", None),
+            adapter=getattr(self.locator, "adapter_version", None),
+            embedder=getattr(self.embedder, "version", None),
+            kb_snapshot=_kb_snapshot(self.kb),
+        )
+
+    def parse(self, instruction: str) -> InspectionQuery:
+        from agent.parser import parse_instruction
+
+        return parse_instruction(instruction, line=self.line.name)
+
+    def inspect(
+        self, instruction: str | InspectionQuery, images: Iterable[str], k: int | None = None
+    ) -> Iterator[Verdict]:
+        """One verdict per image, in order. Unreadable images yield a 'review' verdict with `error` set."""
+        query = self.parse(instruction) if isinstance(instruction, str) else instruction
+        if query.line != self.line.name:
+            raise DefectAgentError(
+                f"the instruction is about line {query.line!r} but this inspector serves {self.line.name!r}: "
+                f"pass --line {query.line}"
+            )
+        paths = apply_scope(list(images), query.scope)
+        versions = self.versions()
+        for path in paths:
+            yield self.inspect_image(query, path, versions, k=k)
+
+    def inspect_image(
+        self, query: InspectionQuery, path: str, versions: ModelVersions | None = None, k: int | None = None
+    ) -> Verdict:
+        versions = versions or self.versions()
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            image = read_image(path, self.line.image_size)
+        except DefectAgentError as exc:
+            log.warning("%s", exc)
+            return Verdict(image=path, line=self.line.name, matches_query=False, verdict="review", score=0.0,
+                           reasons=[f"image not inspected: {exc}"], query=query, models=versions, error=str(exc))
+        timings["read"] = _ms(t0)
+        findings = self.analyse(image, timings, k=k or query.want.similar_cases or self.app.retrieval.k)
+        t = time.perf_counter()
+        decision = decide(query, findings, self.line, self.app.fusion)
+        timings["decide"] = _ms(t)
+        timings["total"] = _ms(t0)
+        return Verdict(
+            image=path, line=self.line.name, matches_query=decision.matches_query, verdict=decision.verdict,
+            score=round(decision.score, 4), reasons=decision.reasons, clauses=decision.clauses, defects=findings,
+            query=query, models=versions, timings_ms={k_: round(v, 1) for k_, v in timings.items()},
+        )
+
+    def analyse(self, image: np.ndarray, timings: dict[str, float] | None = None, k: int = 5) -> list[DefectFinding]:
+        """Locate, measure, embed, score texture, retrieve and fuse: the query-independent part of an inspection."""
+        from vision.measure import measure_findings
+
+        timings = timings if timings is not None else {}
+        t = time.perf_counter()
+        detections = self.locator.predict([image])[0]
+        timings["locate"] = _ms(t)
+        t = time.perf_counter()
+        measured = measure_findings(image, detections, self.line)
+        timings["measure"] = _ms(t)
+        vectors = textures = None
+        if self.embedder is not None and measured:
+            t = time.perf_counter()
+            crops = [crop_region(image, m.box) for m in measured]
+            vectors = self.embedder.embed_images(crops)
+            timings["embed"] = _ms(t)
+            if self.texture_scorer is not None:
+                textures = self.texture_scorer.score_vectors(vectors)
+        findings: list[DefectFinding] = []
+        t = time.perf_counter()
+        for i, m in enumerate(measured):
+            similar = self._similar(vectors[i], k) if vectors is not None else []
+            texture = textures[i].defect_score if textures is not None else None
+            evidence = case_evidence(similar)
+            findings.append(DefectFinding(
+                defect_class=m.defect_class, box=m.box, source=m.source, confidence=round(m.confidence, 4),
+                texture_score=None if texture is None else round(texture, 4),
+                case_evidence=None if evidence is None else round(evidence, 4),
+                probability=round(self.fusion.fuse(m.confidence, texture, evidence), 4),
+                measurements={key: round(val, 4) for key, val in m.measurements.items()},
+                similar_cases=similar,
+            ))
+        timings["retrieve_fuse"] = _ms(t)
+        return findings
+
+    def _similar(self, vector: np.ndarray, k: int) -> list[SimilarCase]:
+        if self.kb is None or k <= 0:
+            return []
+        return self.kb.search_by_vector(vector, k=k, line=self.line.name)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _open_kb(kb_dir: str | Path, embedder):
+    from knowledge_base import KnowledgeBase
+
+    path = resolve(kb_dir)
+    if not path.exists():
+        log.warning("no knowledge base at %s: verdicts will carry no similar cases (create one with `defect-agent kb add`)", path)
+        return None
+    return KnowledgeBase.open(path, embedder=embedder)
+
+
+def _kb_prototypes(kb, line: str) -> dict[str, np.ndarray] | None:
+    if kb is None:
+        return None
+    return kb.class_prototypes(line=line) or None
+
+
+def _kb_snapshot(kb) -> str | None:
+    if kb is None:
+        return None
+    return kb.snapshot_id()
