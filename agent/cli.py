@@ -122,6 +122,18 @@ def demo(
     typer.echo(f"\nverdicts: {result.verdicts_path}\noverlays: {result.overlays_dir}\n{result.accuracy_line}")
 
 
+@app.command()
+def shell(
+    images: Optional[list[str]] = typer.Argument(None, help="images to start with"),
+    line: Optional[str] = typer.Option(None),
+) -> None:
+    """Interactive shell: instructions, follow-up questions, tab completion of defect terms, history."""
+    from agent.images import collect_images
+    from agent.shell import InspectionShell
+
+    InspectionShell(line=line, images=collect_images(images) if images else None).cmdloop()
+
+
 def _register_all() -> None:
     for name in REGISTRARS:
         module = importlib.import_module(name)
