@@ -47,12 +47,17 @@ def apply_scope(paths: list[str], scope: Scope) -> list[str]:
     if scope.date is not None:
         kept = [p for p in kept if dt.date.fromtimestamp(Path(p).stat().st_mtime) == scope.date]
     if scope.folder:
-        folder = scope.folder.strip("/\\").lower()
-        kept = [p for p in kept if folder in [part.lower() for part in Path(p).parent.parts]]
+        # a folder id may span several components ("/data/cam1"): match it as a run of the parent's components
+        wanted = [part.lower() for part in Path(scope.folder.strip("/\\")).parts]
+        kept = [p for p in kept if _contains_run([part.lower() for part in Path(p).resolve().parent.parts], wanted)]
     if scope.lot:
         lot = scope.lot.lower()
         kept = [p for p in kept if lot in Path(p).name.lower()]
     return kept
+
+
+def _contains_run(parts: list[str], run: list[str]) -> bool:
+    return any(parts[i : i + len(run)] == run for i in range(len(parts) - len(run) + 1))
 
 
 def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:

@@ -41,3 +41,16 @@ def test_wrong_size_names_expected_size(tmp_path):
     with pytest.raises(ImageReadError, match="640x480"):
         read_image(p, (640, 480))
     assert read_image(p, (120, 100)).shape == (100, 120, 3)
+
+
+def test_scope_folder_matches_multi_level_ids(tmp_path):
+    from agent.images import apply_scope
+    from agent.query import Scope
+
+    a = tmp_path / "data" / "cam1" / "x.png"
+    b = tmp_path / "data" / "cam2" / "y.png"
+    for p in (a, b):
+        p.parent.mkdir(parents=True)
+        cv2.imwrite(str(p), np.zeros((4, 4, 3), np.uint8))
+    assert apply_scope([str(a), str(b)], Scope(folder="/data/cam1")) == [str(a)]
+    assert apply_scope([str(a), str(b)], Scope(folder="cam2")) == [str(b)]

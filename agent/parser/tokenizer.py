@@ -1,0 +1,229 @@
+"""Instruction -> tokens. Chinese has no spaces, so every position is matched longest-first against the line's
+vocabulary; English words must also end on a word boundary ("or" never matches inside "order"). Numbers are
+digits (after NFKC: ０.３ -> 0.3), English number words or Chinese numerals (两, 十二, 零点三). Words that match
+nothing become UNKNOWN tokens; the parser reports them all at once with suggestions."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.parser.lexicon import (
+    ANY, CLASS, CLASSIFIER, CMP, FILLER, FOLDER, LOT, MEASURE, SUBJECT, Entry, Vocabulary,
+)
+from agent.parser.normalize import Normalized, is_ascii_alnum, is_ascii_letter, is_cjk, normalize
+
+NUM, UNKNOWN, SCOPE, RANGE = "num", "unknown", "scope", "range"
+
+_DIGITS = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_ASCII_WORD = re.compile(r"[a-z0-9_]+(?:[./\\\-][a-z0-9_]+)*")
+_LETTERS = re.compile(r"[a-z]+")
+# ids after "folder" / "lot": a quoted string or a path-like run
+_CAPTURE_SKIP = re.compile(r"[\s:#=]*")
+_CAPTURE_SKIP_LOT = re.compile(r"[\s:#=.]*")
+_FOLDER_ID = re.compile(r'"([^"]+)"|([A-Za-z0-9_.\-~/\\:]*[A-Za-z0-9_])')
+_LOT_ID = re.compile(r'"([^"]+)"|([A-Za-z0-9_\-]*[0-9][A-Za-z0-9_\-]*)')
+_LOT_NUMBER_WORD = re.compile(r"(?:no\.?|nr\.?|number|id)(?=[\s#:.]|\d)")
+# plural / possessive fallbacks only for these kinds ("images", "cracks'")
+_PLURAL_KINDS = {CLASS, FILLER, ANY, MEASURE, CLASSIFIER, SUBJECT}
+
+
+@dataclass
+class Token:
+    kind: str
+    start: int  # positions in the normalised text
+    end: int
+    surface: str  # normalised text
+    entry: Entry | None = None
+    value: float | None = None  # numbers
+    is_word: bool = False  # number written as a word (three, 三): a count, never a length
+    capture: str | None = None  # folder / lot id
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.extra:
+            return self.extra[key]
+        return self.entry.get(key, default) if self.entry is not None else default
+
+    def __repr__(self) -> str:  # compact, for debugging and test messages
+        bits = [self.kind, repr(self.surface)]
+        if self.value is not None:
+            bits.append(f"={self.value:g}")
+        if self.capture:
+            bits.append(f"id={self.capture}")
+        return "<" + " ".join(bits) + ">"
+
+
+def _zh_numeral_pattern(digits: dict[str, int], mult: dict[str, int], point: str) -> re.Pattern[str]:
+    head = "".join(re.escape(c) for c in [*digits, *mult])
+    tail = "".join(re.escape(c) for c in digits)
+    return re.compile(f"[{head}]+(?:{re.escape(point)}[{tail}]+)?")
+
+
+def parse_zh_numeral(text: str, digits: dict[str, int], mult: dict[str, int], point: str) -> float | None:
+    """十二 -> 12, 二十五 -> 25, 一百零五 -> 105, 两 -> 2, 零点三 -> 0.3; None when malformed."""
+    whole, _, frac = text.partition(point)
+    total, current = 0, 0
+    if whole and all(c in digits for c in whole) and len(whole) > 1:
+        value = float("".join(str(digits[c]) for c in whole))  # 三五 read digit by digit
+    else:
+        for c in whole:
+            if c in digits:
+                current = digits[c]
+            elif c in mult:
+                total += (current or 1) * mult[c]
+                current = 0
+            else:
+                return None
+        value = float(total + current)
+    if frac:
+        value += float("0." + "".join(str(digits[c]) for c in frac))
+    return value
+
+
+class Tokenizer:
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        c = vocab.lexicon.counts
+        self._zh = (c.zh_digits, c.zh_multipliers, c.zh_decimal_point)
+        self._zh_re = _zh_numeral_pattern(*self._zh)
+
+    # -- matching -------------------------------------------------------------------------------------------------
+    def _match(self, text: str, i: int) -> tuple[int, Entry] | None:
+        n = len(text)
+        left_ok = i == 0 or not is_ascii_letter(text[i - 1])
+        for length in range(min(self.vocab.max_len, n - i), 0, -1):
+            surface = text[i: i + length]
+            entry = self.vocab.table.get(surface)
+            if entry is None:
+                continue
+            if is_ascii_alnum(surface[0]) and not left_ok:
+                continue
+            j = i + length
+            if is_ascii_alnum(surface[-1]) and j < n and is_ascii_alnum(text[j]):
+                continue
+            if entry.kind == CMP and entry.get("position") == "postfix" and text.startswith(" than", j):
+                continue  # "or wider than 0.2 mm" is "or" + "wider than", not "or wider" + "than"
+            return length, entry
+        return None
+
+    def _plural_fallback(self, text: str, i: int) -> tuple[int, Entry] | None:
+        if i > 0 and is_ascii_letter(text[i - 1]):
+            return None
+        m = _LETTERS.match(text, i)
+        if not m:
+            return None
+        word = m.group(0)
+        if m.end() < len(text) and is_ascii_alnum(text[m.end()]):
+            return None
+        stems = []
+        if word.endswith("ies"):
+            stems.append(word[:-3] + "y")
+        if word.endswith("es"):
+            stems.append(word[:-2])
+        if word.endswith("s"):
+            stems.append(word[:-1])
+        for stem in stems:
+            entry = self.vocab.table.get(stem)
+            if entry is not None and entry.kind in _PLURAL_KINDS:
+                return len(word), entry
+        return None
+
+    # -- main -----------------------------------------------------------------------------------------------------
+    def tokenize(self, instruction: str | Normalized) -> tuple[Normalized, list[Token]]:
+        norm = instruction if isinstance(instruction, Normalized) else normalize(instruction)
+        text = norm.text
+        n = len(text)
+        tokens: list[Token] = []
+        i = 0
+        while i < n:
+            ch = text[i]
+            if ch == " ":
+                i += 1
+                continue
+            if ch == "+" and tokens and tokens[-1].kind == NUM and tokens[-1].end == i:
+                # "3+ cracks": at least three
+                tokens.append(Token(CMP, i, i + 1, "+", extra={"op": ">=", "position": "postfix", "measure": None}))
+                i += 1
+                continue
+            if ch.isdigit() or (ch == "." and i + 1 < n and text[i + 1].isdigit()):
+                m = _DIGITS.match(text, i)
+                if m and (i == 0 or not is_ascii_letter(text[i - 1])):
+                    tokens.append(Token(NUM, i, m.end(), m.group(0), value=float(m.group(0))))
+                    i = m.end()
+                    continue
+            hit = self._match(text, i)
+            zh = self._zh_re.match(text, i) if is_cjk(ch) else None
+            if zh and (hit is None or len(zh.group(0)) > hit[0]):
+                value = parse_zh_numeral(zh.group(0), *self._zh)
+                if value is not None:
+                    tokens.append(Token(NUM, i, zh.end(), zh.group(0), value=value, is_word=True))
+                    i = zh.end()
+                    continue
+            if hit is None:
+                hit = self._plural_fallback(text, i)
+            if hit is not None:
+                length, entry = hit
+                tok = Token(entry.kind, i, i + length, text[i: i + length], entry=entry)
+                if entry.kind == "numword":
+                    tok = Token(NUM, i, i + length, tok.surface, entry=entry, value=float(entry.get("value")),
+                                is_word=True)
+                tokens.append(tok)
+                i += length
+                if entry.kind in (FOLDER, LOT):
+                    i = self._capture_after(norm, tok, i)
+                continue
+            # unknown
+            if is_ascii_alnum(ch) or ch == "_":
+                m = _ASCII_WORD.match(text, i)
+                end = m.end() if m else i + 1
+                tokens.append(Token(UNKNOWN, i, end, text[i:end]))
+                i = end
+            elif is_cjk(ch):
+                prev = tokens[-1] if tokens else None
+                if prev is not None and prev.kind == UNKNOWN and prev.end == i and is_cjk(prev.surface[-1]):
+                    prev.end, prev.surface = i + 1, prev.surface + ch
+                else:
+                    tokens.append(Token(UNKNOWN, i, i + 1, ch))
+                i += 1
+            else:
+                tokens.append(Token(UNKNOWN, i, i + 1, ch))
+                i += 1
+        self._capture_before(norm, tokens)
+        return norm, tokens
+
+    def _capture_after(self, norm: Normalized, tok: Token, i: int) -> int:
+        """`folder line2/day1`, `lot L123`, `lot no. L123`, `批次L123`: the id right after the word."""
+        skip = _CAPTURE_SKIP_LOT if tok.kind == LOT else _CAPTURE_SKIP
+        j = skip.match(norm.cased, i).end()
+        if tok.kind == LOT:  # "lot no. L123", "batch number 7"
+            m = _LOT_NUMBER_WORD.match(norm.text, j)
+            if m:
+                j = skip.match(norm.cased, m.end()).end()
+        pattern = _FOLDER_ID if tok.kind == FOLDER else _LOT_ID
+        m = pattern.match(norm.cased, j)
+        if not m:
+            return i
+        if m.group(2) is not None:
+            # an ordinary word is no id ("in the folder with cracks", "lot 3 cracks" keeps "3" as the id)
+            hit = self._match(norm.text, j)
+            if hit is not None and hit[0] >= m.end() - j:
+                return i
+        tok.capture = next(g for g in m.groups() if g is not None)
+        tok.end = m.end()
+        return m.end()
+
+    @staticmethod
+    def _capture_before(norm: Normalized, tokens: list[Token]) -> None:
+        """`line2 folder`, `L123批次`: the id right before the word, when it is not a known word."""
+        for k, tok in enumerate(tokens):
+            if tok.kind in (FOLDER, LOT) and tok.capture is None and k > 0:
+                prev = tokens[k - 1]
+                if prev.kind == UNKNOWN and is_ascii_alnum(prev.surface[0]) or (prev.kind == NUM and not prev.is_word):
+                    if tok.kind == LOT and not any(c.isdigit() for c in prev.surface):
+                        continue
+                    tok.capture = norm.cased[prev.start: prev.end]
+                    tok.start = prev.start
+                    prev.kind = "captured"
+        tokens[:] = [t for t in tokens if t.kind != "captured"]

@@ -1,0 +1,106 @@
+"""End to end on the real models: generated battery_tab cells with planted ground truth through parse, locate,
+measure, embed, retrieve, fuse and decide; the JSONL contract through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.demo import SEED_INSTRUCTION_EN, SEED_INSTRUCTION_ZH
+from vision.synth.battery_tab import BatteryTabParams, generate_battery_tab
+
+CASES = {
+    # name: (planted offset mm, spatter, expected verdict of the seed instruction)
+    "offset_and_spatter": (0.55, True, "fail"),
+    "offset_no_spatter": (0.55, False, "pass"),
+    "centred_with_spatter": (0.05, True, "pass"),
+    "centred_clean": (0.02, False, "pass"),
+}
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cells")
+    paths = {}
+    for i, (name, (offset, spatter, _)) in enumerate(CASES.items()):
+        params = BatteryTabParams(force_offset_mm=offset, force_spatter=spatter, force_crack=False, force_burn=False,
+                                  force_missing_weld=False)
+        image, truth = generate_battery_tab(31_000 + i, params)
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), image)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def inspector(tmp_path_factory):
+    from agent.pipeline import Inspector
+    from knowledge_base.sample import ensure_sample_kb
+
+    kb_dir = ensure_sample_kb(tmp_path_factory.mktemp("kb") / "kb")
+    return Inspector.from_config(line="battery_tab", kb_dir=kb_dir)
+
+
+@pytest.mark.parametrize("instruction", [SEED_INSTRUCTION_ZH, SEED_INSTRUCTION_EN])
+def test_seed_instruction_on_planted_cells(inspector, cells, instruction):
+    verdicts = {v.image: v for v in inspector.inspect(instruction, list(cells.values()))}
+    for name, (offset, spatter, expected) in CASES.items():
+        v = verdicts[cells[name]]
+        assert v.verdict == expected, (name, v.reasons)
+        assert v.matches_query == (expected == "fail")
+        offsets = [d.measurements["offset_mm"] for d in v.defects if d.defect_class == "weld_offset"]
+        assert offsets and offsets[0] == pytest.approx(offset, abs=0.05), (name, offsets)
+        assert any(d.defect_class == "spatter" for d in v.defects) == spatter, name
+
+
+def test_findings_carry_similar_cases_and_scores(inspector, cells):
+    v = next(inspector.inspect(SEED_INSTRUCTION_EN, [cells["offset_and_spatter"]]))
+    spatter = [d for d in v.defects if d.defect_class == "spatter"]
+    assert spatter and spatter[0].similar_cases, "retrieval should return past cases from the sample KB"
+    assert all(c.line == "battery_tab" for c in spatter[0].similar_cases)
+    assert spatter[0].texture_score is not None and 0.0 <= spatter[0].texture_score <= 1.0
+    assert set(spatter[0].matched_clauses) == {"c2"}
+    assert v.models.locator and v.models.embedder and v.models.kb_snapshot
+    assert any(r.startswith("c1") for r in v.reasons) and any(r.startswith("c2") for r in v.reasons)
+
+
+def test_unreadable_image_gives_review_with_error_and_the_rest_still_run(inspector, cells, tmp_path):
+    bad = tmp_path / "torn.png"
+    bad.write_bytes(b"not an image")
+    verdicts = list(inspector.inspect(SEED_INSTRUCTION_EN, [str(bad), cells["offset_and_spatter"]]))
+    assert verdicts[0].verdict == "review" and "cannot decode" in verdicts[0].error
+    assert verdicts[1].verdict == "fail" and verdicts[1].error is None
+
+
+def test_cli_inspect_writes_the_jsonl_contract(cells, tmp_path):
+    bad = tmp_path / "torn.png"
+    bad.write_bytes(b"")
+    out = tmp_path / "verdicts.jsonl"
+    result = CliRunner().invoke(app, ["inspect", SEED_INSTRUCTION_ZH, cells["offset_and_spatter"],
+                                      cells["centred_clean"], str(bad), "--out", str(out), "--no-kb",
+                                      "--overlays", str(tmp_path / "ov")])
+    assert result.exit_code == 3, result.output  # some images unreadable
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in rows] == [cells["offset_and_spatter"], cells["centred_clean"], str(bad)]
+    for r in rows:
+        assert isinstance(r["matches_query"], bool) and r["verdict"] in ("pass", "fail", "review")
+        assert isinstance(r["defects"], list)
+    assert rows[0]["matches_query"] is True and rows[1]["matches_query"] is False
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 2
+
+
+def test_cli_unknown_word_is_a_usage_error_naming_it(cells):
+    result = CliRunner().invoke(app, ["inspect", "find cells with weld spatterr", cells["centred_clean"]])
+    assert result.exit_code != 0
+    assert "spatterr" in str(result.exception) + result.output
+
+
+def test_cli_schema_verdict_is_json_schema():
+    result = CliRunner().invoke(app, ["schema", "verdict"])
+    schema = json.loads(result.output)
+    assert {"image", "matches_query", "verdict", "defects"} <= set(schema["required"]) | set(schema["properties"])
+    assert "schema_version" in schema["properties"]
