@@ -1,0 +1,113 @@
+"""YOLO (ultralytics) detection datasets: generic label / data.yaml helpers shared by every converter, and the
+writer of the built-in battery_tab dataset from the procedural generator.
+
+Layout: <out>/images/{train,val}/*.png, <out>/labels/{train,val}/*.txt (one `class cx cy w h` line per object,
+normalised to [0, 1]), <out>/data.yaml. The battery_tab writer also keeps each split's exact truth in
+<out>/truth_{train,val}.jsonl for evaluation."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import yaml
+from tqdm import tqdm
+
+from vision.detection import Box
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+def yolo_label_line(class_id: int, box: Box, width: int, height: int) -> str:
+    """One YOLO label line for a pixel box, clipped to the image: `class cx cy w h` normalised to [0, 1]."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    x1, x2 = min(max(box.x1, 0.0), float(width)), min(max(box.x2, 0.0), float(width))
+    y1, y2 = min(max(box.y1, 0.0), float(height)), min(max(box.y2, 0.0), float(height))
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"box {box.as_list()} has no area inside the {width}x{height} image")
+    cx, cy = (x1 + x2) / 2.0 / width, (y1 + y2) / 2.0 / height
+    w, h = (x2 - x1) / width, (y2 - y1) / height
+    return f"{int(class_id)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
+
+
+def parse_label_line(line: str, width: int, height: int) -> tuple[int, Box]:
+    """Inverse of yolo_label_line: (class id, pixel box)."""
+    parts = line.split()
+    if len(parts) != 5:
+        raise ValueError(f"YOLO label line needs 5 fields, got {line!r}")
+    cid, cx, cy, w, h = int(parts[0]), *map(float, parts[1:])
+    return cid, Box(x1=(cx - w / 2) * width, y1=(cy - h / 2) * height,
+                    x2=(cx + w / 2) * width, y2=(cy + h / 2) * height)
+
+
+def write_data_yaml(out_dir: Path | str, names: list[str], train: str = "images/train",
+                    val: str = "images/val", test: str | None = None) -> Path:
+    """Write an ultralytics data.yaml (absolute `path`, class ids in the order of `names`)."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict = {"path": str(out), "train": train, "val": val}
+    if test is not None:
+        data["test"] = test
+    data["nc"] = len(names)
+    data["names"] = {i: n for i, n in enumerate(names)}
+    path = out / "data.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def prepare_split_dirs(out_dir: Path | str, splits: tuple[str, ...] = SPLITS) -> dict[str, tuple[Path, Path]]:
+    """Create images/<split> and labels/<split>; returns split -> (images dir, labels dir)."""
+    out = Path(out_dir)
+    dirs = {}
+    for split in splits:
+        img_dir, lbl_dir = out / "images" / split, out / "labels" / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lbl_dir.mkdir(parents=True, exist_ok=True)
+        dirs[split] = (img_dir, lbl_dir)
+    return dirs
+
+
+def write_battery_tab_dataset(out_dir: Path | str, n_train: int, n_val: int, seed: int,
+                              progress: bool = True) -> Path:
+    """Generate the battery_tab line's detection dataset; returns the data.yaml path. Train and val images come
+    from disjoint seed streams of `seed`, so they never repeat each other."""
+    from defect_agent.config import load_line
+    from vision.synth.battery_tab import BatteryTabParams, generate_battery_tab, image_seed
+
+    line = load_line("battery_tab")
+    names = line.class_names
+    class_id = {n: i for i, n in enumerate(names)}
+    width, height = line.image_size or (640, 480)
+    params = BatteryTabParams(width=width, height=height, mm_per_px=line.calibration.mm_per_px)
+    out = Path(out_dir)
+    dirs = prepare_split_dirs(out)
+    counts: Counter[str] = Counter()
+    for stream, (split, n) in enumerate((("train", n_train), ("val", n_val)), start=1):
+        img_dir, lbl_dir = dirs[split]
+        with (out / f"truth_{split}.jsonl").open("w", encoding="utf-8") as fh:
+            for i in tqdm(range(n), desc=f"battery_tab {split}", disable=not progress, unit="img"):
+                img, truth = generate_battery_tab(image_seed(seed, i, stream), params)
+                stem = f"bt_{split}_{i:05d}"
+                if not cv2.imwrite(str(img_dir / f"{stem}.png"), img):
+                    raise OSError(f"could not write {img_dir / stem}.png")
+                lines = []
+                for obj in truth.objects:
+                    if obj.name not in class_id:
+                        raise ValueError(f"generator produced class {obj.name!r} absent from the line config")
+                    lines.append(yolo_label_line(class_id[obj.name], obj.box, width, height))
+                    counts[f"{split}/{obj.name}"] += 1
+                (lbl_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+                truth.image = f"images/{split}/{stem}.png"
+                fh.write(truth.model_dump_json() + "\n")
+    log.info("battery_tab dataset at %s: %s", out, dict(sorted(counts.items())))
+    return write_data_yaml(out, names)
+
+
+def write_yolo_dataset(out_dir: Path, n_train: int, n_val: int, seed: int) -> Path:
+    """The built-in battery_tab YOLO dataset (the line's classes in config order); returns data.yaml."""
+    return write_battery_tab_dataset(out_dir, n_train, n_val, seed)
