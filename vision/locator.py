@@ -1,0 +1,273 @@
+"""The YOLO locator: loads a local ultralytics checkpoint (optionally with a per-line LoRA adapter) and turns BGR
+images into `Detection`s in original pixel coordinates. Nothing here may touch the network."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from defect_agent.config import LineConfig, load_app_config
+from defect_agent.errors import ConfigError, ImageReadError, ModelFileMissing
+from defect_agent.paths import resolve
+from vision.detection import Box, Detection
+
+if TYPE_CHECKING:  # heavy import, only for type hints
+    from ultralytics import YOLO
+
+log = logging.getLogger(__name__)
+
+PREDICT_BATCH = 16  # images per forward pass: bounds memory on long lists
+
+
+def train_command(line_name: str) -> str:
+    return f"defect-agent train locator --line {line_name}"
+
+
+def adapter_command(line_name: str) -> str:
+    return f"defect-agent train adapter --line {line_name}"
+
+
+def configure_threads() -> int:
+    """Set torch threads and stop ultralytics from dropping them to 1 again in its `select_device`."""
+    from defect_agent.runtime import set_threads
+
+    n = set_threads(load_app_config().threads)
+    try:
+        import ultralytics.utils.torch_utils as tu
+
+        # select_device() calls torch.set_num_threads(NUM_THREADS) (cores - 1 = 1 here) on every predictor / trainer
+        # set-up; the module attribute is what it reads.
+        tu.NUM_THREADS = n
+    except ImportError:
+        pass
+    return n
+
+
+def import_yolo() -> type["YOLO"]:
+    """Import ultralytics' YOLO class with the offline environment in place (font, settings sync, autoinstall)."""
+    from defect_agent.runtime import configure_offline, silence_ultralytics
+
+    configure_offline()
+    from ultralytics import YOLO
+
+    silence_ultralytics()
+    _place_fonts()
+    configure_threads()
+    return YOLO
+
+
+def _place_fonts() -> None:
+    """ultralytics looks for Arial.ttf in USER_CONFIG_DIR = $YOLO_CONFIG_DIR/Ultralytics (one level below where
+    configure_offline() puts it) and otherwise sends a HEAD request and a download on every train / val."""
+    import shutil
+
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    from defect_agent.runtime import yolo_config_dir
+
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = Path(USER_CONFIG_DIR) / name
+        if target.exists():
+            continue
+        source = next((p for p in (yolo_config_dir() / name, Path(os.environ.get("YOLO_CONFIG_DIR", "")) / name)
+                       if p.is_file()), None)
+        if source is None:
+            try:
+                import matplotlib
+
+                source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+            except ImportError:
+                return
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+
+
+def file_sha256(path: Path) -> str:
+    return _sha256_cached(str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_yolo(path: Path, make_command: str) -> "YOLO":
+    """Load a local checkpoint; a missing file names the command that makes it, never a download."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileMissing(path, make_command, what="locator weights")
+    YOLO = import_yolo()
+    try:
+        return YOLO(str(path), task="detect")
+    except Exception as exc:  # corrupt file, not a detection checkpoint, torch version clash
+        raise ConfigError(f"cannot load locator weights {path}: {exc}. Re-create them with: {make_command}") from exc
+
+
+def checkpoint_class_names(model: "YOLO") -> list[str]:
+    names = model.names
+    if isinstance(names, dict):
+        return [str(names[i]) for i in sorted(names)]
+    return [str(n) for n in names]
+
+
+def _as_bgr(image: np.ndarray, index: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise ImageReadError(f"image {index}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageReadError(f"image {index}: expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+    raise ImageReadError(f"image {index}: expected an HxWx3 BGR or HxW grey array, got shape {image.shape}")
+
+
+class Locator:
+    """A loaded detector. Use `from_line` for a product line or `from_weights` for a checkpoint file."""
+
+    def __init__(
+        self,
+        model: "YOLO",
+        version: str,
+        class_names: list[str],
+        imgsz: int = 640,
+        conf: float = 0.25,
+        iou: float = 0.5,
+        device: str = "cpu",
+        weights_path: Path | None = None,
+    ) -> None:
+        self.model = model
+        self._version = version
+        self._class_names = list(class_names)
+        self.imgsz = imgsz
+        self.conf = conf
+        self.iou = iou
+        self.device = device
+        self.weights_path = weights_path
+
+    @classmethod
+    def from_weights(
+        cls,
+        path: str | Path,
+        class_names: Sequence[str] | None = None,
+        *,
+        imgsz: int = 640,
+        conf: float = 0.25,
+        iou: float = 0.5,
+        device: str = "cpu",
+        make_command: str = "defect-agent train locator --line <line>",
+    ) -> "Locator":
+        """Load a checkpoint. `class_names`, when given, must equal the checkpoint's names in class-id order."""
+        path = resolve(path)
+        model = load_yolo(path, make_command)
+        names = checkpoint_class_names(model)
+        if class_names is not None and list(class_names) != names:
+            raise ConfigError(
+                f"class names of {path} are {names}, expected {list(class_names)} (same names in the same id order). "
+                f"Train a locator for these classes ({make_command}) or fix the line's class list."
+            )
+        return cls(model, _version_of(path), names, imgsz=imgsz, conf=conf, iou=iou, device=device, weights_path=path)
+
+    @classmethod
+    def from_line(cls, line: LineConfig, device: str = "cpu") -> "Locator":
+        """The line's detector: `locator.weights`, or `locator.base` (default: weights) plus `locator.adapter`."""
+        cfg = line.locator
+        make = train_command(line.name)
+        if cfg.adapter is None:
+            return cls.from_weights(
+                cfg.weights, line.class_names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device,
+                make_command=make,
+            )
+        base_path = resolve(cfg.base or cfg.weights)
+        adapter_path = resolve(cfg.adapter)
+        if not base_path.is_file():
+            raise ModelFileMissing(base_path, make, what="locator base weights")
+        if not adapter_path.exists():
+            raise ModelFileMissing(adapter_path, adapter_command(line.name), what="LoRA adapter")
+        import_yolo()  # offline set-up before the adapter code imports ultralytics
+        try:
+            from vision.lora import load_adapted_yolo
+        except ModuleNotFoundError as exc:
+            if exc.name not in {"vision.lora", "peft"}:
+                raise
+            raise ConfigError(
+                f"line {line.name!r} sets locator.adapter={cfg.adapter!r} but the LoRA loader is unavailable "
+                f"({exc}); install the project with its LoRA support (vision/lora.py, peft) or remove "
+                f"locator.adapter from configs/lines/{line.name}.yaml"
+            ) from exc
+        model = load_adapted_yolo(base_path, adapter_path)
+        names = checkpoint_class_names(model)
+        if names != line.class_names:
+            raise ConfigError(
+                f"class names of {base_path} + {adapter_path} are {names}, but line {line.name!r} lists "
+                f"{line.class_names}; retrain the adapter ({adapter_command(line.name)}) or fix the line config"
+            )
+        version = f"{_version_of(base_path)}+{_version_of(adapter_path)}"
+        return cls(model, version, names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device,
+                   weights_path=base_path)
+
+    @property
+    def version(self) -> str:
+        """`<file name>@<first 12 hex of sha256>` (base+adapter for adapted lines): recorded in every verdict."""
+        return self._version
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    def predict(self, images: list[np.ndarray], conf: float | None = None) -> list[list[Detection]]:
+        """Detections per image (BGR uint8 arrays), boxes in the image's own pixel coordinates."""
+        conf = self.conf if conf is None else conf
+        bgr = [_as_bgr(img, i) for i, img in enumerate(images)]
+        out: list[list[Detection]] = []
+        for start in range(0, len(bgr), PREDICT_BATCH):
+            chunk = bgr[start:start + PREDICT_BATCH]
+            results = self.model.predict(
+                chunk, conf=conf, iou=self.iou, imgsz=self.imgsz, device=self.device, verbose=False,
+                batch=len(chunk),
+            )
+            out.extend(self._to_detections(r, img.shape) for r, img in zip(results, chunk))
+        return out
+
+    def _to_detections(self, result: Any, shape: tuple[int, ...]) -> list[Detection]:
+        h, w = shape[:2]
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return []
+        xyxy = boxes.xyxy.cpu().numpy().astype(float)
+        confs = boxes.conf.cpu().numpy().astype(float)
+        cls_ids = boxes.cls.cpu().numpy().astype(int)
+        dets = []
+        for (x1, y1, x2, y2), c, k in zip(xyxy, confs, cls_ids):
+            x1, x2 = float(np.clip(x1, 0, w)), float(np.clip(x2, 0, w))
+            y1, y2 = float(np.clip(y1, 0, h)), float(np.clip(y2, 0, h))
+            dets.append(Detection(
+                defect_class=self._class_names[k], class_id=int(k),
+                box=Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2)),
+                confidence=float(np.clip(c, 0.0, 1.0)),
+            ))
+        dets.sort(key=lambda d: -d.confidence)
+        return dets
+
+
+def _version_of(path: Path) -> str:
+    if path.is_dir():  # a peft adapter folder: hash its files in name order
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f.relative_to(path).as_posix().encode())
+            digest.update(file_sha256(f).encode())
+        return f"{path.name}@{digest.hexdigest()[:12]}"
+    return f"{path.name}@{file_sha256(path)[:12]}"
