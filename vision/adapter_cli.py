@@ -1,0 +1,104 @@
+"""CLI for per-line LoRA adapters and DeepPCB:
+`defect-agent train adapter`, `defect-agent export --line L --merge`, `defect-agent data deeppcb`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from defect_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _line_names(data_yaml: Path) -> list[str]:
+    import yaml
+
+    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
+    names = data.get("names") or {}
+    return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+
+
+def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
+    @train.command("adapter")
+    def train_adapter_cmd(
+        line: str = typer.Option(..., help="product line whose adapter to train (its classes must match --data)"),
+        data_yaml: Path = typer.Option(..., "--data", help="ultralytics dataset YAML (e.g. from `data deeppcb`)"),
+        base: Optional[Path] = typer.Option(None, help="shared base checkpoint (default: the line's locator.base)"),
+        rank: int = typer.Option(8, help="LoRA rank"),
+        alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default 2 x rank)"),
+        epochs: int = typer.Option(60),
+        imgsz: Optional[int] = typer.Option(None, help="default: the line's locator.imgsz"),
+        batch: int = typer.Option(16),
+        lr0: float = typer.Option(0.002, help="AdamW learning rate"),
+        device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
+        workers: Optional[int] = typer.Option(None, help="data-loader workers"),
+        seed: int = typer.Option(0),
+        out: Optional[Path] = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
+    ) -> None:
+        """Train a LoRA adapter of a line over the shared base (only LoRA + class head are trained)."""
+        from defect_agent.config import load_line
+        from defect_agent.paths import resolve
+        from vision.adapter_train import train_adapter
+
+        cfg = load_line(line)
+        names = _line_names(data_yaml)
+        if names != cfg.class_names:
+            raise ConfigError(f"{data_yaml} classes {names} differ from line {line!r}: {cfg.class_names}")
+        base_path = resolve(base) if base else (resolve(cfg.locator.base) if cfg.locator.base else None)
+        if base_path is None:
+            raise ConfigError(f"line {line!r} has no locator.base; pass --base")
+        target = resolve(out) if out else (resolve(cfg.locator.adapter) if cfg.locator.adapter else None)
+        if target is None:
+            raise ConfigError(f"line {line!r} has no locator.adapter; pass --out")
+        extra = {"lr0": lr0}
+        if workers is not None:
+            extra["workers"] = workers
+        result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, epochs=epochs,
+                               imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
+                               reference=cfg.locator.reference, **extra)
+        summary = Path(result.run_dir) / "adapter_result.json"
+        summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        fm = result.final_metrics
+        typer.echo(f"wrote {result.adapter} ({result.adapter_bytes / 1e3:.0f} kB = "
+                   f"{100 * result.adapter_bytes / result.base_bytes:.1f}% of the base) after {result.epochs_run} "
+                   f"epochs in {result.train_seconds:.0f} s; trainable {result.trainable}; val mAP50 "
+                   f"{fm.get('metrics/mAP50(B)', float('nan')):.4f}; summary {summary}")
+
+    @app.command("export")
+    def export_cmd(
+        line: str = typer.Option(..., help="product line"),
+        merge: bool = typer.Option(False, "--merge", help="fold the line's LoRA adapter into the base"),
+        out: Optional[Path] = typer.Option(None, help="output .pt (default: the line's locator.weights)"),
+    ) -> None:
+        """Write a standalone checkpoint of a line's locator (`--merge`: base + adapter folded together)."""
+        from defect_agent.config import load_line
+        from defect_agent.paths import resolve
+        from vision.lora import merge_adapter
+
+        if not merge:
+            raise ConfigError("only `--merge` export is available: pass --merge")
+        cfg = load_line(line)
+        if not cfg.locator.adapter:
+            raise ConfigError(f"line {line!r} has no locator.adapter to merge")
+        base = resolve(cfg.locator.base or cfg.locator.weights)
+        target = resolve(out) if out else resolve(cfg.locator.weights)
+        if target.resolve() == base.resolve():
+            raise ConfigError(f"refusing to overwrite the shared base {base}; pass --out")
+        path = merge_adapter(base, resolve(cfg.locator.adapter), target)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+    @data.command("deeppcb")
+    def data_deeppcb_cmd(
+        src: Path = typer.Argument(..., help="DeepPCB folder holding PCBData (e.g. ../shared/datasets/deeppcb)"),
+        out: Path = typer.Argument(..., help="output dataset folder"),
+        reference: bool = typer.Option(False, "--reference", help="write (test, template, |difference|) composites"),
+    ) -> None:
+        """Convert DeepPCB to a YOLO dataset, split by group folder (val: groups 44000, 50600, 77000)."""
+        from vision.deeppcb import convert_deeppcb
+
+        summary = convert_deeppcb(src, out, reference=reference)
+        typer.echo(f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}")

@@ -1,0 +1,182 @@
+"""Train a line's LoRA adapter over the shared base through ultralytics' own detection trainer.
+
+`LoraDetectionTrainer` is ultralytics' DetectionTrainer with three changes:
+- `get_model` returns the prepared base (BatchNorm folded, all frozen) with the LoRA adapter and the line's own
+  class convolutions injected, instead of a freshly built model;
+- `build_optimizer` runs after the trainer's set-up has marked every floating-point weight trainable: it freezes the
+  model again down to the adapter and asserts that only LoRA and class-head parameters remain trainable;
+- nothing else: the EMA copy, checkpoints and the final validation of best.pt use the adapted model as it is
+  (ultralytics pickles the whole module; it does not fuse it again because BatchNorm is already folded).
+After training, the adapter (LoRA matrices + class convolutions, fp16 safetensors) is cut out of best.pt."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from defect_agent.errors import ConfigError, EmptyInput
+from defect_agent.paths import data_dir
+from vision.locator import import_yolo
+from vision.lora import (
+    AdapterMeta,
+    LoraSettings,
+    add_lora,
+    adapter_state_dict,
+    assert_adapter_only,
+    file_sha256,
+    load_detection_model,
+    make_meta,
+    mark_trainable,
+    prepare_base,
+    save_adapter,
+)
+
+import_yolo()  # offline environment before ultralytics' trainer modules load
+
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = "line"  # name of the adapter inside the training model; files carry no name
+
+
+class AdapterTrainResult(BaseModel):
+    adapter: Path
+    base: Path
+    base_sha256: str
+    data_yaml: Path
+    run_dir: Path
+    rank: int
+    alpha: float
+    epochs: int
+    epochs_run: int
+    imgsz: int
+    batch: int
+    device: str
+    seed: int
+    train_images: int
+    train_seconds: float
+    trainable: dict[str, int]  # lora / head / other (0) / trainable / base parameter counts
+    adapter_bytes: int
+    base_bytes: int
+    epoch_losses: list[dict[str, float]]
+    final_metrics: dict[str, float]  # ultralytics' validation of best.pt (adapter-aware: the pickled adapted model)
+    args: dict[str, Any]
+
+
+class LoraDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer whose model is the frozen base plus one trainable LoRA adapter."""
+
+    def __init__(self, lora: LoraSettings, overrides: dict[str, Any], _callbacks: dict | None = None) -> None:
+        self.lora = lora
+        self.adapter_meta: AdapterMeta | None = None
+        self.trainable: dict[str, int] = {}
+        super().__init__(overrides=overrides, _callbacks=_callbacks)
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        # setup_model() has already loaded args.model into `weights`; without it (a YAML), there is no base to adapt
+        model = weights if weights is not None else load_detection_model(self.args.model)
+        model = prepare_base(model)
+        names = self.data["names"]
+        names = [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+        self.adapter_meta = add_lora(model, ADAPTER_NAME, names, self.lora, trainable=True)
+        self.trainable = mark_trainable(model, ADAPTER_NAME)
+        log.info("LoRA r=%d over %s: %s", self.lora.rank, self.args.model, self.trainable)
+        return model
+
+    def build_optimizer(self, model, *args: Any, **kwargs: Any):
+        # _setup_train() has just set requires_grad=True on every floating-point weight: freeze back to the adapter
+        self.trainable = mark_trainable(unwrap_model(model), ADAPTER_NAME)
+        assert_adapter_only(unwrap_model(model), ADAPTER_NAME)
+        return super().build_optimizer(model, *args, **kwargs)
+
+
+def _names(data_yaml: Path) -> list[str]:
+    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
+    names = data.get("names")
+    if names is None:
+        raise ConfigError(f"{data_yaml}: no 'names' entry")
+    return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+
+
+def train_adapter(
+    data_yaml: Path | str,
+    base: Path | str,
+    out: Path | str,
+    rank: int = 8,
+    alpha: float | None = None,
+    epochs: int = 60,
+    imgsz: int = 640,
+    batch: int = 16,
+    device: str = "cpu",
+    seed: int = 0,
+    line: str | None = None,
+    reference: str = "none",
+    run_dir: Path | None = None,
+    **overrides: Any,
+) -> AdapterTrainResult:
+    """Train a LoRA adapter of `rank` over `base` on `data_yaml` and write it to `out` (.safetensors)."""
+    from vision.yolo_train import count_split_images, train_overrides
+
+    data_yaml = Path(data_yaml).resolve()
+    base = Path(base).resolve()
+    out = Path(out)
+    if not base.is_file():
+        from defect_agent.errors import ModelFileMissing
+
+        raise ModelFileMissing(base, "defect-agent train locator --line battery_tab", what="locator base weights")
+    n_train = count_split_images(data_yaml, "train")
+    count_split_images(data_yaml, "val")
+    if n_train == 0:
+        raise EmptyInput(f"{data_yaml}: the train split has no images")
+    names = _names(data_yaml)
+    settings = LoraSettings(rank=rank, alpha=alpha)
+    run_root = Path(run_dir) if run_dir else data_dir() / "runs" / "adapter"
+    args = train_overrides(n_train, epochs, imgsz, batch, device, None, seed, run_root, out.stem)
+    # LoRA starts at the base exactly (B = 0): a larger step than full fine-tuning's default suits it
+    args.update(optimizer="AdamW", lr0=0.002, warmup_bias_lr=0.0)
+    args.update(overrides)
+    args.update(model=str(base), data=str(data_yaml), task="detect", mode="train")
+
+    trainer = LoraDetectionTrainer(settings, overrides=args)
+    losses: list[dict[str, float]] = []
+
+    def _record_loss(tr: Any) -> None:
+        if tr.tloss is not None:
+            items = tr.label_loss_items(tr.tloss, prefix="train")
+            losses.append({k.split("/")[-1]: float(v) for k, v in items.items()})
+
+    trainer.add_callback("on_train_epoch_end", _record_loss)
+    log.info("adapter training over %s on %s (%d images): %s", base, data_yaml, n_train, args)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+
+    best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
+    if not best.is_file():
+        raise RuntimeError(f"training finished without a checkpoint in {trainer.save_dir}")
+    adapted = load_detection_model(best)  # the pickled adapted model (EMA weights of the best epoch)
+    assert trainer.adapter_meta is not None
+    metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
+    meta = make_meta(trainer.adapter_meta, base, line=line, imgsz=imgsz, reference=reference, provenance={
+        "data": str(data_yaml), "train_images": n_train, "epochs": epochs, "batch": batch, "seed": seed,
+        "lr0": args.get("lr0"), "optimizer": args.get("optimizer"), "final_metrics": metrics,
+        "trained": time.strftime("%Y-%m-%d"),
+    })
+    # the checkpoint keeps the adapter under the training name; the file stores it name-free
+    adapter_state_dict(adapted, ADAPTER_NAME)
+    save_adapter(adapted, ADAPTER_NAME, out, meta)
+    return AdapterTrainResult(
+        adapter=out.resolve(), base=base, base_sha256=file_sha256(base), data_yaml=data_yaml,
+        run_dir=Path(trainer.save_dir), rank=rank, alpha=settings.lora_alpha, epochs=epochs, epochs_run=len(losses),
+        imgsz=imgsz, batch=batch, device=device, seed=seed, train_images=n_train, train_seconds=round(seconds, 2),
+        trainable=trainer.trainable, adapter_bytes=out.stat().st_size, base_bytes=base.stat().st_size,
+        epoch_losses=losses, final_metrics=metrics, args={k: (str(v) if isinstance(v, Path) else v)
+                                                          for k, v in args.items()},
+    )
