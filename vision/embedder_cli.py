@@ -1,0 +1,166 @@
+"""CLI of the embedder and texture scoring: `defect-agent train embedder`, `defect-agent calibrate` (texture
+threshold of a line from known-normal images) and `defect-agent eval fewshot` (DeepPCB few-shot naming)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from defect_agent.errors import ConfigError, EmptyInput
+
+log = logging.getLogger(__name__)
+
+_TOP_LEVEL_KEY = re.compile(r"^[A-Za-z_][\w-]*\s*:")
+
+
+def texture_block(threshold: float, max_false_alarm: float, n_images: int, embedder_version: str) -> str:
+    return (f"texture:                   # set by `defect-agent calibrate` on {n_images} normal images "
+            f"({embedder_version})\n"
+            f"  threshold: {threshold:.6f}\n"
+            f"  max_false_alarm: {max_false_alarm:g}\n")
+
+
+def rewrite_texture_block(text: str, block: str) -> str:
+    """Replace the top-level `texture:` block of a line config (the key line and its indented / blank / comment
+    lines up to the next top-level key) with `block`, or append it; everything else, comments included, stays
+    byte for byte."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if re.match(r"^texture\s*:", ln)), None)
+    if start is None:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        return text + sep + block
+    end = start + 1
+    while end < len(lines) and not _TOP_LEVEL_KEY.match(lines[end]):
+        end += 1
+    # comment lines right before the next key belong to that key: give them back
+    while end - 1 > start and lines[end - 1].lstrip().startswith("#") and not lines[end - 1].startswith(" "):
+        end -= 1
+    return "".join(lines[:start]) + block + "".join(lines[end:])
+
+
+def write_texture_calibration(line_name: str, threshold: float, max_false_alarm: float, n_images: int,
+                              embedder_version: str) -> Path:
+    """Store the threshold in configs/lines/<line>.yaml (texture block only), validated before it replaces the file."""
+    from defect_agent.config import LineConfig, load_line
+    from defect_agent.paths import configs_dir
+
+    path = configs_dir() / "lines" / f"{line_name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no line config {path}")
+    new = rewrite_texture_block(path.read_text(encoding="utf-8"),
+                                texture_block(threshold, max_false_alarm, n_images, embedder_version))
+    cfg = LineConfig.model_validate(yaml.safe_load(new))
+    if cfg.texture.threshold is None or abs(cfg.texture.threshold - threshold) > 1e-6:
+        raise ConfigError(f"rewriting {path} did not yield the texture threshold; file left unchanged")
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    tmp.replace(path)
+    load_line.cache_clear()
+    return path
+
+
+def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
+    @train.command("embedder")
+    def train_embedder_cmd(
+        out: Optional[Path] = typer.Option(None, help="checkpoint to write (default "
+                                           "models/embedder/defect-lite-minilm.pt)"),
+        seed: int = typer.Option(0, help="seed of data sampling, initialisation and batches"),
+        steps: int = typer.Option(1500, help="projection training steps"),
+        batch: int = typer.Option(256, help="crops per contrastive batch"),
+        zh_steps: int = typer.Option(150, help="steps fitting the added Chinese characters"),
+        battery_images: int = typer.Option(480, help="generated battery_tab training images"),
+        pcb_per_class: int = typer.Option(200, help="DeepPCB train-part crops per defect class"),
+        deeppcb: Optional[Path] = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
+        lines: str = typer.Option("battery_tab,pcb", help="comma-separated lines to train on"),
+        unlock_image_stage: bool = typer.Option(False, help="also train EfficientNet's last stage (slower)"),
+        threads: Optional[int] = typer.Option(None, help="CPU threads (default: all)"),
+    ) -> None:
+        """Train the default embedder's projections LiT-style on battery_tab and DeepPCB (train part) crops."""
+        import os
+
+        from vision.embedder.train import TrainSettings, train_embedder
+
+        if threads:
+            os.environ["DEFECT_AGENT_THREADS"] = str(threads)
+        st = TrainSettings(seed=seed, steps=steps, batch=batch, zh_steps=zh_steps, battery_train_images=battery_images,
+                           pcb_train_per_class=pcb_per_class, deeppcb=deeppcb,
+                           lines=[s.strip() for s in lines.split(",") if s.strip()],
+                           unlock_image_stage=unlock_image_stage, **({"out": out} if out else {}))
+        report = train_embedder(st)
+        typer.echo(f"wrote {report.out} ({report.size_bytes / 1e6:.2f} MB, sha256 {report.sha256[:12]}), "
+                   f"{report.trainable_params} trained parameters, {report.added_tokens} added characters, "
+                   f"logit scale {report.logit_scale}")
+        typer.echo(f"time: {report.seconds}")
+        for split, by_line in report.metrics.items():
+            for line, m in by_line.items():
+                typer.echo(f"{split:<5} {line:<12} n={m.n:<5} top1 en {m.top1_en:.3f}  zh {m.top1_zh:.3f}  "
+                           f"both {m.top1_both:.3f}  defect AUROC {m.defect_auroc}")
+
+    @app.command("calibrate")
+    def calibrate_texture(
+        line: str = typer.Option(..., help="product line whose configs/lines/<line>.yaml gets the threshold"),
+        normal: list[Path] = typer.Option(..., help="folder(s) or files of known-normal (defect-free) images"),
+        max_false_alarm: float = typer.Option(0.01, help="largest share of normal images allowed above the threshold"),
+        dry_run: bool = typer.Option(False, help="print the threshold, leave the config unchanged"),
+    ) -> None:
+        """Texture threshold of a line: score known-normal images with the embedder (sliding windows) and store the
+        (1 - max_false_alarm) quantile as texture.threshold in the line config."""
+        import numpy as np
+        from tqdm import tqdm
+
+        from agent.images import collect_images, read_image
+        from defect_agent.config import load_app_config, load_line
+        from vision.embedder import load_embedder
+        from vision.texture import TextureScorer, calibrate_threshold
+
+        if not 0.0 <= max_false_alarm < 1.0:
+            raise typer.BadParameter("--max-false-alarm must lie in [0, 1)")
+        line_cfg = load_line(line)
+        paths = collect_images([str(p) for p in normal])
+        embedder = load_embedder(load_app_config().embedder)
+        scorer = TextureScorer.from_line(line_cfg, embedder)
+        scores = []
+        for p in tqdm(paths, desc="scoring normal images", unit="img"):
+            scores.append(scorer.score_image(read_image(p)).defect_score)
+        if not scores:
+            raise EmptyInput("no normal images could be scored")
+        threshold = calibrate_threshold(scores, max_false_alarm)
+        rate = float(np.mean(np.asarray(scores) > threshold))
+        typer.echo(f"{len(scores)} normal images: score min {min(scores):.4f} median {float(np.median(scores)):.4f} "
+                   f"max {max(scores):.4f}; threshold {threshold:.6f} -> false alarms {100 * rate:.2f}% "
+                   f"(target <= {100 * max_false_alarm:g}%)")
+        if dry_run:
+            return
+        path = write_texture_calibration(line, threshold, max_false_alarm, len(scores), embedder.version)
+        typer.echo(f"stored texture.threshold in {path}")
+
+    @eval.command("fewshot")
+    def eval_fewshot(
+        deeppcb: Optional[Path] = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
+        seeds: int = typer.Option(5, help="support draws averaged per k"),
+        ks: str = typer.Option("1,5,20", help="support examples per class"),
+        out: Path = typer.Option(Path("benchmarks/results/fewshot.json"), help="JSON result (markdown beside it)"),
+    ) -> None:
+        """Few-shot defect naming on the DeepPCB validation boards: zero-shot prompts vs k-shot prototypes."""
+        from defect_agent.config import load_app_config
+        from defect_agent.paths import shared_datasets_dir
+        from vision.embedder import load_embedder
+        from vision.embedder.fewshot import run_fewshot
+
+        root = deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+        if root is None or not Path(root).is_dir():
+            raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
+        result = run_fewshot(load_embedder(load_app_config().embedder), root,
+                             ks=tuple(int(k) for k in ks.split(",")), seeds=tuple(range(seeds)))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.model_dump(), indent=1, ensure_ascii=False), encoding="utf-8")
+        md = out.with_suffix(".md")
+        md.write_text(result.markdown() + "\n", encoding="utf-8")
+        typer.echo(result.markdown())
+        typer.echo(f"tuned on train: {result.tuned}; wrote {out} and {md}")
