@@ -14,3 +14,7 @@ class SimilarCase(BaseModel):
     root_cause: str = ""
     corrective_action: str = ""
     report: str = ""
+    # text search only (retrieval.ranking.hybrid_rank): the blended score that ordered the hits and the normalised
+    # keyword (BM25) part; None for image / vector searches, which are ordered by `similarity`
+    score: float | None = None
+    keyword_score: float | None = None

@@ -1,0 +1,383 @@
+"""`defect-agent kb ...`: manage the knowledge base of past cases (add, import, search, show, edit, rm, restore,
+rebuild, verify, export, stats, list). Every command takes --kb DIR (default: `kb_dir` of configs/default.yaml).
+
+Exit codes: 0 done; 1 `verify` found an inconsistency; 2 an error (printed without a traceback by agent.cli);
+3 `import` skipped bad rows (the good ones were imported)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from defect_agent.errors import DefectAgentError
+
+if TYPE_CHECKING:
+    from knowledge_base.kb import KnowledgeBase
+    from retrieval.embedding import Embeds
+    from retrieval.hits import SimilarCase
+
+EXIT_INCONSISTENT = 1
+EXIT_PARTIAL = 3
+
+kb_app = typer.Typer(no_args_is_help=True, help="Knowledge base of past defect cases (SQLite + FAISS).")
+
+KB_OPTION = typer.Option(None, "--kb", help="knowledge base folder (default: kb_dir in configs/default.yaml)")
+
+
+def make_embedder() -> "Embeds":
+    """The configured embedder (vision.embedder.load_embedder); loaded only by commands that embed."""
+    from defect_agent.config import load_app_config
+    from defect_agent.runtime import configure_offline, set_threads
+
+    configure_offline()
+    app = load_app_config()
+    try:
+        from vision.embedder import load_embedder
+    except ImportError as exc:
+        raise DefectAgentError(f"the embedder (vision.embedder) is not available: {exc}") from exc
+    set_threads(app.threads)
+    return load_embedder(app.embedder)
+
+
+def kb_path(kb: Optional[Path]) -> Path:
+    from defect_agent.config import load_app_config
+    from defect_agent.paths import resolve
+
+    return Path(kb) if kb is not None else resolve(load_app_config().kb_dir)
+
+
+def open_kb(kb: Optional[Path], create: bool = False, lazy_embedder: bool = True) -> "KnowledgeBase":
+    import os
+
+    import faiss
+
+    from defect_agent.config import load_app_config
+    from knowledge_base.kb import KnowledgeBase
+    from retrieval.policy import IndexPolicy
+
+    app = load_app_config()
+    # faiss only (runtime.set_threads would import torch, seconds for commands that never embed)
+    faiss.omp_set_num_threads(app.threads or int(os.environ.get("DEFECT_AGENT_THREADS", 0)) or (os.cpu_count() or 1))
+    return KnowledgeBase.open(kb_path(kb), policy=IndexPolicy.from_config(app.retrieval), create=create,
+                              embedder_factory=make_embedder if lazy_embedder else None)
+
+
+def _box(text: Optional[str]):
+    if text is None:
+        return None
+    from knowledge_base.importer import parse_box
+
+    try:
+        return parse_box(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--box") from exc
+
+
+def _measurements(items: Optional[list[str]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError as exc:
+            raise typer.BadParameter(f"expected NAME=NUMBER, got {item!r}", param_hint="--measurement") from exc
+    return out
+
+
+def _date(text: Optional[str], option: str) -> Optional[datetime]:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected a date like 2025-03-01 or 2025-03-01T08:00, got {text!r}",
+                                 param_hint=option) from exc
+
+
+def _echo_hits(hits: list["SimilarCase"], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([h.model_dump(mode="json") for h in hits], indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        typer.echo("no similar cases")
+        return
+    typer.echo(f"{'id':>6}  {'sim':>6}  {'score':>6}  {'line':<12} {'class':<12} {'disposition':<11} root cause / action")
+    for h in hits:
+        score = "" if h.score is None else f"{h.score:.3f}"
+        typer.echo(f"{h.case_id:>6}  {h.similarity:>6.3f}  {score:>6}  {h.line:<12} {h.defect_class:<12} "
+                   f"{h.disposition:<11} {h.root_cause or '-'} / {h.corrective_action or '-'}")
+
+
+def _echo_case(case, as_json: bool) -> None:
+    if as_json:
+        typer.echo(case.model_dump_json(indent=2))
+        return
+    box = "whole image" if case.box is None else ",".join(f"{v:g}" for v in case.box.as_list())
+    typer.echo(f"case {case.id}  [{case.line} / {case.defect_class}]  {case.disposition.value}")
+    for label, value in [("image", case.image_path), ("box", box), ("report", case.report),
+                         ("root cause", case.root_cause), ("action", case.corrective_action),
+                         ("author", case.author), ("measurements", json.dumps(case.measurements)),
+                         ("created", case.created_at.isoformat()), ("updated", case.updated_at.isoformat())]:
+        typer.echo(f"  {label:<13} {value}")
+
+
+@kb_app.command("add")
+def add_cmd(
+    image: Path = typer.Argument(..., help="image of the defect (copied into the knowledge base)"),
+    line: str = typer.Option(..., help="product line, e.g. battery_tab"),
+    defect_class: str = typer.Option(..., "--class", help="defect class, e.g. spatter"),
+    disposition: str = typer.Option(..., help="scrap | rework | accept"),
+    report: str = typer.Option("", help="the engineer's description"),
+    root_cause: str = typer.Option("", help="root cause found"),
+    action: str = typer.Option("", help="corrective action taken"),
+    author: str = typer.Option("", help="who reported it"),
+    box: Optional[str] = typer.Option(None, help="defect region x1,y1,x2,y2 in pixels (default: whole image)"),
+    measurement: Optional[list[str]] = typer.Option(None, help="NAME=VALUE, repeatable (e.g. offset_mm=0.42)"),
+    created_at: Optional[str] = typer.Option(None, help="when the case happened (ISO date; default now)"),
+    kb: Optional[Path] = KB_OPTION,
+) -> None:
+    """Add one case; its box region is embedded with the configured embedder."""
+    from pydantic import ValidationError
+
+    from knowledge_base.case import CaseInput
+
+    try:
+        item = CaseInput(line=line, defect_class=defect_class, image_path=str(image), box=_box(box), report=report,
+                         disposition=disposition, root_cause=root_cause, corrective_action=action, author=author,
+                         measurements=_measurements(measurement))
+    except ValidationError as exc:
+        raise DefectAgentError(f"invalid case: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    with open_kb(kb, create=True) as base:
+        case = base.add(item, created_at=_date(created_at, "--created-at"))
+        typer.echo(f"added case {case.id} ({case.line}/{case.defect_class}, {case.disposition.value})")
+
+
+@kb_app.command("import")
+def import_cmd(
+    source: Path = typer.Argument(..., help="CSV, JSONL, or a folder with cases.csv / cases.jsonl beside its images"),
+    kb: Optional[Path] = KB_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
+) -> None:
+    """Import many cases; bad rows are listed with their line numbers and skipped, good rows go in together."""
+    from knowledge_base.importer import import_cases
+
+    with open_kb(kb, create=True) as base:
+        report = import_cases(base, source)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        typer.echo(f"imported {len(report.imported)} of {report.rows} rows from {report.source}")
+        for err in report.errors:
+            typer.echo(f"  line {err.row}: {err.message}", err=True)
+    if report.errors:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@kb_app.command("search")
+def search_cmd(
+    image: Optional[Path] = typer.Option(None, help="query image"),
+    box: Optional[str] = typer.Option(None, help="region of the query image x1,y1,x2,y2"),
+    text: Optional[str] = typer.Option(None, help="query in words (hybrid: embedding + keywords)"),
+    case: Optional[int] = typer.Option(None, help="cases similar to this stored case"),
+    k: int = typer.Option(5, "--k", "-k", min=1, help="how many cases"),
+    line: Optional[str] = typer.Option(None),
+    defect_class: Optional[str] = typer.Option(None, "--class"),
+    disposition: Optional[str] = typer.Option(None),
+    since: Optional[str] = typer.Option(None, help="created on or after (ISO date)"),
+    until: Optional[str] = typer.Option(None, help="created before (ISO date)"),
+    keyword_weight: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="text search: 0 vectors .. 1 keywords"),
+    as_json: bool = typer.Option(False, "--json"),
+    kb: Optional[Path] = KB_OPTION,
+) -> None:
+    """Find similar past cases by image, by text or by case id."""
+    if sum(x is not None for x in (image, text, case)) != 1:
+        raise typer.BadParameter("give exactly one of --image, --text, --case")
+    filters = {"line": line, "defect_class": defect_class, "disposition": disposition,
+               "since": _date(since, "--since"), "until": _date(until, "--until")}
+    with open_kb(kb) as base:
+        if image is not None:
+            hits = base.search_by_image(image, _box(box), k=k, **filters)
+        elif case is not None:
+            hits = base.search_by_case(case, k=k, **filters)
+        else:
+            if keyword_weight is None or keyword_weight < 1.0:
+                try:
+                    _ = base.embedder
+                except DefectAgentError as exc:
+                    typer.echo(f"note: embedder unavailable ({exc}); ranking by keywords only", err=True)
+                    keyword_weight = 1.0
+            hits = base.search_by_text(text, k=k, keyword_weight=keyword_weight, **filters)
+    _echo_hits(hits, as_json)
+
+
+@kb_app.command("show")
+def show_cmd(
+    case_id: int = typer.Argument(...),
+    history: bool = typer.Option(False, "--history", help="also list every recorded change (kept after rm)"),
+    as_json: bool = typer.Option(False, "--json"),
+    kb: Optional[Path] = KB_OPTION,
+) -> None:
+    """Show a case (and its history)."""
+    from knowledge_base.kb import CaseNotFound
+
+    with open_kb(kb, lazy_embedder=False) as base:
+        entries = base.history(case_id) if history else []
+        try:
+            case = base.get(case_id)
+        except CaseNotFound:
+            if not entries:
+                raise
+            case = None
+    if as_json:
+        out = {"case": None if case is None else case.model_dump(mode="json")}
+        if history:
+            out["history"] = [e.model_dump(mode="json") for e in entries]
+        typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    if case is None:
+        typer.echo(f"case {case_id} was removed (restore it with `defect-agent kb restore {case_id}`)")
+    else:
+        _echo_case(case, False)
+    for e in entries:
+        detail = ""
+        if e.op == "edit" and e.before and e.after:
+            changed = [f for f in ("line", "defect_class", "disposition", "report", "root_cause", "corrective_action",
+                                   "author", "box", "image_sha256", "measurements")
+                       if getattr(e.before, f) != getattr(e.after, f)]
+            detail = f" ({', '.join(changed) or 'no field'} changed)"
+        typer.echo(f"  #{e.seq} {e.at.isoformat()} {e.op}{detail} by {e.actor or '?'}")
+
+
+@kb_app.command("edit")
+def edit_cmd(
+    case_id: int = typer.Argument(...),
+    line: Optional[str] = typer.Option(None),
+    defect_class: Optional[str] = typer.Option(None, "--class"),
+    disposition: Optional[str] = typer.Option(None),
+    report: Optional[str] = typer.Option(None),
+    root_cause: Optional[str] = typer.Option(None),
+    action: Optional[str] = typer.Option(None),
+    author: Optional[str] = typer.Option(None),
+    box: Optional[str] = typer.Option(None, help="x1,y1,x2,y2, or 'full' for the whole image (re-embeds)"),
+    image: Optional[Path] = typer.Option(None, help="replace the image (re-embeds)"),
+    measurement: Optional[list[str]] = typer.Option(None, help="NAME=VALUE, repeatable; replaces all measurements"),
+    kb: Optional[Path] = KB_OPTION,
+) -> None:
+    """Change fields of a case; the previous version stays in its history."""
+    changes = {"line": line, "defect_class": defect_class, "disposition": disposition, "report": report,
+               "root_cause": root_cause, "corrective_action": action, "author": author,
+               "image_path": None if image is None else str(image)}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if box is not None:
+        changes["box"] = _box(box)
+    if measurement:
+        changes["measurements"] = _measurements(measurement)
+    if not changes:
+        raise typer.BadParameter("nothing to change: give at least one --field value")
+    with open_kb(kb) as base:
+        case = base.edit(case_id, **changes)
+    typer.echo(f"edited case {case.id}: {', '.join(sorted(changes))}")
+
+
+@kb_app.command("rm")
+def rm_cmd(case_id: int = typer.Argument(...), kb: Optional[Path] = KB_OPTION) -> None:
+    """Remove a case from the knowledge base and from search at once (its history keeps it; see `restore`)."""
+    with open_kb(kb, lazy_embedder=False) as base:
+        case = base.remove(case_id)
+    typer.echo(f"removed case {case.id} ({case.line}/{case.defect_class}); `defect-agent kb restore {case.id}` undoes it")
+
+
+@kb_app.command("restore")
+def restore_cmd(case_id: int = typer.Argument(...), kb: Optional[Path] = KB_OPTION) -> None:
+    """Bring back a removed case under its old id."""
+    with open_kb(kb) as base:
+        case = base.restore(case_id)
+    typer.echo(f"restored case {case.id}")
+
+
+@kb_app.command("rebuild")
+def rebuild_cmd(
+    reembed: bool = typer.Option(False, "--reembed", help="re-embed every case (after changing the embedder)"),
+    kb: Optional[Path] = KB_OPTION,
+) -> None:
+    """Rebuild the FAISS and keyword indexes from SQLite (repairs a missing or corrupt index)."""
+    with open_kb(kb) as base:
+        report = base.rebuild(reembed=reembed)
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(EXIT_INCONSISTENT)
+
+
+@kb_app.command("verify")
+def verify_cmd(as_json: bool = typer.Option(False, "--json"), kb: Optional[Path] = KB_OPTION) -> None:
+    """Check that the index agrees with the database; exit 1 when it does not."""
+    with open_kb(kb, lazy_embedder=False) as base:
+        report = base.verify()
+    typer.echo(report.model_dump_json(indent=2) if as_json else report.render())
+    if not report.ok:
+        raise typer.Exit(EXIT_INCONSISTENT)
+
+
+@kb_app.command("export")
+def export_cmd(
+    out: Path = typer.Argument(..., help="JSONL file to write"),
+    with_vectors: bool = typer.Option(False, "--with-vectors", help="include vectors (import without re-embedding)"),
+    kb: Optional[Path] = KB_OPTION,
+) -> None:
+    """Write every case as one JSON object per line."""
+    with open_kb(kb, lazy_embedder=False) as base:
+        n = base.export(out, include_vectors=with_vectors)
+    typer.echo(f"exported {n} cases to {out}")
+
+
+@kb_app.command("stats")
+def stats_cmd(as_json: bool = typer.Option(False, "--json"), kb: Optional[Path] = KB_OPTION) -> None:
+    """Counts by line, class and disposition; index and storage sizes."""
+    with open_kb(kb, lazy_embedder=False) as base:
+        stats = base.stats()
+    if as_json:
+        typer.echo(stats.model_dump_json(indent=2))
+        return
+    typer.echo(f"cases {stats.cases} (removed, in history: {stats.removed_cases}); history entries "
+               f"{stats.history_entries}")
+    for label, counts in (("line", stats.by_line), ("class", stats.by_class), ("disposition", stats.by_disposition)):
+        typer.echo(f"  by {label:<12} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    typer.echo(f"  index {stats.index_kind} with {stats.index_count} vectors ({stats.index_file_bytes} bytes); "
+               f"embedder {stats.model_version} dim {stats.dim}")
+    typer.echo(f"  images {stats.images} ({stats.image_bytes} bytes); database {stats.db_bytes} bytes; "
+               f"schema v{stats.schema_version}")
+
+
+@kb_app.command("list")
+def list_cmd(
+    line: Optional[str] = typer.Option(None),
+    defect_class: Optional[str] = typer.Option(None, "--class"),
+    disposition: Optional[str] = typer.Option(None),
+    since: Optional[str] = typer.Option(None, help="created on or after (ISO date)"),
+    until: Optional[str] = typer.Option(None, help="created before (ISO date)"),
+    limit: Optional[int] = typer.Option(None, min=1),
+    as_json: bool = typer.Option(False, "--json"),
+    kb: Optional[Path] = KB_OPTION,
+) -> None:
+    """List cases (oldest first)."""
+    with open_kb(kb, lazy_embedder=False) as base:
+        cases = base.list(line=line, defect_class=defect_class, disposition=disposition,
+                          since=_date(since, "--since"), until=_date(until, "--until"), limit=limit)
+    if as_json:
+        typer.echo(json.dumps([c.model_dump(mode="json") for c in cases], indent=2, ensure_ascii=False))
+        return
+    for c in cases:
+        typer.echo(f"{c.id:>6}  {c.created_at.date()}  {c.line:<12} {c.defect_class:<12} {c.disposition.value:<7} "
+                   f"{(c.report or '')[:60]}")
+    typer.echo(f"{len(cases)} case(s)")
+
+
+def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
+    """Add `defect-agent kb ...` to the main app."""
+    app.add_typer(kb_app, name="kb")

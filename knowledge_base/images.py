@@ -1,0 +1,94 @@
+"""Content-addressed image store: `<kb_dir>/images/ab/cdef....png`, keyed by the sha256 of the file bytes.
+
+Adding the same picture twice stores it once; a case keeps pointing at its picture after the source file is moved
+or deleted; files are never modified in place (a new picture is a new key), so history rows stay valid. Files are
+never deleted by `kb rm` either: the history may still cite them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from defect_agent.errors import ImageReadError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    sha256: str
+    rel_path: str  # relative to the knowledge base folder, with forward slashes
+    created: bool  # False when the same bytes were already stored
+
+
+def decode_image(data: bytes, source: str | Path) -> np.ndarray:
+    """BGR uint8 HxWx3 (the embedder's input order); grey and alpha images are converted."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageReadError(f"cannot decode image {source}: not an image file opencv can read")
+    return image
+
+
+class ImageStore:
+    def __init__(self, kb_dir: Path) -> None:
+        self.kb_dir = Path(kb_dir)
+        self.root = self.kb_dir / "images"
+
+    def rel_path(self, sha256: str, suffix: str) -> str:
+        return f"images/{sha256[:2]}/{sha256[2:]}{suffix}"
+
+    def absolute(self, rel_path: str) -> Path:
+        return self.kb_dir / rel_path
+
+    def read_source(self, path: str | Path) -> bytes:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ImageReadError(f"image not found: {p}")
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ImageReadError(f"{p}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+        try:
+            return p.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(f"cannot read image {p}: {exc}") from exc
+
+    def put(self, data: bytes, suffix: str) -> StoredImage:
+        """Store bytes under their sha256 (no-op when present). Written to a temp file and renamed into place so a
+        crash never leaves a truncated image under a valid key."""
+        sha = hashlib.sha256(data).hexdigest()
+        suffix = suffix.lower() if suffix.lower() in IMAGE_SUFFIXES else ".png"
+        rel = self.rel_path(sha, ".jpg" if suffix == ".jpeg" else suffix)
+        target = self.absolute(rel)
+        if target.is_file():
+            return StoredImage(sha, rel, created=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return StoredImage(sha, rel, created=True)
+
+    def discard(self, stored: StoredImage) -> None:
+        """Undo a `put` that created a file, when the case that needed it was not committed."""
+        if stored.created:
+            self.absolute(stored.rel_path).unlink(missing_ok=True)
+
+    def read(self, rel_path: str) -> np.ndarray:
+        path = self.absolute(rel_path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(f"stored image missing: {path} ({exc})") from exc
+        return decode_image(data, path)

@@ -1,0 +1,150 @@
+"""Schemas the knowledge base exchanges with its callers: search filters, history entries, verify / stats / import
+reports."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timezone
+
+from pydantic import BaseModel, Field, field_validator
+
+from knowledge_base.case import Case, Disposition
+
+
+def to_utc(value: datetime | date) -> datetime:
+    """Naive datetimes are taken as UTC; a date means its midnight UTC."""
+    if not isinstance(value, datetime):
+        value = datetime.combine(value, time.min)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class CaseFilter(BaseModel):
+    """Which cases a search or listing may return. All given fields must match; `until` is exclusive."""
+
+    line: str | None = None
+    defect_class: str | None = None
+    disposition: Disposition | None = None
+    since: datetime | None = None  # created_at >= since
+    until: datetime | None = None  # created_at < until
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _utc(cls, value):
+        if value is None or isinstance(value, str):
+            return value
+        return to_utc(value)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc_after(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else to_utc(value)
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in type(self).model_fields)
+
+    def key(self) -> tuple:
+        return tuple(getattr(self, name) for name in type(self).model_fields)
+
+    def sql(self, alias: str = "c") -> tuple[str, list]:
+        """A WHERE clause (without the keyword; "1" when empty) and its parameters."""
+        clauses: list[str] = []
+        params: list = []
+        if self.line is not None:
+            clauses.append(f"{alias}.line = ?")
+            params.append(self.line)
+        if self.defect_class is not None:
+            clauses.append(f"{alias}.defect_class = ?")
+            params.append(self.defect_class)
+        if self.disposition is not None:
+            clauses.append(f"{alias}.disposition = ?")
+            params.append(self.disposition.value)
+        if self.since is not None:
+            clauses.append(f"{alias}.created_at >= ?")
+            params.append(iso(self.since))
+        if self.until is not None:
+            clauses.append(f"{alias}.created_at < ?")
+            params.append(iso(self.until))
+        return (" AND ".join(clauses) or "1"), params
+
+
+def iso(value: datetime) -> str:
+    """Fixed-width UTC ISO-8601 (microseconds always present) so text order is time order."""
+    return to_utc(value).isoformat(timespec="microseconds")
+
+
+class HistoryEntry(BaseModel):
+    seq: int
+    case_id: int
+    op: str  # add | edit | remove | restore
+    at: datetime
+    actor: str = ""
+    before: Case | None = None
+    after: Case | None = None
+
+
+class VerifyReport(BaseModel):
+    """Whether the derived FAISS index agrees with SQLite (the source of truth)."""
+
+    ok: bool
+    cases: int  # live cases in SQLite
+    vectors: int  # live cases with a stored vector of the current embedder version
+    index_count: int | None = None  # vectors in the index file (after replaying newer history), None if unreadable
+    missing_ids: list[int] = Field(default_factory=list)  # in SQLite, not in the index (first 100)
+    extra_ids: list[int] = Field(default_factory=list)  # in the index, not in SQLite (first 100)
+    n_missing: int = 0
+    n_extra: int = 0
+    count_mismatch: bool = False
+    cases_without_vector: list[int] = Field(default_factory=list)  # first 100
+    model_version: str | None = None  # the knowledge base's embedder version
+    index_model_version: str | None = None
+    vector_versions: dict[str, int] = Field(default_factory=dict)
+    model_version_mismatch: bool = False
+    embedder_version: str | None = None  # of the embedder this KB was opened with, when any
+    file_problem: str | None = None  # missing / corrupt index file or manifest
+    keyword_index_mismatch: bool = False
+    index_kind: str | None = None
+    pending_ops: int = 0  # history entries newer than the index file (replayed on open; not a fault)
+    problems: list[str] = Field(default_factory=list)
+
+    def render(self) -> str:
+        head = "OK" if self.ok else "INCONSISTENT"
+        lines = [f"knowledge base: {head}",
+                 f"  cases {self.cases}, vectors {self.vectors}, index {self.index_count} ({self.index_kind})",
+                 f"  embedder version {self.model_version}"]
+        lines += [f"  - {p}" for p in self.problems]
+        if not self.ok:
+            lines.append("  repair with: defect-agent kb rebuild")
+        return "\n".join(lines)
+
+
+class KBStats(BaseModel):
+    cases: int
+    by_line: dict[str, int]
+    by_class: dict[str, int]
+    by_disposition: dict[str, int]
+    history_entries: int
+    removed_cases: int  # removed and not restored: kept in the history only
+    images: int
+    image_bytes: int
+    db_bytes: int
+    index_kind: str | None
+    index_count: int | None
+    index_file_bytes: int | None
+    model_version: str | None
+    dim: int | None
+    schema_version: int
+
+
+class RowError(BaseModel):
+    row: int  # line number in the source file (CSV: the header is line 1)
+    message: str
+
+
+class ImportReport(BaseModel):
+    source: str
+    rows: int
+    imported: list[int] = Field(default_factory=list)  # new case ids
+    errors: list[RowError] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
