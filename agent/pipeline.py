@@ -20,7 +20,7 @@ from agent.images import apply_scope, read_image
 from agent.query import InspectionQuery
 from agent.verdict import DefectFinding, ModelVersions, Verdict
 from defect_agent.config import AppConfig, LineConfig, load_app_config, load_line
-from defect_agent.errors import DefectAgentError
+from defect_agent.errors import DefectAgentError, ImageReadError
 from defect_agent.paths import resolve
 from retrieval.hits import SimilarCase
 from vision.crops import crop_region
@@ -113,6 +113,8 @@ class Inspector:
                 f"pass --line {query.line}"
             )
         paths = apply_scope(list(images), query.scope)
+        if self.uses_template:
+            paths = drop_templates(paths)
         versions = self.versions()
         for path in paths:
             yield self.inspect_image(query, path, versions, k=k)
@@ -125,12 +127,14 @@ class Inspector:
         t0 = time.perf_counter()
         try:
             image = read_image(path, self.line.image_size)
+            locator_input = self.locator_input(path, image)
         except DefectAgentError as exc:
             log.warning("%s", exc)
             return Verdict(image=path, line=self.line.name, matches_query=False, verdict="review", score=0.0,
                            reasons=[f"image not inspected: {exc}"], query=query, models=versions, error=str(exc))
         timings["read"] = _ms(t0)
-        findings = self.analyse(image, timings, k=k or query.want.similar_cases or self.app.retrieval.k)
+        findings = self.analyse(image, timings, k=k or query.want.similar_cases or self.app.retrieval.k,
+                                locator_input=locator_input)
         t = time.perf_counter()
         decision = decide(query, findings, self.line, self.app.fusion)
         timings["decide"] = _ms(t)
@@ -141,13 +145,34 @@ class Inspector:
             query=query, models=versions, timings_ms={k_: round(v, 1) for k_, v in timings.items()},
         )
 
-    def analyse(self, image: np.ndarray, timings: dict[str, float] | None = None, k: int = 5) -> list[DefectFinding]:
-        """Locate, measure, embed, score texture, retrieve and fuse: the query-independent part of an inspection."""
+    @property
+    def uses_template(self) -> bool:
+        """The line's locator reads (test, template, difference) composites: every image needs its golden template."""
+        return self.line.locator.reference == "template"
+
+    def locator_input(self, path: str, image: np.ndarray) -> np.ndarray:
+        """What the locator sees: the image itself, or for template lines its composite with the aligned golden
+        template found beside it (`<id>_temp.*` next to `<id>_test.*`). A missing template is an ImageReadError."""
+        if not self.uses_template:
+            return image
+        from vision.deeppcb import find_template, reference_composite
+
+        template = find_template(path)
+        if template is None:
+            raise ImageReadError(
+                f"line {self.line.name!r} compares every image with its golden template, and {path} has none: "
+                "expected <id>_temp.<ext> beside <id>_test.<ext>")
+        return reference_composite(image, read_image(template, self.line.image_size))
+
+    def analyse(self, image: np.ndarray, timings: dict[str, float] | None = None, k: int = 5,
+                locator_input: np.ndarray | None = None) -> list[DefectFinding]:
+        """Locate, measure, embed, score texture, retrieve and fuse: the query-independent part of an inspection.
+        `locator_input` (default: the image) is what the detector sees; crops and measurements use the image."""
         from vision.measure import measure_findings
 
         timings = timings if timings is not None else {}
         t = time.perf_counter()
-        detections = self.locator.predict([image])[0]
+        detections = self.locator.predict([image if locator_input is None else locator_input])[0]
         timings["locate"] = _ms(t)
         t = time.perf_counter()
         measured = measure_findings(image, detections, self.line)
@@ -181,6 +206,15 @@ class Inspector:
         if self.kb is None or k <= 0:
             return []
         return self.kb.search_by_vector(vector, k=k, line=self.line.name)
+
+
+def drop_templates(paths: list[str]) -> list[str]:
+    """Golden templates given alongside their test images (a whole DeepPCB folder, `boards/*.jpg`) are references,
+    not boards to inspect: drop every `<id>_temp.*` whose `<id>_test.*` is in the list too."""
+    names = {(Path(p).parent, Path(p).stem) for p in paths}
+    return [p for p in paths
+            if not (Path(p).stem.endswith("_temp")
+                    and (Path(p).parent, Path(p).stem[: -len("_temp")] + "_test") in names)]
 
 
 def _ms(t0: float) -> float:

@@ -208,6 +208,15 @@ class Locator:
                 f"({exc}); install the project with its LoRA support (vision/lora.py, peft) or remove "
                 f"locator.adapter from configs/lines/{line.name}.yaml"
             ) from exc
+        from vision.lora import read_adapter_meta
+
+        trained_on = read_adapter_meta(adapter_path).reference
+        if trained_on != cfg.reference:
+            raise ConfigError(
+                f"{adapter_path} was trained on reference={trained_on!r} inputs but configs/lines/{line.name}.yaml "
+                f"sets locator.reference={cfg.reference!r}: set it to {trained_on!r} or retrain the adapter "
+                f"({adapter_command(line.name)})"
+            )
         model = load_adapted_yolo(base_path, adapter_path)
         names = checkpoint_class_names(model)
         if names != line.class_names:

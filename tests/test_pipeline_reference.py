@@ -1,0 +1,61 @@
+"""Template lines (pcb): the locator sees the (test, template, |difference|) composite; templates given with their
+boards are not inspected; a board without its template is refused with a message that says what is missing."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.pipeline import Inspector, drop_templates
+from defect_agent.config import load_app_config, load_line
+from defect_agent.errors import ImageReadError
+from vision.deeppcb import reference_composite
+
+
+def _board(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((640, 640), np.uint8)
+    for _ in range(12):
+        x, y = (int(v) for v in rng.integers(0, 600, 2))
+        cv2.rectangle(img, (x, y), (x + 30, y + 4), 255, -1)
+    return img
+
+
+def _bare(line) -> Inspector:
+    from agent.fusion import FusionWeights
+
+    return Inspector(load_app_config(), line, locator=None, fusion=FusionWeights())
+
+
+def test_drop_templates_keeps_boards_and_lone_templates():
+    paths = ["b/01_test.jpg", "b/01_temp.jpg", "b/02_test.jpg", "c/03_temp.jpg", "b/x.jpg"]
+    assert drop_templates(paths) == ["b/01_test.jpg", "b/02_test.jpg", "c/03_temp.jpg", "b/x.jpg"]
+
+
+def test_locator_input_is_the_template_composite(tmp_path):
+    template = _board(0)
+    test = template.copy()
+    cv2.circle(test, (320, 320), 6, 255, -1)  # a spurious-copper blob only on the board
+    cv2.imwrite(str(tmp_path / "7_test.png"), test)
+    cv2.imwrite(str(tmp_path / "7_temp.png"), template)
+    inspector = _bare(load_line("pcb"))
+    image = cv2.imread(str(tmp_path / "7_test.png"), cv2.IMREAD_COLOR)
+    composite = inspector.locator_input(str(tmp_path / "7_test.png"), image)
+    assert composite.shape == (640, 640, 3)
+    np.testing.assert_array_equal(composite, reference_composite(test, template))
+    diff = composite[:, :, 2]
+    assert diff[320, 320] == 255 and diff[:200, :200].max() == 0  # the difference shows the blob, nothing else
+
+
+def test_board_without_template_is_refused_with_the_expected_name(tmp_path):
+    cv2.imwrite(str(tmp_path / "9_test.png"), _board(1))
+    inspector = _bare(load_line("pcb"))
+    with pytest.raises(ImageReadError, match="_temp"):
+        inspector.locator_input(str(tmp_path / "9_test.png"), cv2.imread(str(tmp_path / "9_test.png")))
+
+
+def test_lines_without_reference_pass_the_image_through():
+    inspector = _bare(load_line("battery_tab"))
+    image = np.zeros((480, 640, 3), np.uint8)
+    assert inspector.locator_input("any.png", image) is image
