@@ -36,6 +36,11 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         lr0: float = typer.Option(0.002, help="AdamW learning rate"),
         device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
         workers: Optional[int] = typer.Option(None, help="data-loader workers"),
+        time_hours: Optional[float] = typer.Option(None, help="wall-clock budget in hours: ultralytics fits the "
+                                                   "learning-rate schedule to it and stops (overrides --epochs)"),
+        cache: bool = typer.Option(False, help="keep decoded training images in RAM (faster epochs on CPU)"),
+        warmup_epochs: Optional[float] = typer.Option(None, help="learning-rate warm-up epochs (default: 3, or 0 "
+                                                      "on tiny sets); short CPU budgets want less"),
         seed: int = typer.Option(0),
         out: Optional[Path] = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
     ) -> None:
@@ -57,6 +62,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         extra = {"lr0": lr0}
         if workers is not None:
             extra["workers"] = workers
+        if time_hours is not None:
+            extra["time"] = time_hours
+        if cache:
+            extra["cache"] = "ram"
+        if warmup_epochs is not None:
+            extra["warmup_epochs"] = warmup_epochs
         result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
                                reference=cfg.locator.reference, **extra)

@@ -141,6 +141,9 @@ def train_adapter(
     args = train_overrides(n_train, epochs, imgsz, batch, device, None, seed, run_root, out.stem)
     # LoRA starts at the base exactly (B = 0): a larger step than full fine-tuning's default suits it
     args.update(optimizer="AdamW", lr0=0.002, warmup_bias_lr=0.0)
+    if reference != "none":
+        # composite channels carry test / template / difference: a hue or saturation jitter would mix them
+        args.update(hsv_h=0.0, hsv_s=0.0)
     args.update(overrides)
     args.update(model=str(base), data=str(data_yaml), task="detect", mode="train")
 
