@@ -19,22 +19,39 @@ def eval_queries(
     out: Path = typer.Option(Path("var/eval/queries"), help="where the test set and verdicts go"),
     as_json: Optional[Path] = typer.Option(None, "--json", help="write the figures as JSON here"),
     no_kb: bool = typer.Option(False, help="skip retrieval"),
+    deeppcb: Optional[Path] = typer.Option(None, help="pcb: DeepPCB folder (default ../shared/datasets/deeppcb)"),
 ) -> None:
-    """Precision / recall of the returned image set per instruction, against ground truth."""
-    from agent.evaluation import evaluate_battery_tab
+    """Precision / recall of the returned image set per instruction, against ground truth.
 
-    if line != "battery_tab":
-        raise typer.BadParameter("query evaluation on generated ground truth is for battery_tab; pcb: see README")
-    instructions = instruction or [SEED_INSTRUCTION_ZH, SEED_INSTRUCTION_EN]
-    report = evaluate_battery_tab(instructions, n=n, seed=seed, out=out, use_kb=not no_kb)
+    battery_tab: a freshly generated test set and the seed's instruction (or --instruction). pcb: the DeepPCB
+    validation boards plus their defect-free templates, and every pcb query of tests/data/queries.yaml (or
+    --instruction), with figures per query family."""
+    from agent.evaluation import evaluate_battery_tab, evaluate_pcb, pcb_queries
+    from defect_agent.errors import EmptyInput
+    from defect_agent.paths import shared_datasets_dir
+
+    if line == "pcb":
+        root = deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+        if root is None or not Path(root).is_dir():
+            raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
+        queries = [("given", q) for q in instruction] if instruction else pcb_queries()
+        report = evaluate_pcb(Path(root), queries, use_kb=not no_kb)
+        for fam in report.families:
+            typer.echo(f"{fam.family:<11} {fam.queries:3d} queries  P mean {fam.precision_mean:.3f} min "
+                       f"{fam.precision_min:.3f}   R mean {fam.recall_mean:.3f} min {fam.recall_min:.3f}")
+    elif line == "battery_tab":
+        instructions = instruction or [SEED_INSTRUCTION_ZH, SEED_INSTRUCTION_EN]
+        report = evaluate_battery_tab(instructions, n=n, seed=seed, out=out, use_kb=not no_kb)
+    else:
+        raise typer.BadParameter(f"no ground truth for line {line!r}: battery_tab (generated) or pcb (DeepPCB)")
     for row in report.rows:
         typer.echo(f"{row.precision:6.3f} P  {row.recall:6.3f} R  returned {row.returned:4d}  expected {row.expected:4d}"
-                   f"  review {row.review:3d}  {row.instruction}")
+                   f"  review {row.review:3d}  {row.family:<9} {row.instruction}")
     if as_json:
         as_json.parent.mkdir(parents=True, exist_ok=True)
         as_json.write_text(report.model_dump_json(indent=2), encoding="utf-8")
         typer.echo(f"written {as_json}")
-    typer.echo(json.dumps({"images": report.images, "seed": report.seed}))
+    typer.echo(json.dumps(report.model_dump(exclude={"rows", "families"})))
 
 
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:

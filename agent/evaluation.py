@@ -13,6 +13,7 @@ from defect_agent.paths import resolve
 
 class QueryScore(BaseModel):
     instruction: str
+    family: str = ""
     precision: float
     recall: float
     returned: int
@@ -65,3 +66,89 @@ def _read(path: str, inspector):
     from agent.images import read_image
 
     return read_image(path, inspector.line.image_size)
+
+
+class FamilyScore(BaseModel):
+    family: str
+    queries: int
+    precision_mean: float
+    recall_mean: float
+    precision_min: float
+    recall_min: float
+
+
+class PcbQueryEvalReport(BaseModel):
+    line: str = "pcb"
+    boards: int  # defective validation boards
+    clean_boards: int  # their defect-free templates inspected as boards
+    rows: list[QueryScore]
+    families: list[FamilyScore]
+    locator: str | None = None
+
+
+def pcb_queries(path: Path | None = None) -> list[tuple[str, str]]:
+    """(family, instruction) of every pcb query in the project's query set that a DeepPCB board can answer: scope
+    queries are left out (DeepPCB file names carry no dates or lot ids)."""
+    from agent.parser.queryset import load_queryset
+
+    out = []
+    for case in load_queryset(path)["queries"]:
+        if case.get("line") == "pcb" and not case.get("scope") and case.get("family") != "scope":
+            out.append((str(case.get("family", "?")), str(case["q"])))
+    return out
+
+
+def family_scores(rows: list[QueryScore]) -> list[FamilyScore]:
+    by: dict[str, list[QueryScore]] = {}
+    for row in rows:
+        by.setdefault(row.family, []).append(row)
+    return [FamilyScore(family=f, queries=len(rs), precision_mean=sum(r.precision for r in rs) / len(rs),
+                        recall_mean=sum(r.recall for r in rs) / len(rs), precision_min=min(r.precision for r in rs),
+                        recall_min=min(r.recall for r in rs)) for f, rs in sorted(by.items())]
+
+
+def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = False, kb_dir: Path | None = None,
+                 progress: bool = True) -> PcbQueryEvalReport:
+    """Every query over the DeepPCB validation boards (fixed groups, never trained on) and their defect-free
+    templates: the returned set against the set the annotations imply (same clause logic on exact findings)."""
+    from tqdm import tqdm
+
+    from agent.groundtruth import box_measurements, exact_finding
+    from agent.images import read_image
+    from agent.parser import parse_instruction
+    from agent.pipeline import Inspector
+    from vision.deeppcb import DEEPPCB_CLASSES, parse_annotation, reference_composite, scan_deeppcb, split_of
+
+    inspector = Inspector.from_config(line="pcb", kb_dir=kb_dir, use_kb=use_kb)
+    line = inspector.line
+    names = line.class_names
+    mm = line.calibration.mm_per_px
+    assert len(names) == len(DEEPPCB_CLASSES)
+    pairs = [p for p in scan_deeppcb(deeppcb) if split_of(p.group) == "val"]
+    findings, truth = {}, {}
+    for pair in tqdm(pairs, desc="pcb validation boards", unit="board", disable=not progress):
+        boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
+        image = read_image(pair.test, line.image_size)
+        findings[str(pair.test)] = inspector.analyse(image, locator_input=inspector.locator_input(str(pair.test), image))
+        truth[str(pair.test)] = [exact_finding(names[c], b, box_measurements(b, mm)) for c, b in boxes]
+        if pair.template is not None:  # the template is the same board without its defects
+            temp = read_image(pair.template, line.image_size)
+            composite = reference_composite(temp, temp) if inspector.uses_template else temp
+            findings[str(pair.template)] = inspector.analyse(temp, locator_input=composite)
+            truth[str(pair.template)] = []
+    rows = []
+    for family, instruction in queries:
+        query = parse_instruction(instruction, line="pcb")
+        returned, expected, review = set(), set(), 0
+        for path, found in findings.items():
+            d = decide(query, [f.model_copy(deep=True) for f in found], line, inspector.app.fusion)
+            if d.matches_query:
+                returned.add(path)
+            review += d.verdict == "review"
+            if expected_match(query, truth[path], line):
+                expected.add(path)
+        precision, recall = precision_recall(returned, expected)
+        rows.append(QueryScore(instruction=instruction, family=family, precision=precision, recall=recall,
+                               returned=len(returned), expected=len(expected), review=review))
+    return PcbQueryEvalReport(boards=len(pairs), clean_boards=sum(p.template is not None for p in pairs), rows=rows,
+                              families=family_scores(rows), locator=getattr(inspector.locator, "version", None))
