@@ -65,6 +65,37 @@ def write_texture_calibration(line_name: str, threshold: float, max_false_alarm:
     return path
 
 
+def _calibrate_fusion(line: str, n: int, seed: int, split: str, deeppcb: Path | None, dry_run: bool) -> None:
+    from tqdm import tqdm
+
+    from agent.calibration import battery_tab_samples, deeppcb_samples, fit_on
+    from agent.fusion import save_fusion
+    from agent.pipeline import Inspector
+    from defect_agent.paths import data_dir, shared_datasets_dir
+
+    inspector = Inspector.from_config(line=line)
+    if line == "battery_tab":
+        samples = battery_tab_samples(inspector, data_dir() / "calibration" / f"battery_tab-s{seed}-n{n}", n, seed)
+        source, total = f"battery_tab generated n={n} seed={seed}", n
+    elif line == "pcb":
+        root = deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+        if root is None or not Path(root).is_dir():
+            raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
+        samples = deeppcb_samples(inspector, Path(root), split)
+        source, total = f"DeepPCB {split} groups", None
+    else:
+        raise ConfigError(f"no labelled data for line {line!r}: fusion calibration knows battery_tab and pcb")
+    fit = fit_on(tqdm(samples, total=total, desc="labelled images", unit="img"),
+                 fitted_on=f"{source}; locator {inspector.locator.version}; embedder {inspector.embedder.version}")
+    w = fit.weights
+    typer.echo(f"{fit.images} images, {fit.after.findings} detections ({fit.after.positives} true): "
+               f"bias {w.bias:.3f} detector {w.detector:.3f} texture {w.texture:.3f} cases {w.cases:.3f}")
+    for name, q in (("identity", fit.before), ("fitted", fit.after)):
+        typer.echo(f"  {name:<9} log-loss {q.log_loss:.4f}  Brier {q.brier:.4f}  ECE {q.ece:.4f}")
+    if not dry_run:
+        typer.echo(f"stored {save_fusion(line, w)}")
+
+
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
     @train.command("embedder")
     def train_embedder_cmd(
@@ -105,12 +136,26 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     @app.command("calibrate")
     def calibrate_texture(
         line: str = typer.Option(..., help="product line whose configs/lines/<line>.yaml gets the threshold"),
-        normal: list[Path] = typer.Option(..., help="folder(s) or files of known-normal (defect-free) images"),
+        normal: Optional[list[Path]] = typer.Option(None, help="folder(s) or files of known-normal (defect-free) "
+                                                    "images: sets the texture threshold"),
         max_false_alarm: float = typer.Option(0.01, help="largest share of normal images allowed above the threshold"),
-        dry_run: bool = typer.Option(False, help="print the threshold, leave the config unchanged"),
+        fusion: bool = typer.Option(False, "--fusion", help="fit the line's fusion weights on labelled images "
+                                    "instead (battery_tab: generated; pcb: DeepPCB annotations)"),
+        n: int = typer.Option(200, help="--fusion, battery_tab: images generated for the fit"),
+        seed: int = typer.Option(777, help="--fusion, battery_tab: generator seed (training 1, tests 1234 / 4242)"),
+        split: str = typer.Option("train", help="--fusion, pcb: DeepPCB part to fit on (val is kept for eval)"),
+        deeppcb: Optional[Path] = typer.Option(None, help="--fusion, pcb: DeepPCB folder"),
+        dry_run: bool = typer.Option(False, help="print the result, leave the config / fusion file unchanged"),
     ) -> None:
-        """Texture threshold of a line: score known-normal images with the embedder (sliding windows) and store the
-        (1 - max_false_alarm) quantile as texture.threshold in the line config."""
+        """Calibrate a line. `--normal DIR`: texture threshold = the (1 - max_false_alarm) quantile of the texture
+        scores of known-normal images, stored as texture.threshold in the line config. `--fusion`: logistic fusion
+        of detector confidence, texture score and case evidence fitted on detections matched to ground truth,
+        stored in models/fusion/<line>.json."""
+        if fusion:
+            _calibrate_fusion(line, n=n, seed=seed, split=split, deeppcb=deeppcb, dry_run=dry_run)
+            return
+        if not normal:
+            raise typer.BadParameter("give --normal DIR (texture threshold) or --fusion")
         import numpy as np
         from tqdm import tqdm
 

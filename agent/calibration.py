@@ -1,0 +1,113 @@
+"""Fitting the per-defect fusion (agent.fusion) on labelled findings: detections of the real pipeline matched to
+ground-truth boxes (1 = a true defect, 0 = a false detection), then a logistic fit of detector confidence, texture
+score and case evidence. Also reports how well the fused probability is calibrated before and after the fit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agent.fusion import FusionWeights, fit_fusion
+from agent.verdict import DefectFinding
+from vision.detection import Box
+
+TruthBoxes = list[tuple[str, Box]]
+
+
+class CalibrationQuality(BaseModel):
+    findings: int
+    positives: int
+    log_loss: float
+    brier: float
+    ece: float  # expected calibration error over 10 equal-width bins
+
+
+class FusionFit(BaseModel):
+    weights: FusionWeights
+    images: int
+    before: CalibrationQuality  # identity fusion (probability = detector confidence)
+    after: CalibrationQuality
+
+
+def label_findings(findings: list[DefectFinding], truth: TruthBoxes, iou: float = 0.5) -> list[tuple[DefectFinding, int]]:
+    """Greedy one-to-one matching, most confident first: a detector finding is a true defect when an unmatched truth
+    box of its class overlaps it by at least `iou`. Derived findings (offset, missing weld) are measured, not
+    detected, and are left out."""
+    free = list(truth)
+    out: list[tuple[DefectFinding, int]] = []
+    for f in sorted((f for f in findings if f.source == "detector"), key=lambda f: -f.confidence):
+        best, best_iou = None, iou
+        for i, (cls, box) in enumerate(free):
+            if cls == f.defect_class and (o := f.box.iou(box)) >= best_iou:
+                best, best_iou = i, o
+        out.append((f, int(best is not None)))
+        if best is not None:
+            free.pop(best)
+    return out
+
+
+def calibration_quality(probabilities: list[float], labels: list[int], bins: int = 10) -> CalibrationQuality:
+    eps = 1e-6
+    n = len(labels)
+    ll = -sum(y * math.log(max(p, eps)) + (1 - y) * math.log(max(1 - p, eps)) for p, y in zip(probabilities, labels))
+    brier = sum((p - y) ** 2 for p, y in zip(probabilities, labels))
+    ece = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, p in enumerate(probabilities) if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if idx:
+            conf = sum(probabilities[i] for i in idx) / len(idx)
+            acc = sum(labels[i] for i in idx) / len(idx)
+            ece += len(idx) / n * abs(conf - acc)
+    return CalibrationQuality(findings=n, positives=sum(labels), log_loss=ll / n, brier=brier / n, ece=ece)
+
+
+def fit_on(samples: Iterable[tuple[list[DefectFinding], TruthBoxes]], fitted_on: str, iou: float = 0.5) -> FusionFit:
+    """Fit the fusion weights on (findings, truth boxes) of labelled images."""
+    conf, tex, cases, labels = [], [], [], []
+    images = 0
+    for findings, truth in samples:
+        images += 1
+        for f, y in label_findings(findings, truth, iou):
+            conf.append(f.confidence)
+            tex.append(f.texture_score)
+            cases.append(f.case_evidence)
+            labels.append(y)
+    if not labels:
+        raise ValueError("no detections on the calibration images: nothing to fit")
+    weights = fit_fusion(conf, tex, cases, labels, fitted_on=fitted_on)
+    identity = FusionWeights()
+    before = calibration_quality([identity.fuse(c, t, e) for c, t, e in zip(conf, tex, cases)], labels)
+    after = calibration_quality([weights.fuse(c, t, e) for c, t, e in zip(conf, tex, cases)], labels)
+    return FusionFit(weights=weights, images=images, before=before, after=after)
+
+
+def battery_tab_samples(inspector, out: Path, n: int, seed: int) -> Iterator[tuple[list[DefectFinding], TruthBoxes]]:
+    """Freshly generated battery_tab images (a seed of their own) with the generator's exact boxes."""
+    from agent.images import read_image
+    from vision.synth.battery_tab import generate_batch, read_truth
+
+    paths = generate_batch(out, n=n, seed=seed)
+    truths = {t.image: t for t in read_truth(out / "truth.jsonl")}
+    defects = {c.name for c in inspector.line.classes if c.role == "defect"}
+    for p in paths:
+        truth = [(o.name, o.box) for o in truths[p.name].objects if o.name in defects]
+        yield inspector.analyse(read_image(p, inspector.line.image_size)), truth
+
+
+def deeppcb_samples(inspector, root: Path, split: str = "train") -> Iterator[tuple[list[DefectFinding], TruthBoxes]]:
+    """DeepPCB boards of one split of the fixed group split (vision.deeppcb), with their annotations."""
+    from agent.images import read_image
+    from vision.deeppcb import parse_annotation, scan_deeppcb, split_of
+
+    names = inspector.line.class_names
+    for pair in scan_deeppcb(root):
+        if split_of(pair.group) != split:
+            continue
+        boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
+        image = read_image(pair.test, inspector.line.image_size)
+        findings = inspector.analyse(image, locator_input=inspector.locator_input(str(pair.test), image))
+        yield findings, [(names[c], b) for c, b in boxes]
