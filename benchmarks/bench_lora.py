@@ -118,6 +118,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         common["amp"] = spec["amp"]
     if spec.get("lr0"):
         common["lr0"] = spec["lr0"]
+    if spec["reference"]:  # composite channels (test, template, difference): no hue / saturation jitter, as in train_adapter
+        common.update(hsv_h=0.0, hsv_s=0.0)
     method = spec["method"]
     base = Path(spec["base"])
     started = time.time()
@@ -242,7 +244,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--src", default=None, help="DeepPCB folder (default ../shared/datasets/deeppcb)")
-    ap.add_argument("--base", default=str(ROOT / "models" / "locator" / "base.pt"), help="shared base checkpoint")
+    ap.add_argument("--base", default=str(ROOT / "models" / "locator" / "battery_tab.pt"),
+                    help="shared base checkpoint (the shipped battery_tab detector)")
     ap.add_argument("--alt-base", default=None, help="second base for methods ending in _alt (default: the COCO "
                     "YOLOv8n in ../shared/weights)")
     ap.add_argument("--work", default=str(ROOT / "var" / "bench_lora"))
