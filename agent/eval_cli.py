@@ -20,6 +20,7 @@ def eval_queries(
     as_json: Optional[Path] = typer.Option(None, "--json", help="write the figures as JSON here"),
     no_kb: bool = typer.Option(False, help="skip retrieval"),
     deeppcb: Optional[Path] = typer.Option(None, help="pcb: DeepPCB folder (default ../shared/datasets/deeppcb)"),
+    max_boards: Optional[int] = typer.Option(None, help="pcb: only the first N validation boards (quick checks)"),
 ) -> None:
     """Precision / recall of the returned image set per instruction, against ground truth.
 
@@ -35,7 +36,7 @@ def eval_queries(
         if root is None or not Path(root).is_dir():
             raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
         queries = [("given", q) for q in instruction] if instruction else pcb_queries()
-        report = evaluate_pcb(Path(root), queries, use_kb=not no_kb)
+        report = evaluate_pcb(Path(root), queries, use_kb=not no_kb, max_boards=max_boards)
         for fam in report.families:
             typer.echo(f"{fam.family:<11} {fam.queries:3d} queries  P mean {fam.precision_mean:.3f} min "
                        f"{fam.precision_min:.3f}   R mean {fam.recall_mean:.3f} min {fam.recall_min:.3f}")

@@ -108,7 +108,7 @@ def family_scores(rows: list[QueryScore]) -> list[FamilyScore]:
 
 
 def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = False, kb_dir: Path | None = None,
-                 progress: bool = True) -> PcbQueryEvalReport:
+                 progress: bool = True, max_boards: int | None = None) -> PcbQueryEvalReport:
     """Every query over the DeepPCB validation boards (fixed groups, never trained on) and their defect-free
     templates: the returned set against the set the annotations imply (same clause logic on exact findings)."""
     from tqdm import tqdm
@@ -124,7 +124,7 @@ def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = F
     names = line.class_names
     mm = line.calibration.mm_per_px
     assert len(names) == len(DEEPPCB_CLASSES)
-    pairs = [p for p in scan_deeppcb(deeppcb) if split_of(p.group) == "val"]
+    pairs = [p for p in scan_deeppcb(deeppcb) if split_of(p.group) == "val"][:max_boards]
     findings, truth = {}, {}
     for pair in tqdm(pairs, desc="pcb validation boards", unit="board", disable=not progress):
         boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
