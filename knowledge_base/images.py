@@ -7,14 +7,13 @@ never deleted by `kb rm` either: the history may still cite them."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from defect_agent.errors import ImageReadError
+from defect_agent.files import atomic_write
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -68,16 +67,7 @@ class ImageStore:
         if target.is_file():
             return StoredImage(sha, rel, created=False)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=suffix)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, data, suffix=suffix)
         return StoredImage(sha, rel, created=True)
 
     def discard(self, stored: StoredImage) -> None:

@@ -795,7 +795,7 @@ class KnowledgeBase:
     def export(self, path: Path | str, include_vectors: bool = False, filters: CaseFilter | None = None) -> int:
         """Write cases as JSONL (one Case per line, image paths absolute); `include_vectors` adds each vector and
         the embedder version so `kb import` can restore a knowledge base without re-embedding. Returns the count."""
-        from retrieval.store import _atomic_write
+        from defect_agent.files import atomic_write
 
         path = Path(path)
         with self._lock:
@@ -812,7 +812,7 @@ class KnowledgeBase:
                 obj["model_version"] = version
             lines.append(json.dumps(obj, ensure_ascii=False))
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+        atomic_write(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
         return len(cases)
 
     def stats(self) -> KBStats:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from defect_agent.errors import DefectAgentError
+from defect_agent.files import atomic_write
 from retrieval.policy import IndexSpec
 
 log = logging.getLogger(__name__)
@@ -65,19 +65,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _atomic_write(target: Path, data: bytes | memoryview) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class IndexFile:
@@ -134,8 +121,8 @@ class IndexFile:
                             model_version=model_version, applied_seq=applied_seq, generation=generation,
                             created_at=datetime.now(timezone.utc), file_sha256=hashlib.sha256(data).hexdigest(),
                             file_bytes=int(data.nbytes))
-        _atomic_write(self.index_path, memoryview(data))
-        _atomic_write(self.manifest_path, manifest.model_dump_json(indent=2).encode("utf-8"))
+        atomic_write(self.index_path, memoryview(data))
+        atomic_write(self.manifest_path, manifest.model_dump_json(indent=2).encode("utf-8"))
         _fsync_dir(self.dir)
         log.debug("index written: %d vectors, %s, seq %d", manifest.count, vindex.spec.describe(), applied_seq)
         return manifest

@@ -135,7 +135,7 @@ def train_adapter(
     count_split_images(data_yaml, "val")
     if n_train == 0:
         raise EmptyInput(f"{data_yaml}: the train split has no images")
-    names = _names(data_yaml)
+    _names(data_yaml)  # a dataset YAML without class names fails here, before any training
     settings = LoraSettings(rank=rank, alpha=alpha)
     run_root = Path(run_dir) if run_dir else data_dir() / "runs" / "adapter"
     args = train_overrides(n_train, epochs, imgsz, batch, device, None, seed, run_root, out.stem)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from defect_agent.config import LineConfig, load_app_config
 from defect_agent.errors import ConfigError, ImageReadError, ModelFileMissing
+from defect_agent.files import file_sha256
 from defect_agent.paths import resolve
 from vision.detection import Box, Detection
 
@@ -88,18 +88,6 @@ def _place_fonts() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
 
-
-def file_sha256(path: Path) -> str:
-    return _sha256_cached(str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
-
-
-@lru_cache(maxsize=64)
-def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_yolo(path: Path, make_command: str) -> "YOLO":

