@@ -75,9 +75,9 @@ class Inspector:
         configure_offline()
         app = app or load_app_config()
         line_cfg = load_line(line or app.default_line)
-        from vision.locator import Locator
+        from vision.locator import shared_pool
 
-        locator = Locator.from_line(line_cfg)
+        locator = shared_pool().locator(line_cfg)  # lines over one base share it in memory
         set_threads(app.threads)
         embedder = scorer = kb = None
         if use_embedder:

@@ -282,3 +282,30 @@ def test_bank_switches_in_place_with_fresh_detections(base_path, adapters):
         assert torch.equal(boxes(yolo), fresh[name]), name
         assert [yolo.predictor.model.names[i] for i in range(len(bank.class_names(name)))] == bank.class_names(name)
     assert bank.switch_ms("pcb") < 1000  # generous: the benchmark measures it properly
+
+
+def test_pool_shares_one_base_across_lines_with_fresh_detections(base_path, adapters):
+    from defect_agent.config import LineConfig
+    from vision.locator import Locator, LocatorPool
+    from vision.lora import load_detection_model, model_class_names
+
+    def line(name, names, adapter):
+        locator = {"weights": str(base_path), "imgsz": 64, "conf": 0.0}
+        if adapter:
+            locator.update(base=str(base_path), adapter=str(adapters[adapter]))
+        return LineConfig.model_validate({"name": name, "calibration": {"mm_per_px": 0.02},
+                                          "classes": [{"name": n} for n in names], "locator": locator})
+
+    lines = [line("pcb", PCB_NAMES, "pcb"), line("steel", OTHER_NAMES, "steel"),
+             line("plain", model_class_names(load_detection_model(base_path)), None)]
+    img = (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)
+    fresh = {ln.name: Locator.from_line(ln).predict([img])[0] for ln in lines}
+    pool = LocatorPool()
+    pooled = {ln.name: pool.locator(ln) for ln in lines}
+    assert len({id(p.model.model) for p in pooled.values()}) == 1  # one base in memory for the three lines
+    for name in ["steel", "pcb", "plain", "steel", "plain", "pcb"]:
+        got = pooled[name].predict([img])[0]
+        want = fresh[name]
+        assert [(d.defect_class, d.box, round(d.confidence, 5)) for d in got] == \
+            [(d.defect_class, d.box, round(d.confidence, 5)) for d in want], name
+    assert pool.locator(lines[0]).version == pooled["pcb"].version and "+pcb.safetensors@" in pooled["pcb"].version

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -19,6 +20,8 @@ from vision.detection import Box, Detection
 
 if TYPE_CHECKING:  # heavy import, only for type hints
     from ultralytics import YOLO
+
+    from vision.lora import AdapterBank
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +139,12 @@ class Locator:
         iou: float = 0.5,
         device: str = "cpu",
         weights_path: Path | None = None,
+        bank: "AdapterBank | None" = None,
+        bank_line: str | None = None,
     ) -> None:
         self.model = model
+        self._bank = bank  # shared base (vision.lora.AdapterBank) and this locator's adapter in it (None: the base)
+        self._bank_line = bank_line
         self._version = version
         self._class_names = list(class_names)
         self.imgsz = imgsz
@@ -196,22 +203,9 @@ class Locator:
                 f"({exc}); install the project with its LoRA support (vision/lora.py, peft) or remove "
                 f"locator.adapter from configs/lines/{line.name}.yaml"
             ) from exc
-        from vision.lora import read_adapter_meta
-
-        trained_on = read_adapter_meta(adapter_path).reference
-        if trained_on != cfg.reference:
-            raise ConfigError(
-                f"{adapter_path} was trained on reference={trained_on!r} inputs but configs/lines/{line.name}.yaml "
-                f"sets locator.reference={cfg.reference!r}: set it to {trained_on!r} or retrain the adapter "
-                f"({adapter_command(line.name)})"
-            )
+        _check_reference(line, adapter_path)
         model = load_adapted_yolo(base_path, adapter_path)
-        names = checkpoint_class_names(model)
-        if names != line.class_names:
-            raise ConfigError(
-                f"class names of {base_path} + {adapter_path} are {names}, but line {line.name!r} lists "
-                f"{line.class_names}; retrain the adapter ({adapter_command(line.name)}) or fix the line config"
-            )
+        names = _checked_names(line, checkpoint_class_names(model), f"{base_path} + {adapter_path}")
         version = f"{_version_of(base_path)}+{_version_of(adapter_path)}"
         return cls(model, version, names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device,
                    weights_path=base_path)
@@ -227,6 +221,13 @@ class Locator:
 
     def predict(self, images: list[np.ndarray], conf: float | None = None) -> list[list[Detection]]:
         """Detections per image (BGR uint8 arrays), boxes in the image's own pixel coordinates."""
+        if self._bank is None:
+            return self._predict(images, conf)
+        with self._bank.lock:  # one base serves several lines: activate ours for the whole call
+            self._bank.use(self._bank_line)
+            return self._predict(images, conf)
+
+    def _predict(self, images: list[np.ndarray], conf: float | None) -> list[list[Detection]]:
         conf = self.conf if conf is None else conf
         bgr = [_as_bgr(img, i) for i, img in enumerate(images)]
         out: list[list[Detection]] = []
@@ -268,3 +269,74 @@ def _version_of(path: Path) -> str:
             digest.update(file_sha256(f).encode())
         return f"{path.name}@{digest.hexdigest()[:12]}"
     return f"{path.name}@{file_sha256(path)[:12]}"
+
+
+def _check_reference(line: LineConfig, adapter_path: Path) -> None:
+    from vision.lora import read_adapter_meta
+
+    trained_on = read_adapter_meta(adapter_path).reference
+    if trained_on != line.locator.reference:
+        raise ConfigError(
+            f"{adapter_path} was trained on reference={trained_on!r} inputs but configs/lines/{line.name}.yaml "
+            f"sets locator.reference={line.locator.reference!r}: set it to {trained_on!r} or retrain the adapter "
+            f"({adapter_command(line.name)})"
+        )
+
+
+def _checked_names(line: LineConfig, names: list[str], source: str) -> list[str]:
+    if names != line.class_names:
+        raise ConfigError(
+            f"class names of {source} are {names}, but line {line.name!r} lists {line.class_names}; retrain "
+            f"({adapter_command(line.name) if line.locator.adapter else train_command(line.name)}) or fix the "
+            "line config"
+        )
+    return names
+
+
+class LocatorPool:
+    """Lines whose locators share a base file share one model in memory (vision.lora.AdapterBank): the first
+    locator of a base loads it, each line's adapter is added once, and a line's locator switches the bank to its
+    adapter (the plain base for a line without one) when it predicts. Detections equal those of a fresh load."""
+
+    def __init__(self) -> None:
+        self._banks: dict[Path, "AdapterBank"] = {}
+        self._lock = threading.Lock()
+
+    def locator(self, line: LineConfig, device: str = "cpu") -> Locator:
+        cfg = line.locator
+        base_path = resolve(cfg.base or cfg.weights) if cfg.adapter else resolve(cfg.weights)
+        if not base_path.is_file():
+            raise ModelFileMissing(base_path, train_command(line.name), what="locator base weights")
+        adapter_path = resolve(cfg.adapter) if cfg.adapter else None
+        if adapter_path is not None and not adapter_path.exists():
+            raise ModelFileMissing(adapter_path, adapter_command(line.name), what="LoRA adapter")
+        import_yolo()
+        from vision.lora import AdapterBank
+
+        with self._lock:
+            bank = self._banks.get(base_path)
+            if bank is None:
+                bank = self._banks[base_path] = AdapterBank(base_path)
+            if adapter_path is not None:
+                _check_reference(line, adapter_path)
+                if line.name not in bank.lines:
+                    with bank.lock:
+                        bank.add(line.name, adapter_path)
+        adapter = line.name if adapter_path is not None else None
+        names = _checked_names(line, bank.class_names(adapter),
+                               f"{base_path}" + (f" + {adapter_path}" if adapter_path else ""))
+        version = _version_of(base_path) + (f"+{_version_of(adapter_path)}" if adapter_path else "")
+        return Locator(bank.yolo, version, names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device,
+                       weights_path=base_path, bank=bank, bank_line=adapter)
+
+
+_POOL: LocatorPool | None = None
+
+
+def shared_pool() -> LocatorPool:
+    """The process-wide pool the Inspector uses."""
+    global _POOL
+    if _POOL is None:
+        _POOL = LocatorPool()
+    return _POOL
+

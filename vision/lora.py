@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -479,6 +480,7 @@ class AdapterBank:
         self.base_names = getattr(self.yolo.model, BASE_ATTR)
         self._meta: dict[str, AdapterMeta] = {}
         self.active: str | None = None
+        self.lock = threading.RLock()  # held by callers across use() + predict when several lines share the bank
 
     @property
     def lines(self) -> list[str]:
