@@ -1,9 +1,9 @@
 """Shared helpers for the knowledge-base and retrieval tests, plus tests of the helpers themselves.
 
-`HistogramEmbedder` is a TEST DOUBLE for the real embedder (vision/embedder, a separate component built elsewhere):
-it maps an image crop to its colour histogram and a text to hashed word buckets, deterministically, so the knowledge
-base's own behaviour (storage, indexing, filtering, ranking, consistency) can be tested without loading a neural
-network. Images of similar colour get similar vectors, which is all these tests rely on."""
+`HistogramEmbedder` stands in for the real embedder where a test needs vectors whose geometry it controls: it maps
+an image crop to its colour histogram and a text to hashed word buckets, deterministically, so the knowledge base's
+own behaviour (storage, indexing, filtering, ranking, consistency) is pinned to exact orderings. The KB with the
+shipped open_clip embedder on real crops is tested in tests/test_kb_real_embedder.py."""
 
 from __future__ import annotations
 
