@@ -42,6 +42,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         warmup_epochs: Optional[float] = typer.Option(None, help="learning-rate warm-up epochs (default: 3, or 0 "
                                                       "on tiny sets); short CPU budgets want less"),
         seed: int = typer.Option(0),
+        init: Optional[Path] = typer.Option(None, help="continue training this adapter file (warm start; its "
+                                            "rank and alpha are kept)"),
         out: Optional[Path] = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
     ) -> None:
         """Train a LoRA adapter of a line over the shared base (only LoRA + class head are trained)."""
@@ -70,7 +72,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             extra["warmup_epochs"] = warmup_epochs
         result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
-                               reference=cfg.locator.reference, **extra)
+                               reference=cfg.locator.reference, init_adapter=init, **extra)
         summary = Path(result.run_dir) / "adapter_result.json"
         summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
         fm = result.final_metrics

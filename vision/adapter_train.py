@@ -25,10 +25,12 @@ from vision.locator import import_yolo
 from vision.lora import (
     AdapterMeta,
     LoraSettings,
+    activate,
     add_lora,
     adapter_state_dict,
     assert_adapter_only,
     file_sha256,
+    load_adapter,
     load_detection_model,
     make_meta,
     mark_trainable,
@@ -73,8 +75,10 @@ class AdapterTrainResult(BaseModel):
 class LoraDetectionTrainer(DetectionTrainer):
     """DetectionTrainer whose model is the frozen base plus one trainable LoRA adapter."""
 
-    def __init__(self, lora: LoraSettings, overrides: dict[str, Any], _callbacks: dict | None = None) -> None:
+    def __init__(self, lora: LoraSettings, overrides: dict[str, Any], _callbacks: dict | None = None,
+                 init_adapter: Path | None = None) -> None:
         self.lora = lora
+        self.init_adapter = init_adapter  # warm start: continue training this adapter instead of a fresh one
         self.adapter_meta: AdapterMeta | None = None
         self.trainable: dict[str, int] = {}
         super().__init__(overrides=overrides, _callbacks=_callbacks)
@@ -85,7 +89,14 @@ class LoraDetectionTrainer(DetectionTrainer):
         model = prepare_base(model)
         names = self.data["names"]
         names = [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-        self.adapter_meta = add_lora(model, ADAPTER_NAME, names, self.lora, trainable=True)
+        if self.init_adapter is None:
+            self.adapter_meta = add_lora(model, ADAPTER_NAME, names, self.lora, trainable=True)
+        else:
+            self.adapter_meta = load_adapter(model, self.init_adapter, ADAPTER_NAME, file_sha256(self.args.model))
+            if self.adapter_meta.names != names:
+                raise ConfigError(f"{self.init_adapter} holds classes {self.adapter_meta.names}, the data "
+                                  f"{names}: warm start needs the same classes")
+            activate(model, ADAPTER_NAME, names, trainable=True)
         self.trainable = mark_trainable(model, ADAPTER_NAME)
         log.info("LoRA r=%d over %s: %s", self.lora.rank, self.args.model, self.trainable)
         return model
@@ -119,9 +130,11 @@ def train_adapter(
     line: str | None = None,
     reference: str = "none",
     run_dir: Path | None = None,
+    init_adapter: Path | str | None = None,
     **overrides: Any,
 ) -> AdapterTrainResult:
-    """Train a LoRA adapter of `rank` over `base` on `data_yaml` and write it to `out` (.safetensors)."""
+    """Train a LoRA adapter of `rank` over `base` on `data_yaml` and write it to `out` (.safetensors).
+    `init_adapter`: continue training that adapter (its rank and alpha) instead of starting from B = 0."""
     from vision.yolo_train import count_split_images, train_overrides
 
     data_yaml = Path(data_yaml).resolve()
@@ -136,6 +149,13 @@ def train_adapter(
     if n_train == 0:
         raise EmptyInput(f"{data_yaml}: the train split has no images")
     _names(data_yaml)  # a dataset YAML without class names fails here, before any training
+    init_meta = None
+    if init_adapter is not None:
+        from vision.lora import read_adapter_meta
+
+        init_adapter = Path(init_adapter).resolve()
+        init_meta = read_adapter_meta(init_adapter)
+        rank, alpha = init_meta.rank, init_meta.alpha
     settings = LoraSettings(rank=rank, alpha=alpha)
     run_root = Path(run_dir) if run_dir else data_dir() / "runs" / "adapter"
     args = train_overrides(n_train, epochs, imgsz, batch, device, None, seed, run_root, out.stem)
@@ -147,7 +167,7 @@ def train_adapter(
     args.update(overrides)
     args.update(model=str(base), data=str(data_yaml), task="detect", mode="train")
 
-    trainer = LoraDetectionTrainer(settings, overrides=args)
+    trainer = LoraDetectionTrainer(settings, overrides=args, init_adapter=init_adapter)
     losses: list[dict[str, float]] = []
 
     def _record_loss(tr: Any) -> None:
@@ -171,6 +191,8 @@ def train_adapter(
         "data": str(data_yaml), "train_images": n_train, "epochs": epochs, "batch": batch, "seed": seed,
         "lr0": args.get("lr0"), "optimizer": args.get("optimizer"), "final_metrics": metrics,
         "trained": time.strftime("%Y-%m-%d"),
+        **({"continued_from": {"file": init_adapter.name, "sha256": file_sha256(init_adapter),
+                               "provenance": init_meta.provenance}} if init_meta is not None else {}),
     })
     # the checkpoint keeps the adapter under the training name; the file stores it name-free
     adapter_state_dict(adapted, ADAPTER_NAME)

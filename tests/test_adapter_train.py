@@ -1,0 +1,78 @@
+"""Training a line's LoRA adapter through ultralytics' trainer, on a tiny drawn dataset over the shipped base:
+only LoRA and class-head weights train, the base file's weights stay untouched, the adapter is a small file that
+loads for prediction, and a warm start continues from an adapter instead of starting at B = 0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from defect_agent.errors import ConfigError
+from defect_agent.paths import resolve
+from test_locator_train import make_tiny_dataset
+
+BASE = resolve("models/locator/battery_tab.pt")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny-adapter"), n_train=8, n_val=4)
+
+
+@pytest.fixture(scope="module")
+def first(tiny, tmp_path_factory):
+    from vision.adapter_train import train_adapter
+
+    out = tmp_path_factory.mktemp("adapter") / "tiny.safetensors"
+    return train_adapter(tiny, BASE, out, rank=4, epochs=1, imgsz=128, batch=4, line="tiny",
+                         run_dir=tmp_path_factory.mktemp("runs"))
+
+
+def test_only_lora_and_class_head_train_and_the_file_is_small(first):
+    assert first.trainable["other"] == 0 and first.trainable["lora"] > 0 and first.trainable["head"] > 0
+    assert first.trainable["trainable"] < 0.1 * first.trainable["base"]
+    assert first.adapter_bytes < 0.05 * first.base_bytes
+    assert first.epochs_run == 1 and all(v == v for v in first.epoch_losses[0].values())  # finite, not NaN
+
+
+def test_adapter_loads_over_the_untouched_base(first, tiny):
+    import numpy as np
+
+    from vision.lora import file_sha256, load_adapted_yolo, read_adapter_meta
+
+    meta = read_adapter_meta(first.adapter)
+    assert meta.base_sha256 == file_sha256(BASE) == first.base_sha256  # the base file was not rewritten
+    assert meta.names == ["square", "disc"] and meta.rank == 4
+    yolo = load_adapted_yolo(BASE, first.adapter)
+    img = np.full((128, 128, 3), 60, np.uint8)
+    res = yolo.predict(img, imgsz=128, conf=0.0, device="cpu", verbose=False)[0]
+    assert res.boxes is not None and int(res.boxes.cls.max()) <= 1
+
+
+def test_warm_start_continues_the_adapter(first, tiny, tmp_path):
+    from vision.adapter_train import train_adapter
+    from vision.lora import read_adapter, read_adapter_meta
+
+    out = tmp_path / "continued.safetensors"
+    res = train_adapter(tiny, BASE, out, rank=16, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / "r",
+                        init_adapter=first.adapter)
+    meta = read_adapter_meta(out)
+    assert meta.rank == 4  # the initial adapter's rank, not the argument's
+    assert meta.provenance["continued_from"]["file"] == first.adapter.name
+    _, before = read_adapter(first.adapter)
+    _, after = read_adapter(out)
+    lora_b = [k for k in before if "lora_B" in k]
+    assert lora_b and any(before[k].abs().sum() > 0 for k in lora_b)  # the first run moved B away from zero
+    assert any(not torch.equal(before[k], after[k]) for k in lora_b)  # and the second kept training it
+    assert res.trainable["other"] == 0
+
+
+def test_warm_start_with_other_classes_is_refused(first, tmp_path):
+    from test_locator_train import make_tiny_dataset
+    from vision.adapter_train import train_adapter
+
+    data = make_tiny_dataset(tmp_path / "other", n_train=4, n_val=2)
+    data.write_text(data.read_text().replace("square", "blob"))
+    with pytest.raises(ConfigError, match="same classes"):
+        train_adapter(data, BASE, tmp_path / "x.safetensors", epochs=1, imgsz=128, batch=4, run_dir=tmp_path / "r",
+                      init_adapter=first.adapter)
