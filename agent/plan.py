@@ -46,7 +46,9 @@ def build_plan(instruction: str | InspectionQuery, line: str | None = None) -> P
         PlanStep(tool="load_images", purpose="read images, check the calibrated size, apply the scope",
                  args={"expected_size": cfg.image_size, "scope": query.scope.model_dump(exclude_none=True)}),
         PlanStep(tool="locate", purpose="YOLO detector of the line (base + LoRA adapter when configured)",
-                 args={"weights": cfg.locator.weights, "adapter": cfg.locator.adapter, "conf": cfg.locator.conf,
+                 args={"weights": (cfg.locator.base or cfg.locator.weights) if cfg.locator.adapter
+                       else cfg.locator.weights, "adapter": cfg.locator.adapter, "reference": cfg.locator.reference,
+                       "conf": cfg.locator.conf,
                        "imgsz": cfg.locator.imgsz, "classes": sorted(x for x in wanted if x)}),
         PlanStep(tool="measure", purpose="sizes in mm from the calibration; derived defects from located parts",
                  args={"mm_per_px": cfg.calibration.mm_per_px, "measures": measures, "derived": derived}),
