@@ -30,3 +30,30 @@ def test_pcb_query_eval_on_a_few_boards(shared_datasets, tmp_path):
     assert 0 <= short["returned"] <= 6 and 0.0 <= short["precision"] <= 1.0 and 0.0 <= short["recall"] <= 1.0
     assert many["expected"] == sum(len(parse_annotation(p.annotation.read_text())) > 5 for p in boards)
     assert report["locator"] and "pcb_adapter" in report["locator"]
+
+
+def test_inspect_pcb_boards_with_their_templates(shared_datasets, tmp_path):
+    import shutil
+
+    from agent.cli import app
+    from vision.deeppcb import scan_deeppcb, split_of
+
+    pairs = [p for p in scan_deeppcb(shared_datasets / "deeppcb") if split_of(p.group) == "val"][:2]
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    for p in pairs:  # an operator's folder: each board beside its golden template
+        shutil.copy(p.test, boards / p.test.name)
+        shutil.copy(p.template, boards / p.template.name)
+    lonely = boards / "99999999_test.jpg"
+    shutil.copy(pairs[0].test, lonely)  # a board whose template is missing
+    out = tmp_path / "v.jsonl"
+    result = CliRunner().invoke(app, ["inspect", "find boards with a short or an open circuit", str(boards),
+                                      "--line", "pcb", "--no-kb", "--out", str(out)])
+    assert result.exit_code == 3, result.output  # one image could not be inspected
+    verdicts = {json.loads(line)["image"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert len(verdicts) == 3  # templates are references, not boards
+    assert "_temp" in verdicts[str(lonely)]["error"] and verdicts[str(lonely)]["verdict"] == "review"
+    for p in pairs:
+        v = verdicts[str(boards / p.test.name)]
+        assert v["error"] is None and v["verdict"] in {"pass", "fail", "review"}
+        assert "pcb_adapter" in v["models"]["locator"] and v["defects"]
