@@ -309,3 +309,17 @@ def test_pool_shares_one_base_across_lines_with_fresh_detections(base_path, adap
         assert [(d.defect_class, d.box, round(d.confidence, 5)) for d in got] == \
             [(d.defect_class, d.box, round(d.confidence, 5)) for d in want], name
     assert pool.locator(lines[0]).version == pooled["pcb"].version and "+pcb.safetensors@" in pooled["pcb"].version
+
+
+def test_adapter_added_after_the_first_prediction_is_used(base_path, adapters):
+    from vision.lora import AdapterBank, load_adapted_yolo
+
+    img = (np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)
+
+    def boxes(yolo) -> torch.Tensor:
+        return yolo.predict(img, imgsz=64, conf=0.0, device="cpu", verbose=False)[0].boxes.data
+
+    bank = AdapterBank(base_path)
+    boxes(bank.use(None))  # the predictor is set up before any adapter exists
+    bank.add("steel", adapters["steel"])
+    assert torch.equal(boxes(bank.use("steel")), boxes(load_adapted_yolo(base_path, adapters["steel"])))

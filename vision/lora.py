@@ -497,6 +497,9 @@ class AdapterBank:
     def add(self, line: str, adapter_path: Path | str) -> AdapterMeta:
         meta = load_adapter(self.yolo.model, adapter_path, _check_adapter_name(line), self.base_sha256)
         self._meta[line] = meta
+        # ultralytics' predictor runs a copy of the model taken at its first call: that copy lacks the new adapter,
+        # so let the next predict set up a fresh one (once per added line)
+        self.yolo.predictor = None
         self.use(self.active)  # loading activates the new adapter: restore what was active
         return meta
 
