@@ -25,9 +25,13 @@ def draw_overlay(image: np.ndarray, verdict: Verdict) -> np.ndarray:
         elif "length_mm" in finding.measurements:
             extra = f" {finding.measurements['length_mm']:.2f}mm"
         label = f"{finding.defect_class} {finding.probability:.2f}{extra}"
-        y = max(int(b.y1) - 4, 12)
-        cv2.putText(canvas, label, (int(b.x1), y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(canvas, label, (int(b.x1), y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+        # a filled tag in the box colour with white text stays legible on any background (an outline smears)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        x = min(max(int(b.x1), 0), max(canvas.shape[1] - tw - 4, 0))
+        y = max(int(b.y1) - 4, th + base + 24)
+        cv2.rectangle(canvas, (x, y - th - base), (x + tw + 4, y + 2), colour, -1)
+        cv2.putText(canvas, label, (x + 2, y - base + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     banner = f"{verdict.verdict.upper()}  score {verdict.score:.2f}  match={verdict.matches_query}"
     cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)
     cv2.putText(canvas, banner, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _COLOURS[verdict.verdict], 1, cv2.LINE_AA)
