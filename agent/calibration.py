@@ -100,14 +100,7 @@ def battery_tab_samples(inspector, out: Path, n: int, seed: int) -> Iterator[tup
 
 def deeppcb_samples(inspector, root: Path, split: str = "train") -> Iterator[tuple[list[DefectFinding], TruthBoxes]]:
     """DeepPCB boards of one split of the fixed group split (vision.deeppcb), with their annotations."""
-    from agent.images import read_image
-    from vision.deeppcb import parse_annotation, scan_deeppcb, split_of
+    from agent.evaluation import deeppcb_findings
 
-    names = inspector.line.class_names
-    for pair in scan_deeppcb(root):
-        if split_of(pair.group) != split:
-            continue
-        boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
-        image = read_image(pair.test, inspector.line.image_size)
-        findings = inspector.analyse(image, locator_input=inspector.locator_input(str(pair.test), image))
-        yield findings, [(names[c], b) for c, b in boxes]
+    for _, findings, boxes, _ in deeppcb_findings(inspector, root, split):
+        yield findings, boxes

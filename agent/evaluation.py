@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from agent.clauses import decide
 from agent.groundtruth import battery_tab_findings, expected_match, precision_recall
+from agent.verdict import DefectFinding
+from vision.detection import Box
 from defect_agent.paths import resolve
 
 
@@ -107,35 +110,49 @@ def family_scores(rows: list[QueryScore]) -> list[FamilyScore]:
                         recall_min=min(r.recall for r in rs)) for f, rs in sorted(by.items())]
 
 
+def deeppcb_findings(inspector, root: Path, split: str, max_boards: int | None = None, templates: bool = False,
+                     progress: bool = False) -> Iterator[tuple[str, list[DefectFinding], list[tuple[str, Box]], bool]]:
+    """(image path, the pipeline's findings, annotated boxes, is a clean template) for the DeepPCB boards of one
+    part of the fixed group split; `templates`: each board's defect-free template follows it, with no boxes."""
+    from tqdm import tqdm
+
+    from agent.images import read_image
+    from vision.deeppcb import DEEPPCB_CLASSES, parse_annotation, reference_composite, scan_deeppcb, split_of
+
+    names = inspector.line.class_names
+    assert len(names) == len(DEEPPCB_CLASSES), f"line {inspector.line.name!r} does not have the six DeepPCB classes"
+    size = inspector.line.image_size
+    pairs = [p for p in scan_deeppcb(root) if split_of(p.group) == split][:max_boards]
+    for pair in tqdm(pairs, desc=f"DeepPCB {split} boards", unit="board", disable=not progress):
+        boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
+        image = read_image(pair.test, size)
+        found = inspector.analyse(image, locator_input=inspector.locator_input(str(pair.test), image))
+        yield str(pair.test), found, [(names[c], b) for c, b in boxes], False
+        if templates and pair.template is not None:  # the template is the same board without its defects
+            temp = read_image(pair.template, size)
+            composite = reference_composite(temp, temp) if inspector.uses_template else temp
+            yield str(pair.template), inspector.analyse(temp, locator_input=composite), [], True
+
+
 def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = False, kb_dir: Path | None = None,
                  progress: bool = True, max_boards: int | None = None) -> PcbQueryEvalReport:
     """Every query over the DeepPCB validation boards (fixed groups, never trained on) and their defect-free
     templates: the returned set against the set the annotations imply (same clause logic on exact findings)."""
-    from tqdm import tqdm
-
     from agent.groundtruth import box_measurements, exact_finding
-    from agent.images import read_image
     from agent.parser import parse_instruction
     from agent.pipeline import Inspector
-    from vision.deeppcb import DEEPPCB_CLASSES, parse_annotation, reference_composite, scan_deeppcb, split_of
 
     inspector = Inspector.from_config(line="pcb", kb_dir=kb_dir, use_kb=use_kb)
     line = inspector.line
-    names = line.class_names
     mm = line.calibration.mm_per_px
-    assert len(names) == len(DEEPPCB_CLASSES)
-    pairs = [p for p in scan_deeppcb(deeppcb) if split_of(p.group) == "val"][:max_boards]
     findings, truth = {}, {}
-    for pair in tqdm(pairs, desc="pcb validation boards", unit="board", disable=not progress):
-        boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
-        image = read_image(pair.test, line.image_size)
-        findings[str(pair.test)] = inspector.analyse(image, locator_input=inspector.locator_input(str(pair.test), image))
-        truth[str(pair.test)] = [exact_finding(names[c], b, box_measurements(b, mm)) for c, b in boxes]
-        if pair.template is not None:  # the template is the same board without its defects
-            temp = read_image(pair.template, line.image_size)
-            composite = reference_composite(temp, temp) if inspector.uses_template else temp
-            findings[str(pair.template)] = inspector.analyse(temp, locator_input=composite)
-            truth[str(pair.template)] = []
+    boards = clean = 0
+    for path, found, boxes, is_template in deeppcb_findings(inspector, deeppcb, "val", max_boards, templates=True,
+                                                            progress=progress):
+        findings[path] = found
+        truth[path] = [exact_finding(cls, b, box_measurements(b, mm)) for cls, b in boxes]
+        clean += is_template
+        boards += not is_template
     rows = []
     for family, instruction in queries:
         query = parse_instruction(instruction, line="pcb")
@@ -150,5 +167,5 @@ def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = F
         precision, recall = precision_recall(returned, expected)
         rows.append(QueryScore(instruction=instruction, family=family, precision=precision, recall=recall,
                                returned=len(returned), expected=len(expected), review=review))
-    return PcbQueryEvalReport(boards=len(pairs), clean_boards=sum(p.template is not None for p in pairs), rows=rows,
+    return PcbQueryEvalReport(boards=boards, clean_boards=clean, rows=rows,
                               families=family_scores(rows), locator=getattr(inspector.locator, "version", None))

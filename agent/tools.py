@@ -44,17 +44,18 @@ def inspection_tools(inspector: "Inspector") -> list["BaseTool"]:
 
     line = inspector.line
 
-    def _load(image: str):
-        pixels = read_image(image, line.image_size)
-        return pixels, inspector.locator_input(image, pixels)
+    def _read(image: str):
+        return read_image(image, line.image_size)
+
+    def _detect(image: str, pixels):
+        return inspector.locator.predict([inspector.locator_input(image, pixels)])[0]
 
     def locate(image: str) -> list[dict[str, Any]]:
-        pixels, seen = _load(image)
-        return [d.model_dump() for d in inspector.locator.predict([seen])[0]]
+        return [d.model_dump() for d in _detect(image, _read(image))]
 
     def measure(image: str) -> list[dict[str, Any]]:
-        pixels, seen = _load(image)
-        detections = inspector.locator.predict([seen])[0]
+        pixels = _read(image)
+        detections = _detect(image, pixels)
         return [m.model_dump() for m in measure_findings(pixels, detections, line)]
 
     def _embedder():
@@ -63,7 +64,7 @@ def inspection_tools(inspector: "Inspector") -> list["BaseTool"]:
         return inspector.embedder
 
     def embed(image: str, box: Box | None = None) -> dict[str, Any]:
-        pixels, _ = _load(image)
+        pixels = _read(image)
         region = pixels if box is None else crop_region(pixels, box)
         vector = _embedder().embed_images([region])[0]
         out: dict[str, Any] = {"dim": int(vector.shape[0]), "vector": [round(float(v), 6) for v in vector]}
@@ -80,7 +81,7 @@ def inspection_tools(inspector: "Inspector") -> list["BaseTool"]:
         if text is not None:
             hits = inspector.kb.search_by_text(text, k=k, line=line.name)
         else:
-            pixels, _ = _load(image)
+            pixels = _read(image)  # regions are embedded from the image itself, not the locator's composite
             region = pixels if box is None else crop_region(pixels, box)
             hits = inspector.kb.search_by_vector(_embedder().embed_images([region])[0], k=k, line=line.name)
         return [h.model_dump() for h in hits]
