@@ -6,7 +6,8 @@ confidence) and records trainable parameters, the per-line file size and the tra
 processes (one GPU can train many YOLOv8n at once; the data loaders are the bottleneck). Writes
 benchmarks/results/lora.json and benchmarks/results/lora.md.
 
-Methods: lora<r> (rank r over every ordinary conv, class convs in full), full (every weight), head (freeze layers
+Methods: lora<r> (rank r over every ordinary conv, class convs in full), lora<r>b (the same plus a per-line output
+bias on every adapted conv, peft `lora_bias`), full (every weight), head (freeze layers
 0-21: only the Detect head trains), frozen_backbone (freeze 0-9: neck + head train). Suffix `_ref`: the
 reference-composite dataset (test, template, |difference|) instead of the plain test image.
 
@@ -118,6 +119,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         common["amp"] = spec["amp"]
     if spec.get("lr0"):
         common["lr0"] = spec["lr0"]
+    if spec.get("cache"):
+        common["cache"] = spec["cache"]
     if spec["reference"]:  # composite channels (test, template, difference): no hue / saturation jitter, as in train_adapter
         common.update(hsv_h=0.0, hsv_s=0.0)
     method = spec["method"]
@@ -125,12 +128,13 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
                                                   "imgsz", "reference", "base")}
-    if method == "lora":
+    if method in ("lora", "lora_bias"):
         from vision.adapter_train import train_adapter
         from vision.lora import load_adapted_yolo
 
         adapter = out_dir / f"{job_id}.safetensors"
-        res = train_adapter(spec["data"], base, adapter, rank=spec["rank"], epochs=spec["epochs"], imgsz=spec["imgsz"],
+        res = train_adapter(spec["data"], base, adapter, rank=spec["rank"],
+                            lora_bias=method == "lora_bias", epochs=spec["epochs"], imgsz=spec["imgsz"],
                             batch=spec["batch"], device=spec["device"], seed=spec["seed"], line="pcb",
                             reference="template" if spec["reference"] else "none", run_dir=work / "runs", **common)
         yolo = load_adapted_yolo(base, adapter)
@@ -214,7 +218,10 @@ def parse_method(name: str) -> tuple[str, int | None, bool, bool]:
     ref = parts[-1] == "ref"
     core = "_".join(parts[:-1] if ref else parts)
     if core.startswith("lora"):
-        return "lora", int(core[4:]), ref, alt
+        digits = core[4:].rstrip("b")
+        if not digits.isdigit():
+            raise SystemExit(f"unknown method {name!r}")
+        return ("lora_bias" if core.endswith("b") else "lora"), int(digits), ref, alt
     if core not in FREEZE:
         raise SystemExit(f"unknown method {name!r}")
     return core, None, ref, alt
@@ -228,7 +235,8 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             "epochs | train time |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     bases = sorted({Path(r["base"]).name for r in records})
     for r in sorted(records, key=size_key):
-        name = r["method"] + (str(r["rank"]) if r["method"] == "lora" else "") + (" +ref" if r["reference"] else "")
+        name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias"}.get(r["method"], r["method"])
+        name += " +ref" if r["reference"] else ""
         if len(bases) > 1:
             name += f" [{Path(r['base']).stem}]"
         share = 100.0 * r["trainable_params"] / max(1, r["base_params"])
@@ -238,6 +246,31 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             f"{r['trainable_params'] / 1e3:.0f} k ({share:.1f}%) | {r['file_bytes'] / 1e6:.2f} MB | "
             f"{r['epochs_run']}{'*' if r['truncated'] else ''} | {r['train_seconds']:.0f} s |")
     return "\n".join(rows) + "\n"
+
+
+def write_results(summary: dict[str, Any], out: Path) -> str:
+    """`out` (.json) and its .md table; returns the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    table = markdown_table(summary["records"])
+    out.with_suffix(".md").write_text(
+        f"DeepPCB validation (groups 44000, 50600, 77000; 200 images), base {summary['base']}, imgsz "
+        f"{summary['imgsz']}, device {summary['device']}; * = stopped early by the time budget.\n\n" + table,
+        encoding="utf-8")
+    return table
+
+
+def combine_results(parts: list[Path], out: Path) -> None:
+    """One table from several runs of this script (e.g. the small sizes and `all` run one after the other)."""
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in parts]
+    for key in ("base", "imgsz", "device"):
+        if len({str(r[key]) for r in runs}) > 1:
+            raise SystemExit(f"cannot combine runs with different {key}: {[r[key] for r in runs]}")
+    summary = dict(runs[0], records=[rec for r in runs for rec in r["records"]],
+                   failed=[f for r in runs for f in r["failed"]],
+                   wall_seconds=round(sum(r["wall_seconds"] for r in runs), 1),
+                   command=[r["command"] for r in runs], combined_from=[str(p) for p in parts])
+    print(write_results(summary, out))
 
 
 def main() -> None:
@@ -260,13 +293,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="data-loader workers per job")
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once")
     ap.add_argument("--amp", default="", help="'bf16' on GPUs (no AMP self-check download)")
+    ap.add_argument("--cache", default="", help="'ram' keeps decoded images in memory (small CPU boxes)")
     ap.add_argument("--budget", type=float, default=0, help="seconds from start after which jobs stop training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lora.json"))
+    ap.add_argument("--combine", default="", help="comma-separated result JSONs of earlier runs: write one table of "
+                    "all their records to --out (.json and .md) without training")
     args = ap.parse_args()
 
     if args.job:
         run_job(json.loads(args.job))
+        return
+    if args.combine:
+        combine_results([Path(p) for p in args.combine.split(",") if p], Path(args.out))
         return
 
     from defect_agent.paths import project_root
@@ -302,7 +341,7 @@ def main() -> None:
             "id": f"{m}_n{s}", "method": method, "rank": rank, "size": s, "reference": ref,
             "n_train": n_all if s == "all" else int(s), "epochs": epochs.get(s, 30), "batch": args.batch,
             "imgsz": args.imgsz, "device": args.device, "seed": args.seed, "workers": args.workers,
-            "amp": args.amp, "base": str(alt_base if alt else base), "work": str(work), "data": yamls["ref" if ref else "plain"][s],
+            "amp": args.amp, "cache": args.cache, "base": str(alt_base if alt else base), "work": str(work), "data": yamls["ref" if ref else "plain"][s],
             "deadline": started + args.budget if args.budget else 0,
         })
     # longest first, so that the short jobs fill in at the end
@@ -353,13 +392,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    table = markdown_table(records)
-    out.with_suffix(".md").write_text(
-        f"DeepPCB validation (groups 44000, 50600, 77000; 200 images), base {base.name}, imgsz {args.imgsz}, "
-        f"device {device_name}; * = stopped early by the time budget.\n\n" + table, encoding="utf-8")
-    print(table)
+    print(write_results(summary, out))
     _log(f"wrote {out} and {out.with_suffix('.md')} ({len(records)} results, {len(failed)} failed)")
 
 

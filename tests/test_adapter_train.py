@@ -76,3 +76,19 @@ def test_warm_start_with_other_classes_is_refused(first, tmp_path):
     with pytest.raises(ConfigError, match="same classes"):
         train_adapter(data, BASE, tmp_path / "x.safetensors", epochs=1, imgsz=128, batch=4, run_dir=tmp_path / "r",
                       init_adapter=first.adapter)
+
+
+def test_lora_bias_trains_through_the_trainer_and_stays_in_the_adapter(first, tiny, tmp_path):
+    from vision.adapter_train import train_adapter
+    from vision.lora import read_adapter, read_adapter_meta
+
+    out = tmp_path / "bias.safetensors"
+    res = train_adapter(tiny, BASE, out, rank=4, lora_bias=True, epochs=1, imgsz=128, batch=4, line="tiny",
+                        run_dir=tmp_path / "r")
+    assert res.trainable["other"] == 0  # the base's own (folded) biases stay frozen
+    meta, tensors = read_adapter(out)
+    assert meta.bias is True and read_adapter_meta(out).rank == 4
+    biases = [k for k in tensors if "lora_B" in k and k.endswith(".bias")]
+    assert len(biases) == len(meta.target_modules)
+    assert any(tensors[k].abs().sum() > 0 for k in biases)  # trained away from their zero start
+    assert res.trainable["lora"] - first.trainable["lora"] == sum(tensors[k].numel() for k in biases)

@@ -323,3 +323,42 @@ def test_adapter_added_after_the_first_prediction_is_used(base_path, adapters):
     boxes(bank.use(None))  # the predictor is set up before any adapter exists
     bank.add("steel", adapters["steel"])
     assert torch.equal(boxes(bank.use("steel")), boxes(load_adapted_yolo(base_path, adapters["steel"])))
+
+
+def test_lora_bias_is_per_line_saved_switched_and_merged(base_path, tmp_path):
+    """`bias=True` adds one output bias per adapted conv: stored in the adapter, gone when another line (or the
+    plain base) is active, folded into the base bias on merge."""
+    from vision.lora import (
+        LoraSettings, activate, add_lora, file_sha256, load_adapter, load_detection_model, lora_target_modules,
+        make_meta, mark_trainable, merge_into_base, prepare_base, read_adapter_meta, save_adapter, _set_head_shape,
+    )
+
+    model = prepare_base(load_detection_model(base_path))
+    convs = dict(model.named_modules())
+    targets = lora_target_modules(model)
+    probe = prepare_base(load_detection_model(base_path))
+    add_lora(probe, "pcb", PCB_NAMES, LoraSettings(rank=4))
+    plain_counts = mark_trainable(probe, "pcb")
+
+    meta = add_lora(model, "pcb", PCB_NAMES, LoraSettings(rank=4, bias=True))
+    counts = mark_trainable(model, "pcb")
+    assert counts["lora"] == plain_counts["lora"] + sum(convs[t].out_channels for t in targets)
+    assert counts["other"] == 0
+    _fp16_exact_(model, "pcb", 11)
+    adapted = _forward(model)
+    path = save_adapter(model, "pcb", tmp_path / "b.safetensors", make_meta(meta, base_path, line="pcb"))
+    assert read_adapter_meta(path).bias is True
+
+    sha = file_sha256(base_path)
+    shared = prepare_base(load_detection_model(base_path))
+    base_out = _forward(shared)
+    loaded = load_adapter(shared, path, "pcb", sha)
+    assert torch.equal(_forward(shared), adapted)
+    activate(shared, None)
+    assert torch.equal(_forward(shared), base_out)  # the line's biases do not leak into the base
+    activate(shared, "pcb", loaded.names)
+    assert torch.equal(_forward(shared), adapted)
+
+    merged = merge_into_base(shared, "pcb")
+    _set_head_shape(merged, PCB_NAMES)
+    torch.testing.assert_close(_forward(merged), adapted, rtol=1e-4, atol=1e-3)

@@ -30,6 +30,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         base: Optional[Path] = typer.Option(None, help="shared base checkpoint (default: the line's locator.base)"),
         rank: int = typer.Option(8, help="LoRA rank"),
         alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default 2 x rank)"),
+        lora_bias: bool = typer.Option(False, "--lora-bias", help="also train a per-line output bias on every "
+                                       "adapted convolution (BatchNorm is folded and frozen in the base)"),
         epochs: int = typer.Option(60),
         imgsz: Optional[int] = typer.Option(None, help="default: the line's locator.imgsz"),
         batch: int = typer.Option(16),
@@ -70,7 +72,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             extra["cache"] = "ram"
         if warmup_epochs is not None:
             extra["warmup_epochs"] = warmup_epochs
-        result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, epochs=epochs,
+        result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, lora_bias=lora_bias, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
                                reference=cfg.locator.reference, init_adapter=init, **extra)
         summary = Path(result.run_dir) / "adapter_result.json"

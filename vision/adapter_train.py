@@ -122,6 +122,7 @@ def train_adapter(
     out: Path | str,
     rank: int = 8,
     alpha: float | None = None,
+    lora_bias: bool = False,
     epochs: int = 60,
     imgsz: int = 640,
     batch: int = 16,
@@ -134,7 +135,8 @@ def train_adapter(
     **overrides: Any,
 ) -> AdapterTrainResult:
     """Train a LoRA adapter of `rank` over `base` on `data_yaml` and write it to `out` (.safetensors).
-    `init_adapter`: continue training that adapter (its rank and alpha) instead of starting from B = 0."""
+    `lora_bias`: also train a per-line output bias on every adapted convolution (see LoraSettings.bias).
+    `init_adapter`: continue training that adapter (its rank, alpha and bias) instead of starting from B = 0."""
     from vision.yolo_train import count_split_images, train_overrides
 
     data_yaml = Path(data_yaml).resolve()
@@ -155,8 +157,8 @@ def train_adapter(
 
         init_adapter = Path(init_adapter).resolve()
         init_meta = read_adapter_meta(init_adapter)
-        rank, alpha = init_meta.rank, init_meta.alpha
-    settings = LoraSettings(rank=rank, alpha=alpha)
+        rank, alpha, lora_bias = init_meta.rank, init_meta.alpha, init_meta.bias
+    settings = LoraSettings(rank=rank, alpha=alpha, bias=lora_bias)
     run_root = Path(run_dir) if run_dir else data_dir() / "runs" / "adapter"
     args = train_overrides(n_train, epochs, imgsz, batch, device, None, seed, run_root, out.stem)
     # LoRA starts at the base exactly (B = 0): a larger step than full fine-tuning's default suits it

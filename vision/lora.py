@@ -52,6 +52,9 @@ class LoraSettings(BaseModel):
     rank: int = Field(8, ge=1)
     alpha: float | None = None  # default 2 * rank (LoRA scale 2)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # a per-line output bias on every adapted convolution (peft `lora_bias`): BatchNorm is folded and frozen, so
+    # without it a line cannot shift the base's activation statistics towards its own images
+    bias: bool = False
 
     @property
     def lora_alpha(self) -> float:
@@ -67,6 +70,7 @@ class AdapterMeta(BaseModel):
     rank: int
     alpha: float
     dropout: float = 0.0
+    bias: bool = False  # per-line output biases (LoraSettings.bias); files written before it have none
     target_modules: list[str]
     head_modules: list[str]
     base_file: str
@@ -219,7 +223,8 @@ def add_lora(model: "DetectionModel", adapter_name: str, names: list[str], setti
     targets = list(target_modules) if target_modules is not None else lora_target_modules(model)
     heads = class_head_modules(model)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, modules_to_save=heads, bias="none", init_lora_weights=True)
+                        target_modules=targets, modules_to_save=heads, bias="none", lora_bias=settings.bias,
+                        init_lora_weights=True)
     with warnings.catch_warnings():  # a second adapter on the same model is what the bank is for
         warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
@@ -236,7 +241,7 @@ def add_lora(model: "DetectionModel", adapter_name: str, names: list[str], setti
                 wrapper.original_module, len(names), float(det.stride[level]))
     activate(model, adapter_name, names, trainable=trainable)
     return AdapterMeta(names=list(names), rank=settings.rank, alpha=settings.lora_alpha, dropout=settings.dropout,
-                       target_modules=targets, head_modules=heads, base_file="", base_sha256="",
+                       bias=settings.bias, target_modules=targets, head_modules=heads, base_file="", base_sha256="",
                        base_names=list(base_names))
 
 
@@ -362,7 +367,7 @@ def load_adapter(model: "DetectionModel", path: Path | str, adapter_name: str,
         raise ConfigError(
             f"adapter {path} was trained over base {meta.base_file} (sha256 {meta.base_sha256[:12]}), but the base "
             f"given has sha256 {base_sha256[:12]}; retrain it: defect-agent train adapter --line {meta.line or '<line>'}")
-    settings = LoraSettings(rank=meta.rank, alpha=meta.alpha, dropout=meta.dropout)
+    settings = LoraSettings(rank=meta.rank, alpha=meta.alpha, dropout=meta.dropout, bias=meta.bias)
     if class_head_modules(model) != meta.head_modules:
         raise ConfigError(f"adapter {path} was made for heads {meta.head_modules}, the base has "
                           f"{class_head_modules(model)}")

@@ -1,0 +1,64 @@
+"""The LoRA-vs-full benchmark's bookkeeping: method names, the results table, combining runs (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_lora", ROOT / "benchmarks" / "bench_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(job_id: str, method: str, size, rank=None, map50=0.5, reference=True) -> dict:
+    return {"id": job_id, "method": method, "rank": rank, "size": size, "n_train": 800 if size == "all" else size,
+            "epochs": 10, "batch": 16, "imgsz": 320, "reference": reference, "base": "/m/battery_tab.pt",
+            "map50": map50, "map50_95": map50 / 2, "miss_rate": 0.01, "false_alarm_rate": 0.02,
+            "trainable_params": 149_000 if method == "lora" else 3_000_000, "base_params": 3_100_000,
+            "file_bytes": 313_000, "epochs_run": 10, "truncated": False, "train_seconds": 100.0}
+
+
+def test_method_names_parse_and_typos_fail(bench):
+    assert bench.parse_method("lora8_ref") == ("lora", 8, True, False)
+    assert bench.parse_method("full") == ("full", None, False, False)
+    assert bench.parse_method("head_ref_alt") == ("head", None, True, True)
+    with pytest.raises(SystemExit, match="unknown method"):
+        bench.parse_method("ful")
+
+
+def test_table_orders_sizes_numerically_with_all_last(bench):
+    records = [_record("a", "full", "all"), _record("b", "lora", 200, rank=4), _record("c", "head", 50)]
+    rows = bench.markdown_table(records).splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["50", "200", "800"]
+    assert "lora4 +ref" in rows[1] and "4.8%" in rows[1]
+
+
+def test_combine_writes_one_table_and_refuses_mixed_settings(bench, tmp_path):
+    def run(name, records, imgsz=320):
+        path = tmp_path / name
+        path.write_text(json.dumps({"base": "battery_tab.pt", "imgsz": imgsz, "device": "cpu", "failed": [],
+                                    "wall_seconds": 10.0, "command": name, "records": records}))
+        return path
+
+    small = run("small.json", [_record("l4", "lora", 50, rank=4), _record("f", "full", 50)])
+    large = run("all.json", [_record("l4a", "lora", "all", rank=4)])
+    out = tmp_path / "lora.json"
+    bench.combine_results([small, large], out)
+    combined = json.loads(out.read_text())
+    assert [r["id"] for r in combined["records"]] == ["l4", "f", "l4a"]
+    assert combined["wall_seconds"] == 20.0
+    table_rows = [ln for ln in out.with_suffix(".md").read_text().splitlines() if ln.startswith("| ")]
+    assert len(table_rows) == 1 + 3  # header + one row per record
+
+    other = run("640.json", [_record("x", "full", 50)], imgsz=640)
+    with pytest.raises(SystemExit, match="imgsz"):
+        bench.combine_results([small, other], tmp_path / "bad.json")
