@@ -128,6 +128,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
                                                   "imgsz", "reference", "base")}
+    record["lr0"] = spec.get("lr0") or None  # None: the method's default (LoRA AdamW 0.002, full / head: auto)
     if method in ("lora", "lora_bias"):
         from vision.adapter_train import train_adapter
         from vision.lora import load_adapted_yolo
@@ -237,6 +238,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     for r in sorted(records, key=size_key):
         name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias"}.get(r["method"], r["method"])
         name += " +ref" if r["reference"] else ""
+        name += f" lr0 {r['lr0']:g}" if r.get("lr0") else ""
         if len(bases) > 1:
             name += f" [{Path(r['base']).stem}]"
         share = 100.0 * r["trainable_params"] / max(1, r["base_params"])
@@ -293,6 +295,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="data-loader workers per job")
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once")
     ap.add_argument("--amp", default="", help="'bf16' on GPUs (no AMP self-check download)")
+    ap.add_argument("--lr0", type=float, default=0.0, help="initial learning rate for every job (default: each "
+                    "method's own); job ids get an _lr<value> suffix")
     ap.add_argument("--cache", default="", help="'ram' keeps decoded images in memory (small CPU boxes)")
     ap.add_argument("--budget", type=float, default=0, help="seconds from start after which jobs stop training")
     ap.add_argument("--seed", type=int, default=0)
@@ -338,7 +342,7 @@ def main() -> None:
     for m, s in jobs_spec:
         method, rank, ref, alt = parse_method(m)
         jobs.append({
-            "id": f"{m}_n{s}", "method": method, "rank": rank, "size": s, "reference": ref,
+            "id": f"{m}_n{s}" + (f"_lr{args.lr0:g}" if args.lr0 else ""), "lr0": args.lr0, "method": method, "rank": rank, "size": s, "reference": ref,
             "n_train": n_all if s == "all" else int(s), "epochs": epochs.get(s, 30), "batch": args.batch,
             "imgsz": args.imgsz, "device": args.device, "seed": args.seed, "workers": args.workers,
             "amp": args.amp, "cache": args.cache, "base": str(alt_base if alt else base), "work": str(work), "data": yamls["ref" if ref else "plain"][s],
