@@ -128,7 +128,9 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
                                                   "imgsz", "reference", "base")}
-    record["lr0"] = spec.get("lr0") or None  # None: the method's default (LoRA AdamW 0.002, full / head: auto)
+    # None: the method's default (LoRA: vision.adapter_train.LORA_LR0 at run time; full / head: ultralytics' auto
+    # AdamW, 0.001 for six classes)
+    record["lr0"] = spec.get("lr0") or None
     if method in ("lora", "lora_bias"):
         from vision.adapter_train import train_adapter
         from vision.lora import load_adapted_yolo

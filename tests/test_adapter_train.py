@@ -43,6 +43,9 @@ def test_adapter_loads_over_the_untouched_base(first, tiny):
     meta = read_adapter_meta(first.adapter)
     assert meta.base_sha256 == file_sha256(BASE) == first.base_sha256  # the base file was not rewritten
     assert meta.names == ["square", "disc"] and meta.rank == 4
+    from vision.adapter_train import LORA_LR0
+
+    assert meta.provenance["lr0"] == LORA_LR0 and meta.provenance["optimizer"] == "AdamW"
     yolo = load_adapted_yolo(BASE, first.adapter)
     img = np.full((128, 128, 3), 60, np.uint8)
     res = yolo.predict(img, imgsz=128, conf=0.0, device="cpu", verbose=False)[0]

@@ -35,7 +35,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         epochs: int = typer.Option(60),
         imgsz: Optional[int] = typer.Option(None, help="default: the line's locator.imgsz"),
         batch: int = typer.Option(16),
-        lr0: float = typer.Option(0.002, help="AdamW learning rate"),
+        lr0: Optional[float] = typer.Option(None, help="AdamW learning rate (default: LORA_LR0 of "
+                                            "vision/adapter_train.py; LoRA wants ~10x full fine-tuning's)"),
         device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
         workers: Optional[int] = typer.Option(None, help="data-loader workers"),
         time_hours: Optional[float] = typer.Option(None, help="wall-clock budget in hours: ultralytics fits the "
@@ -63,7 +64,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         target = resolve(out) if out else (resolve(cfg.locator.adapter) if cfg.locator.adapter else None)
         if target is None:
             raise ConfigError(f"line {line!r} has no locator.adapter; pass --out")
-        extra = {"lr0": lr0}
+        extra: dict = {} if lr0 is None else {"lr0": lr0}
         if workers is not None:
             extra["workers"] = workers
         if time_hours is not None:
