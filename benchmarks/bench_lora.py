@@ -344,10 +344,12 @@ def main() -> None:
     for m, s in jobs_spec:
         method, rank, ref, alt = parse_method(m)
         jobs.append({
-            "id": f"{m}_n{s}" + (f"_lr{args.lr0:g}" if args.lr0 else ""), "lr0": args.lr0, "method": method, "rank": rank, "size": s, "reference": ref,
+            "id": f"{m}_n{s}" + (f"_lr{args.lr0:g}" if args.lr0 else ""), "lr0": args.lr0,
+            "method": method, "rank": rank, "size": s, "reference": ref,
             "n_train": n_all if s == "all" else int(s), "epochs": epochs.get(s, 30), "batch": args.batch,
             "imgsz": args.imgsz, "device": args.device, "seed": args.seed, "workers": args.workers,
-            "amp": args.amp, "cache": args.cache, "base": str(alt_base if alt else base), "work": str(work), "data": yamls["ref" if ref else "plain"][s],
+            "amp": args.amp, "cache": args.cache, "base": str(alt_base if alt else base), "work": str(work),
+            "data": yamls["ref" if ref else "plain"][s],
             "deadline": started + args.budget if args.budget else 0,
         })
     # longest first, so that the short jobs fill in at the end
