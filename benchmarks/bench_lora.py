@@ -128,8 +128,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
                                                   "imgsz", "reference", "base")}
-    # None: the method's default (LoRA: vision.adapter_train.LORA_LR0 at run time; full / head: ultralytics' auto
-    # AdamW, 0.001 for six classes)
+    # None: ultralytics' auto AdamW (0.001 for six classes) for full / head; LoRA records the rate it trained at
     record["lr0"] = spec.get("lr0") or None
     if method in ("lora", "lora_bias"):
         from vision.adapter_train import train_adapter
@@ -145,6 +144,9 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
         locator = Locator(yolo, f"{_version_of(base)}+{_version_of(adapter)}", line.class_names, imgsz=spec["imgsz"],
                           conf=line.locator.conf, iou=line.locator.iou, device=spec["device"])
+        from vision.lora import read_adapter_meta
+
+        record["lr0"] = read_adapter_meta(adapter).provenance.get("lr0")  # the default when --lr0 is not given
         record.update(trainable_params=res.trainable["trainable"], lora_params=res.trainable["lora"],
                       head_params=res.trainable["head"], base_params=res.trainable["base"],
                       file=adapter.name, file_bytes=res.adapter_bytes, base_bytes=res.base_bytes,

@@ -52,8 +52,8 @@ class LoraSettings(BaseModel):
     rank: int = Field(8, ge=1)
     alpha: float | None = None  # default 2 * rank (LoRA scale 2)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    # a per-line output bias on every adapted convolution (peft `lora_bias`): BatchNorm is folded and frozen, so
-    # without it a line cannot shift the base's activation statistics towards its own images
+    # a per-line output bias on every adapted convolution (peft `lora_bias`), the one shift folded-and-frozen
+    # BatchNorm leaves no room for; off by default: on DeepPCB it did not help (benchmarks/results/lora_cpu320.md)
     bias: bool = False
 
     @property
