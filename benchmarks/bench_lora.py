@@ -6,10 +6,12 @@ confidence) and records trainable parameters, the per-line file size and the tra
 processes (one GPU can train many YOLOv8n at once; the data loaders are the bottleneck). Writes
 benchmarks/results/lora.json and benchmarks/results/lora.md.
 
-Methods: lora<r> (rank r over every ordinary conv, class convs in full), lora<r>b (the same plus a per-line output
-bias on every adapted conv, peft `lora_bias`), full (every weight), head (freeze layers
-0-21: only the Detect head trains), frozen_backbone (freeze 0-9: neck + head train). Suffix `_ref`: the
-reference-composite dataset (test, template, |difference|) instead of the plain test image.
+Methods: lora<r> (rank r over every ordinary conv, class convs in full), lora<r>h<k> (rank k in the Detect
+head's convs, r elsewhere), lora<r>b (plus a per-line output bias on every adapted conv, peft `lora_bias`),
+lora<r>d (DoRA: plus a per-line magnitude for every output channel of every adapted conv, peft `use_dora`), full
+(every weight), head (freeze layers 0-21: only the Detect head trains), frozen_backbone (freeze 0-9: neck + head
+train). Suffix `_ref`: the reference-composite dataset (test, template, |difference|) instead of the plain test
+image.
 
     python benchmarks/bench_lora.py --device 0 --sizes 50,200,all --parallel 12
     python benchmarks/bench_lora.py --device cpu --sizes 16 --epochs 16:2 --imgsz 320 --methods lora4,full   # smoke
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -128,15 +131,17 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
                                                   "imgsz", "reference", "base")}
+    record["head_rank"] = spec.get("head_rank")
     # None: ultralytics' auto AdamW (0.001 for six classes) for full / head; LoRA records the rate it trained at
     record["lr0"] = spec.get("lr0") or None
-    if method in ("lora", "lora_bias"):
+    if method in ("lora", "lora_bias", "dora"):
         from vision.adapter_train import train_adapter
         from vision.lora import load_adapted_yolo
 
         adapter = out_dir / f"{job_id}.safetensors"
-        res = train_adapter(spec["data"], base, adapter, rank=spec["rank"],
-                            lora_bias=method == "lora_bias", epochs=spec["epochs"], imgsz=spec["imgsz"],
+        res = train_adapter(spec["data"], base, adapter, rank=spec["rank"], lora_bias=method == "lora_bias",
+                            dora=method == "dora", head_rank=spec.get("head_rank"), epochs=spec["epochs"],
+                            imgsz=spec["imgsz"],
                             batch=spec["batch"], device=spec["device"], seed=spec["seed"], line="pcb",
                             reference="template" if spec["reference"] else "none", run_dir=work / "runs", **common)
         yolo = load_adapted_yolo(base, adapter)
@@ -215,6 +220,15 @@ def prepare_data(src: Path, work: Path, sizes: list, reference: bool, seed: int)
     return yamls
 
 
+LORA_METHOD = re.compile(r"^lora(\d+)(?:h(\d+))?([bd]?)$")  # rank, head rank, bias / DoRA
+
+
+def head_rank_of(name: str) -> int | None:
+    """`lora2h8_ref` -> 8: the rank of the Detect head's convolutions, None when it is the method's rank."""
+    match = LORA_METHOD.match(name.split("_")[0])
+    return int(match.group(2)) if match and match.group(2) else None
+
+
 def parse_method(name: str) -> tuple[str, int | None, bool, bool]:
     """`lora8_ref_alt` -> ('lora', 8, reference, alternative base)."""
     parts = name.split("_")
@@ -223,10 +237,11 @@ def parse_method(name: str) -> tuple[str, int | None, bool, bool]:
     ref = parts[-1] == "ref"
     core = "_".join(parts[:-1] if ref else parts)
     if core.startswith("lora"):
-        digits = core[4:].rstrip("b")
-        if not digits.isdigit():
+        match = LORA_METHOD.match(core)
+        if not match:
             raise SystemExit(f"unknown method {name!r}")
-        return ("lora_bias" if core.endswith("b") else "lora"), int(digits), ref, alt
+        kind = {"b": "lora_bias", "d": "dora"}.get(match.group(3), "lora")
+        return kind, int(match.group(1)), ref, alt
     if core not in FREEZE:
         raise SystemExit(f"unknown method {name!r}")
     return core, None, ref, alt
@@ -240,7 +255,9 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             "epochs | train time |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     bases = sorted({Path(r["base"]).name for r in records})
     for r in sorted(records, key=size_key):
-        name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias"}.get(r["method"], r["method"])
+        name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias",
+                "dora": f"dora{r['rank']}"}.get(r["method"], r["method"])
+        name += f" head r{r['head_rank']}" if r.get("head_rank") else ""
         name += " +ref" if r["reference"] else ""
         name += f" lr0 {r['lr0']:g}" if r.get("lr0") else ""
         if len(bases) > 1:
@@ -347,7 +364,7 @@ def main() -> None:
         method, rank, ref, alt = parse_method(m)
         jobs.append({
             "id": f"{m}_n{s}" + (f"_lr{args.lr0:g}" if args.lr0 else ""), "lr0": args.lr0,
-            "method": method, "rank": rank, "size": s, "reference": ref,
+            "method": method, "rank": rank, "head_rank": head_rank_of(m), "size": s, "reference": ref,
             "n_train": n_all if s == "all" else int(s), "epochs": epochs.get(s, 30), "batch": args.batch,
             "imgsz": args.imgsz, "device": args.device, "seed": args.seed, "workers": args.workers,
             "amp": args.amp, "cache": args.cache, "base": str(alt_base if alt else base), "work": str(work),

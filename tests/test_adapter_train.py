@@ -95,3 +95,28 @@ def test_lora_bias_trains_through_the_trainer_and_stays_in_the_adapter(first, ti
     assert len(biases) == len(meta.target_modules)
     assert any(tensors[k].abs().sum() > 0 for k in biases)  # trained away from their zero start
     assert res.trainable["lora"] - first.trainable["lora"] == sum(tensors[k].numel() for k in biases)
+
+
+def test_dora_trains_its_magnitudes_through_the_trainer(first, tiny, tmp_path):
+    from vision.adapter_train import train_adapter
+    from vision.lora import load_adapted_yolo, read_adapter
+
+    out = tmp_path / "dora.safetensors"
+    res = train_adapter(tiny, BASE, out, rank=4, dora=True, epochs=1, imgsz=128, batch=4, line="tiny",
+                        run_dir=tmp_path / "r")
+    assert res.trainable["other"] == 0
+    meta, tensors = read_adapter(out)
+    assert meta.dora is True
+    mags = [k for k in tensors if "lora_magnitude_vector" in k]
+    assert len(mags) == len(meta.target_modules)
+    assert res.trainable["lora"] - first.trainable["lora"] == sum(tensors[k].numel() for k in mags)
+    assert res.adapter_bytes < 0.06 * res.base_bytes
+    load_adapted_yolo(BASE, out)  # loads back over the untouched base
+
+
+def test_dora_with_lora_bias_is_a_config_error(tiny, tmp_path):
+    from vision.adapter_train import train_adapter
+
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        train_adapter(tiny, BASE, tmp_path / "x.safetensors", rank=4, dora=True, lora_bias=True, epochs=1,
+                      imgsz=128, batch=4, run_dir=tmp_path / "r")

@@ -30,9 +30,15 @@ def _record(job_id: str, method: str, size, rank=None, map50=0.5, reference=True
 def test_method_names_parse_and_typos_fail(bench):
     assert bench.parse_method("lora8_ref") == ("lora", 8, True, False)
     assert bench.parse_method("full") == ("full", None, False, False)
+    assert bench.parse_method("lora4b_ref") == ("lora_bias", 4, True, False)
+    assert bench.parse_method("lora4d_ref") == ("dora", 4, True, False)
+    assert bench.parse_method("lora2h8_ref") == ("lora", 2, True, False)
+    assert bench.head_rank_of("lora2h8_ref") == 8 and bench.head_rank_of("lora4_ref") is None
     assert bench.parse_method("head_ref_alt") == ("head", None, True, True)
     with pytest.raises(SystemExit, match="unknown method"):
         bench.parse_method("ful")
+    with pytest.raises(SystemExit, match="unknown method"):
+        bench.parse_method("lora4bd")
 
 
 def test_table_orders_sizes_numerically_with_all_last(bench):

@@ -362,3 +362,87 @@ def test_lora_bias_is_per_line_saved_switched_and_merged(base_path, tmp_path):
     merged = merge_into_base(shared, "pcb")
     _set_head_shape(merged, PCB_NAMES)
     torch.testing.assert_close(_forward(merged), adapted, rtol=1e-4, atol=1e-3)
+
+
+def test_dora_magnitudes_are_per_line_saved_switched_and_merged(base_path, tmp_path):
+    """`dora=True` adds one magnitude per output channel of each adapted conv (peft DoRA): it starts at the base
+    weights' norms (the adapted model starts exactly at the base), is stored in the adapter, leaves the base and
+    other lines untouched when they are active, and folds into the convolution on merge."""
+    from vision.lora import (
+        LoraSettings, activate, add_lora, file_sha256, load_adapter, load_detection_model, lora_target_modules,
+        make_meta, mark_trainable, merge_into_base, prepare_base, read_adapter, save_adapter, _set_head_shape,
+    )
+
+    model = prepare_base(load_detection_model(base_path))
+    base_out = _forward(model)
+    convs = dict(model.named_modules())
+    targets = lora_target_modules(model)
+    probe = prepare_base(load_detection_model(base_path))
+    add_lora(probe, "pcb", BASE_NAMES, LoraSettings(rank=4))
+    plain_counts = mark_trainable(probe, "pcb")
+
+    meta = add_lora(model, "pcb", BASE_NAMES, LoraSettings(rank=4, dora=True))  # same classes: same head start
+    counts = mark_trainable(model, "pcb")
+    assert counts["lora"] == plain_counts["lora"] + sum(convs[t].out_channels for t in targets)
+    assert counts["other"] == 0
+    torch.testing.assert_close(_forward(model), base_out, rtol=1e-4, atol=1e-4)  # B = 0, magnitude = ||W||
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if ".lora_magnitude_vector.pcb." in key:  # a per-channel rescale, as a line's BatchNorm gamma would be
+                p.copy_((p * (1 + 0.2 * torch.rand(p.shape, generator=gen))).half().float())
+            elif ".lora_B.pcb." in key or ".lora_A.pcb." in key:
+                p.copy_((torch.randn(p.shape, generator=gen) * 0.05).half().float())
+    adapted = _forward(model)
+    assert not torch.allclose(adapted, base_out, atol=1e-2)
+    path = save_adapter(model, "pcb", tmp_path / "d.safetensors", make_meta(meta, base_path, line="pcb"))
+    file_meta, tensors = read_adapter(path)
+    assert file_meta.dora is True
+    assert sum("lora_magnitude_vector" in k for k in tensors) == len(targets)
+
+    sha = file_sha256(base_path)
+    shared = prepare_base(load_detection_model(base_path))
+    loaded = load_adapter(shared, path, "pcb", sha)
+    torch.testing.assert_close(_forward(shared), adapted, rtol=1e-4, atol=1e-4)
+    activate(shared, None)
+    assert torch.equal(_forward(shared), base_out)  # the line's magnitudes do not leak into the base
+    activate(shared, "pcb", loaded.names)
+    torch.testing.assert_close(_forward(shared), adapted, rtol=1e-4, atol=1e-4)
+
+    # ultralytics' AutoBackend makes CPU models channels_last before validating or predicting
+    torch.testing.assert_close(_forward(copy.deepcopy(shared).to(memory_format=torch.channels_last)), adapted,
+                               rtol=1e-4, atol=1e-4)
+
+    merged = merge_into_base(shared, "pcb")
+    _set_head_shape(merged, BASE_NAMES)
+    torch.testing.assert_close(_forward(merged), adapted, rtol=1e-4, atol=1e-3)
+
+
+def test_dora_and_lora_bias_together_are_refused():
+    from vision.lora import LoraSettings
+
+    with pytest.raises(ValueError, match="cannot be combined"):
+        LoraSettings(rank=4, bias=True, dora=True)
+
+
+def test_head_rank_gives_the_detect_head_its_own_rank_and_survives_the_file(base_path, tmp_path):
+    from vision.lora import (
+        LoraSettings, add_lora, load_adapter, load_detection_model, make_meta, prepare_base, read_adapter_meta,
+        save_adapter,
+    )
+
+    model = prepare_base(load_detection_model(base_path))
+    meta = add_lora(model, "pcb", PCB_NAMES, LoraSettings(rank=2, head_rank=8))
+    head = f"model.{len(model.model) - 1}."
+    ranks = {name: m.r["pcb"] for name, m in model.named_modules() if name in meta.target_modules}
+    scales = {name: m.scaling["pcb"] for name, m in model.named_modules() if name in meta.target_modules}
+    assert {r for n, r in ranks.items() if n.startswith(head)} == {8}
+    assert {r for n, r in ranks.items() if not n.startswith(head)} == {2}
+    assert set(scales.values()) == {2.0}  # alpha follows the rank: the same LoRA scale everywhere
+    _fp16_exact_(model, "pcb", 3)
+    adapted = _forward(model)
+    path = save_adapter(model, "pcb", tmp_path / "h.safetensors", make_meta(meta, base_path, line="pcb"))
+    assert read_adapter_meta(path).head_rank == 8
+    fresh = prepare_base(load_detection_model(base_path))
+    load_adapter(fresh, path, "pcb")
+    assert torch.equal(_forward(fresh), adapted)

@@ -29,9 +29,13 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         data_yaml: Path = typer.Option(..., "--data", help="ultralytics dataset YAML (e.g. from `data deeppcb`)"),
         base: Optional[Path] = typer.Option(None, help="shared base checkpoint (default: the line's locator.base)"),
         rank: int = typer.Option(8, help="LoRA rank"),
+        head_rank: Optional[int] = typer.Option(None, help="LoRA rank of the Detect head's convolutions "
+                                                "(default: --rank)"),
         alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default 2 x rank)"),
         lora_bias: bool = typer.Option(False, "--lora-bias", help="also train a per-line output bias on every "
                                        "adapted convolution (BatchNorm is folded and frozen in the base)"),
+        dora: bool = typer.Option(False, "--dora", help="DoRA: also train a per-line magnitude for every output "
+                                  "channel of every adapted convolution (not with --lora-bias)"),
         epochs: int = typer.Option(60),
         imgsz: Optional[int] = typer.Option(None, help="default: the line's locator.imgsz"),
         batch: int = typer.Option(16),
@@ -73,7 +77,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             extra["cache"] = "ram"
         if warmup_epochs is not None:
             extra["warmup_epochs"] = warmup_epochs
-        result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, lora_bias=lora_bias, epochs=epochs,
+        result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, lora_bias=lora_bias, dora=dora,
+                               head_rank=head_rank, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
                                reference=cfg.locator.reference, init_adapter=init, **extra)
         summary = Path(result.run_dir) / "adapter_result.json"

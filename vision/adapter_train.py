@@ -127,6 +127,8 @@ def train_adapter(
     rank: int = 8,
     alpha: float | None = None,
     lora_bias: bool = False,
+    dora: bool = False,
+    head_rank: int | None = None,
     epochs: int = 60,
     imgsz: int = 640,
     batch: int = 16,
@@ -140,6 +142,8 @@ def train_adapter(
 ) -> AdapterTrainResult:
     """Train a LoRA adapter of `rank` over `base` on `data_yaml` and write it to `out` (.safetensors).
     `lora_bias`: also train a per-line output bias on every adapted convolution (see LoraSettings.bias).
+    `head_rank`: a separate LoRA rank for the Detect head's convolutions (LoraSettings.head_rank).
+    `dora`: DoRA, a per-line magnitude for every output channel of every adapted convolution (LoraSettings.dora).
     `init_adapter`: continue training that adapter (its rank, alpha and bias) instead of starting from B = 0."""
     from vision.yolo_train import count_split_images, train_overrides
 
@@ -161,8 +165,12 @@ def train_adapter(
 
         init_adapter = Path(init_adapter).resolve()
         init_meta = read_adapter_meta(init_adapter)
-        rank, alpha, lora_bias = init_meta.rank, init_meta.alpha, init_meta.bias
-    settings = LoraSettings(rank=rank, alpha=alpha, bias=lora_bias)
+        rank, alpha, lora_bias, dora = init_meta.rank, init_meta.alpha, init_meta.bias, init_meta.dora
+        head_rank = init_meta.head_rank
+    try:
+        settings = LoraSettings(rank=rank, alpha=alpha, bias=lora_bias, dora=dora, head_rank=head_rank)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     run_root = Path(run_dir) if run_dir else data_dir() / "runs" / "adapter"
     args = train_overrides(n_train, epochs, imgsz, batch, device, None, seed, run_root, out.stem)
     args.update(optimizer="AdamW", lr0=LORA_LR0, warmup_bias_lr=0.0)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from defect_agent.errors import ConfigError, ModelFileMissing
@@ -45,7 +45,7 @@ ADAPTER_FORMAT = "defect-agent-lora/1"
 META_KEY = "defect_agent"
 BASE_ATTR = "_defect_agent_base_names"  # the base head's class names, kept on the model for `activate(model, None)`
 _ADAPTER_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_PEFT_PARTS = ("lora_A", "lora_B", "modules_to_save")
+_PEFT_PARTS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save")
 
 
 class LoraSettings(BaseModel):
@@ -55,10 +55,30 @@ class LoraSettings(BaseModel):
     # a per-line output bias on every adapted convolution (peft `lora_bias`), the one shift folded-and-frozen
     # BatchNorm leaves no room for; off by default: on DeepPCB it did not help (benchmarks/results/lora_cpu320.md)
     bias: bool = False
+    # DoRA (peft `use_dora`): a per-line magnitude for every output channel of every adapted convolution, i.e. the
+    # per-channel scale (BatchNorm's gamma) that a folded, frozen BatchNorm and a low-rank update cannot express
+    dora: bool = False
+    # a separate rank for the Detect head's convolutions (box and class towers), None: `rank` everywhere. A new
+    # line keeps the base's features but needs new class semantics, which the head's towers carry
+    head_rank: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _bias_or_dora(self) -> "LoraSettings":
+        if self.bias and self.dora:
+            raise ValueError("LoRA output biases and DoRA cannot be combined (peft supports lora_bias without DoRA)")
+        return self
 
     @property
     def lora_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else 2 * self.rank)
+
+    def patterns(self, targets: list[str], head_prefix: str) -> tuple[dict[str, int], dict[str, float]]:
+        """peft rank_pattern / alpha_pattern for the head's targets (same LoRA scale alpha / r as elsewhere)."""
+        if self.head_rank is None or self.head_rank == self.rank:
+            return {}, {}
+        scale = self.lora_alpha / self.rank
+        head = [re.escape(t) for t in targets if t.startswith(head_prefix)]
+        return {t: self.head_rank for t in head}, {t: scale * self.head_rank for t in head}
 
 
 class AdapterMeta(BaseModel):
@@ -71,6 +91,8 @@ class AdapterMeta(BaseModel):
     alpha: float
     dropout: float = 0.0
     bias: bool = False  # per-line output biases (LoraSettings.bias); files written before it have none
+    dora: bool = False  # per-channel magnitudes (LoraSettings.dora)
+    head_rank: int | None = None  # LoraSettings.head_rank
     target_modules: list[str]
     head_modules: list[str]
     base_file: str
@@ -79,6 +101,25 @@ class AdapterMeta(BaseModel):
     imgsz: int | None = None
     reference: Literal["none", "template"] = "none"
     provenance: dict[str, Any] = Field(default_factory=dict)  # data, command, metrics
+
+
+def _dora_tolerates_channels_last() -> None:
+    """ultralytics' AutoBackend turns a PyTorch model channels_last on x86 CPUs (validation, prediction); peft's
+    DoRA convolution layer `view`s lora_A's weight as a matrix, which a channels_last tensor refuses. `reshape`
+    gives the same matrix either way."""
+    from peft.tuners.lora import dora
+
+    layer = dora._DoraConvNdLayer
+    if getattr(layer, "_defect_agent_reshape", False):
+        return
+
+    @dora.cache_decorator("lora-weight")
+    def get_lora_weight(self, lora_A, lora_B, adapter_name: str | None = None) -> torch.Tensor:
+        r = lora_A.weight.shape[0]
+        return torch.mm(lora_B.weight.reshape(-1, r), lora_A.weight.reshape(r, -1))
+
+    layer.get_lora_weight = get_lora_weight
+    layer._defect_agent_reshape = True
 
 
 def _check_adapter_name(name: str) -> str:
@@ -222,8 +263,12 @@ def add_lora(model: "DetectionModel", adapter_name: str, names: list[str], setti
         raise ConfigError("prepare_base(model) must run before add_lora")
     targets = list(target_modules) if target_modules is not None else lora_target_modules(model)
     heads = class_head_modules(model)
+    if settings.dora:
+        _dora_tolerates_channels_last()
+    rank_pattern, alpha_pattern = settings.patterns(targets, f"model.{len(model.model) - 1}.")
     config = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.dropout,
                         target_modules=targets, modules_to_save=heads, bias="none", lora_bias=settings.bias,
+                        use_dora=settings.dora, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
                         init_lora_weights=True)
     with warnings.catch_warnings():  # a second adapter on the same model is what the bank is for
         warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
@@ -241,8 +286,9 @@ def add_lora(model: "DetectionModel", adapter_name: str, names: list[str], setti
                 wrapper.original_module, len(names), float(det.stride[level]))
     activate(model, adapter_name, names, trainable=trainable)
     return AdapterMeta(names=list(names), rank=settings.rank, alpha=settings.lora_alpha, dropout=settings.dropout,
-                       bias=settings.bias, target_modules=targets, head_modules=heads, base_file="", base_sha256="",
-                       base_names=list(base_names))
+                       bias=settings.bias, dora=settings.dora, head_rank=settings.head_rank,
+                       target_modules=targets, head_modules=heads,
+                       base_file="", base_sha256="", base_names=list(base_names))
 
 
 def activate(model: "DetectionModel", adapter_name: str | None, names: list[str] | None = None,
@@ -292,7 +338,7 @@ def trainable_counts(model: nn.Module, adapter_name: str) -> dict[str, int]:
             continue
         if f".modules_to_save.{adapter_name}." in key:
             head += p.numel()
-        elif f".lora_A.{adapter_name}." in key or f".lora_B.{adapter_name}." in key:
+        elif any(f".{part}.{adapter_name}." in key for part in ("lora_A", "lora_B", "lora_magnitude_vector")):
             lora += p.numel()
         else:
             other += p.numel()
@@ -367,7 +413,8 @@ def load_adapter(model: "DetectionModel", path: Path | str, adapter_name: str,
         raise ConfigError(
             f"adapter {path} was trained over base {meta.base_file} (sha256 {meta.base_sha256[:12]}), but the base "
             f"given has sha256 {base_sha256[:12]}; retrain it: defect-agent train adapter --line {meta.line or '<line>'}")
-    settings = LoraSettings(rank=meta.rank, alpha=meta.alpha, dropout=meta.dropout, bias=meta.bias)
+    settings = LoraSettings(rank=meta.rank, alpha=meta.alpha, dropout=meta.dropout, bias=meta.bias, dora=meta.dora,
+                            head_rank=meta.head_rank)
     if class_head_modules(model) != meta.head_modules:
         raise ConfigError(f"adapter {path} was made for heads {meta.head_modules}, the base has "
                           f"{class_head_modules(model)}")
