@@ -56,10 +56,11 @@ class LoraSettings(BaseModel):
     # BatchNorm leaves no room for; off by default: on DeepPCB it did not help (benchmarks/results/lora_cpu320.md)
     bias: bool = False
     # DoRA (peft `use_dora`): a per-line magnitude for every output channel of every adapted convolution, i.e. the
-    # per-channel scale (BatchNorm's gamma) that a folded, frozen BatchNorm and a low-rank update cannot express
+    # per-channel scale (BatchNorm's gamma) that a folded, frozen BatchNorm and a low-rank update cannot express.
+    # Off by default: on DeepPCB it was within noise of plain LoRA (benchmarks/results/lora_cpu320.md)
     dora: bool = False
-    # a separate rank for the Detect head's convolutions (box and class towers), None: `rank` everywhere. A new
-    # line keeps the base's features but needs new class semantics, which the head's towers carry
+    # a separate rank for the Detect head's convolutions (box and class towers), None: `rank` everywhere (a new
+    # line's class semantics live in the head's towers). Also within noise on DeepPCB at the same parameter budget
     head_rank: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
