@@ -144,7 +144,8 @@ def train_adapter(
     `lora_bias`: also train a per-line output bias on every adapted convolution (see LoraSettings.bias).
     `head_rank`: a separate LoRA rank for the Detect head's convolutions (LoraSettings.head_rank).
     `dora`: DoRA, a per-line magnitude for every output channel of every adapted convolution (LoraSettings.dora).
-    `init_adapter`: continue training that adapter (its rank, alpha and bias) instead of starting from B = 0."""
+    `init_adapter`: continue training that adapter (its rank, head rank, alpha, bias and DoRA) instead of starting
+    from B = 0."""
     from vision.yolo_train import count_split_images, train_overrides
 
     data_yaml = Path(data_yaml).resolve()
