@@ -45,7 +45,8 @@ ADAPTER_FORMAT = "defect-agent-lora/1"
 META_KEY = "defect_agent"
 BASE_ATTR = "_defect_agent_base_names"  # the base head's class names, kept on the model for `activate(model, None)`
 _ADAPTER_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_PEFT_PARTS = ("lora_A", "lora_B", "lora_magnitude_vector", "modules_to_save")
+_LORA_PARTS = ("lora_A", "lora_B", "lora_magnitude_vector")  # the low-rank update (and DoRA's magnitudes)
+_PEFT_PARTS = (*_LORA_PARTS, "modules_to_save")
 
 
 class LoraSettings(BaseModel):
@@ -339,7 +340,7 @@ def trainable_counts(model: nn.Module, adapter_name: str) -> dict[str, int]:
             continue
         if f".modules_to_save.{adapter_name}." in key:
             head += p.numel()
-        elif any(f".{part}.{adapter_name}." in key for part in ("lora_A", "lora_B", "lora_magnitude_vector")):
+        elif any(f".{part}.{adapter_name}." in key for part in _LORA_PARTS):
             lora += p.numel()
         else:
             other += p.numel()
