@@ -123,3 +123,34 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
         summary = convert_deeppcb(src, out, reference=reference)
         typer.echo(f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}")
+
+    @data.command("neu-det")
+    def data_neu_det_cmd(
+        src: Path = typer.Argument(..., help="NEU-DET folder holding IMAGES/ and ANNOTATIONS/ (../shared/datasets/neu-det)"),
+        out: Path = typer.Argument(..., help="output dataset folder"),
+        val_fraction: float = typer.Option(0.2, min=0.0, max=0.9, help="share of each class held out for validation"),
+        seed: int = typer.Option(0, help="split seed"),
+    ) -> None:
+        """Convert NEU-DET to a YOLO dataset with a seeded split stratified by class (boxes rescaled to the JPEGs)."""
+        from vision.neu_det import convert_neu_det
+
+        summary = convert_neu_det(src, out, val_fraction=val_fraction, seed=seed)
+        typer.echo(f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}")
+
+    @data.command("merge")
+    def data_merge_cmd(
+        out: Path = typer.Argument(..., help="output dataset folder"),
+        part: list[str] = typer.Option(..., "--part", help="PREFIX=data.yaml, repeated; classes become PREFIX/class"),
+    ) -> None:
+        """Merge YOLO datasets into one (e.g. the training mix of a shared base detector); images are symlinked."""
+        from vision.yolo_dataset import merge_yolo_datasets
+
+        parts: dict[str, Path] = {}
+        for spec in part:
+            prefix, sep, path = spec.partition("=")
+            if not sep or not prefix or not path:
+                raise ConfigError(f"--part {spec!r}: expected PREFIX=path/to/data.yaml")
+            if prefix in parts:
+                raise ConfigError(f"--part prefix {prefix!r} given twice")
+            parts[prefix] = Path(path)
+        typer.echo(f"wrote {merge_yolo_datasets(parts, out)}")

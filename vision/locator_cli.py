@@ -101,6 +101,32 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
                    f"epochs in {result.train_seconds:.0f} s; val mAP50 {fm.get('metrics/mAP50(B)', float('nan')):.4f} "
                    f"mAP50-95 {fm.get('metrics/mAP50-95(B)', float('nan')):.4f}; run summary {summary}")
 
+    @train.command("base")
+    def train_base_cmd(
+        data_yaml: Path = typer.Option(..., "--data", help="the multi-line training mix (from `defect-agent data merge`)"),
+        out: Path = typer.Option(Path("models/locator/defect_base.pt"), help="the base checkpoint to write"),
+        base: Optional[str] = typer.Option(None, help=f"start point; default ../shared/weights/{PRETRAINED_NAME}"),
+        epochs: int = typer.Option(8, help="few: the base must keep general features for the adapters"),
+        imgsz: int = typer.Option(320),
+        batch: int = typer.Option(16),
+        device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
+        seed: int = typer.Option(0, help="training seed"),
+        cache: bool = typer.Option(False, "--cache", help="cache decoded images in RAM"),
+    ) -> None:
+        """Train the shared base detector that line adapters sit on, on a mix of lines (no line's class check)."""
+        from defect_agent.paths import resolve
+        from vision.yolo_train import train_locator
+
+        extra = {"cache": "ram"} if cache else {}
+        result = train_locator(data_yaml, base or default_base(), resolve(out), epochs=epochs, imgsz=imgsz,
+                               batch=batch, device=device, seed=seed, **extra)
+        summary = Path(result.run_dir) / "train_result.json"
+        summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        fm = result.final_metrics
+        typer.echo(f"wrote {result.weights} ({result.weights.stat().st_size / 1e6:.1f} MB) after {result.epochs_run} "
+                   f"epochs in {result.train_seconds:.0f} s; val mAP50 {fm.get('metrics/mAP50(B)', float('nan')):.4f} "
+                   f"mAP50-95 {fm.get('metrics/mAP50-95(B)', float('nan')):.4f}; run summary {summary}")
+
     @eval.command("locator")
     def eval_locator_cmd(
         line: Optional[str] = typer.Option(None, help="product line (default: configs/default.yaml default_line)"),

@@ -111,3 +111,69 @@ def write_battery_tab_dataset(out_dir: Path | str, n_train: int, n_val: int, see
 def write_yolo_dataset(out_dir: Path, n_train: int, n_val: int, seed: int) -> Path:
     """The built-in battery_tab YOLO dataset (the line's classes in config order); returns data.yaml."""
     return write_battery_tab_dataset(out_dir, n_train, n_val, seed)
+
+
+def _split_images(data: dict, data_yaml: Path, split: str) -> list[Path]:
+    root = Path(data.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = (data_yaml.parent / root).resolve()
+    entry = root / str(data[split])
+    if entry.is_dir():
+        return sorted(p for p in entry.iterdir() if p.suffix.lower() in {".bmp", ".jpg", ".jpeg", ".png"})
+    if entry.is_file() and entry.suffix == ".txt":
+        return [Path(s.strip()) if Path(s.strip()).is_absolute() else root / s.strip()
+                for s in entry.read_text(encoding="utf-8").splitlines() if s.strip()]
+    raise FileNotFoundError(f"{data_yaml}: {split} images not found at {entry}")
+
+
+def _label_of(image: Path) -> Path:
+    # ultralytics' own rule (img2label_paths): the last /images/ of the path becomes /labels/, suffix .txt
+    parts = list(image.parts)
+    i = len(parts) - 1 - parts[::-1].index("images")
+    parts[i] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progress: bool = True) -> Path:
+    """One YOLO dataset from several (e.g. the training mix of a multi-line base detector): class `c` of part `p`
+    becomes `p/c` with ids offset part after part; images are symlinked as `<p>__<name>`, labels rewritten.
+    Returns the merged data.yaml."""
+    if not parts:
+        raise ValueError("no dataset to merge")
+    out = Path(out_dir)
+    dirs = prepare_split_dirs(out)
+    for img_dir, lbl_dir in dirs.values():
+        for old in [*img_dir.iterdir(), *lbl_dir.iterdir()]:
+            old.unlink()
+    for cache in out.glob("labels/*.cache"):
+        cache.unlink()
+    names: list[str] = []
+    counts: Counter[str] = Counter()
+    for prefix, data_yaml in parts.items():
+        data_yaml = Path(data_yaml).resolve()
+        data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
+        raw = data.get("names")
+        if raw is None:
+            raise ValueError(f"{data_yaml}: no 'names' entry")
+        part_names = [str(raw[i]) for i in sorted(raw)] if isinstance(raw, dict) else [str(n) for n in raw]
+        offset = len(names)
+        names.extend(f"{prefix}/{n}" for n in part_names)
+        for split in SPLITS:
+            img_dir, lbl_dir = dirs[split]
+            for image in tqdm(_split_images(data, data_yaml, split), desc=f"merge {prefix} {split}",
+                              disable=not progress, unit="img"):
+                stem = f"{prefix}__{image.stem}"
+                (img_dir / f"{stem}{image.suffix.lower()}").symlink_to(image.resolve())
+                label = _label_of(image)
+                lines = []
+                if label.is_file():
+                    for line in label.read_text(encoding="utf-8").splitlines():
+                        if line.strip():
+                            cid, *rest = line.split()
+                            if not 0 <= int(cid) < len(part_names):
+                                raise ValueError(f"{label}: class id {cid} outside the {len(part_names)} names")
+                            lines.append(" ".join([str(int(cid) + offset), *rest]))
+                (lbl_dir / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+                counts[f"{split}/{prefix}"] += 1
+    log.info("merged dataset at %s: %s", out, dict(sorted(counts.items())))
+    return write_data_yaml(out, names)
