@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from defect_agent.errors import ConfigError, EmptyInput
 from defect_agent.paths import data_dir
-from vision.locator import import_yolo
+from vision.locator import BASE_COMMAND, import_yolo
 from vision.lora import (
     AdapterMeta,
     LoraSettings,
@@ -154,7 +154,7 @@ def train_adapter(
     if not base.is_file():
         from defect_agent.errors import ModelFileMissing
 
-        raise ModelFileMissing(base, "defect-agent train locator --line battery_tab", what="locator base weights")
+        raise ModelFileMissing(base, BASE_COMMAND, what="locator base weights")
     n_train = count_split_images(data_yaml, "train")
     count_split_images(data_yaml, "val")
     if n_train == 0:

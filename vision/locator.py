@@ -32,6 +32,10 @@ def train_command(line_name: str) -> str:
     return f"defect-agent train locator --line {line_name}"
 
 
+# the shared base of line adapters is trained on a mix of lines, not by one line's `train locator`
+BASE_COMMAND = "defect-agent train base --data <merged data.yaml> (see models/locator/defect_base.md)"
+
+
 def adapter_command(line_name: str) -> str:
     return f"defect-agent train adapter --line {line_name}"
 
@@ -189,7 +193,7 @@ class Locator:
         base_path = resolve(cfg.base or cfg.weights)
         adapter_path = resolve(cfg.adapter)
         if not base_path.is_file():
-            raise ModelFileMissing(base_path, make, what="locator base weights")
+            raise ModelFileMissing(base_path, BASE_COMMAND if cfg.base else make, what="locator base weights")
         if not adapter_path.exists():
             raise ModelFileMissing(adapter_path, adapter_command(line.name), what="LoRA adapter")
         import_yolo()  # offline set-up before the adapter code imports ultralytics
@@ -306,7 +310,8 @@ class LocatorPool:
         cfg = line.locator
         base_path = resolve(cfg.base or cfg.weights) if cfg.adapter else resolve(cfg.weights)
         if not base_path.is_file():
-            raise ModelFileMissing(base_path, train_command(line.name), what="locator base weights")
+            raise ModelFileMissing(base_path, BASE_COMMAND if cfg.adapter and cfg.base else train_command(line.name),
+                                   what="locator base weights")
         adapter_path = resolve(cfg.adapter) if cfg.adapter else None
         if adapter_path is not None and not adapter_path.exists():
             raise ModelFileMissing(adapter_path, adapter_command(line.name), what="LoRA adapter")

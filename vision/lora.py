@@ -34,6 +34,7 @@ from torch import nn
 
 from defect_agent.errors import ConfigError, ModelFileMissing
 from defect_agent.files import file_sha256
+from vision.locator import BASE_COMMAND
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -139,7 +140,7 @@ def load_detection_model(path: Path | str) -> "DetectionModel":
 
     path = Path(path)
     if not path.is_file():
-        raise ModelFileMissing(path, "defect-agent train locator --line battery_tab", what="locator base weights")
+        raise ModelFileMissing(path, BASE_COMMAND, what="locator base weights")
     import_yolo()  # offline set-up
     from ultralytics.nn.tasks import load_checkpoint
 
@@ -468,7 +469,7 @@ def load_adapted_yolo(base_path: Path | str, adapter_path: Path | str) -> "YOLO"
     folded beforehand, so ultralytics does not fuse again)."""
     base_path, adapter_path = Path(base_path), Path(adapter_path)
     if not base_path.is_file():
-        raise ModelFileMissing(base_path, "defect-agent train locator --line battery_tab", what="locator base weights")
+        raise ModelFileMissing(base_path, BASE_COMMAND, what="locator base weights")
     meta = read_adapter_meta(adapter_path)
     YOLO = _import_yolo()
     yolo = YOLO(str(base_path), task="detect")
@@ -530,7 +531,7 @@ class AdapterBank:
     def __init__(self, base_path: Path | str) -> None:
         self.base_path = Path(base_path)
         if not self.base_path.is_file():
-            raise ModelFileMissing(self.base_path, "defect-agent train locator --line battery_tab",
+            raise ModelFileMissing(self.base_path, BASE_COMMAND,
                                    what="locator base weights")
         self.base_sha256 = file_sha256(self.base_path)
         YOLO = _import_yolo()
