@@ -300,8 +300,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--src", default=None, help="DeepPCB folder (default ../shared/datasets/deeppcb)")
-    ap.add_argument("--base", default=str(ROOT / "models" / "locator" / "battery_tab.pt"),
-                    help="shared base checkpoint (the shipped battery_tab detector)")
+    ap.add_argument("--base", default=str(ROOT / "models" / "locator" / "defect_base.pt"),
+                    help="shared base checkpoint (the shipped multi-line base detector)")
     ap.add_argument("--alt-base", default=None, help="second base for methods ending in _alt (default: the COCO "
                     "YOLOv8n in ../shared/weights)")
     ap.add_argument("--work", default=str(ROOT / "var" / "bench_lora"))
