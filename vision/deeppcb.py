@@ -193,10 +193,7 @@ def convert_deeppcb(src: Path | str, out: Path | str, reference: bool = False,
     unknown = [g for g in val_groups if g not in groups_found]
     if unknown:
         raise EmptyInput(f"validation group(s) {unknown} not found under {pcb_root(src)}; found {groups_found}")
-    dirs = prepare_split_dirs(out)
-    for img_dir, lbl_dir in dirs.values():  # a re-run must not leave images of an earlier mode behind
-        for old in [*img_dir.iterdir(), *lbl_dir.iterdir()]:
-            old.unlink()
+    dirs = prepare_split_dirs(out, empty=True)
     neg_dir = out / "images" / "val_negatives"
     if neg_dir.exists():
         shutil.rmtree(neg_dir)

@@ -61,6 +61,16 @@ def render_metrics(m) -> str:
     return "\n".join(rows)
 
 
+def _report_training(result) -> None:
+    """Write the run summary beside ultralytics' run folder and echo the one-line outcome."""
+    summary = Path(result.run_dir) / "train_result.json"
+    summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    fm = result.final_metrics
+    typer.echo(f"wrote {result.weights} ({result.weights.stat().st_size / 1e6:.1f} MB) after {result.epochs_run} "
+               f"epochs in {result.train_seconds:.0f} s; val mAP50 {fm.get('metrics/mAP50(B)', float('nan')):.4f} "
+               f"mAP50-95 {fm.get('metrics/mAP50-95(B)', float('nan')):.4f}; run summary {summary}")
+
+
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
     @train.command("locator")
     def train_locator_cmd(
@@ -94,12 +104,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         weights = resolve(out) if out else resolve(cfg.locator.weights)
         result = train_locator(data_yaml, base or default_base(), weights, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, freeze=freeze, seed=seed)
-        summary = Path(result.run_dir) / "train_result.json"
-        summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        fm = result.final_metrics
-        typer.echo(f"wrote {result.weights} ({result.weights.stat().st_size / 1e6:.1f} MB) after {result.epochs_run} "
-                   f"epochs in {result.train_seconds:.0f} s; val mAP50 {fm.get('metrics/mAP50(B)', float('nan')):.4f} "
-                   f"mAP50-95 {fm.get('metrics/mAP50-95(B)', float('nan')):.4f}; run summary {summary}")
+        _report_training(result)
 
     @train.command("base")
     def train_base_cmd(
@@ -120,12 +125,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         extra = {"cache": "ram"} if cache else {}
         result = train_locator(data_yaml, base or default_base(), resolve(out), epochs=epochs, imgsz=imgsz,
                                batch=batch, device=device, seed=seed, **extra)
-        summary = Path(result.run_dir) / "train_result.json"
-        summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
-        fm = result.final_metrics
-        typer.echo(f"wrote {result.weights} ({result.weights.stat().st_size / 1e6:.1f} MB) after {result.epochs_run} "
-                   f"epochs in {result.train_seconds:.0f} s; val mAP50 {fm.get('metrics/mAP50(B)', float('nan')):.4f} "
-                   f"mAP50-95 {fm.get('metrics/mAP50-95(B)', float('nan')):.4f}; run summary {summary}")
+        _report_training(result)
 
     @eval.command("locator")
     def eval_locator_cmd(

@@ -131,10 +131,7 @@ def convert_neu_det(src: Path | str, out: Path | str, val_fraction: float = VAL_
                     missing[:3])
     split = stratified_split(stems, val_fraction, seed)
     out = Path(out)
-    dirs = prepare_split_dirs(out)
-    for img_dir, lbl_dir in dirs.values():  # a re-run with another seed must not leave old files behind
-        for old in [*img_dir.iterdir(), *lbl_dir.iterdir()]:
-            old.unlink()
+    dirs = prepare_split_dirs(out, empty=True)
     class_id = {n: i for i, n in enumerate(NEU_CLASSES)}
     counts: Counter[str] = Counter()
     boxes: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}

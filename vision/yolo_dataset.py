@@ -60,14 +60,19 @@ def write_data_yaml(out_dir: Path | str, names: list[str], train: str = "images/
     return path
 
 
-def prepare_split_dirs(out_dir: Path | str, splits: tuple[str, ...] = SPLITS) -> dict[str, tuple[Path, Path]]:
-    """Create images/<split> and labels/<split>; returns split -> (images dir, labels dir)."""
+def prepare_split_dirs(out_dir: Path | str, splits: tuple[str, ...] = SPLITS,
+                       empty: bool = False) -> dict[str, tuple[Path, Path]]:
+    """Create images/<split> and labels/<split>; returns split -> (images dir, labels dir). `empty`: remove what
+    they already hold, so that a converter's re-run (another mode, seed or mix) leaves no file of the earlier one."""
     out = Path(out_dir)
     dirs = {}
     for split in splits:
         img_dir, lbl_dir = out / "images" / split, out / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
+        if empty:
+            for old in [*img_dir.iterdir(), *lbl_dir.iterdir()]:
+                old.unlink()
         dirs[split] = (img_dir, lbl_dir)
     return dirs
 
@@ -141,10 +146,7 @@ def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progr
     if not parts:
         raise ValueError("no dataset to merge")
     out = Path(out_dir)
-    dirs = prepare_split_dirs(out)
-    for img_dir, lbl_dir in dirs.values():
-        for old in [*img_dir.iterdir(), *lbl_dir.iterdir()]:
-            old.unlink()
+    dirs = prepare_split_dirs(out, empty=True)
     for cache in out.glob("labels/*.cache"):
         cache.unlink()
     names: list[str] = []
