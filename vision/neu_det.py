@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from defect_agent.errors import EmptyInput, ImageReadError
 from vision.detection import Box
+from vision.yolo_train import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,7 @@ def convert_neu_det(src: Path | str, out: Path | str, val_fraction: float = VAL_
     from vision.yolo_dataset import prepare_split_dirs, write_data_yaml, yolo_label_line
 
     root = neu_root(src)
-    images = {p.stem: p for p in sorted((root / "IMAGES").iterdir()) if p.suffix.lower() in {".jpg", ".jpeg",
-                                                                                             ".png", ".bmp"}}
+    images = {p.stem: p for p in sorted((root / "IMAGES").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     xmls = {p.stem: p for p in sorted((root / "ANNOTATIONS").glob("*.xml"))}
     stems = sorted(set(images) & set(xmls))
     if not stems:

@@ -118,19 +118,6 @@ def write_yolo_dataset(out_dir: Path, n_train: int, n_val: int, seed: int) -> Pa
     return write_battery_tab_dataset(out_dir, n_train, n_val, seed)
 
 
-def _split_images(data: dict, data_yaml: Path, split: str) -> list[Path]:
-    root = Path(data.get("path") or data_yaml.parent)
-    if not root.is_absolute():
-        root = (data_yaml.parent / root).resolve()
-    entry = root / str(data[split])
-    if entry.is_dir():
-        return sorted(p for p in entry.iterdir() if p.suffix.lower() in {".bmp", ".jpg", ".jpeg", ".png"})
-    if entry.is_file() and entry.suffix == ".txt":
-        return [Path(s.strip()) if Path(s.strip()).is_absolute() else root / s.strip()
-                for s in entry.read_text(encoding="utf-8").splitlines() if s.strip()]
-    raise FileNotFoundError(f"{data_yaml}: {split} images not found at {entry}")
-
-
 def _label_of(image: Path) -> Path:
     # ultralytics' own rule (img2label_paths): the last /images/ of the path becomes /labels/, suffix .txt
     parts = list(image.parts)
@@ -143,6 +130,8 @@ def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progr
     """One YOLO dataset from several (e.g. the training mix of a multi-line base detector): class `c` of part `p`
     becomes `p/c` with ids offset part after part; images are symlinked as `<p>__<name>`, labels rewritten.
     Returns the merged data.yaml."""
+    from vision.yolo_train import split_images
+
     if not parts:
         raise ValueError("no dataset to merge")
     out = Path(out_dir)
@@ -162,7 +151,7 @@ def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progr
         names.extend(f"{prefix}/{n}" for n in part_names)
         for split in SPLITS:
             img_dir, lbl_dir = dirs[split]
-            for image in tqdm(_split_images(data, data_yaml, split), desc=f"merge {prefix} {split}",
+            for image in tqdm(split_images(data_yaml, split), desc=f"merge {prefix} {split}",
                               disable=not progress, unit="img"):
                 stem = f"{prefix}__{image.stem}"
                 (img_dir / f"{stem}{image.suffix.lower()}").symlink_to(image.resolve())

@@ -92,19 +92,26 @@ def _split_sources(data: dict[str, Any], data_yaml: Path, split: str) -> list[Pa
     return [p if p.is_absolute() else root / p for p in (Path(str(e)) for e in entries)]
 
 
-def count_split_images(data_yaml: Path, split: str) -> int:
-    """Images in a split of an ultralytics data YAML (folder or .txt list); raises when the split is missing."""
+def split_images(data_yaml: Path, split: str) -> list[Path]:
+    """The images of a split of an ultralytics data YAML (folders searched recursively, or .txt lists whose relative
+    lines count from the list's folder); raises when the split is missing."""
     data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
-    total = 0
+    images: list[Path] = []
     for src in _split_sources(data, Path(data_yaml), split):
         if src.is_dir():
-            total += sum(1 for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            images += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif src.is_file() and src.suffix == ".txt":
-            total += sum(1 for line in src.read_text().splitlines() if line.strip())
+            lines = [Path(line.strip()) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+            images += [p if p.is_absolute() else src.parent / p for p in lines]
         else:
             # ultralytics would fall back to the YAML's `download:` entry here; refuse instead
             raise EmptyInput(f"{data_yaml}: {split} images not found at {src}")
-    return total
+    return images
+
+
+def count_split_images(data_yaml: Path, split: str) -> int:
+    """Images in a split of an ultralytics data YAML (folder or .txt list); raises when the split is missing."""
+    return len(split_images(data_yaml, split))
 
 
 def check_data_yaml(data_yaml: Path) -> dict[str, Any]:
