@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from defect_agent.errors import ConfigError, EmptyInput
 from defect_agent.paths import data_dir
 from vision.locator import BASE_COMMAND, import_yolo
+from vision.yolo_dataset import data_yaml_names
 from vision.lora import (
     AdapterMeta,
     LoraSettings,
@@ -112,14 +112,6 @@ class LoraDetectionTrainer(DetectionTrainer):
         return super().build_optimizer(model, *args, **kwargs)
 
 
-def _names(data_yaml: Path) -> list[str]:
-    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
-    names = data.get("names")
-    if names is None:
-        raise ConfigError(f"{data_yaml}: no 'names' entry")
-    return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-
-
 def train_adapter(
     data_yaml: Path | str,
     base: Path | str,
@@ -159,7 +151,7 @@ def train_adapter(
     count_split_images(data_yaml, "val")
     if n_train == 0:
         raise EmptyInput(f"{data_yaml}: the train split has no images")
-    _names(data_yaml)  # a dataset YAML without class names fails here, before any training
+    data_yaml_names(data_yaml)  # a dataset YAML without class names fails here, before any training
     init_meta = None
     if init_adapter is not None:
         from vision.lora import read_adapter_meta

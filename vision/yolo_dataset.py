@@ -60,6 +60,17 @@ def write_data_yaml(out_dir: Path | str, names: list[str], train: str = "images/
     return path
 
 
+def data_yaml_names(data_yaml: Path | str) -> list[str]:
+    """Class names of an ultralytics data YAML in id order (`names` as a list or an id -> name mapping)."""
+    from defect_agent.errors import ConfigError
+
+    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
+    names = data.get("names")
+    if names is None:
+        raise ConfigError(f"{data_yaml}: no 'names' entry")
+    return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+
+
 def prepare_split_dirs(out_dir: Path | str, splits: tuple[str, ...] = SPLITS,
                        empty: bool = False) -> dict[str, tuple[Path, Path]]:
     """Create images/<split> and labels/<split>; returns split -> (images dir, labels dir). `empty`: remove what
@@ -142,11 +153,7 @@ def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progr
     counts: Counter[str] = Counter()
     for prefix, data_yaml in parts.items():
         data_yaml = Path(data_yaml).resolve()
-        data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
-        raw = data.get("names")
-        if raw is None:
-            raise ValueError(f"{data_yaml}: no 'names' entry")
-        part_names = [str(raw[i]) for i in sorted(raw)] if isinstance(raw, dict) else [str(n) for n in raw]
+        part_names = data_yaml_names(data_yaml)
         offset = len(names)
         names.extend(f"{prefix}/{n}" for n in part_names)
         for split in SPLITS:
