@@ -55,3 +55,18 @@ def test_battery_tab_dataset(tmp_path):
     assert {"tab", "weld", "spatter"} <= seen
     train_seeds = {t.seed for t in read_truth(tmp_path / "truth_train.jsonl")}
     assert not train_seeds & {t.seed for t in read_truth(tmp_path / "truth_val.jsonl")}
+
+
+def test_a_line_model_trains_only_on_its_own_classes_in_order(tmp_path):
+    from defect_agent.errors import ConfigError
+    from vision.yolo_dataset import require_line_classes
+
+    path = write_data_yaml(tmp_path, ["open", "short"])
+    require_line_classes(path, "pcb", ["open", "short"])
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(yaml.safe_dump({"names": ["open", "short"]}))
+    require_line_classes(listed, "pcb", ["open", "short"])
+    with pytest.raises(ConfigError, match=r"differ from the line 'pcb'.*same order"):
+        require_line_classes(path, "pcb", ["short", "open"])
+    with pytest.raises(ConfigError, match="not found"):
+        require_line_classes(tmp_path / "missing.yaml", "pcb", ["open"])

@@ -14,14 +14,6 @@ from defect_agent.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _line_names(data_yaml: Path) -> list[str]:
-    import yaml
-
-    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
-    names = data.get("names") or {}
-    return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-
-
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
     @train.command("adapter")
     def train_adapter_cmd(
@@ -57,11 +49,10 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         from defect_agent.config import load_line
         from defect_agent.paths import resolve
         from vision.adapter_train import train_adapter
+        from vision.yolo_dataset import require_line_classes
 
         cfg = load_line(line)
-        names = _line_names(data_yaml)
-        if names != cfg.class_names:
-            raise ConfigError(f"{data_yaml} classes {names} differ from line {line!r}: {cfg.class_names}")
+        require_line_classes(data_yaml, line, cfg.class_names)
         base_path = resolve(base) if base else (resolve(cfg.locator.base) if cfg.locator.base else None)
         if base_path is None:
             raise ConfigError(f"line {line!r} has no locator.base; pass --base")

@@ -93,6 +93,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         """Train the line's YOLO locator and write one stripped .pt (about 6 MB for YOLOv8n)."""
         from defect_agent.config import load_app_config, load_line
         from defect_agent.paths import data_dir, resolve
+        from vision.yolo_dataset import require_line_classes
         from vision.yolo_train import train_locator
 
         cfg = load_line(line or load_app_config().default_line)
@@ -100,7 +101,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             ds_dir = data_dir() / "datasets" / cfg.name
             typer.echo(f"generating {n_train}+{n_val} {cfg.name} images (seed {data_seed}) into {ds_dir}", err=True)
             data_yaml = generate_dataset(cfg.name, ds_dir, n_train, n_val, data_seed)
-        _check_names(data_yaml, cfg.class_names)
+        require_line_classes(data_yaml, cfg.name, cfg.class_names)
         weights = resolve(out) if out else resolve(cfg.locator.weights)
         result = train_locator(data_yaml, base or default_base(), weights, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, freeze=freeze, seed=seed)
@@ -165,13 +166,4 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         typer.echo(render_metrics(metrics))
         if json_out:
             typer.echo(f"metrics JSON: {json_out}", err=True)
-
-
-def _check_names(data_yaml: Path, expected: list[str]) -> None:
-    from vision.yolo_train import check_data_yaml
-
-    names = check_data_yaml(Path(data_yaml))["names"]
-    names = [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
-    if names != expected:
-        raise ConfigError(f"{data_yaml} classes {names} differ from the line's {expected} (same names, same order)")
 

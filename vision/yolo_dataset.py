@@ -71,6 +71,18 @@ def data_yaml_names(data_yaml: Path | str) -> list[str]:
     return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
 
 
+def require_line_classes(data_yaml: Path | str, line: str, expected: list[str]) -> None:
+    """A line's model must be trained on its own classes, same names, same order: the class id is the contract."""
+    from defect_agent.errors import ConfigError
+
+    if not Path(data_yaml).is_file():
+        raise ConfigError(f"dataset YAML not found: {data_yaml}")
+    names = data_yaml_names(data_yaml)
+    if names != expected:
+        raise ConfigError(f"{data_yaml} classes {names} differ from the line {line!r}: {expected} "
+                          "(same names, same order)")
+
+
 def prepare_split_dirs(out_dir: Path | str, splits: tuple[str, ...] = SPLITS,
                        empty: bool = False) -> dict[str, tuple[Path, Path]]:
     """Create images/<split> and labels/<split>; returns split -> (images dir, labels dir). `empty`: remove what
