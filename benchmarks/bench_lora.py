@@ -9,9 +9,9 @@ benchmarks/results/lora.json and benchmarks/results/lora.md.
 Methods: lora<r> (rank r over every ordinary conv, class convs in full), lora<r>h<k> (rank k in the Detect
 head's convs, r elsewhere), lora<r>b (plus a per-line output bias on every adapted conv, peft `lora_bias`),
 lora<r>d (DoRA: plus a per-line magnitude for every output channel of every adapted conv, peft `use_dora`), full
-(every weight), head (freeze layers 0-21: only the Detect head trains), frozen_backbone (freeze 0-9: neck + head
-train). Suffix `_ref`: the reference-composite dataset (test, template, |difference|) instead of the plain test
-image.
+(every weight), fullbn (every weight, BatchNorm running statistics kept at the base's), head (freeze layers 0-21:
+only the Detect head trains), frozen_backbone (freeze 0-9: neck + head train). Suffix `_ref`: the
+reference-composite dataset (test, template, |difference|) instead of the plain test image.
 
     python benchmarks/bench_lora.py --device 0 --sizes 50,200,all --parallel 12
     python benchmarks/bench_lora.py --device cpu --sizes 16 --epochs 16:2 --imgsz 320 --methods lora4,full   # smoke
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_EPOCHS = {50: 100, 200: 50, "all": 30}
-FREEZE = {"head": 22, "frozen_backbone": 10, "full": None}
+FREEZE = {"head": 22, "frozen_backbone": 10, "full": None, "fullbn": None}
 
 
 def _log(msg: str) -> None:
@@ -164,7 +164,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         freeze = FREEZE[method]
         res = train_locator(spec["data"], base, weights, epochs=spec["epochs"], imgsz=spec["imgsz"],
                             batch=spec["batch"], device=spec["device"], freeze=freeze, seed=spec["seed"],
-                            run_dir=work / "runs", **common)
+                            run_dir=work / "runs", freeze_bn_stats=method == "fullbn", **common)
         trainable, total = _count_trainable(weights, freeze)
         locator = Locator.from_weights(weights, line.class_names, imgsz=spec["imgsz"], conf=line.locator.conf,
                                        iou=line.locator.iou, device=spec["device"])

@@ -25,12 +25,34 @@ def test_train_base_on_a_merged_mix_keeps_every_line_class(tmp_path: Path) -> No
     mix = merge_yolo_datasets({"steel": a, "tab": b}, tmp_path / "mix", progress=False)
     out = tmp_path / "base.pt"
     res = CliRunner().invoke(app, ["train", "base", "--data", str(mix), "--base", "yolov8n.yaml", "--out", str(out),
-                                   "--epochs", "1", "--imgsz", "128", "--batch", "4"])
+                                   "--epochs", "1", "--imgsz", "128", "--batch", "4", "--train-bn-stats"])
     assert res.exit_code == 0, res.output + repr(res.exception)
     model = load_detection_model(out)
     names = model.names if isinstance(model.names, list) else [model.names[i] for i in sorted(model.names)]
     assert names == ["steel/square", "steel/disc", "tab/square", "tab/disc"]
     assert yaml.safe_load(mix.read_text())["nc"] == 4
+    assert _batchnorm_drift(model) > 1e-3  # plain training moves the running statistics off their start
+
+
+def _batchnorm_drift(model) -> float:
+    """Largest distance of any BatchNorm's running statistics from the identity a fresh or COCO model starts at."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    return max(max(float(b.running_mean.abs().max()), float((b.running_var - 1).abs().max())) for b in bns)
+
+
+def test_train_base_keeps_batchnorm_statistics_at_the_start_point_by_default(tmp_path: Path) -> None:
+    from agent.cli import app
+    from vision.lora import load_detection_model
+
+    data = make_tiny_dataset(tmp_path / "a", n_train=4, n_val=2, seed=0)
+    out = tmp_path / "base.pt"
+    res = CliRunner().invoke(app, ["train", "base", "--data", str(data), "--base", "yolov8n.yaml", "--out", str(out),
+                                   "--epochs", "1", "--imgsz", "128", "--batch", "4"])  # the default: frozen
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert _batchnorm_drift(load_detection_model(out)) < 1e-6
 
 
 @pytest.mark.skipif(not SHIPPED_BASE.is_file(), reason="models/locator/defect_base.pt not trained yet")

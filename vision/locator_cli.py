@@ -118,6 +118,9 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
         seed: int = typer.Option(0, help="training seed"),
         cache: bool = typer.Option(False, "--cache", help="cache decoded images in RAM"),
+        freeze_bn_stats: bool = typer.Option(True, "--freeze-bn-stats/--train-bn-stats", help="keep BatchNorm's "
+                                             "running statistics at the start point's (COCO's: identity): the LoRA "
+                                             "adapters over the base then match full fine-tuning (README)"),
     ) -> None:
         """Train the shared base detector that line adapters sit on, on a mix of lines (no line's class check)."""
         from defect_agent.paths import resolve
@@ -125,7 +128,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
         extra = {"cache": "ram"} if cache else {}
         result = train_locator(data_yaml, base or default_base(), resolve(out), epochs=epochs, imgsz=imgsz,
-                               batch=batch, device=device, seed=seed, **extra)
+                               batch=batch, device=device, seed=seed, freeze_bn_stats=freeze_bn_stats, **extra)
         _report_training(result)
 
     @eval.command("locator")

@@ -148,6 +148,16 @@ def train_overrides(
     return args
 
 
+def batchnorm_eval(model: Any) -> int:
+    """Put every BatchNorm of `model` in eval mode (running statistics no longer update); returns how many."""
+    import torch.nn as nn
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.eval()
+    return len(layers)
+
+
 def train_locator(
     data_yaml: Path,
     base: str | Path,
@@ -159,10 +169,14 @@ def train_locator(
     freeze: int | None = None,
     seed: int = 0,
     run_dir: Path | None = None,
+    freeze_bn_stats: bool = False,
     **overrides: Any,
 ) -> TrainResult:
     """Train and copy the best (optimizer-stripped) checkpoint to `out` (a `.pt` path, or a folder that gets
-    `best.pt`). ultralytics' run folder goes to `run_dir` (default `var/runs/locator/<out stem>`)."""
+    `best.pt`). ultralytics' run folder goes to `run_dir` (default `var/runs/locator/<out stem>`).
+
+    `freeze_bn_stats` keeps every BatchNorm's running mean / variance at the base's values (BatchNorm in eval mode
+    while its affine weights still train): a shared base then carries no domain statistics into the adapters."""
     from vision.locator import import_yolo
 
     data_yaml = Path(data_yaml).resolve()
@@ -193,6 +207,9 @@ def train_locator(
         log.info("epoch %d/%d loss %s", trainer.epoch + 1, trainer.epochs, losses[-1] if losses else None)
 
     model.add_callback("on_train_epoch_end", _record_loss)
+    if freeze_bn_stats:
+        # per batch: the trainer puts the whole model back in train mode at every epoch start, after the callbacks
+        model.add_callback("on_train_batch_start", lambda trainer: batchnorm_eval(trainer.model))
     log.info("training %s on %s (%d train images): %s", base_spec, data_yaml, n_train, args)
     started = time.perf_counter()
     model.train(data=str(data_yaml), **args)
@@ -209,5 +226,5 @@ def train_locator(
         weights=weights_out.resolve(), base=str(base), data_yaml=data_yaml, run_dir=Path(trainer.save_dir),
         epochs=epochs, epochs_run=len(losses), imgsz=imgsz, batch=batch, device=device, freeze=freeze, seed=seed,
         train_images=n_train, train_seconds=round(seconds, 2), epoch_losses=losses, final_metrics=metrics,
-        args={k: v for k, v in args.items()},
+        args={**args, "freeze_bn_stats": freeze_bn_stats},
     )
