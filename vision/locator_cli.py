@@ -119,8 +119,9 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         seed: int = typer.Option(0, help="training seed"),
         cache: bool = typer.Option(False, "--cache", help="cache decoded images in RAM"),
         freeze_bn_stats: bool = typer.Option(True, "--freeze-bn-stats/--train-bn-stats", help="keep BatchNorm's "
-                                             "running statistics at the start point's (COCO's: identity): the LoRA "
-                                             "adapters over the base then match full fine-tuning (README)"),
+                                             "running statistics at the start point's (COCO's: identity): a pcb "
+                                             "adapter over such a base trails full fine-tuning by 0.3 points at 50 "
+                                             "images, not 9.6 (README)"),
     ) -> None:
         """Train the shared base detector that line adapters sit on, on a mix of lines (no line's class check)."""
         from defect_agent.paths import resolve

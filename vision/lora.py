@@ -229,7 +229,7 @@ def _new_class_conv(like: nn.Conv2d, nc: int, stride: float) -> nn.Conv2d:
     with torch.no_grad():
         # Small weights (RetinaNet's N(0, 0.01)): every line starts near the prior whatever the base's feature scale.
         # PyTorch's default init makes the first logits grow with the features (mean |feature| about 4.5 over bases
-        # fine-tuned on defects, 2 in COCO YOLOv8n): over the first defect_base.pt a 50-image adapter diverged (mAP50 0).
+        # fine-tuned on defects, 2 in COCO YOLOv8n): over the first defect_base a 50-image adapter diverged (mAP50 0).
         # Zero weights starve the class branch's LoRA of gradient at first (COCO base 0.612 vs 0.787 default);
         # N(0, 0.01): 0.701 over that base, 0.720 over COCO (benchmarks/results/lora_cpu320_*50*.md)
         conv.weight.normal_(0.0, 0.01)
