@@ -74,9 +74,9 @@ def data_yaml_names(data_yaml: Path | str) -> list[str]:
 def require_line_classes(data_yaml: Path | str, line: str, expected: list[str]) -> None:
     """A line's model must be trained on its own classes, same names, same order: the class id is the contract."""
     from defect_agent.errors import ConfigError
+    from vision.yolo_train import check_data_yaml
 
-    if not Path(data_yaml).is_file():
-        raise ConfigError(f"dataset YAML not found: {data_yaml}")
+    check_data_yaml(Path(data_yaml))  # a missing file or a YAML without names: the trainers' own message
     names = data_yaml_names(data_yaml)
     if names != expected:
         raise ConfigError(f"{data_yaml} classes {names} differ from the line {line!r}: {expected} "
