@@ -54,6 +54,25 @@ ADAPTER_NAME = "line"  # name of the adapter inside the training model; files ca
 LORA_LR0 = 0.006
 
 
+def split_head_group(optimizer: Any, model: Any, adapter_name: str, head_lr0: float) -> int:
+    """Move the line's class convolutions (trained in full, `modules_to_save`) into their own parameter groups at
+    `head_lr0`, keeping each group's other settings (decay, bias warm-up); returns how many tensors moved.
+    Why: the LoRA matrices want a large step (they start at B = 0 and move a low-rank slice), the full class convs
+    the rate full fine-tuning uses; one rate for both either starves the adapter or blows up the class logits."""
+    head_ids = {id(p) for k, p in model.named_parameters() if f".modules_to_save.{adapter_name}." in k}
+    moved = 0
+    for group in list(optimizer.param_groups):
+        head = [p for p in group["params"] if id(p) in head_ids]
+        if not head:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in head_ids]
+        settings = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
+        optimizer.add_param_group({**settings, "params": head, "lr": head_lr0})
+        moved += len(head)
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    return moved
+
+
 class AdapterTrainResult(BaseModel):
     adapter: Path
     base: Path
@@ -82,8 +101,9 @@ class LoraDetectionTrainer(DetectionTrainer):
     """DetectionTrainer whose model is the frozen base plus one trainable LoRA adapter."""
 
     def __init__(self, lora: LoraSettings, overrides: dict[str, Any], _callbacks: dict | None = None,
-                 init_adapter: Path | None = None) -> None:
+                 init_adapter: Path | None = None, head_lr0: float | None = None) -> None:
         self.lora = lora
+        self.head_lr0 = head_lr0  # None: the class convs train at lr0 like the LoRA matrices
         self.init_adapter = init_adapter  # warm start: continue training this adapter instead of a fresh one
         self.adapter_meta: AdapterMeta | None = None
         self.trainable: dict[str, int] = {}
@@ -111,7 +131,11 @@ class LoraDetectionTrainer(DetectionTrainer):
         # _setup_train() has just set requires_grad=True on every floating-point weight: freeze back to the adapter
         self.trainable = mark_trainable(unwrap_model(model), ADAPTER_NAME)
         assert_adapter_only(unwrap_model(model), ADAPTER_NAME)
-        return super().build_optimizer(model, *args, **kwargs)
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        if self.head_lr0 is not None:
+            moved = split_head_group(optimizer, unwrap_model(model), ADAPTER_NAME, self.head_lr0)
+            log.info("class convolutions (%d tensors) at lr0 %g, LoRA at %g", moved, self.head_lr0, self.args.lr0)
+        return optimizer
 
 
 def train_adapter(
@@ -123,6 +147,7 @@ def train_adapter(
     lora_bias: bool = False,
     dora: bool = False,
     head_rank: int | None = None,
+    rank_pattern: dict[str, int] | None = None,
     epochs: int = 60,
     imgsz: int = 640,
     batch: int = 16,
@@ -132,14 +157,17 @@ def train_adapter(
     reference: str = "none",
     run_dir: Path | None = None,
     init_adapter: Path | str | None = None,
+    head_lr0: float | None = None,
     **overrides: Any,
 ) -> AdapterTrainResult:
     """Train a LoRA adapter of `rank` over `base` on `data_yaml` and write it to `out` (.safetensors).
     `lora_bias`: also train a per-line output bias on every adapted convolution (see LoraSettings.bias).
     `head_rank`: a separate LoRA rank for the Detect head's convolutions (LoraSettings.head_rank).
+    `rank_pattern`: per-module ranks, module-name regex -> rank (LoraSettings.rank_pattern).
     `dora`: DoRA, a per-line magnitude for every output channel of every adapted convolution (LoraSettings.dora).
     `init_adapter`: continue training that adapter (its rank, head rank, alpha, bias and DoRA) instead of starting
-    from B = 0."""
+    from B = 0.
+    `head_lr0`: a separate initial learning rate for the line's class convolutions (default: lr0, as the LoRA)."""
     from vision.yolo_train import count_split_images, train_overrides
 
     data_yaml = Path(data_yaml).resolve()
@@ -161,9 +189,10 @@ def train_adapter(
         init_adapter = Path(init_adapter).resolve()
         init_meta = read_adapter_meta(init_adapter)
         rank, alpha, lora_bias, dora = init_meta.rank, init_meta.alpha, init_meta.bias, init_meta.dora
-        head_rank = init_meta.head_rank
+        head_rank, rank_pattern = init_meta.head_rank, init_meta.rank_pattern
     try:
-        settings = LoraSettings(rank=rank, alpha=alpha, bias=lora_bias, dora=dora, head_rank=head_rank)
+        settings = LoraSettings(rank=rank, alpha=alpha, bias=lora_bias, dora=dora, head_rank=head_rank,
+                                rank_pattern=rank_pattern or {})
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     run_root = Path(run_dir) if run_dir else data_dir() / "runs" / "adapter"
@@ -175,7 +204,7 @@ def train_adapter(
     args.update(overrides)
     args.update(model=str(base), data=str(data_yaml), task="detect", mode="train")
 
-    trainer = LoraDetectionTrainer(settings, overrides=args, init_adapter=init_adapter)
+    trainer = LoraDetectionTrainer(settings, overrides=args, init_adapter=init_adapter, head_lr0=head_lr0)
     losses: list[dict[str, float]] = []
 
     def _record_loss(tr: Any) -> None:
@@ -197,7 +226,7 @@ def train_adapter(
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     meta = make_meta(trainer.adapter_meta, base, line=line, imgsz=imgsz, reference=reference, provenance={
         "data": str(data_yaml), "train_images": n_train, "epochs": epochs, "batch": batch, "seed": seed,
-        "lr0": args.get("lr0"), "optimizer": args.get("optimizer"), "final_metrics": metrics,
+        "lr0": args.get("lr0"), "head_lr0": head_lr0, "optimizer": args.get("optimizer"), "final_metrics": metrics,
         "trained": time.strftime("%Y-%m-%d"),
         **({"continued_from": {"file": init_adapter.name, "sha256": file_sha256(init_adapter),
                                "provenance": init_meta.provenance}} if init_meta is not None else {}),
