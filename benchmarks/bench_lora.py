@@ -7,8 +7,8 @@ processes (one GPU can train many YOLOv8n at once; the data loaders are the bott
 benchmarks/results/lora.json and benchmarks/results/lora.md.
 
 Methods: lora<r> (rank r over every ordinary conv, class convs in full), lora<r>h<k> (rank k in the Detect
-head's convs, r elsewhere), lora<r>b (plus a per-line output bias on every adapted conv, peft `lora_bias`),
-lora<r>d (DoRA: plus a per-line magnitude for every output channel of every adapted conv, peft `use_dora`), full
+head's convs, r elsewhere), lora<r>b (plus a per-line output bias
+on every adapted conv, peft `lora_bias`), lora<r>d (DoRA: plus a per-line magnitude for every output channel of every adapted conv, peft `use_dora`), full
 (every weight), fullbn (every weight, BatchNorm running statistics kept at the base's), head (freeze layers 0-21:
 only the Detect head trains), frozen_backbone (freeze 0-9: neck + head train). Suffix `_ref`: the
 reference-composite dataset (test, template, |difference|) instead of the plain test image.
@@ -106,7 +106,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     _patch_polars()
     from ultralytics.utils import callbacks as ucb
 
-    from defect_agent.config import load_line
+    from defect_agent.config import load_line, load_rank_allocation
     from vision.yolo_eval import evaluate_locator
 
     work = Path(spec["work"])
@@ -132,15 +132,20 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
                                                   "imgsz", "reference", "base")}
     record["head_rank"] = spec.get("head_rank")
+    record["rank_pattern"] = spec.get("rank_pattern") or None  # a named allocation of configs/lora_ranks.yaml
     # None: ultralytics' auto AdamW (0.001 for six classes) for full / head; LoRA records the rate it trained at
     record["lr0"] = spec.get("lr0") or None
+    record["head_lr0"] = spec.get("head_lr0") or None if method in ("lora", "lora_bias", "dora") else None
     if method in ("lora", "lora_bias", "dora"):
         from vision.adapter_train import train_adapter
         from vision.lora import load_adapted_yolo
 
         adapter = out_dir / f"{job_id}.safetensors"
         res = train_adapter(spec["data"], base, adapter, rank=spec["rank"], lora_bias=method == "lora_bias",
-                            dora=method == "dora", head_rank=spec.get("head_rank"), epochs=spec["epochs"],
+                            dora=method == "dora", head_rank=spec.get("head_rank"),
+                            rank_pattern=load_rank_allocation(spec["rank_pattern"]) if spec.get("rank_pattern")
+                            else None, head_lr0=spec.get("head_lr0") or None,
+                            epochs=spec["epochs"],
                             imgsz=spec["imgsz"],
                             batch=spec["batch"], device=spec["device"], seed=spec["seed"], line="pcb",
                             reference="template" if spec["reference"] else "none", run_dir=work / "runs", **common)
@@ -258,8 +263,10 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias",
                 "dora": f"dora{r['rank']}"}.get(r["method"], r["method"])
         name += f" head r{r['head_rank']}" if r.get("head_rank") else ""
+        name += f" ranks {r['rank_pattern']}" if r.get("rank_pattern") else ""
         name += " +ref" if r["reference"] else ""
         name += f" lr0 {r['lr0']:g}" if r.get("lr0") else ""
+        name += f" head {r['head_lr0']:g}" if r.get("head_lr0") else ""
         if len(bases) > 1:
             name += f" [{Path(r['base']).stem}]"
         share = 100.0 * r["trainable_params"] / max(1, r["base_params"])
@@ -318,6 +325,10 @@ def main() -> None:
     ap.add_argument("--amp", default="", help="'bf16' on GPUs (no AMP self-check download)")
     ap.add_argument("--lr0", type=float, default=0.0, help="initial learning rate for every job (default: each "
                     "method's own); job ids get an _lr<value> suffix")
+    ap.add_argument("--rank-pattern", default="", help="LoRA jobs: a named per-module rank allocation of "
+                    "configs/lora_ranks.yaml; job ids get an _<name> suffix")
+    ap.add_argument("--head-lr0", type=float, default=0.0, help="LoRA jobs: initial learning rate of the class "
+                    "convolutions (default: lr0, as the LoRA matrices); job ids get an _hlr<value> suffix")
     ap.add_argument("--cache", default="", help="'ram' keeps decoded images in memory (small CPU boxes)")
     ap.add_argument("--budget", type=float, default=0, help="seconds from start after which jobs stop training")
     ap.add_argument("--seed", type=int, default=0)
@@ -354,6 +365,10 @@ def main() -> None:
     need_ref = any(parse_method(m)[2] for m, _ in jobs_spec)
     for m, _ in jobs_spec:
         parse_method(m)  # fail on a typo before any work
+    if args.rank_pattern:
+        from defect_agent.config import load_rank_allocation
+
+        load_rank_allocation(args.rank_pattern)
     all_sizes = sorted({s for _, s in jobs_spec}, key=lambda s: 10**9 if s == "all" else s)
     yamls = prepare_data(src, work, all_sizes, need_ref, args.seed)
     _log(f"data ready in {time.time() - started:.0f} s: {yamls}")
@@ -362,9 +377,14 @@ def main() -> None:
     jobs = []
     for m, s in jobs_spec:
         method, rank, ref, alt = parse_method(m)
+        lora = m.startswith("lora")
         jobs.append({
-            "id": f"{m}_n{s}" + (f"_lr{args.lr0:g}" if args.lr0 else ""), "lr0": args.lr0,
-            "method": method, "rank": rank, "head_rank": head_rank_of(m), "size": s, "reference": ref,
+            "id": f"{m}_n{s}" + (f"_lr{args.lr0:g}" if args.lr0 else "")
+                  + (f"_hlr{args.head_lr0:g}" if args.head_lr0 and lora else "")
+                  + (f"_{args.rank_pattern}" if args.rank_pattern and lora else ""),
+            "lr0": args.lr0, "head_lr0": args.head_lr0 if lora else 0.0,
+            "method": method, "rank": rank, "head_rank": head_rank_of(m),
+            "rank_pattern": args.rank_pattern if lora else "", "size": s, "reference": ref,
             "n_train": n_all if s == "all" else int(s), "epochs": epochs.get(s, 30), "batch": args.batch,
             "imgsz": args.imgsz, "device": args.device, "seed": args.seed, "workers": args.workers,
             "amp": args.amp, "cache": args.cache, "base": str(alt_base if alt else base), "work": str(work),

@@ -166,3 +166,27 @@ def load_line(name: str) -> LineConfig:
         return LineConfig.model_validate(_load_yaml(path))
     except ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def rank_allocations() -> dict[str, dict[str, int]]:
+    """Named LoRA rank allocations (configs/lora_ranks.yaml): name -> {module-name regex: rank}."""
+    path = configs_dir() / "lora_ranks.yaml"
+    data = _load_yaml(path)
+    out: dict[str, dict[str, int]] = {}
+    for name, entry in data.items():
+        patterns = (entry or {}).get("ranks") if isinstance(entry, dict) else None
+        if not isinstance(patterns, dict) or not patterns:
+            raise ConfigError(f"{path}: allocation {name!r} needs a non-empty 'ranks' mapping (regex: rank)")
+        out[str(name)] = {str(k): int(v) for k, v in patterns.items()}
+    return out
+
+
+def load_rank_allocation(name: str) -> dict[str, int]:
+    allocations = rank_allocations()
+    if name not in allocations:
+        from difflib import get_close_matches
+
+        near = get_close_matches(name, allocations, n=3) or sorted(allocations)
+        raise ConfigError(f"unknown LoRA rank allocation {name!r} in {configs_dir() / 'lora_ranks.yaml'}; "
+                          f"known: {', '.join(near)}")
+    return allocations[name]

@@ -120,3 +120,49 @@ def test_dora_with_lora_bias_is_a_config_error(tiny, tmp_path):
     with pytest.raises(ConfigError, match="cannot be combined"):
         train_adapter(tiny, BASE, tmp_path / "x.safetensors", rank=4, dora=True, lora_bias=True, epochs=1,
                       imgsz=128, batch=4, run_dir=tmp_path / "r")
+
+
+def test_class_convolutions_get_their_own_learning_rate(tiny, tmp_path):
+    """lr0 drives the LoRA matrices only, head_lr0 the line's class convolutions: with lr0 = 0 every B stays at its
+    zero start while the class convs train; with head_lr0 = 0 the LoRA trains and the class convs stay put."""
+    from vision.adapter_train import train_adapter
+    from vision.lora import read_adapter, read_adapter_meta
+
+    runs = {}
+    for name, lr0, head_lr0 in (("head_only", 0.0, 0.01), ("lora_only", 0.01, 0.0)):
+        out = tmp_path / f"{name}.safetensors"
+        train_adapter(tiny, BASE, out, rank=4, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / name,
+                      lr0=lr0, head_lr0=head_lr0)
+        runs[name] = read_adapter(out)[1]
+        assert read_adapter_meta(out).provenance["head_lr0"] == head_lr0
+    lora_b = [k for k in runs["head_only"] if "lora_B" in k]
+    heads = [k for k in runs["head_only"] if "lora_" not in k]
+    assert lora_b and heads
+    assert all(runs["head_only"][k].abs().sum() == 0 for k in lora_b)
+    assert any(runs["lora_only"][k].abs().sum() > 0 for k in lora_b)
+    # same seed, same fresh class convs at the start: only the run whose head_lr0 > 0 moved them
+    assert any(not torch.equal(runs["head_only"][k], runs["lora_only"][k]) for k in heads)
+
+
+def test_split_head_group_moves_only_class_convolutions_and_keeps_group_settings():
+    from vision.adapter_train import ADAPTER_NAME, split_head_group
+    from vision.lora import LoraSettings, add_lora, load_detection_model, mark_trainable, prepare_base
+
+    model = prepare_base(load_detection_model(BASE))
+    add_lora(model, ADAPTER_NAME, ["square", "disc"], LoraSettings(rank=4), trainable=True)
+    mark_trainable(model, ADAPTER_NAME)
+    named = {id(p): k for k, p in model.named_parameters() if p.requires_grad}
+    biases = [p for p in model.parameters() if p.requires_grad and named[id(p)].endswith("bias")]
+    weights = [p for p in model.parameters() if p.requires_grad and not named[id(p)].endswith("bias")]
+    opt = torch.optim.AdamW([{"params": biases, "param_group": "bias", "weight_decay": 0.0},
+                             {"params": weights, "param_group": "weight", "weight_decay": 5e-4}], lr=0.012)
+    moved = split_head_group(opt, model, ADAPTER_NAME, 0.001)
+    assert moved == sum(".modules_to_save." in k for k in named.values()) > 0
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(named)  # nothing lost, nothing twice
+    for g in opt.param_groups:
+        is_head = {".modules_to_save." in named[id(p)] for p in g["params"]}
+        assert len(is_head) == 1
+        assert g["lr"] == (0.001 if is_head.pop() else 0.012)
+    assert sorted((g["param_group"], g["weight_decay"]) for g in opt.param_groups) == [
+        ("bias", 0.0), ("bias", 0.0), ("weight", 5e-4), ("weight", 5e-4)]

@@ -441,6 +441,46 @@ def test_dora_magnitudes_are_per_line_saved_switched_and_merged(base_path, tmp_p
     torch.testing.assert_close(_forward(merged), adapted, rtol=1e-4, atol=1e-3)
 
 
+def test_rank_pattern_sets_ranks_per_module_first_match_wins_and_survives_the_file(base_path, tmp_path):
+    from vision.lora import (
+        LoraSettings, add_lora, load_adapter, load_detection_model, make_meta, prepare_base, read_adapter_meta,
+        save_adapter,
+    )
+
+    model = prepare_base(load_detection_model(base_path))
+    pattern = {r"model\.[01]\.": 16, r"model\.22\.cv3\.0\.": 6, r"model\.[0-4]\.": 8}
+    meta = add_lora(model, "pcb", PCB_NAMES, LoraSettings(rank=2, head_rank=4, rank_pattern=pattern))
+    ranks = {name: m.r["pcb"] for name, m in model.named_modules() if name in meta.target_modules}
+    scales = {name: m.scaling["pcb"] for name, m in model.named_modules() if name in meta.target_modules}
+    assert ranks["model.0.conv"] == ranks["model.1.conv"] == 16  # the first matching pattern, not the later 8
+    assert {r for n, r in ranks.items() if n.startswith(("model.2.", "model.3.", "model.4."))} == {8}
+    assert {r for n, r in ranks.items() if n.startswith("model.22.cv3.0.")} == {6}  # a pattern beats head_rank
+    assert {r for n, r in ranks.items() if n.startswith("model.22.cv2.")} == {4}
+    assert ranks["model.9.cv1.conv"] == 2
+    assert set(scales.values()) == {2.0}  # alpha follows each rank: one LoRA scale everywhere
+    _fp16_exact_(model, "pcb", 3)
+    adapted = _forward(model)
+    path = save_adapter(model, "pcb", tmp_path / "p.safetensors", make_meta(meta, base_path, line="pcb"))
+    assert read_adapter_meta(path).rank_pattern == pattern
+    fresh = prepare_base(load_detection_model(base_path))
+    load_adapter(fresh, path, "pcb")
+    assert torch.equal(_forward(fresh), adapted)
+
+
+def test_rank_pattern_errors_are_clear():
+    from defect_agent.config import load_rank_allocation
+    from defect_agent.errors import ConfigError
+    from vision.lora import LoraSettings
+
+    with pytest.raises(ValueError, match="not a regular expression"):
+        LoraSettings(rank=2, rank_pattern={"model\\.[0-4": 16})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        LoraSettings(rank=2, rank_pattern={"model": 0})
+    with pytest.raises(ConfigError, match="known: p3"):
+        load_rank_allocation("p4")
+    assert load_rank_allocation("p3")  # the shipped allocation file parses
+
+
 def test_dora_and_lora_bias_together_are_refused():
     from vision.lora import LoraSettings
 

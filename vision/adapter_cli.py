@@ -23,6 +23,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         rank: int = typer.Option(8, help="LoRA rank"),
         head_rank: Optional[int] = typer.Option(None, help="LoRA rank of the Detect head's convolutions "
                                                 "(default: --rank)"),
+        rank_pattern: Optional[str] = typer.Option(None, "--rank-pattern", help="a named per-module rank "
+                                                    "allocation of configs/lora_ranks.yaml (e.g. p3 with --rank 2)"),
         alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default 2 x rank)"),
         lora_bias: bool = typer.Option(False, "--lora-bias", help="also train a per-line output bias on every "
                                        "adapted convolution (BatchNorm is folded and frozen in the base)"),
@@ -33,6 +35,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         batch: int = typer.Option(16),
         lr0: Optional[float] = typer.Option(None, help="AdamW learning rate (default: LORA_LR0 of "
                                             "vision/adapter_train.py; LoRA wants ~10x full fine-tuning's)"),
+        head_lr0: Optional[float] = typer.Option(None, "--head-lr0", help="learning rate of the line's class "
+                                                 "convolutions, trained in full (default: --lr0)"),
         device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
         workers: Optional[int] = typer.Option(None, help="data-loader workers"),
         time_hours: Optional[float] = typer.Option(None, help="wall-clock budget in hours: ultralytics fits the "
@@ -46,12 +50,13 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         out: Optional[Path] = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
     ) -> None:
         """Train a LoRA adapter of a line over the shared base (only LoRA + class head are trained)."""
-        from defect_agent.config import load_line
+        from defect_agent.config import load_line, load_rank_allocation
         from defect_agent.paths import resolve
         from vision.adapter_train import train_adapter
         from vision.yolo_dataset import require_line_classes
 
         cfg = load_line(line)
+        ranks = load_rank_allocation(rank_pattern) if rank_pattern else None
         require_line_classes(data_yaml, line, cfg.class_names)
         base_path = resolve(base) if base else (resolve(cfg.locator.base) if cfg.locator.base else None)
         if base_path is None:
@@ -69,9 +74,9 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         if warmup_epochs is not None:
             extra["warmup_epochs"] = warmup_epochs
         result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, lora_bias=lora_bias, dora=dora,
-                               head_rank=head_rank, epochs=epochs,
+                               head_rank=head_rank, rank_pattern=ranks, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
-                               reference=cfg.locator.reference, init_adapter=init, **extra)
+                               reference=cfg.locator.reference, init_adapter=init, head_lr0=head_lr0, **extra)
         summary = Path(result.run_dir) / "adapter_result.json"
         summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
         fm = result.final_metrics

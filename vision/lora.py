@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import torch
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
 
 from defect_agent.errors import ConfigError, ModelFileMissing
@@ -64,6 +64,23 @@ class LoraSettings(BaseModel):
     # a separate rank for the Detect head's convolutions (box and class towers), None: `rank` everywhere (a new
     # line's class semantics live in the head's towers). Also within noise on DeepPCB at the same parameter budget
     head_rank: int | None = Field(None, ge=1)
+    # per-module ranks: regular expression over the target's module name -> rank, first match wins, ahead of
+    # head_rank and rank (named allocations: configs/lora_ranks.yaml). Where a line's update needs rank is not
+    # uniform: an r16 adapter's updates on DeepPCB span many directions on the stride-8 path (layers 1-4, 15-18,
+    # the head's P3 / P4 towers) and are near rank 1-2 on the stride-32 path, where most parameters sit
+    rank_pattern: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, int]) -> dict[str, int]:
+        for pattern, r in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"rank pattern {pattern!r} is not a regular expression: {exc}") from exc
+            if int(r) < 1:
+                raise ValueError(f"rank pattern {pattern!r}: rank {r} must be >= 1")
+        return value
 
     @model_validator(mode="after")
     def _bias_or_dora(self) -> "LoraSettings":
@@ -75,13 +92,20 @@ class LoraSettings(BaseModel):
     def lora_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else 2 * self.rank)
 
+    def rank_of(self, target: str, head_prefix: str) -> int:
+        for pattern, r in self.rank_pattern.items():
+            if re.match(pattern, target):
+                return int(r)
+        if self.head_rank is not None and target.startswith(head_prefix):
+            return self.head_rank
+        return self.rank
+
     def patterns(self, targets: list[str], head_prefix: str) -> tuple[dict[str, int], dict[str, float]]:
-        """peft rank_pattern / alpha_pattern for the head's targets (same LoRA scale alpha / r as elsewhere)."""
-        if self.head_rank is None or self.head_rank == self.rank:
-            return {}, {}
+        """peft rank_pattern / alpha_pattern, one exact entry per target whose rank is not `rank` (same LoRA scale
+        alpha / r everywhere)."""
         scale = self.lora_alpha / self.rank
-        head = [re.escape(t) for t in targets if t.startswith(head_prefix)]
-        return {t: self.head_rank for t in head}, {t: scale * self.head_rank for t in head}
+        ranks = {re.escape(t): r for t in targets if (r := self.rank_of(t, head_prefix)) != self.rank}
+        return ranks, {t: scale * r for t, r in ranks.items()}
 
 
 class AdapterMeta(BaseModel):
@@ -96,6 +120,7 @@ class AdapterMeta(BaseModel):
     bias: bool = False  # per-line output biases (LoraSettings.bias); files written before it have none
     dora: bool = False  # per-channel magnitudes (LoraSettings.dora)
     head_rank: int | None = None  # LoraSettings.head_rank
+    rank_pattern: dict[str, int] = Field(default_factory=dict)  # LoraSettings.rank_pattern
     target_modules: list[str]
     head_modules: list[str]
     base_file: str
@@ -296,6 +321,7 @@ def add_lora(model: "DetectionModel", adapter_name: str, names: list[str], setti
     activate(model, adapter_name, names, trainable=trainable)
     return AdapterMeta(names=list(names), rank=settings.rank, alpha=settings.lora_alpha, dropout=settings.dropout,
                        bias=settings.bias, dora=settings.dora, head_rank=settings.head_rank,
+                       rank_pattern=dict(settings.rank_pattern),
                        target_modules=targets, head_modules=heads,
                        base_file="", base_sha256="", base_names=list(base_names))
 
@@ -423,7 +449,7 @@ def load_adapter(model: "DetectionModel", path: Path | str, adapter_name: str,
             f"adapter {path} was trained over base {meta.base_file} (sha256 {meta.base_sha256[:12]}), but the base "
             f"given has sha256 {base_sha256[:12]}; retrain it: defect-agent train adapter --line {meta.line or '<line>'}")
     settings = LoraSettings(rank=meta.rank, alpha=meta.alpha, dropout=meta.dropout, bias=meta.bias, dora=meta.dora,
-                            head_rank=meta.head_rank)
+                            head_rank=meta.head_rank, rank_pattern=meta.rank_pattern)
     if class_head_modules(model) != meta.head_modules:
         raise ConfigError(f"adapter {path} was made for heads {meta.head_modules}, the base has "
                           f"{class_head_modules(model)}")
