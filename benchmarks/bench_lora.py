@@ -7,11 +7,12 @@ processes (one GPU can train many YOLOv8n at once; the data loaders are the bott
 benchmarks/results/lora.json and benchmarks/results/lora.md.
 
 Methods: lora<r> (rank r over every ordinary conv, class convs in full), lora<r>h<k> (rank k in the Detect
-head's convs, r elsewhere), lora<r>b (plus a per-line output bias
-on every adapted conv, peft `lora_bias`), lora<r>d (DoRA: plus a per-line magnitude for every output channel of every adapted conv, peft `use_dora`), full
+head's convs, r elsewhere), lora<r>b (plus a per-line output bias on every adapted conv, peft `lora_bias`),
+lora<r>d (DoRA: plus a per-line magnitude for every output channel of every adapted conv, peft `use_dora`), full
 (every weight), fullbn (every weight, BatchNorm running statistics kept at the base's), head (freeze layers 0-21:
 only the Detect head trains), frozen_backbone (freeze 0-9: neck + head train). Suffix `_ref`: the
-reference-composite dataset (test, template, |difference|) instead of the plain test image.
+reference-composite dataset (test, template, |difference|) instead of the plain test image. `--rank-pattern p3`
+with lora2: the per-module ranks of configs/lora_ranks.yaml.
 
     python benchmarks/bench_lora.py --device 0 --sizes 50,200,all --parallel 12
     python benchmarks/bench_lora.py --device cpu --sizes 16 --epochs 16:2 --imgsz 320 --methods lora4,full   # smoke

@@ -93,6 +93,7 @@ class LoraSettings(BaseModel):
         return float(self.alpha if self.alpha is not None else 2 * self.rank)
 
     def rank_of(self, target: str, head_prefix: str) -> int:
+        """The rank of one target module: the first matching rank_pattern, else head_rank in the head, else rank."""
         for pattern, r in self.rank_pattern.items():
             if re.match(pattern, target):
                 return int(r)
