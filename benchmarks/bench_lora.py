@@ -136,7 +136,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     record["rank_pattern"] = spec.get("rank_pattern") or None  # a named allocation of configs/lora_ranks.yaml
     # None: ultralytics' auto AdamW (0.001 for six classes) for full / head; LoRA records the rate it trained at
     record["lr0"] = spec.get("lr0") or None
-    record["head_lr0"] = spec.get("head_lr0") or None if method in ("lora", "lora_bias", "dora") else None
+    record["head_lr0"] = spec.get("head_lr0") or None  # main() sets it for LoRA jobs only
     if method in ("lora", "lora_bias", "dora"):
         from vision.adapter_train import train_adapter
         from vision.lora import load_adapted_yolo

@@ -174,7 +174,7 @@ def rank_allocations() -> dict[str, dict[str, int]]:
     data = _load_yaml(path)
     out: dict[str, dict[str, int]] = {}
     for name, entry in data.items():
-        patterns = (entry or {}).get("ranks") if isinstance(entry, dict) else None
+        patterns = entry.get("ranks") if isinstance(entry, dict) else None
         if not isinstance(patterns, dict) or not patterns:
             raise ConfigError(f"{path}: allocation {name!r} needs a non-empty 'ranks' mapping (regex: rank)")
         out[str(name)] = {str(k): int(v) for k, v in patterns.items()}
