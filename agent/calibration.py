@@ -67,7 +67,7 @@ def calibration_quality(probabilities: list[float], labels: list[int], bins: int
 
 def fit_on(samples: Iterable[tuple[list[DefectFinding], TruthBoxes]], fitted_on: str, iou: float = 0.5) -> FusionFit:
     """Fit the fusion weights on (findings, truth boxes) of labelled images."""
-    conf, tex, cases, labels = [], [], [], []
+    conf, tex, cases, ver, labels = [], [], [], [], []
     images = 0
     for findings, truth in samples:
         images += 1
@@ -75,13 +75,15 @@ def fit_on(samples: Iterable[tuple[list[DefectFinding], TruthBoxes]], fitted_on:
             conf.append(f.confidence)
             tex.append(f.texture_score)
             cases.append(f.case_evidence)
+            ver.append(f.verifier_score)
             labels.append(y)
     if not labels:
         raise ValueError("no detections on the calibration images: nothing to fit")
-    weights = fit_fusion(conf, tex, cases, labels, fitted_on=fitted_on)
+    weights = fit_fusion(conf, tex, cases, labels, verifier=ver, fitted_on=fitted_on)
     identity = FusionWeights()
-    before = calibration_quality([identity.fuse(c, t, e) for c, t, e in zip(conf, tex, cases)], labels)
-    after = calibration_quality([weights.fuse(c, t, e) for c, t, e in zip(conf, tex, cases)], labels)
+    rows = list(zip(conf, tex, cases, ver))
+    before = calibration_quality([identity.fuse(*r) for r in rows], labels)
+    after = calibration_quality([weights.fuse(*r) for r in rows], labels)
     return FusionFit(weights=weights, images=images, before=before, after=after)
 
 

@@ -31,6 +31,7 @@ REGISTRARS = [
     "vision.synth.cli",
     "vision.locator_cli",
     "vision.adapter_cli",
+    "vision.verifier_cli",
     "vision.embedder_cli",
     "knowledge_base.cli",
 ]

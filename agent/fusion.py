@@ -1,4 +1,5 @@
-"""Per-defect fusion: detector confidence, texture score and retrieved-case evidence -> one probability.
+"""Per-defect fusion: detector confidence, texture score, retrieved-case evidence and (template lines) the class
+verifier's probability -> one probability.
 
 A logistic model in logit space. Until `defect-agent calibrate` has fitted it on labelled validation findings, the
 weights are the identity on the detector confidence (texture and case evidence are reported but do not move the
@@ -35,20 +36,25 @@ class FusionWeights(BaseModel):
     detector: float = 1.0
     texture: float = 0.0
     cases: float = 0.0
+    verifier: float = 0.0  # weight of vision.verifier's class probability (0 where a line has no verifier)
     fitted_on: str | None = None  # what data fitted them; None = identity default
 
-    def features(self, confidence: float, texture: float | None, cases: float | None) -> list[float]:
+    def features(self, confidence: float, texture: float | None, cases: float | None,
+                 verifier: float | None = None) -> list[float]:
         # a missing score sits at logit 0 (no evidence either way)
         return [
             1.0,
             logit(confidence),
             logit(texture) if texture is not None else 0.0,
             logit(cases) if cases is not None else 0.0,
+            logit(verifier) if verifier is not None else 0.0,
         ]
 
-    def fuse(self, confidence: float, texture: float | None = None, cases: float | None = None) -> float:
-        f = self.features(confidence, texture, cases)
-        z = self.bias * f[0] + self.detector * f[1] + self.texture * f[2] + self.cases * f[3]
+    def fuse(self, confidence: float, texture: float | None = None, cases: float | None = None,
+             verifier: float | None = None) -> float:
+        f = self.features(confidence, texture, cases, verifier)
+        z = (self.bias * f[0] + self.detector * f[1] + self.texture * f[2] + self.cases * f[3]
+             + self.verifier * f[4])
         return sigmoid(z)
 
 
@@ -75,6 +81,7 @@ def fit_fusion(
     textures: list[float | None],
     cases: list[float | None],
     labels: list[int],
+    verifier: list[float | None] | None = None,
     l2: float = 1e-2,
     fitted_on: str = "",
 ) -> FusionWeights:
@@ -83,21 +90,23 @@ def fit_fusion(
     if len(set(labels)) < 2:
         raise ValueError("fusion needs both true and false detections to fit")
     proto = FusionWeights()
-    x = np.array([proto.features(c, t, e) for c, t, e in zip(confidences, textures, cases)], dtype=np.float64)
+    verifier = verifier if verifier is not None else [None] * len(labels)
+    x = np.array([proto.features(c, t, e, v) for c, t, e, v in zip(confidences, textures, cases, verifier)],
+                 dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    w = np.array([0.0, 1.0, 0.0, 0.0])
-    ridge = l2 * np.eye(4)
+    w = np.array([0.0, 1.0, 0.0, 0.0, 0.0])
+    ridge = l2 * np.eye(5)
     ridge[0, 0] = 0.0
     for _ in range(50):
         p = 1.0 / (1.0 + np.exp(-(x @ w)))
         grad = x.T @ (p - y) + ridge @ w
-        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge + 1e-9 * np.eye(4)
+        hess = (x * (p * (1 - p))[:, None]).T @ x + ridge + 1e-9 * np.eye(5)
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-8:
             break
     log.info("fusion fitted on %d findings: %s", len(y), np.round(w, 3).tolist())
-    return FusionWeights(bias=w[0], detector=w[1], texture=w[2], cases=w[3], fitted_on=fitted_on)
+    return FusionWeights(bias=w[0], detector=w[1], texture=w[2], cases=w[3], verifier=w[4], fitted_on=fitted_on)
 
 
 def dump_weights(weights: FusionWeights) -> str:

@@ -24,6 +24,7 @@ from defect_agent.errors import DefectAgentError, ImageReadError
 from defect_agent.paths import resolve
 from retrieval.hits import SimilarCase
 from vision.crops import crop_region
+from vision.detection import Detection
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Inspector:
         texture_scorer=None,
         knowledge_base=None,
         fusion: FusionWeights | None = None,
+        verifier=None,
     ) -> None:
         self.app = app
         self.line = line
@@ -60,6 +62,7 @@ class Inspector:
         self.texture_scorer = texture_scorer
         self.kb = knowledge_base
         self.fusion = fusion or load_fusion(line.name)
+        self.verifier = verifier  # vision.verifier.DefectVerifier for template lines that configure one
 
     @classmethod
     def from_config(
@@ -78,6 +81,12 @@ class Inspector:
         from vision.locator import shared_pool
 
         locator = shared_pool().locator(line_cfg)  # lines over one base share it in memory
+        verifier = None
+        if line_cfg.locator.verifier and line_cfg.locator.reference == "template":
+            from vision.verifier import DefectVerifier
+
+            verifier = DefectVerifier.from_file(resolve(line_cfg.locator.verifier),
+                                                relabel_min=line_cfg.locator.verifier_relabel_min)
         set_threads(app.threads)
         embedder = scorer = kb = None
         if use_embedder:
@@ -87,13 +96,14 @@ class Inspector:
             embedder = load_embedder(app.embedder)
             kb = _open_kb(kb_dir or app.kb_dir, embedder) if use_kb else None
             scorer = TextureScorer.from_line(line_cfg, embedder, prototypes=_kb_prototypes(kb, line_cfg.name))
-        return cls(app, line_cfg, locator, embedder, scorer, kb)
+        return cls(app, line_cfg, locator, embedder, scorer, kb, verifier=verifier)
 
     def versions(self) -> ModelVersions:
         return ModelVersions(
             locator=getattr(self.locator, "version", None),
             adapter=getattr(self.locator, "adapter_version", None),
             embedder=getattr(self.embedder, "version", None),
+            verifier=getattr(self.verifier, "version", None),
             kb_snapshot=_kb_snapshot(self.kb),
         )
 
@@ -164,6 +174,18 @@ class Inspector:
                 "expected <id>_temp.<ext> beside <id>_test.<ext>")
         return reference_composite(image, read_image(template, self.line.image_size))
 
+    def locate(self, locator_input: np.ndarray, timings: dict[str, float] | None = None) -> list[Detection]:
+        """The detector on what it sees (`locator_input`), then the class verifier where the line has one."""
+        timings = timings if timings is not None else {}
+        t = time.perf_counter()
+        detections = self.locator.predict([locator_input])[0]
+        timings["locate"] = _ms(t)
+        if self.verifier is not None and self.uses_template and detections:
+            t = time.perf_counter()
+            detections = self.verifier.verify(locator_input, detections)
+            timings["verify"] = _ms(t)
+        return detections
+
     def analyse(self, image: np.ndarray, timings: dict[str, float] | None = None, k: int = 5,
                 locator_input: np.ndarray | None = None) -> list[DefectFinding]:
         """Locate, measure, embed, score texture, retrieve and fuse: the query-independent part of an inspection.
@@ -171,9 +193,7 @@ class Inspector:
         from vision.measure import measure_findings
 
         timings = timings if timings is not None else {}
-        t = time.perf_counter()
-        detections = self.locator.predict([image if locator_input is None else locator_input])[0]
-        timings["locate"] = _ms(t)
+        detections = self.locate(image if locator_input is None else locator_input, timings)
         t = time.perf_counter()
         measured = measure_findings(image, detections, self.line)
         timings["measure"] = _ms(t)
@@ -195,7 +215,9 @@ class Inspector:
                 defect_class=m.defect_class, box=m.box, source=m.source, confidence=round(m.confidence, 4),
                 texture_score=None if texture is None else round(texture, 4),
                 case_evidence=None if evidence is None else round(evidence, 4),
-                probability=round(self.fusion.fuse(m.confidence, texture, evidence), 4),
+                verifier_score=None if m.verifier_score is None else round(m.verifier_score, 4),
+                detector_class=m.detector_class,
+                probability=round(self.fusion.fuse(m.confidence, texture, evidence, m.verifier_score), 4),
                 measurements={key: round(val, 4) for key, val in m.measurements.items()},
                 similar_cases=similar,
             ))

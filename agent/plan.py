@@ -50,6 +50,12 @@ def build_plan(instruction: str | InspectionQuery, line: str | None = None) -> P
                        else cfg.locator.weights, "adapter": cfg.locator.adapter, "reference": cfg.locator.reference,
                        "conf": cfg.locator.conf,
                        "imgsz": cfg.locator.imgsz, "classes": sorted(x for x in wanted if x)}),
+    ]
+    if cfg.locator.verifier and cfg.locator.reference == "template":
+        steps.append(PlanStep(tool="verify_classes", purpose="re-read every box at full resolution against the "
+                              "template; relabel it, merge boxes that became one", args={
+                                  "weights": cfg.locator.verifier, "relabel_min": cfg.locator.verifier_relabel_min}))
+    steps += [
         PlanStep(tool="measure", purpose="sizes in mm from the calibration; derived defects from located parts",
                  args={"mm_per_px": cfg.calibration.mm_per_px, "measures": measures, "derived": derived}),
         PlanStep(tool="embed", purpose="open_clip crops -> vectors; texture score against prompt ensembles",

@@ -48,7 +48,7 @@ def inspection_tools(inspector: "Inspector") -> list["BaseTool"]:
         return read_image(image, line.image_size)
 
     def _detect(image: str, pixels):
-        return inspector.locator.predict([inspector.locator_input(image, pixels)])[0]
+        return inspector.locate(inspector.locator_input(image, pixels))
 
     def locate(image: str) -> list[dict[str, Any]]:
         return [d.model_dump() for d in _detect(image, _read(image))]

@@ -21,6 +21,8 @@ class DefectFinding(BaseModel):
     confidence: float  # detector confidence (derived defects: that of the parts they come from)
     texture_score: float | None = None  # embedder's defect-vs-normal score of the crop, raw
     case_evidence: float | None = None  # share of similar cases whose disposition was not 'accept'
+    verifier_score: float | None = None  # template lines: the class verifier's probability of defect_class
+    detector_class: str | None = None  # the detector's class, where the verifier relabelled the box
     probability: float  # fused, calibrated probability that the defect is real
     measurements: dict[str, float] = Field(default_factory=dict)  # offset_mm, length_mm, width_mm, area_mm2
     matched_clauses: list[str] = Field(default_factory=list)
@@ -39,6 +41,7 @@ class ModelVersions(BaseModel):
     locator: str | None = None
     adapter: str | None = None
     embedder: str | None = None
+    verifier: str | None = None
     kb_snapshot: str | None = None
 
 

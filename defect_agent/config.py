@@ -59,6 +59,8 @@ class LocatorConfig(_Strict):
     conf: float = 0.25
     iou: float = 0.5
     reference: Literal["none", "template"] = "none"  # golden-template use (pcb)
+    verifier: str | None = None  # template lines: second-stage class verifier (vision.verifier)
+    verifier_relabel_min: float = Field(0.5, ge=0.0, le=1.0)  # verifier probability needed to change a class
 
 
 class PromptConfig(_Strict):

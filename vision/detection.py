@@ -55,3 +55,5 @@ class Detection(BaseModel):
     class_id: int = -1
     box: Box
     confidence: float = Field(ge=0.0, le=1.0)
+    verifier_score: float | None = None  # second-stage probability of `defect_class` (vision.verifier), if any
+    detector_class: str | None = None  # the detector's own class when the verifier relabelled the box

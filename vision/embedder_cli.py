@@ -86,10 +86,12 @@ def _calibrate_fusion(line: str, n: int, seed: int, split: str, deeppcb: Path | 
     else:
         raise ConfigError(f"no labelled data for line {line!r}: fusion calibration knows battery_tab and pcb")
     fit = fit_on(tqdm(samples, total=total, desc="labelled images", unit="img"),
-                 fitted_on=f"{source}; locator {inspector.locator.version}; embedder {inspector.embedder.version}")
+                 fitted_on=f"{source}; locator {inspector.locator.version}; embedder {inspector.embedder.version}"
+                 + (f"; verifier {inspector.verifier.version}" if inspector.verifier is not None else ""))
     w = fit.weights
     typer.echo(f"{fit.images} images, {fit.after.findings} detections ({fit.after.positives} true): "
-               f"bias {w.bias:.3f} detector {w.detector:.3f} texture {w.texture:.3f} cases {w.cases:.3f}")
+               f"bias {w.bias:.3f} detector {w.detector:.3f} texture {w.texture:.3f} cases {w.cases:.3f} "
+               f"verifier {w.verifier:.3f}")
     for name, q in (("identity", fit.before), ("fitted", fit.after)):
         typer.echo(f"  {name:<9} log-loss {q.log_loss:.4f}  Brier {q.brier:.4f}  ECE {q.ece:.4f}")
     if not dry_run:

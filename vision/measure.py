@@ -51,6 +51,8 @@ class Measured(BaseModel):
     source: Literal["detector", "derived"] = "detector"
     confidence: float = Field(ge=0.0, le=1.0)
     measurements: dict[str, float] = Field(default_factory=dict)  # offset_mm, length_mm, width_mm, area_mm2, ...
+    verifier_score: float | None = None  # carried from the Detection (vision.verifier)
+    detector_class: str | None = None
     present: bool = True  # derived offset: above the line's tolerance; everything else: True
 
 
@@ -383,7 +385,8 @@ def measure_findings(image: np.ndarray, detections: list[Detection], line: LineC
         if role == "part":
             continue
         found.append(Measured(defect_class=det.defect_class, box=det.box, source="detector",
-                              confidence=det.confidence, measurements=_defect_measurements(gray, det.box, mm)))
+                              confidence=det.confidence, measurements=_defect_measurements(gray, det.box, mm),
+                              verifier_score=det.verifier_score, detector_class=det.detector_class))
     for spec in line.derived:
         pairs, lonely = _pairs(detections, spec)
         if spec.rule == "offset":

@@ -1,0 +1,168 @@
+"""The class verifier of template lines (vision.verifier): its input, its training on boxes, relabelling and
+merging detections, its file round trip and errors, and the fusion feature it feeds."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.fusion import FusionWeights, fit_fusion
+from defect_agent.errors import ConfigError
+from vision.deeppcb import reference_composite
+from vision.detection import Box, Detection
+from vision.verifier import (DefectVerifier, VerifierMeta, VerifierSample, crop_box, train_verifier,
+                             verifier_channels)
+from vision.verifier_eval import score_detections
+
+CLASSES = ["pin_hole", "copper"]
+
+
+def _board(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Box]]]:
+    """A template with copper pads, and its test image with a hole punched in one pad (pin_hole) and a stray blob
+    on bare board (copper)."""
+    template = np.zeros((256, 256), np.uint8)
+    cv2.rectangle(template, (20, 20), (110, 110), 255, -1)
+    cv2.rectangle(template, (150, 150), (236, 236), 255, -1)
+    test = template.copy()
+    hx, hy = (int(v) for v in rng.integers(45, 85, 2))
+    r = int(rng.integers(4, 8))
+    cv2.circle(test, (hx, hy), r, 0, -1)
+    bx, by = int(rng.integers(150, 230)), int(rng.integers(30, 100))
+    cv2.circle(test, (bx, by), r, 255, -1)
+    truth = [(0, Box(x1=hx - r, y1=hy - r, x2=hx + r, y2=hy + r)), (1, Box(x1=bx - r, y1=by - r, x2=bx + r, y2=by + r))]
+    return test, template, truth
+
+
+def _data(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    channels, samples, composites = [], [], []
+    for i in range(n):
+        test, template, truth = _board(rng)
+        composite = reference_composite(test, template)
+        composites.append((composite, truth))
+        channels.append(verifier_channels(composite))
+        samples.extend(VerifierSample(image=i, box=b, label=c) for c, b in truth)
+        samples.append(VerifierSample(image=i, box=Box(x1=160, y1=160, x2=176, y2=176), label=len(CLASSES)))
+    return channels, samples, composites
+
+
+@pytest.fixture(scope="module")
+def trained():
+    channels, samples, _ = _data(24, 0)
+    val = _data(8, 1)
+    verifier = train_verifier(channels, samples, CLASSES, epochs=12, batch=16, lr=3e-3, val=val[:2], progress=False)
+    return verifier, val
+
+
+def test_signed_channel_tells_missing_from_extra_copper():
+    rng = np.random.default_rng(3)
+    test, template, truth = _board(rng)
+    ch = verifier_channels(reference_composite(test, template))
+    (_, hole), (_, blob) = truth
+    hx, hy = (int(v) for v in hole.center)
+    bx, by = (int(v) for v in blob.center)
+    assert ch[hy, hx, 2] < 100 and ch[by, bx, 2] > 156 and ch[5, 5, 2] == 128
+    np.testing.assert_array_equal(ch[:, :, 0], test)
+
+
+def test_crop_at_the_border_is_padded_as_bare_board_without_difference():
+    ch = verifier_channels(reference_composite(np.full((100, 100), 255, np.uint8), np.full((100, 100), 255, np.uint8)))
+    meta = VerifierMeta(classes=CLASSES)
+    crop = crop_box(ch, Box(x1=0, y1=0, x2=10, y2=10), meta)
+    assert crop.shape == (meta.crop, meta.crop, 3)
+    assert crop[0, 0, 0] == 0 and crop[0, 0, 2] == 128 and crop[-1, -1, 0] == 255
+
+
+def test_verifier_learns_the_class_from_the_template(trained):
+    verifier, _ = trained
+    assert verifier.meta.val_accuracy is not None and verifier.meta.val_accuracy >= 0.9
+
+
+def test_verify_relabels_wrong_classes_and_merges_what_becomes_one_box(trained):
+    verifier, (_, _, composites) = trained
+    composite, truth = composites[0]
+    (_, hole), (_, blob) = truth
+    dets = [Detection(defect_class="copper", class_id=1, box=hole, confidence=0.6),  # wrong class
+            Detection(defect_class="pin_hole", class_id=0, box=hole, confidence=0.3),  # its duplicate
+            Detection(defect_class="copper", class_id=1, box=blob, confidence=0.8)]
+    out = verifier.verify(composite, dets)
+    assert [(d.defect_class, d.confidence) for d in out] == [("copper", 0.8), ("pin_hole", 0.6)]
+    assert out[1].detector_class == "copper" and out[0].detector_class is None
+    assert all(d.verifier_score is not None and d.verifier_score > 0.5 for d in out)
+
+
+def test_relabel_needs_the_configured_probability(trained):
+    verifier, (_, _, composites) = trained
+    composite, truth = composites[0]
+    strict = DefectVerifier(verifier.model, verifier.meta, relabel_min=1.01)
+    det = Detection(defect_class="copper", class_id=1, box=truth[0][1], confidence=0.6)
+    (kept,) = strict.verify(composite, [det])
+    assert kept.defect_class == "copper" and kept.verifier_score < 0.5
+
+
+def test_file_round_trip_gives_the_same_probabilities(trained, tmp_path):
+    verifier, (_, _, composites) = trained
+    composite, truth = composites[1]
+    path = verifier.save(tmp_path / "v.safetensors")
+    loaded = DefectVerifier.from_file(path)
+    boxes = [b for _, b in truth]
+    np.testing.assert_allclose(loaded.probabilities(composite, boxes), verifier.probabilities(composite, boxes),
+                               atol=1e-6)
+    assert loaded.version.startswith("v.safetensors@") and loaded.meta.classes == CLASSES
+
+
+def test_missing_or_corrupt_verifier_file_names_the_file(trained, tmp_path):
+    with pytest.raises(ConfigError, match="nope.safetensors"):
+        DefectVerifier.from_file(tmp_path / "nope.safetensors")
+    path = trained[0].save(tmp_path / "bad.safetensors")
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="bad.safetensors"):
+        DefectVerifier.from_file(path)
+
+
+def test_fusion_files_without_a_verifier_weight_ignore_the_score():
+    old = FusionWeights.model_validate_json('{"bias": 0.1, "detector": 2.0, "texture": 0.1, "cases": 0.0}')
+    assert old.verifier == 0.0
+    assert old.fuse(0.7, 0.5, None, 0.01) == pytest.approx(old.fuse(0.7, 0.5, None, 0.99))
+
+
+def test_fusion_learns_to_trust_an_informative_verifier():
+    rng = np.random.default_rng(0)
+    labels = [int(v) for v in rng.integers(0, 2, 400)]
+    conf = [float(rng.uniform(0.3, 0.9)) for _ in labels]  # uninformative detector
+    ver = [float(np.clip(rng.normal(0.8 if y else 0.2, 0.1), 0.01, 0.99)) for y in labels]
+    w = fit_fusion(conf, [None] * 400, [None] * 400, labels, verifier=ver)
+    assert w.verifier > 1.0
+    assert w.fuse(0.6, None, None, 0.9) > 0.8 > 0.2 > w.fuse(0.6, None, None, 0.1)
+
+
+def test_detection_scores_count_right_and_wrong_classes():
+    names = ["open", "short"]
+    truth = [(0, Box(x1=0, y1=0, x2=10, y2=10)), (1, Box(x1=20, y1=20, x2=30, y2=30))]
+    right = [Detection(defect_class="open", box=truth[0][1], confidence=0.9),
+             Detection(defect_class="short", box=truth[1][1], confidence=0.8)]
+    wrong = [Detection(defect_class="short", box=truth[0][1], confidence=0.9),
+             Detection(defect_class="open", box=truth[1][1], confidence=0.8)]
+    good = score_detections([(right, truth)], names, 0.25)
+    bad = score_detections([(wrong, truth)], names, 0.25)
+    assert good.map50 == pytest.approx(1.0, abs=0.01) and good.class_accuracy == 1.0 and good.located == 2
+    assert bad.map50 == pytest.approx(0.0, abs=0.01) and bad.class_accuracy == 0.0
+    assert bad.miss_rate == 0.0 and score_detections([([], truth)], names, 0.25).miss_rate == 1.0
+
+
+def test_a_part_inside_a_whole_of_the_same_class_counts_once():
+    from vision.verifier import _merge_same_class
+
+    whole = Box(x1=300, y1=460, x2=420, y2=494)
+    part = Box(x1=370, y1=461, x2=421, y2=492)  # IoU 0.40: NMS keeps both
+    assert whole.iou(part) < 0.5
+    dets = [Detection(defect_class="short", box=part, confidence=0.99),
+            Detection(defect_class="short", box=whole, confidence=0.95),
+            Detection(defect_class="open", box=whole, confidence=0.9)]  # another class: untouched
+    merged = _merge_same_class(dets, iou=0.5)
+    assert [(d.defect_class, d.box, d.confidence) for d in merged] == [("short", whole, 0.99), ("open", whole, 0.9)]
+    faint = [Detection(defect_class="short", box=part, confidence=0.99),
+             Detection(defect_class="short", box=Box(x1=200, y1=400, x2=500, y2=560), confidence=0.05)]
+    (kept,) = _merge_same_class(faint, iou=0.5)
+    assert kept.box == part  # a faint large box does not stretch a confident one

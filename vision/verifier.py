@@ -1,0 +1,337 @@
+"""Second-stage class verification for lines with golden templates (pcb).
+
+The detector sees a 320-px composite, where a 20-px pin-hole and a mouse-bite of the same size differ by a few
+pixels of context, so on DeepPCB most of its misses are boxes in the right place with the wrong class (pin-hole
+called mouse-bite, short called spur). The class is a question of topology the template answers at full
+resolution: missing copper inside a trace (pin-hole), at its edge (mouse-bite) or through it (open); extra copper
+joining two traces (short), sticking out of one (spur) or on its own (copper). So every detected box is re-read
+here, as a full-resolution crop of (test, template, signed difference), by a small CNN trained on the line's
+annotated boxes (jittered the way detector boxes are off) and on background crops; it returns a class distribution
+that relabels the box and becomes one more fusion feature (agent.fusion)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel
+
+from defect_agent.errors import ConfigError, ImageReadError
+from vision.detection import Box, Detection
+
+log = logging.getLogger(__name__)
+
+BACKGROUND = "background"
+
+
+class VerifierMeta(BaseModel):
+    """What a verifier file was trained for; stored beside its weights (<name>.json)."""
+
+    classes: list[str]  # the line's defect classes in detector order; BACKGROUND is the extra last output
+    crop: int = 48
+    widths: list[int] = [16, 32, 64, 96]  # channels of the four conv blocks
+    context: float = 0.75  # margin around the box on each side, as a share of its longer side
+    min_side: int = 40  # native pixels: the smallest square a crop covers
+    channels: int = 3
+    trained_on: str = ""
+    train_seconds: float | None = None
+    val_accuracy: float | None = None
+
+
+def verifier_channels(composite: np.ndarray) -> np.ndarray:
+    """(test, binarised template, signed difference) from the locator's reference composite (vision.deeppcb:
+    B = test, G = binarised template). The sign says whether copper is missing (< 128) or extra (> 128), which the
+    composite's |difference| channel cannot."""
+    if composite.ndim != 3 or composite.shape[2] != 3:
+        raise ImageReadError(f"expected a (test, template, |difference|) composite, got shape {composite.shape}")
+    test = composite[:, :, 0].astype(np.int16)
+    ref = composite[:, :, 1].astype(np.int16)
+    signed = np.clip(128 + (test - ref) // 2, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.stack([composite[:, :, 0], composite[:, :, 1], signed], axis=2))
+
+
+def crop_box(channels: np.ndarray, box: Box, meta: VerifierMeta) -> np.ndarray:
+    """A square crop centred on the box, `context` of its longer side added on every side, resized to meta.crop;
+    outside the image is bare board (0)."""
+    cx, cy = box.center
+    side = max(box.width, box.height) * (1.0 + 2.0 * meta.context)
+    side = max(side, float(meta.min_side))
+    half = side / 2.0
+    x1, y1 = int(round(cx - half)), int(round(cy - half))
+    s = max(2, int(round(side)))
+    h, w = channels.shape[:2]
+    pad = ((max(0, -y1), max(0, y1 + s - h)), (max(0, -x1), max(0, x1 + s - w)), (0, 0))
+    patch = channels[max(0, y1):min(h, y1 + s), max(0, x1):min(w, x1 + s)]
+    if any(p for pair in pad[:2] for p in pair):
+        fill = np.zeros((1, 1, channels.shape[2]), np.uint8)
+        fill[..., 2] = 128  # no difference
+        out = np.empty((s, s, channels.shape[2]), np.uint8)
+        out[:] = fill
+        oy, ox = pad[0][0], pad[1][0]
+        out[oy:oy + patch.shape[0], ox:ox + patch.shape[1]] = patch
+        patch = out
+    return cv2.resize(patch, (meta.crop, meta.crop), interpolation=cv2.INTER_AREA)
+
+
+def _net(n_out: int, channels: int = 3, widths: Sequence[int] = (16, 32, 64, 96)):
+    import torch.nn as nn
+
+    def block(cin: int, cout: int) -> list:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    a, b, c, d = widths
+    return nn.Sequential(
+        *block(channels, a), nn.MaxPool2d(2),
+        *block(a, b), nn.MaxPool2d(2),
+        *block(b, c), nn.MaxPool2d(2),
+        *block(c, d), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Dropout(0.2), nn.Linear(d, n_out),
+    )
+
+
+def _to_tensor(crops: Sequence[np.ndarray]):
+    import torch
+
+    arr = np.stack(crops).astype(np.float32) / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+class DefectVerifier:
+    """Class distribution for detected boxes, from full-resolution crops. Load with `from_file`."""
+
+    def __init__(self, model, meta: VerifierMeta, version: str = "unsaved", relabel_min: float = 0.5,
+                 nms_iou: float = 0.5) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.version = version
+        self.relabel_min = relabel_min
+        self.nms_iou = nms_iou
+
+    @property
+    def outputs(self) -> list[str]:
+        return [*self.meta.classes, BACKGROUND]
+
+    @classmethod
+    def from_file(cls, path: str | Path, relabel_min: float = 0.5, nms_iou: float = 0.5) -> "DefectVerifier":
+        from safetensors.torch import load_file
+
+        from defect_agent.files import file_sha256
+
+        path = Path(path)
+        meta_path = path.with_suffix(".json")
+        for p in (path, meta_path):
+            if not p.is_file():
+                raise ConfigError(f"verifier file not found: {p} (train one with `defect-agent train verifier`)")
+        meta = VerifierMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+        model = _net(len(meta.classes) + 1, meta.channels, meta.widths)
+        try:
+            model.load_state_dict(load_file(str(path)))
+        except Exception as exc:  # a truncated or foreign file: say which
+            raise ConfigError(f"cannot load verifier weights {path}: {exc}") from exc
+        return cls(model, meta, f"{path.name}@{file_sha256(path)[:12]}", relabel_min=relabel_min, nms_iou=nms_iou)
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path))
+        path.with_suffix(".json").write_text(self.meta.model_dump_json(indent=2), encoding="utf-8")
+        return path
+
+    def probabilities(self, composite: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+        """(len(boxes), classes + 1) softmax over the line's defect classes and background."""
+        import torch
+
+        if not boxes:
+            return np.zeros((0, len(self.outputs)), np.float32)
+        channels = verifier_channels(composite)
+        x = _to_tensor([crop_box(channels, b, self.meta) for b in boxes])
+        with torch.inference_mode():
+            return torch.softmax(self.model(x), dim=1).numpy()
+
+    def verify(self, composite: np.ndarray, detections: list[Detection]) -> list[Detection]:
+        """Each detection relabelled to the verifier's most likely defect class where that class holds at least
+        `relabel_min`, its `verifier_score` set to the verifier's probability of the class it ends with; then
+        boxes that became the same class in the same place are merged (most confident kept)."""
+        probs = self.probabilities(composite, [d.box for d in detections])
+        n = len(self.meta.classes)
+        out: list[Detection] = []
+        for det, p in zip(detections, probs):
+            best = int(np.argmax(p[:n]))
+            name = det.defect_class
+            if det.defect_class in self.meta.classes and best != self.meta.classes.index(det.defect_class) \
+                    and p[best] >= self.relabel_min:
+                name = self.meta.classes[best]
+            k = self.meta.classes.index(name) if name in self.meta.classes else -1
+            score = float(p[k]) if k >= 0 else None
+            out.append(det.model_copy(update={
+                "defect_class": name, "class_id": k if k >= 0 else det.class_id, "verifier_score": score,
+                "detector_class": det.defect_class if name != det.defect_class else None}))
+        return _merge_same_class(sorted(out, key=lambda d: -d.confidence), self.nms_iou)
+
+
+def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8,
+                      enlarge: float = 0.8) -> list[Detection]:
+    """Most confident first, a box of the same class as a kept one is dropped when it overlaps it by `iou`
+    (NMS), or when one of the two lies within the other (`contained` of the smaller box's area): the detector cuts
+    a long short or open into a whole and a part, and counting both would count one defect twice. Where the
+    dropped box is the larger and nearly as confident (`enlarge` of the kept one's confidence), the kept box takes
+    its extent: the whole, not the part."""
+    kept: list[Detection] = []
+    for d in dets:
+        for i, k in enumerate(kept):
+            if k.defect_class != d.defect_class:
+                continue
+            if k.box.iou(d.box) >= iou:
+                break
+            if _inside_share(k.box, d.box) >= contained:
+                if d.box.area > k.box.area and d.confidence >= enlarge * k.confidence:
+                    kept[i] = k.model_copy(update={"box": d.box})
+                break
+        else:
+            kept.append(d)
+    return kept
+
+
+def _inside_share(a: Box, b: Box) -> float:
+    """Intersection over the smaller box's area."""
+    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    smaller = min(a.area, b.area)
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+class VerifierSample(BaseModel):
+    image: int  # index into the channel images
+    box: Box
+    label: int
+
+
+def jitter_box(box: Box, rng: np.random.Generator, shift: float = 0.15, scale: float = 0.2) -> Box:
+    """A detector-like box around a true one: centre moved by up to `shift` of the size, sides scaled by up to
+    ±`scale`."""
+    cx, cy = box.center
+    w, h = box.width, box.height
+    cx += rng.uniform(-shift, shift) * w
+    cy += rng.uniform(-shift, shift) * h
+    w *= math.exp(rng.uniform(-scale, scale))
+    h *= math.exp(rng.uniform(-scale, scale))
+    return Box(x1=cx - w / 2, y1=cy - h / 2, x2=cx + w / 2, y2=cy + h / 2)
+
+
+def background_boxes(truth: Sequence[Box], shape: tuple[int, int], n: int, rng: np.random.Generator,
+                     sizes: Sequence[tuple[float, float]]) -> list[Box]:
+    """Boxes of defect-like sizes whose centre lies in no true box and that overlap none by more than 0.1."""
+    h, w = shape
+    out: list[Box] = []
+    for _ in range(n * 20):
+        if len(out) >= n:
+            break
+        bw, bh = sizes[int(rng.integers(len(sizes)))]
+        cx, cy = rng.uniform(bw / 2, w - bw / 2), rng.uniform(bh / 2, h - bh / 2)
+        b = Box(x1=cx - bw / 2, y1=cy - bh / 2, x2=cx + bw / 2, y2=cy + bh / 2)
+        if all(not (t.x1 <= cx <= t.x2 and t.y1 <= cy <= t.y2) and b.iou(t) <= 0.1 for t in truth):
+            out.append(b)
+    return out
+
+
+def _dihedral(x, k: int):
+    import torch
+
+    x = torch.rot90(x, k % 4, dims=(2, 3))
+    return torch.flip(x, dims=(3,)) if k >= 4 else x
+
+
+def train_verifier(
+    channels: Sequence[np.ndarray],
+    samples: Sequence[VerifierSample],
+    classes: list[str],
+    epochs: int = 20,
+    batch: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    val: tuple[Sequence[np.ndarray], Sequence[VerifierSample]] | None = None,
+    trained_on: str = "",
+    progress: bool = True,
+) -> DefectVerifier:
+    """Train on (channel image, box, label) samples: every epoch re-jitters each box and applies one of the eight
+    rotations / flips per batch (PCB defects have no orientation). `val`: crops scored without jitter after the
+    last epoch."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    meta = VerifierMeta(classes=list(classes), trained_on=trained_on)
+    model = _net(len(classes) + 1, meta.channels, meta.widths)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(samples) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
+    labels = torch.tensor([s.label for s in samples])
+    counts = torch.bincount(labels, minlength=len(classes) + 1).float().clamp(min=1)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=(counts.sum() / counts / (len(classes) + 1)), label_smoothing=0.05)
+    started = time.time()
+    for epoch in tqdm(range(epochs), desc="verifier", unit="epoch", disable=not progress):
+        model.train()
+        order = rng.permutation(len(samples))
+        total = 0.0
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            crops = [crop_box(channels[samples[i].image], jitter_box(samples[i].box, rng), meta) for i in idx]
+            x = _dihedral(_to_tensor(crops), int(rng.integers(8)))
+            loss = loss_fn(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        log.info("verifier epoch %d: loss %.4f", epoch + 1, total / len(samples))
+    meta.train_seconds = round(time.time() - started, 1)
+    verifier = DefectVerifier(model, meta)
+    if val is not None:
+        meta.val_accuracy = crop_accuracy(verifier, *val)
+    return verifier
+
+
+def crop_accuracy(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample],
+                  batch: int = 256) -> float:
+    """Share of samples whose crop (unjittered box) gets its label as the argmax."""
+    import torch
+
+    verifier.model.eval()
+    right = 0
+    for start in range(0, len(samples), batch):
+        chunk = samples[start:start + batch]
+        x = _to_tensor([crop_box(channels[s.image], s.box, verifier.meta) for s in chunk])
+        with torch.inference_mode():
+            pred = verifier.model(x).argmax(1).numpy()
+        right += int(sum(int(p) == s.label for p, s in zip(pred, chunk)))
+    return right / max(1, len(samples))
+
+
+def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample]) -> list[list[int]]:
+    import torch
+
+    n = len(verifier.outputs)
+    mat = [[0] * n for _ in range(n)]
+    x = _to_tensor([crop_box(channels[s.image], s.box, verifier.meta) for s in samples])
+    with torch.inference_mode():
+        pred = verifier.model(x).argmax(1).numpy()
+    for p, s in zip(pred, samples):
+        mat[s.label][int(p)] += 1
+    return mat
+
+
+def meta_json(verifier: DefectVerifier) -> str:
+    return json.dumps(verifier.meta.model_dump(), indent=2)

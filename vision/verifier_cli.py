@@ -1,0 +1,91 @@
+"""CLI for the class verifier of template lines: `defect-agent train verifier`, `defect-agent eval verifier`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from defect_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _deeppcb_src(src: Optional[Path]) -> Path:
+    from defect_agent.paths import shared_datasets_dir
+
+    shared = shared_datasets_dir()
+    path = src or (shared / "deeppcb" if shared else Path("../shared/datasets/deeppcb"))
+    if not path.exists():
+        raise ConfigError(f"DeepPCB not found at {path}: pass --src (see ../shared/datasets/README.md)")
+    return path
+
+
+def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
+    @train.command("verifier")
+    def train_verifier_cmd(
+        line: str = typer.Option("pcb", help="a line with golden templates (locator.reference: template)"),
+        src: Optional[Path] = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
+        epochs: int = typer.Option(20),
+        batch: int = typer.Option(128),
+        lr: float = typer.Option(2e-3, help="AdamW peak learning rate (one-cycle schedule)"),
+        background: int = typer.Option(2, help="background crops per board"),
+        seed: int = typer.Option(0),
+        out: Optional[Path] = typer.Option(None, help="weights file (default: the line's locator.verifier)"),
+    ) -> None:
+        """Train the line's class verifier on the annotated boxes of the DeepPCB train groups; reports its crop
+        accuracy on the validation groups."""
+        from defect_agent.config import load_line
+        from defect_agent.paths import resolve
+        from vision.verifier import train_verifier
+        from vision.verifier_data import deeppcb_verifier_samples
+
+        cfg = load_line(line)
+        if cfg.locator.reference != "template":
+            raise ConfigError(f"line {line!r} has no golden templates (locator.reference is "
+                              f"{cfg.locator.reference!r}): the verifier reads (test, template) crops")
+        target = resolve(out or cfg.locator.verifier or f"models/locator/{line}_verifier.safetensors")
+        root = _deeppcb_src(src)
+        channels, samples, _ = deeppcb_verifier_samples(root, "train", background, seed)
+        val = deeppcb_verifier_samples(root, "val", background, seed + 1)[:2]
+        verifier = train_verifier(channels, samples, cfg.class_names, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                                  val=val, trained_on=f"DeepPCB train groups ({len(channels)} boards, "
+                                  f"{len(samples)} crops), {epochs} epochs, seed {seed}")
+        verifier.save(target)
+        typer.echo(f"wrote {target} ({target.stat().st_size / 1e3:.0f} kB): validation crop accuracy "
+                   f"{verifier.meta.val_accuracy:.4f}, {verifier.meta.train_seconds:.0f} s")
+
+    @eval.command("verifier")
+    def eval_verifier_cmd(
+        line: str = typer.Option("pcb"),
+        src: Optional[Path] = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
+        split: str = typer.Option("val"),
+        max_boards: Optional[int] = typer.Option(None),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
+    ) -> None:
+        """The line's detections scored as the detector gives them and after the verifier relabels them."""
+        from defect_agent.config import load_line
+        from defect_agent.runtime import configure_offline
+        from vision.locator import shared_pool
+        from vision.verifier import DefectVerifier
+        from vision.verifier_eval import evaluate_verifier
+
+        configure_offline()
+        cfg = load_line(line)
+        if not cfg.locator.verifier:
+            raise ConfigError(f"line {line!r} has no locator.verifier in configs/lines/{line}.yaml")
+        from defect_agent.paths import resolve
+
+        verifier = DefectVerifier.from_file(resolve(cfg.locator.verifier), relabel_min=cfg.locator.verifier_relabel_min)
+        report = evaluate_verifier(shared_pool().locator(cfg), verifier, _deeppcb_src(src), split,
+                                   conf_operating=cfg.locator.conf, max_boards=max_boards)
+        for name, score in (("detector", report.detector), ("verified", report.verified)):
+            typer.echo(f"{name:9s} mAP50 {score.map50:.4f}  mAP50-95 {score.map50_95:.4f}  miss {score.miss_rate:.4f}"
+                       f"  class accuracy {score.class_accuracy:.4f} ({score.located} boxes)  "
+                       + "  ".join(f"{c.name} {c.ap50:.3f}/{c.precision:.2f}/{c.recall:.2f}" for c in score.per_class))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report.model_dump(), indent=1), encoding="utf-8")

@@ -1,0 +1,131 @@
+"""Does the class verifier help? The locator's detections on a DeepPCB split scored twice in one run, as the
+detector gives them and after vision.verifier relabels them: mAP50 / mAP50-95 (ultralytics' AP integration over
+our own matching), per-class precision / recall and image-level miss rate at the operating confidence, and the
+class accuracy of boxes that sit on a defect."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from vision.detection import Box, Detection
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+Truth = list[tuple[int, Box]]
+
+
+class ClassScore(BaseModel):
+    name: str
+    ap50: float
+    precision: float  # at the operating confidence
+    recall: float
+
+
+class DetectionScore(BaseModel):
+    map50: float
+    map50_95: float
+    per_class: list[ClassScore]
+    miss_rate: float  # boards with a defect and no detection at the operating confidence
+    class_accuracy: float  # detections at the operating confidence overlapping a defect by >= 0.5: right class
+    located: int  # how many such detections
+
+
+class VerifierEvaluation(BaseModel):
+    split: str
+    boards: int
+    locator: str
+    verifier: str
+    conf_operating: float
+    detector: DetectionScore
+    verified: DetectionScore
+
+
+def match_tp(preds: Sequence[Detection], truth: Truth, class_names: list[str]) -> np.ndarray:
+    """(len(preds), 10) true-positive flags at IoU 0.5 ... 0.95, matched one to one as ultralytics' validator does:
+    at each threshold the same-class (prediction, truth) pairs above it, highest IoU first."""
+    out = np.zeros((len(preds), len(IOU_THRESHOLDS)), bool)
+    if not preds or not truth:
+        return out
+    iou = np.array([[p.box.iou(b) if class_names.index(p.defect_class) == k else 0.0 for k, b in truth]
+                    for p in preds])
+    for t, thr in enumerate(IOU_THRESHOLDS):
+        pi, tj = np.nonzero(iou >= thr)
+        order = np.argsort(-iou[pi, tj], kind="stable")
+        used_p, used_t = set(), set()
+        for i, j in zip(pi[order], tj[order]):
+            if i not in used_p and j not in used_t:
+                used_p.add(i)
+                used_t.add(j)
+                out[i, t] = True
+    return out
+
+
+def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_names: list[str],
+                     conf_operating: float) -> DetectionScore:
+    from ultralytics.utils.metrics import ap_per_class
+
+    tps, confs, classes, targets = [], [], [], []
+    n = len(class_names)
+    tp_op = np.zeros(n)
+    pred_op = np.zeros(n)
+    gt = np.zeros(n)
+    missed = with_defect = located = right = 0
+    for preds, truth in per_image:
+        tp = match_tp(preds, truth, class_names)
+        tps.append(tp)
+        confs.extend(p.confidence for p in preds)
+        classes.extend(class_names.index(p.defect_class) for p in preds)
+        targets.extend(k for k, _ in truth)
+        for p, flag in zip(preds, tp[:, 0]):
+            if p.confidence >= conf_operating:
+                k = class_names.index(p.defect_class)
+                pred_op[k] += 1
+                tp_op[k] += flag
+        for k, _ in truth:
+            gt[k] += 1
+        op = [p for p in preds if p.confidence >= conf_operating]
+        if truth:
+            with_defect += 1
+            missed += not op
+        for p in op:
+            best = max(truth, key=lambda t: p.box.iou(t[1]), default=None)
+            if best is not None and p.box.iou(best[1]) >= 0.5:
+                located += 1
+                right += class_names.index(p.defect_class) == best[0]
+    tp_all = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool)
+    result = ap_per_class(tp_all, np.asarray(confs), np.asarray(classes), np.asarray(targets))
+    ap, present = result[5], result[6]
+    ap50 = {int(k): float(ap[i, 0]) for i, k in enumerate(present)}
+    per_class = [ClassScore(name=name, ap50=ap50.get(k, 0.0),
+                            precision=float(tp_op[k] / pred_op[k]) if pred_op[k] else 0.0,
+                            recall=float(tp_op[k] / gt[k]) if gt[k] else 1.0) for k, name in enumerate(class_names)]
+    return DetectionScore(map50=float(ap[:, 0].mean()) if len(ap) else 0.0,
+                          map50_95=float(ap.mean()) if len(ap) else 0.0, per_class=per_class,
+                          miss_rate=missed / with_defect if with_defect else 0.0,
+                          class_accuracy=right / located if located else 0.0, located=located)
+
+
+def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", conf_eval: float = 0.001,
+                      conf_operating: float = 0.25, max_boards: int | None = None,
+                      progress: bool = True) -> VerifierEvaluation:
+    """Both scores over the same detections: the locator at `conf_eval` (as ultralytics' mAP), the verifier on
+    every box of every board."""
+    from vision.deeppcb import parse_annotation, read_grey, reference_composite, scan_deeppcb, split_of
+
+    names = locator.class_names
+    pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
+    raw, verified = [], []
+    for pair in tqdm(pairs, desc=f"verifier eval ({split})", unit="board", disable=not progress):
+        composite = reference_composite(read_grey(pair.test), read_grey(pair.template))
+        truth = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
+        dets = locator.predict([composite], conf=conf_eval)[0]
+        raw.append((dets, truth))
+        verified.append((verifier.verify(composite, dets), truth))
+    return VerifierEvaluation(
+        split=split, boards=len(pairs), locator=str(getattr(locator, "version", "?")), verifier=verifier.version,
+        conf_operating=conf_operating, detector=score_detections(raw, names, conf_operating),
+        verified=score_detections(verified, names, conf_operating))
