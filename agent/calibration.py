@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 
 from agent.fusion import FusionWeights, fit_fusion
@@ -32,21 +33,25 @@ class FusionFit(BaseModel):
     after: CalibrationQuality
 
 
-def label_findings(findings: list[DefectFinding], truth: TruthBoxes, iou: float = 0.5) -> list[tuple[DefectFinding, int]]:
-    """Greedy one-to-one matching, most confident first: a detector finding is a true defect when an unmatched truth
-    box of its class overlaps it by at least `iou`. Derived findings (offset, missing weld) are measured, not
-    detected, and are left out."""
+def match_findings(findings: list[DefectFinding], truth: TruthBoxes,
+                   iou: float = 0.5) -> list[tuple[DefectFinding, Box | None]]:
+    """Greedy one-to-one matching, most confident first: a detector finding matches the unmatched truth box of its
+    class it overlaps most, by at least `iou`. Derived findings (offset, missing weld) are measured, not detected,
+    and are left out."""
     free = list(truth)
-    out: list[tuple[DefectFinding, int]] = []
+    out: list[tuple[DefectFinding, Box | None]] = []
     for f in sorted((f for f in findings if f.source == "detector"), key=lambda f: -f.confidence):
         best, best_iou = None, iou
         for i, (cls, box) in enumerate(free):
             if cls == f.defect_class and (o := f.box.iou(box)) >= best_iou:
                 best, best_iou = i, o
-        out.append((f, int(best is not None)))
-        if best is not None:
-            free.pop(best)
+        out.append((f, free.pop(best)[1] if best is not None else None))
     return out
+
+
+def label_findings(findings: list[DefectFinding], truth: TruthBoxes, iou: float = 0.5) -> list[tuple[DefectFinding, int]]:
+    """(finding, 1 = a true defect / 0 = a false detection), by `match_findings`."""
+    return [(f, int(box is not None)) for f, box in match_findings(findings, truth, iou)]
 
 
 def calibration_quality(probabilities: list[float], labels: list[int], bins: int = 10) -> CalibrationQuality:
@@ -68,18 +73,22 @@ def calibration_quality(probabilities: list[float], labels: list[int], bins: int
 def fit_on(samples: Iterable[tuple[list[DefectFinding], TruthBoxes]], fitted_on: str, iou: float = 0.5) -> FusionFit:
     """Fit the fusion weights on (findings, truth boxes) of labelled images."""
     conf, tex, cases, ver, labels = [], [], [], [], []
+    margins: list[float] = []
     images = 0
     for findings, truth in samples:
         images += 1
-        for f, y in label_findings(findings, truth, iou):
+        for f, box in match_findings(findings, truth, iou):
             conf.append(f.confidence)
             tex.append(f.texture_score)
             cases.append(f.case_evidence)
             ver.append(f.verifier_score)
-            labels.append(y)
+            labels.append(int(box is not None))
+            if box is not None:
+                margins.append((f.box.width - box.width + f.box.height - box.height) / 2.0)
     if not labels:
         raise ValueError("no detections on the calibration images: nothing to fit")
     weights = fit_fusion(conf, tex, cases, labels, verifier=ver, fitted_on=fitted_on)
+    weights.box_margin_px = round(float(np.median(margins)), 2) if margins else 0.0
     identity = FusionWeights()
     rows = list(zip(conf, tex, cases, ver))
     before = calibration_quality([identity.fuse(*r) for r in rows], labels)

@@ -195,7 +195,7 @@ class Inspector:
         timings = timings if timings is not None else {}
         detections = self.locate(image if locator_input is None else locator_input, timings)
         t = time.perf_counter()
-        measured = measure_findings(image, detections, self.line)
+        measured = measure_findings(image, detections, self.line, box_margin_px=self.fusion.box_margin_px)
         timings["measure"] = _ms(t)
         vectors = textures = None
         if self.embedder is not None and measured:

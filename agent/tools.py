@@ -56,7 +56,7 @@ def inspection_tools(inspector: "Inspector") -> list["BaseTool"]:
     def measure(image: str) -> list[dict[str, Any]]:
         pixels = _read(image)
         detections = _detect(image, pixels)
-        return [m.model_dump() for m in measure_findings(pixels, detections, line)]
+        return [m.model_dump() for m in measure_findings(pixels, detections, line, box_margin_px=inspector.fusion.box_margin_px)]
 
     def _embedder():
         if inspector.embedder is None:

@@ -47,6 +47,34 @@ def test_fit_uses_the_texture_score_when_it_separates_better():
     assert fit.images == 60 and fit.after.positives == 30
 
 
+def test_fit_measures_how_much_larger_the_boxes_are_than_the_annotations():
+    samples = []
+    for i in range(40):
+        truth = [("crack", Box(x1=20, y1=20, x2=60, y2=50))]
+        grown = DefectFinding(defect_class="crack", box=Box(x1=18, y1=18, x2=62, y2=52), confidence=0.9,
+                              probability=0.9)  # 4 px wider and taller
+        samples.append(([grown, _f("crack", 200, 0.3)] if i % 2 else [grown], truth))
+    assert fit_on(samples, fitted_on="test").weights.box_margin_px == pytest.approx(4.0)
+
+
+def test_measurements_take_the_fitted_box_margin_off():
+    import numpy as np
+
+    from defect_agent.config import load_line
+    from vision.detection import Detection
+    from vision.measure import measure_findings
+
+    line = load_line("pcb")
+    det = Detection(defect_class="short", box=Box(x1=100, y1=100, x2=150, y2=120), confidence=0.9)
+    image = np.zeros((640, 640, 3), np.uint8)
+    (raw,) = measure_findings(image, [det], line)
+    (fixed,) = measure_findings(image, [det], line, box_margin_px=4.0)
+    mm = line.calibration.mm_per_px
+    assert raw.measurements["length_mm"] == pytest.approx(50 * mm)
+    assert fixed.measurements["length_mm"] == pytest.approx(46 * mm)
+    assert fixed.measurements["area_mm2"] == pytest.approx(46 * 16 * mm * mm)
+
+
 def test_calibrate_fusion_cli_on_generated_cells(tmp_path):
     from agent.cli import app
 

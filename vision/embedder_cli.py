@@ -91,7 +91,7 @@ def _calibrate_fusion(line: str, n: int, seed: int, split: str, deeppcb: Path | 
     w = fit.weights
     typer.echo(f"{fit.images} images, {fit.after.findings} detections ({fit.after.positives} true): "
                f"bias {w.bias:.3f} detector {w.detector:.3f} texture {w.texture:.3f} cases {w.cases:.3f} "
-               f"verifier {w.verifier:.3f}")
+               f"verifier {w.verifier:.3f}; boxes {w.box_margin_px:+.2f} px wider / taller than the annotations")
     for name, q in (("identity", fit.before), ("fitted", fit.after)):
         typer.echo(f"  {name:<9} log-loss {q.log_loss:.4f}  Brier {q.brier:.4f}  ECE {q.ece:.4f}")
     if not dry_run:

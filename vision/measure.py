@@ -333,11 +333,12 @@ def blob_area_px(gray: np.ndarray, box: Box) -> float | None:
     return float(on.sum())
 
 
-def _defect_measurements(gray: np.ndarray, box: Box, mm: float) -> dict[str, float]:
+def _defect_measurements(gray: np.ndarray, box: Box, mm: float, margin_px: float = 0.0) -> dict[str, float]:
+    w, h = max(box.width - margin_px, 1.0), max(box.height - margin_px, 1.0)
     out = {
-        "length_mm": max(box.width, box.height) * mm,
-        "width_mm": min(box.width, box.height) * mm,
-        "area_mm2": box.area * mm * mm,
+        "length_mm": max(w, h) * mm,
+        "width_mm": min(w, h) * mm,
+        "area_mm2": w * h * mm * mm,
     }
     blob = blob_area_px(gray, box)
     if blob is not None:
@@ -370,9 +371,12 @@ def _pairs(detections: list[Detection], spec: DerivedDefect) -> tuple[list[tuple
     return pairs, lonely
 
 
-def measure_findings(image: np.ndarray, detections: list[Detection], line: LineConfig) -> list[Measured]:
+def measure_findings(image: np.ndarray, detections: list[Detection], line: LineConfig,
+                     box_margin_px: float = 0.0) -> list[Measured]:
     """Defect findings with measurements (mm from the line's calibration) plus the line's derived defects; parts
-    (tab, weld) are used for the derived defects and not returned."""
+    (tab, weld) are used for the derived defects and not returned. `box_margin_px`: how much wider and taller the
+    locator's boxes are than the defects they mark (fitted by `defect-agent calibrate --fusion`), taken off the
+    sizes."""
     mm = line.calibration.mm_per_px
     roles = {c.name: c.role for c in line.classes}
     gray = to_gray(image)
@@ -385,7 +389,7 @@ def measure_findings(image: np.ndarray, detections: list[Detection], line: LineC
         if role == "part":
             continue
         found.append(Measured(defect_class=det.defect_class, box=det.box, source="detector",
-                              confidence=det.confidence, measurements=_defect_measurements(gray, det.box, mm),
+                              confidence=det.confidence, measurements=_defect_measurements(gray, det.box, mm, box_margin_px),
                               verifier_score=det.verifier_score, detector_class=det.detector_class))
     for spec in line.derived:
         pairs, lonely = _pairs(detections, spec)
