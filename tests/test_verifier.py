@@ -166,3 +166,29 @@ def test_a_part_inside_a_whole_of_the_same_class_counts_once():
              Detection(defect_class="short", box=Box(x1=200, y1=400, x2=500, y2=560), confidence=0.05)]
     (kept,) = _merge_same_class(faint, iou=0.5)
     assert kept.box == part  # a faint large box does not stretch a confident one
+
+
+def test_train_and_eval_verifier_on_deeppcb(shared_datasets, tmp_path):
+    """The CLI trains on real boards and the benchmark scores a real locator with and without the verifier."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    out = tmp_path / "v.safetensors"
+    result = CliRunner().invoke(app, ["train", "verifier", "--line", "pcb", "--src", str(shared_datasets / "deeppcb"),
+                                      "--epochs", "1", "--max-boards", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert DefectVerifier.from_file(out).meta.classes == ["open", "short", "mousebite", "spur", "copper", "pin_hole"]
+    root = Path(__file__).resolve().parents[1]
+    bench = tmp_path / "verifier.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_verifier.py"), "--max-boards", "3",
+                    "--src", str(shared_datasets / "deeppcb"), "--out", str(bench)], check=True, cwd=root,
+                   capture_output=True, timeout=600)
+    (record,) = json.loads(bench.read_text())["records"]
+    assert record["boards"] == 3 and 0.0 <= record["verified"]["map50"] <= 1.0
+    assert record["verified"]["located"] > 0 and "| shipped |" in bench.with_suffix(".md").read_text()

@@ -34,6 +34,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         lr: float = typer.Option(2e-3, help="AdamW peak learning rate (one-cycle schedule)"),
         background: int = typer.Option(2, help="background crops per board"),
         seed: int = typer.Option(0),
+        max_boards: Optional[int] = typer.Option(None, help="use only the first N boards of each split (smoke runs)"),
         out: Optional[Path] = typer.Option(None, help="weights file (default: the line's locator.verifier)"),
     ) -> None:
         """Train the line's class verifier on the annotated boxes of the DeepPCB train groups; reports its crop
@@ -49,8 +50,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
                               f"{cfg.locator.reference!r}): the verifier reads (test, template) crops")
         target = resolve(out or cfg.locator.verifier or f"models/locator/{line}_verifier.safetensors")
         root = _deeppcb_src(src)
-        channels, samples, _ = deeppcb_verifier_samples(root, "train", background, seed)
-        val = deeppcb_verifier_samples(root, "val", background, seed + 1)[:2]
+        channels, samples, _ = deeppcb_verifier_samples(root, "train", background, seed, max_boards)
+        val = deeppcb_verifier_samples(root, "val", background, seed + 1, max_boards)[:2]
         verifier = train_verifier(channels, samples, cfg.class_names, epochs=epochs, batch=batch, lr=lr, seed=seed,
                                   val=val, trained_on=f"DeepPCB train groups ({len(channels)} boards, "
                                   f"{len(samples)} crops), {epochs} epochs, seed {seed}")
