@@ -85,8 +85,7 @@ class Inspector:
         if line_cfg.locator.verifier and line_cfg.locator.reference == "template":
             from vision.verifier import DefectVerifier
 
-            verifier = DefectVerifier.from_file(resolve(line_cfg.locator.verifier),
-                                                relabel_min=line_cfg.locator.verifier_relabel_min)
+            verifier = DefectVerifier.for_line(line_cfg)
         set_threads(app.threads)
         embedder = scorer = kb = None
         if use_embedder:

@@ -52,9 +52,7 @@ def main() -> None:
 
     configure_offline()
     line = load_line(args.line)
-    if not line.locator.verifier:
-        raise SystemExit(f"line {args.line!r} has no locator.verifier")
-    verifier = DefectVerifier.from_file(resolve(line.locator.verifier), relabel_min=line.locator.verifier_relabel_min)
+    verifier = DefectVerifier.for_line(line)
     shared = shared_datasets_dir()
     src = Path(args.src) if args.src else (shared / "deeppcb" if shared else None)
     if src is None or not src.exists():

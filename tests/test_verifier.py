@@ -192,3 +192,23 @@ def test_train_and_eval_verifier_on_deeppcb(shared_datasets, tmp_path):
     (record,) = json.loads(bench.read_text())["records"]
     assert record["boards"] == 3 and 0.0 <= record["verified"]["map50"] <= 1.0
     assert record["verified"]["located"] > 0 and "| shipped |" in bench.with_suffix(".md").read_text()
+
+
+def test_a_verifier_for_other_classes_or_with_broken_metadata_is_refused(trained, tmp_path):
+    from defect_agent.config import load_line
+
+    path = trained[0].save(tmp_path / "two_classes.safetensors")
+    pcb = load_line("pcb")
+    line = pcb.model_copy(update={"locator": pcb.locator.model_copy(update={"verifier": str(path)})})
+    with pytest.raises(ConfigError, match="two_classes.safetensors.*train verifier --line pcb"):
+        DefectVerifier.for_line(line)
+    path.with_suffix(".json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="two_classes.json"):
+        DefectVerifier.from_file(path)
+
+
+def test_the_shipped_pcb_verifier_loads_for_its_line():
+    from defect_agent.config import load_line
+
+    verifier = DefectVerifier.for_line(load_line("pcb"))
+    assert verifier.meta.classes == load_line("pcb").class_names and verifier.version.startswith("pcb_verifier")

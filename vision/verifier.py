@@ -11,12 +11,12 @@ that relabels the box and becomes one more fusion feature (agent.fusion)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,6 +24,9 @@ from pydantic import BaseModel
 
 from defect_agent.errors import ConfigError, ImageReadError
 from vision.detection import Box, Detection
+
+if TYPE_CHECKING:
+    from defect_agent.config import LineConfig
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +132,31 @@ class DefectVerifier:
         for p in (path, meta_path):
             if not p.is_file():
                 raise ConfigError(f"verifier file not found: {p} (train one with `defect-agent train verifier`)")
-        meta = VerifierMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = VerifierMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"cannot read verifier metadata {meta_path}: {exc}") from exc
         model = _net(len(meta.classes) + 1, meta.channels, meta.widths)
         try:
             model.load_state_dict(load_file(str(path)))
         except Exception as exc:  # a truncated or foreign file: say which
             raise ConfigError(f"cannot load verifier weights {path}: {exc}") from exc
         return cls(model, meta, f"{path.name}@{file_sha256(path)[:12]}", relabel_min=relabel_min, nms_iou=nms_iou)
+
+    @classmethod
+    def for_line(cls, line: "LineConfig") -> "DefectVerifier":
+        """The line's `locator.verifier`, checked against the line's defect classes."""
+        from defect_agent.paths import resolve
+
+        if not line.locator.verifier:
+            raise ConfigError(f"line {line.name!r} has no locator.verifier in configs/lines/{line.name}.yaml")
+        verifier = cls.from_file(resolve(line.locator.verifier), relabel_min=line.locator.verifier_relabel_min)
+        defects = [c.name for c in line.classes if c.role == "defect"]
+        if sorted(verifier.meta.classes) != sorted(defects):
+            raise ConfigError(f"{line.locator.verifier} was trained for classes {verifier.meta.classes}, line "
+                              f"{line.name!r} has {defects}: retrain it with `defect-agent train verifier --line "
+                              f"{line.name}`")
+        return verifier
 
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -160,7 +181,7 @@ class DefectVerifier:
     def verify(self, composite: np.ndarray, detections: list[Detection]) -> list[Detection]:
         """Each detection relabelled to the verifier's most likely defect class where that class holds at least
         `relabel_min`, its `verifier_score` set to the verifier's probability of the class it ends with; then
-        boxes that became the same class in the same place are merged (most confident kept)."""
+        boxes that became the same class in the same place are merged (`_merge_same_class`)."""
         probs = self.probabilities(composite, [d.box for d in detections])
         n = len(self.meta.classes)
         out: list[Detection] = []
@@ -320,7 +341,9 @@ def crop_accuracy(verifier: DefectVerifier, channels: Sequence[np.ndarray], samp
     return right / max(1, len(samples))
 
 
-def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample]) -> list[list[int]]:
+def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray],
+              samples: Sequence[VerifierSample]) -> list[list[int]]:
+    """Counts [true label][predicted output] over unjittered crops."""
     import torch
 
     n = len(verifier.outputs)
@@ -332,6 +355,3 @@ def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples:
         mat[s.label][int(p)] += 1
     return mat
 
-
-def meta_json(verifier: DefectVerifier) -> str:
-    return json.dumps(verifier.meta.model_dump(), indent=2)

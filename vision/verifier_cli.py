@@ -41,7 +41,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         accuracy on the validation groups."""
         from defect_agent.config import load_line
         from defect_agent.paths import resolve
-        from vision.verifier import train_verifier
+        from vision.verifier import confusion, train_verifier
         from vision.verifier_data import deeppcb_verifier_samples
 
         cfg = load_line(line)
@@ -58,6 +58,11 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         verifier.save(target)
         typer.echo(f"wrote {target} ({target.stat().st_size / 1e3:.0f} kB): validation crop accuracy "
                    f"{verifier.meta.val_accuracy:.4f}, {verifier.meta.train_seconds:.0f} s")
+        names = verifier.outputs
+        typer.echo("validation confusion (rows: annotated, columns: verifier)\n" + " " * 11
+                   + "".join(f"{n[:9]:>10}" for n in names))
+        for name, row in zip(names, confusion(verifier, *val)):
+            typer.echo(f"{name[:10]:<11}" + "".join(f"{v:>10}" for v in row))
 
     @eval.command("verifier")
     def eval_verifier_cmd(
@@ -76,11 +81,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
         configure_offline()
         cfg = load_line(line)
-        if not cfg.locator.verifier:
-            raise ConfigError(f"line {line!r} has no locator.verifier in configs/lines/{line}.yaml")
-        from defect_agent.paths import resolve
-
-        verifier = DefectVerifier.from_file(resolve(cfg.locator.verifier), relabel_min=cfg.locator.verifier_relabel_min)
+        verifier = DefectVerifier.for_line(cfg)
         report = evaluate_verifier(shared_pool().locator(cfg), verifier, _deeppcb_src(src), split,
                                    conf_operating=cfg.locator.conf, max_boards=max_boards)
         for name, score in (("detector", report.detector), ("verified", report.verified)):
