@@ -29,10 +29,10 @@ def eval_queries(
     --instruction), with figures per query family."""
     from agent.evaluation import evaluate_battery_tab, evaluate_pcb, pcb_queries
     from defect_agent.errors import EmptyInput
-    from defect_agent.paths import shared_datasets_dir
+    from defect_agent.paths import shared_dataset
 
     if line == "pcb":
-        root = deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+        root = deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():
             raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
         queries = [("given", q) for q in instruction] if instruction else pcb_queries()

@@ -30,7 +30,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from defect_agent.config import load_app_config
-    from defect_agent.paths import shared_datasets_dir
+    from defect_agent.paths import shared_dataset
     from defect_agent.runtime import configure_offline, set_threads
 
     configure_offline()
@@ -38,7 +38,7 @@ def main() -> int:
     from vision.embedder import load_embedder
     from vision.embedder.fewshot import run_fewshot
 
-    root = args.deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+    root = args.deeppcb or shared_dataset("deeppcb")
     if root is None or not Path(root).is_dir():
         print("DeepPCB not found: pass --deeppcb (the folder holding PCBData)", file=sys.stderr)
         return 2

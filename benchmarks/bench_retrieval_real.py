@@ -54,11 +54,11 @@ def main() -> int:
     import faiss
 
     from defect_agent.config import load_app_config
-    from defect_agent.paths import shared_datasets_dir
+    from defect_agent.paths import shared_dataset
     from vision.embedder import load_embedder
     from vision.embedder.samples import deeppcb_crops
 
-    root = args.deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+    root = args.deeppcb or shared_dataset("deeppcb")
     if root is None or not Path(root).is_dir():
         print("DeepPCB not found: pass --deeppcb", file=sys.stderr)
         return 2

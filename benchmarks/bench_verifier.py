@@ -45,7 +45,7 @@ def main() -> None:
         return
 
     from defect_agent.config import load_line
-    from defect_agent.paths import resolve, shared_datasets_dir
+    from defect_agent.paths import resolve, shared_dataset
     from defect_agent.runtime import configure_offline
     from vision.verifier import DefectVerifier
     from vision.verifier_eval import evaluate_verifier
@@ -53,8 +53,7 @@ def main() -> None:
     configure_offline()
     line = load_line(args.line)
     verifier = DefectVerifier.for_line(line)
-    shared = shared_datasets_dir()
-    src = Path(args.src) if args.src else (shared / "deeppcb" if shared else None)
+    src = Path(args.src) if args.src else shared_dataset("deeppcb")
     if src is None or not src.exists():
         raise SystemExit("DeepPCB not found: pass --src (see ../shared/datasets/README.md)")
     records = []

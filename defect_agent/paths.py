@@ -32,6 +32,12 @@ def shared_datasets_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+def shared_dataset(name: str) -> Path | None:
+    """`../shared/datasets/<name>` when it exists, else None."""
+    root = shared_datasets_dir()
+    return root / name if root is not None and (root / name).exists() else None
+
+
 def resolve(path: str | Path) -> Path:
     """Resolve a config path: absolute stays, relative is taken from the project root."""
     p = Path(path).expanduser()

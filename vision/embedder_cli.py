@@ -71,14 +71,14 @@ def _calibrate_fusion(line: str, n: int, seed: int, split: str, deeppcb: Path | 
     from agent.calibration import battery_tab_samples, deeppcb_samples, fit_on
     from agent.fusion import save_fusion
     from agent.pipeline import Inspector
-    from defect_agent.paths import data_dir, shared_datasets_dir
+    from defect_agent.paths import data_dir, shared_dataset
 
     inspector = Inspector.from_config(line=line)
     if line == "battery_tab":
         samples = battery_tab_samples(inspector, data_dir() / "calibration" / f"battery_tab-s{seed}-n{n}", n, seed)
         source, total = f"battery_tab generated n={n} seed={seed}", n
     elif line == "pcb":
-        root = deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+        root = deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():
             raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
         samples = deeppcb_samples(inspector, Path(root), split)
@@ -196,11 +196,11 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     ) -> None:
         """Few-shot defect naming on the DeepPCB validation boards: zero-shot prompts vs k-shot prototypes."""
         from defect_agent.config import load_app_config
-        from defect_agent.paths import shared_datasets_dir
+        from defect_agent.paths import shared_dataset
         from vision.embedder import load_embedder
         from vision.embedder.fewshot import run_fewshot
 
-        root = deeppcb or (shared_datasets_dir() / "deeppcb" if shared_datasets_dir() else None)
+        root = deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():
             raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
         result = run_fewshot(load_embedder(load_app_config().embedder), root,

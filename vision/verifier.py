@@ -224,10 +224,8 @@ def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8,
 
 def _inside_share(a: Box, b: Box) -> float:
     """Intersection over the smaller box's area."""
-    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
     smaller = min(a.area, b.area)
-    return ix * iy / smaller if smaller > 0 else 0.0
+    return a.intersection(b) / smaller if smaller > 0 else 0.0
 
 
 # --- training -------------------------------------------------------------------------------------------------

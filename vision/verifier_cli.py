@@ -15,10 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def _deeppcb_src(src: Optional[Path]) -> Path:
-    from defect_agent.paths import shared_datasets_dir
+    from defect_agent.paths import shared_dataset
 
-    shared = shared_datasets_dir()
-    path = src or (shared / "deeppcb" if shared else Path("../shared/datasets/deeppcb"))
+    path = src or shared_dataset("deeppcb") or Path("../shared/datasets/deeppcb")
     if not path.exists():
         raise ConfigError(f"DeepPCB not found at {path}: pass --src (see ../shared/datasets/README.md)")
     return path

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vision.deeppcb import parse_annotation, read_grey, reference_composite, scan_deeppcb, split_of
+from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
 from vision.verifier import VerifierSample, background_boxes, verifier_channels
 
 
@@ -25,7 +25,7 @@ def deeppcb_verifier_samples(
     paths: list[str] = []
     truth_by_image: list[list] = []
     for i, pair in enumerate(tqdm(pairs, desc=f"verifier crops ({split})", unit="board", disable=not progress)):
-        channels.append(verifier_channels(reference_composite(read_grey(pair.test), read_grey(pair.template))))
+        channels.append(verifier_channels(reference_input(pair.test, pair.template)))
         paths.append(str(pair.test))
         boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
         truth_by_image.append([b for _, b in boxes])

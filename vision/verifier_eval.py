@@ -114,13 +114,13 @@ def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", co
                       progress: bool = True) -> VerifierEvaluation:
     """Both scores over the same detections: the locator at `conf_eval` (as ultralytics' mAP), the verifier on
     every box of every board."""
-    from vision.deeppcb import parse_annotation, read_grey, reference_composite, scan_deeppcb, split_of
+    from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
 
     names = locator.class_names
     pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
     raw, verified = [], []
     for pair in tqdm(pairs, desc=f"verifier eval ({split})", unit="board", disable=not progress):
-        composite = reference_composite(read_grey(pair.test), read_grey(pair.template))
+        composite = reference_input(pair.test, pair.template)
         truth = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
         dets = locator.predict([composite], conf=conf_eval)[0]
         raw.append((dets, truth))

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from defect_agent.config import load_line
 from defect_agent.errors import EmptyInput
-from defect_agent.paths import models_dir, shared_datasets_dir
+from defect_agent.paths import models_dir, shared_dataset
 from vision.embedder import architecture, checkpoint, towers
 from vision.embedder.descriptions import TextItem, line_texts
 from vision.embedder.features import image_features, text_pooled, trunk_head
@@ -97,7 +97,7 @@ def build_crop_sets(st: TrainSettings) -> dict[str, dict[str, CropSet]]:
         sets["val"]["battery_tab"] = battery_tab_crops(st.battery_val_images, st.seed, BATTERY_VAL_STREAM,
                                                        progress=st.progress)
     if "pcb" in st.lines:
-        root = st.deeppcb or ((shared_datasets_dir() / "deeppcb") if shared_datasets_dir() else None)
+        root = st.deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():
             log.warning("DeepPCB not found (%s): training on battery_tab only", root)
         else:
