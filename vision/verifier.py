@@ -45,6 +45,7 @@ class VerifierMeta(BaseModel):
     trained_on: str = ""
     train_seconds: float | None = None
     val_accuracy: float | None = None
+    val_confusion: list[list[int]] | None = None  # [annotated][verifier output] on the validation crops
 
 
 def verifier_channels(composite: np.ndarray) -> np.ndarray:
@@ -69,16 +70,11 @@ def crop_box(channels: np.ndarray, box: Box, meta: VerifierMeta) -> np.ndarray:
     x1, y1 = int(round(cx - half)), int(round(cy - half))
     s = max(2, int(round(side)))
     h, w = channels.shape[:2]
-    pad = ((max(0, -y1), max(0, y1 + s - h)), (max(0, -x1), max(0, x1 + s - w)), (0, 0))
+    pad = ((max(0, -y1), max(0, y1 + s - h)), (max(0, -x1), max(0, x1 + s - w)))
     patch = channels[max(0, y1):min(h, y1 + s), max(0, x1):min(w, x1 + s)]
-    if any(p for pair in pad[:2] for p in pair):
-        fill = np.zeros((1, 1, channels.shape[2]), np.uint8)
-        fill[..., 2] = 128  # no difference
-        out = np.empty((s, s, channels.shape[2]), np.uint8)
-        out[:] = fill
-        oy, ox = pad[0][0], pad[1][0]
-        out[oy:oy + patch.shape[0], ox:ox + patch.shape[1]] = patch
-        patch = out
+    (top, bottom), (left, right) = pad
+    if top or bottom or left or right:  # bare board, template bare, no difference
+        patch = cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(0, 0, 128))
     return cv2.resize(patch, (meta.crop, meta.crop), interpolation=cv2.INTER_AREA)
 
 
@@ -319,37 +315,30 @@ def train_verifier(
     meta.train_seconds = round(time.time() - started, 1)
     verifier = DefectVerifier(model, meta)
     if val is not None:
-        meta.val_accuracy = crop_accuracy(verifier, *val)
+        meta.val_confusion = confusion(verifier, *val)
+        meta.val_accuracy = crop_accuracy(meta.val_confusion)
     return verifier
 
 
-def crop_accuracy(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample],
-                  batch: int = 256) -> float:
-    """Share of samples whose crop (unjittered box) gets its label as the argmax."""
+def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample],
+              batch: int = 256) -> list[list[int]]:
+    """Counts [true label][predicted output] over unjittered crops."""
     import torch
 
     verifier.model.eval()
-    right = 0
+    n = len(verifier.outputs)
+    mat = [[0] * n for _ in range(n)]
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         x = _to_tensor([crop_box(channels[s.image], s.box, verifier.meta) for s in chunk])
         with torch.inference_mode():
             pred = verifier.model(x).argmax(1).numpy()
-        right += int(sum(int(p) == s.label for p, s in zip(pred, chunk)))
-    return right / max(1, len(samples))
-
-
-def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray],
-              samples: Sequence[VerifierSample]) -> list[list[int]]:
-    """Counts [true label][predicted output] over unjittered crops."""
-    import torch
-
-    n = len(verifier.outputs)
-    mat = [[0] * n for _ in range(n)]
-    x = _to_tensor([crop_box(channels[s.image], s.box, verifier.meta) for s in samples])
-    with torch.inference_mode():
-        pred = verifier.model(x).argmax(1).numpy()
-    for p, s in zip(pred, samples):
-        mat[s.label][int(p)] += 1
+        for p, s in zip(pred, chunk):
+            mat[s.label][int(p)] += 1
     return mat
 
+
+def crop_accuracy(matrix: list[list[int]]) -> float:
+    """Share of a confusion matrix on its diagonal."""
+    total = sum(map(sum, matrix))
+    return sum(matrix[i][i] for i in range(len(matrix))) / max(1, total)

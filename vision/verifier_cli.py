@@ -40,7 +40,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         accuracy on the validation groups."""
         from defect_agent.config import load_line
         from defect_agent.paths import resolve
-        from vision.verifier import confusion, train_verifier
+        from vision.verifier import train_verifier
         from vision.verifier_data import deeppcb_verifier_samples
 
         cfg = load_line(line)
@@ -60,7 +60,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         names = verifier.outputs
         typer.echo("validation confusion (rows: annotated, columns: verifier)\n" + " " * 11
                    + "".join(f"{n[:9]:>10}" for n in names))
-        for name, row in zip(names, confusion(verifier, *val)):
+        for name, row in zip(names, verifier.meta.val_confusion or []):
             typer.echo(f"{name[:10]:<11}" + "".join(f"{v:>10}" for v in row))
 
     @eval.command("verifier")
