@@ -215,7 +215,7 @@ class Inspector:
                 texture_score=None if texture is None else round(texture, 4),
                 case_evidence=None if evidence is None else round(evidence, 4),
                 verifier_score=None if m.verifier_score is None else round(m.verifier_score, 4),
-                detector_class=m.detector_class,
+                detector_class=m.detector_class, alternatives=m.alternatives,
                 probability=round(self.fusion.fuse(m.confidence, texture, evidence, m.verifier_score), 4),
                 measurements={key: round(val, 4) for key, val in m.measurements.items()},
                 similar_cases=similar,

@@ -53,8 +53,9 @@ def build_plan(instruction: str | InspectionQuery, line: str | None = None) -> P
     ]
     if cfg.locator.verifier and cfg.locator.reference == "template":
         steps.append(PlanStep(tool="verify_classes", purpose="re-read every box at full resolution against the "
-                              "template; relabel it, merge boxes that became one", args={
-                                  "weights": cfg.locator.verifier, "relabel_min": cfg.locator.verifier_relabel_min}))
+                              "template; relabel it, refine its extent, merge boxes that became one", args={
+                                  "weights": cfg.locator.verifier, "relabel_min": cfg.locator.verifier_relabel_min,
+                                  "tta": cfg.locator.verifier_tta}))
     steps += [
         PlanStep(tool="measure", purpose="sizes in mm from the calibration; derived defects from located parts",
                  args={"mm_per_px": cfg.calibration.mm_per_px, "measures": measures, "derived": derived}),

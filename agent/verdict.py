@@ -23,6 +23,7 @@ class DefectFinding(BaseModel):
     case_evidence: float | None = None  # share of similar cases whose disposition was not 'accept'
     verifier_score: float | None = None  # template lines: the class verifier's probability of defect_class
     detector_class: str | None = None  # the detector's class, where the verifier relabelled the box
+    alternatives: dict[str, float] = Field(default_factory=dict)  # other classes the verifier gives >= 0.05
     probability: float  # fused, calibrated probability that the defect is real
     measurements: dict[str, float] = Field(default_factory=dict)  # offset_mm, length_mm, width_mm, area_mm2
     matched_clauses: list[str] = Field(default_factory=list)

@@ -61,6 +61,7 @@ class LocatorConfig(_Strict):
     reference: Literal["none", "template"] = "none"  # golden-template use (pcb)
     verifier: str | None = None  # template lines: second-stage class verifier (vision.verifier)
     verifier_relabel_min: float = Field(0.5, ge=0.0, le=1.0)  # verifier probability needed to change a class
+    verifier_tta: bool = False  # average the verifier over the eight rotations / flips of each crop
 
 
 class PromptConfig(_Strict):

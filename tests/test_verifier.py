@@ -212,3 +212,103 @@ def test_the_shipped_pcb_verifier_loads_for_its_line():
 
     verifier = DefectVerifier.for_line(load_line("pcb"))
     assert verifier.meta.classes == load_line("pcb").class_names and verifier.version.startswith("pcb_verifier")
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_box_offsets_follow_the_crop_through_every_rotation_and_flip(k):
+    """The box head is trained on rotated / flipped crops: its targets must move as the pixels do."""
+    import torch
+
+    from vision.verifier import _dihedral, dihedral_deltas, undo_dihedral_deltas
+
+    size, c = 33, 16  # odd: the centre is a pixel
+    x = torch.zeros(1, 1, size, size)
+    dx, dy = 5, -3
+    x[0, 0, c + dy, c + dx] = 1.0
+    row, col = divmod(int(torch.argmax(_dihedral(x, k))), size)
+    d = torch.tensor([[float(dx), float(dy), 0.1, -0.2]])
+    moved = dihedral_deltas(d, k)
+    assert (moved[0, 0].item(), moved[0, 1].item()) == (col - c, row - c)
+    sides = (0.1, -0.2) if k % 2 == 0 else (-0.2, 0.1)  # a quarter turn swaps width and height
+    assert (moved[0, 2].item(), moved[0, 3].item()) == pytest.approx(sides)
+    torch.testing.assert_close(undo_dihedral_deltas(moved, k), d)
+
+
+def test_box_offsets_round_trip_through_their_encoding():
+    from vision.verifier import decode_box, encode_box
+
+    meta = VerifierMeta(classes=CLASSES)
+    source, target = Box(x1=100, y1=100, x2=140, y2=130), Box(x1=104, y1=97, x2=150, y2=128)
+    back = decode_box(source, encode_box(source, target, meta), meta)
+    assert back.as_list() == pytest.approx(target.as_list(), abs=1e-3)
+    assert decode_box(source, [0, 0, 0, 0], meta) == source
+
+
+def test_the_box_head_moves_jittered_boxes_towards_the_annotation(trained):
+    verifier, (_, _, composites) = trained
+    meta = verifier.meta
+    assert meta.box_regression and meta.val_box_iou > meta.val_box_iou_before
+    composite, truth = composites[2]
+    hole = truth[0][1]
+    off = Box(x1=hole.x1 + 3, y1=hole.y1 - 2, x2=hole.x2 + 3, y2=hole.y2 - 2)
+    (refined,) = verifier.read(composite, [off]).boxes
+    assert refined.iou(hole) > off.iou(hole)
+
+
+def test_a_file_without_a_box_head_leaves_boxes_alone(tmp_path):
+    channels, samples, composites = _data(4, 5)
+    plain = train_verifier(channels, samples, CLASSES, epochs=1, batch=8, box_regression=False, progress=False)
+    loaded = DefectVerifier.from_file(plain.save(tmp_path / "plain.safetensors"))
+    composite, truth = composites[0]
+    boxes = [b for _, b in truth]
+    reading = loaded.read(composite, boxes)
+    assert not loaded.meta.box_regression and reading.boxes == boxes
+    assert reading.probabilities.shape == (2, len(CLASSES) + 1)
+
+
+def test_tta_averages_eight_views_into_one_distribution(trained):
+    verifier, (_, _, composites) = trained
+    composite, truth = composites[3]
+    boxes = [b for _, b in truth]
+    tta = DefectVerifier(verifier.model, verifier.meta, tta=True)
+    probs = tta.probabilities(composite, boxes)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert [CLASSES[i] for i in probs[:, :2].argmax(1)] == ["pin_hole", "copper"]
+    assert not np.allclose(probs, verifier.probabilities(composite, boxes))
+
+
+def test_alternatives_become_extra_labels_ranked_below_the_primary():
+    from vision.verifier import expand_alternatives, verified_score
+
+    box = Box(x1=0, y1=0, x2=10, y2=10)
+    det = Detection(defect_class="pin_hole", box=box, confidence=0.81, verifier_score=0.64,
+                    alternatives={"mousebite": 0.25})
+    assert verified_score(det) == pytest.approx(0.72)
+    assert verified_score(det.model_copy(update={"verifier_score": None})) == 0.81
+    primary, extra = expand_alternatives([det])
+    assert (primary.defect_class, primary.confidence) == ("pin_hole", pytest.approx(0.72))
+    assert (extra.defect_class, extra.confidence, extra.alternatives) == ("mousebite", pytest.approx(0.45), {})
+
+
+def test_verify_keeps_the_other_likely_classes_as_alternatives(trained):
+    verifier, (_, _, composites) = trained
+    composite, truth = composites[0]
+    hole = truth[0][1]
+    det = Detection(defect_class="pin_hole", class_id=0, box=hole, confidence=0.6)
+    loose = DefectVerifier(verifier.model, verifier.meta, alternative_min=0.0)
+    (out,) = loose.verify(composite, [det])
+    assert set(out.alternatives) == {"copper"} and out.alternatives["copper"] < out.verifier_score
+    (strict,) = DefectVerifier(verifier.model, verifier.meta, alternative_min=1.0).verify(composite, [det])
+    assert strict.alternatives == {}
+
+
+def test_locator_proposals_become_positives_negatives_or_nothing():
+    from vision.verifier_data import BACKGROUND_LABEL, proposal_samples
+
+    truth = [(3, Box(x1=100, y1=100, x2=140, y2=140))]
+    dets = [Detection(defect_class="spur", box=Box(x1=102, y1=98, x2=142, y2=138), confidence=0.9),  # on it
+            Detection(defect_class="open", box=Box(x1=300, y1=300, x2=330, y2=330), confidence=0.2),  # nowhere
+            Detection(defect_class="open", box=Box(x1=110, y1=110, x2=150, y2=150), confidence=0.3)]  # halfway
+    on, off = proposal_samples(7, dets, truth, BACKGROUND_LABEL)
+    assert (on.image, on.label, on.box, on.target) == (7, 3, dets[0].box, truth[0][1])
+    assert (off.label, off.target) == (BACKGROUND_LABEL, None)

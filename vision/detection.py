@@ -60,3 +60,6 @@ class Detection(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0)
     verifier_score: float | None = None  # second-stage probability of `defect_class` (vision.verifier), if any
     detector_class: str | None = None  # the detector's own class when the verifier relabelled the box
+    # other classes the verifier gives at least its `alternative_min`, with their probabilities (mAP's
+    # multi-label reading; findings use defect_class)
+    alternatives: dict[str, float] = Field(default_factory=dict)

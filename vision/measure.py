@@ -53,6 +53,7 @@ class Measured(BaseModel):
     measurements: dict[str, float] = Field(default_factory=dict)  # offset_mm, length_mm, width_mm, area_mm2, ...
     verifier_score: float | None = None  # carried from the Detection (vision.verifier)
     detector_class: str | None = None
+    alternatives: dict[str, float] = Field(default_factory=dict)
     present: bool = True  # derived offset: above the line's tolerance; everything else: True
 
 
@@ -390,7 +391,8 @@ def measure_findings(image: np.ndarray, detections: list[Detection], line: LineC
             continue
         found.append(Measured(defect_class=det.defect_class, box=det.box, source="detector",
                               confidence=det.confidence, measurements=_defect_measurements(gray, det.box, mm, box_margin_px),
-                              verifier_score=det.verifier_score, detector_class=det.detector_class))
+                              verifier_score=det.verifier_score, detector_class=det.detector_class,
+                              alternatives=det.alternatives))
     for spec in line.derived:
         pairs, lonely = _pairs(detections, spec)
         if spec.rule == "offset":

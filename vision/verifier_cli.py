@@ -35,6 +35,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         seed: int = typer.Option(0),
         max_boards: Optional[int] = typer.Option(None, help="use only the first N boards of each split (smoke runs)"),
         out: Optional[Path] = typer.Option(None, help="weights file (default: the line's locator.verifier)"),
+        proposals: bool = typer.Option(True, help="also train on the line's locator's own detections on the train "
+                                                  "boards (hard negatives, real box errors)"),
+        proposal_conf: float = typer.Option(0.05, help="confidence floor of those detections"),
+        positive_iou: float = typer.Option(0.5, help="a detection overlapping an annotation this much is a sample of "
+                                                     "its class (and a box to refine to it)"),
+        box_head: bool = typer.Option(True, help="learn to refine each box to the annotation"),
     ) -> None:
         """Train the line's class verifier on the annotated boxes of the DeepPCB train groups; reports its crop
         accuracy on the validation groups."""
@@ -49,14 +55,29 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
                               f"{cfg.locator.reference!r}): the verifier reads (test, template) crops")
         target = resolve(out or cfg.locator.verifier or f"models/locator/{line}_verifier.safetensors")
         root = _deeppcb_src(src)
-        channels, samples, _ = deeppcb_verifier_samples(root, "train", background, seed, max_boards)
+        locator = None
+        if proposals:
+            from defect_agent.runtime import configure_offline
+            from vision.locator import shared_pool
+
+            configure_offline()
+            locator = shared_pool().locator(cfg)
+        channels, samples, _ = deeppcb_verifier_samples(root, "train", background, seed, max_boards,
+                                                        locator=locator, proposal_conf=proposal_conf,
+                                                        proposal_on_defect=positive_iou)
         val = deeppcb_verifier_samples(root, "val", background, seed + 1, max_boards)[:2]
+        source = (f", with {getattr(locator, 'version', '?')} proposals at conf {proposal_conf}, positives from IoU "
+                  f"{positive_iou}" if locator else "")
         verifier = train_verifier(channels, samples, cfg.class_names, epochs=epochs, batch=batch, lr=lr, seed=seed,
-                                  val=val, trained_on=f"DeepPCB train groups ({len(channels)} boards, "
-                                  f"{len(samples)} crops), {epochs} epochs, seed {seed}")
+                                  val=val, box_regression=box_head,
+                                  trained_on=f"DeepPCB train groups ({len(channels)} boards, {len(samples)} crops"
+                                  f"{source}), {epochs} epochs, seed {seed}")
         verifier.save(target)
         typer.echo(f"wrote {target} ({target.stat().st_size / 1e3:.0f} kB): validation crop accuracy "
                    f"{verifier.meta.val_accuracy:.4f}, {verifier.meta.train_seconds:.0f} s")
+        if verifier.meta.val_box_iou is not None:
+            typer.echo(f"box head: validation jittered-box IoU {verifier.meta.val_box_iou_before:.4f} -> "
+                       f"{verifier.meta.val_box_iou:.4f}")
         names = verifier.outputs
         typer.echo("validation confusion (rows: annotated, columns: verifier)\n" + " " * 11
                    + "".join(f"{n[:9]:>10}" for n in names))
@@ -83,8 +104,11 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         verifier = DefectVerifier.for_line(cfg)
         report = evaluate_verifier(shared_pool().locator(cfg), verifier, _deeppcb_src(src), split,
                                    conf_operating=cfg.locator.conf, max_boards=max_boards)
-        for name, score in (("detector", report.detector), ("verified", report.verified)):
-            typer.echo(f"{name:9s} mAP50 {score.map50:.4f}  mAP50-95 {score.map50_95:.4f}  miss {score.miss_rate:.4f}"
+        rows = [("detector", report.detector), ("verified", report.verified)]
+        if report.verified_multilabel is not None:
+            rows.append(("+alternatives", report.verified_multilabel))
+        for name, score in rows:
+            typer.echo(f"{name:13s} mAP50 {score.map50:.4f}  mAP50-95 {score.map50_95:.4f}  miss {score.miss_rate:.4f}"
                        f"  class accuracy {score.class_accuracy:.4f} ({score.located} boxes)  "
                        + "  ".join(f"{c.name} {c.ap50:.3f}/{c.precision:.2f}/{c.recall:.2f}" for c in score.per_class))
         if json_out:

@@ -1,23 +1,52 @@
 """Training and validation samples for the class verifier (vision.verifier) from a DeepPCB split: every annotated
-box with its class, plus background boxes of defect-like sizes away from every annotation."""
+box with its class, background boxes of defect-like sizes away from every annotation, and (given a locator) the
+locator's own proposals: those on a defect teach the box head how the detector's boxes are off, those on nothing
+are the hard negatives random background crops are not."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
+from vision.detection import Box, Detection
 from vision.verifier import VerifierSample, background_boxes, verifier_channels
+
+BACKGROUND_LABEL = 6  # after DeepPCB's six defect classes
+
+
+def proposal_samples(image: int, detections: Sequence[Detection], truth: Sequence[tuple[int, Box]],
+                     background: int, on_defect: float = 0.5, off_defect: float = 0.2) -> list[VerifierSample]:
+    """A locator's detections on one board as samples: IoU >= `on_defect` with an annotation -> that class, to be
+    refined to it; IoU < `off_defect` with every annotation and centre outside all -> background; between: left
+    out (neither a clean positive nor a clean negative)."""
+    out: list[VerifierSample] = []
+    for d in detections:
+        best = max(truth, key=lambda t: d.box.iou(t[1]), default=None)
+        iou = d.box.iou(best[1]) if best else 0.0
+        if best is not None and iou >= on_defect:
+            out.append(VerifierSample(image=image, box=d.box, label=best[0], target=best[1]))
+        elif iou < off_defect and not any(_centre_inside(d.box, b) for _, b in truth):
+            out.append(VerifierSample(image=image, box=d.box, label=background))
+    return out
+
+
+def _centre_inside(box: Box, other: Box) -> bool:
+    cx, cy = box.center
+    return other.x1 <= cx <= other.x2 and other.y1 <= cy <= other.y2
 
 
 def deeppcb_verifier_samples(
     src: Path | str, split: str, background_per_image: int = 2, seed: int = 0, max_boards: int | None = None,
-    progress: bool = True,
+    progress: bool = True, locator: Any = None, proposal_conf: float = 0.05, proposal_on_defect: float = 0.5,
 ) -> tuple[list[np.ndarray], list[VerifierSample], list[str]]:
     """(channel images, samples, test image paths) for the boards of one part of the fixed group split. Labels are
-    DeepPCB's class ids (0-5 = open, short, mousebite, spur, copper, pin-hole); background is 6."""
+    DeepPCB's class ids (0-5 = open, short, mousebite, spur, copper, pin-hole); background is 6. `locator`: also
+    its detections at `proposal_conf` (`proposal_samples`, positives from IoU `proposal_on_defect`)."""
     rng = np.random.default_rng(seed)
     pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
     channels: list[np.ndarray] = []
@@ -25,13 +54,17 @@ def deeppcb_verifier_samples(
     paths: list[str] = []
     truth_by_image: list[list] = []
     for i, pair in enumerate(tqdm(pairs, desc=f"verifier crops ({split})", unit="board", disable=not progress)):
-        channels.append(verifier_channels(reference_input(pair.test, pair.template)))
+        composite = reference_input(pair.test, pair.template)
+        channels.append(verifier_channels(composite))
         paths.append(str(pair.test))
         boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
         truth_by_image.append([b for _, b in boxes])
         samples.extend(VerifierSample(image=i, box=b, label=c) for c, b in boxes)
-    sizes = [(s.box.width, s.box.height) for s in samples] or [(32.0, 32.0)]
-    background = 6
+        if locator is not None:
+            samples.extend(proposal_samples(i, locator.predict([composite], conf=proposal_conf)[0], boxes,
+                                            BACKGROUND_LABEL, on_defect=proposal_on_defect))
+    sizes = [(s.box.width, s.box.height) for s in samples if s.label != BACKGROUND_LABEL] or [(32.0, 32.0)]
+    background = BACKGROUND_LABEL
     for i, truth in enumerate(truth_by_image):
         for b in background_boxes(truth, channels[i].shape[:2], background_per_image, rng, sizes):
             samples.append(VerifierSample(image=i, box=b, label=background))

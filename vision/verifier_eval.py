@@ -1,7 +1,8 @@
-"""Does the class verifier help? The locator's detections on a DeepPCB split scored twice in one run, as the
-detector gives them and after vision.verifier relabels them: mAP50 / mAP50-95 (ultralytics' AP integration over
-our own matching), per-class precision / recall and image-level miss rate at the operating confidence, and the
-class accuracy of boxes that sit on a defect."""
+"""Does the class verifier help? The locator's detections on a DeepPCB split scored in one run as the detector
+gives them, after vision.verifier relabels (and refines) them, ranked by `verified_score`, and with the
+verifier's alternative classes as extra labels (the multi-label reading ultralytics' validator scores): mAP50 /
+mAP50-95 (ultralytics' AP integration over our own matching), per-class precision / recall and image-level miss
+rate at the operating confidence, and the class accuracy of boxes that sit on a defect."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ class VerifierEvaluation(BaseModel):
     locator: str
     verifier: str
     conf_operating: float
-    detector: DetectionScore
-    verified: DetectionScore
+    detector: DetectionScore  # the detector's boxes, classes and confidences
+    verified: DetectionScore  # the verifier's classes and boxes, ranked by verified_score: what findings hold
+    verified_multilabel: DetectionScore | None = None  # + each alternative class as one more detection
 
 
 def match_tp(preds: Sequence[Detection], truth: Truth, class_names: list[str]) -> np.ndarray:
@@ -116,16 +118,21 @@ def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", co
     every box of every board."""
     from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
 
+    from vision.verifier import expand_alternatives, verified_score
+
     names = locator.class_names
     pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
-    raw, verified = [], []
+    raw, verified, multi = [], [], []
     for pair in tqdm(pairs, desc=f"verifier eval ({split})", unit="board", disable=not progress):
         composite = reference_input(pair.test, pair.template)
         truth = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
         dets = locator.predict([composite], conf=conf_eval)[0]
         raw.append((dets, truth))
-        verified.append((verifier.verify(composite, dets), truth))
+        checked = verifier.verify(composite, dets)
+        verified.append(([d.model_copy(update={"confidence": verified_score(d)}) for d in checked], truth))
+        multi.append((expand_alternatives(checked), truth))
     return VerifierEvaluation(
         split=split, boards=len(pairs), locator=str(getattr(locator, "version", "?")), verifier=verifier.version,
         conf_operating=conf_operating, detector=score_detections(raw, names, conf_operating),
-        verified=score_detections(verified, names, conf_operating))
+        verified=score_detections(verified, names, conf_operating),
+        verified_multilabel=score_detections(multi, names, conf_operating))
