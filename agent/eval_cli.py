@@ -39,7 +39,8 @@ def eval_queries(
         report = evaluate_pcb(Path(root), queries, use_kb=not no_kb, max_boards=max_boards)
         for fam in report.families:
             typer.echo(f"{fam.family:<11} {fam.queries:3d} queries  P mean {fam.precision_mean:.3f} min "
-                       f"{fam.precision_min:.3f}   R mean {fam.recall_mean:.3f} min {fam.recall_min:.3f}")
+                       f"{fam.precision_min:.3f} pooled {fam.precision_pooled:.3f}   R mean {fam.recall_mean:.3f} min "
+                       f"{fam.recall_min:.3f} pooled {fam.recall_pooled:.3f}")
     elif line == "battery_tab":
         instructions = instruction or [SEED_INSTRUCTION_ZH, SEED_INSTRUCTION_EN]
         report = evaluate_battery_tab(instructions, n=n, seed=seed, out=out, use_kb=not no_kb)

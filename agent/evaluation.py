@@ -21,6 +21,7 @@ class QueryScore(BaseModel):
     recall: float
     returned: int
     expected: int
+    correct: int | None = None  # returned and expected
     review: int  # images sent to review (counted as returned when matches_query)
 
 
@@ -61,7 +62,7 @@ def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, 
                 expected.add(p)
         precision, recall = precision_recall(returned, expected)
         rows.append(QueryScore(instruction=instruction, precision=precision, recall=recall, returned=len(returned),
-                               expected=len(expected), review=review))
+                               expected=len(expected), correct=len(returned & expected), review=review))
     return QueryEvalReport(line="battery_tab", images=n, seed=seed, rows=rows)
 
 
@@ -74,10 +75,13 @@ def _read(path: str, inspector):
 class FamilyScore(BaseModel):
     family: str
     queries: int
-    precision_mean: float
+    precision_mean: float  # over the family's queries, each weighted alike (a query expecting one image too)
     recall_mean: float
     precision_min: float
     recall_min: float
+    # every (query, image) decision of the family together: images rightly returned / all returned / all expected
+    precision_pooled: float | None = None
+    recall_pooled: float | None = None
 
 
 class PcbQueryEvalReport(BaseModel):
@@ -105,9 +109,19 @@ def family_scores(rows: list[QueryScore]) -> list[FamilyScore]:
     by: dict[str, list[QueryScore]] = {}
     for row in rows:
         by.setdefault(row.family, []).append(row)
-    return [FamilyScore(family=f, queries=len(rs), precision_mean=sum(r.precision for r in rs) / len(rs),
-                        recall_mean=sum(r.recall for r in rs) / len(rs), precision_min=min(r.precision for r in rs),
-                        recall_min=min(r.recall for r in rs)) for f, rs in sorted(by.items())]
+    out = []
+    for f, rs in sorted(by.items()):
+        pooled_p = pooled_r = None
+        if all(r.correct is not None for r in rs):
+            correct = sum(r.correct or 0 for r in rs)
+            returned, expected = sum(r.returned for r in rs), sum(r.expected for r in rs)
+            pooled_p = correct / returned if returned else (1.0 if not expected else 0.0)
+            pooled_r = correct / expected if expected else 1.0
+        out.append(FamilyScore(family=f, queries=len(rs), precision_mean=sum(r.precision for r in rs) / len(rs),
+                               recall_mean=sum(r.recall for r in rs) / len(rs),
+                               precision_min=min(r.precision for r in rs), recall_min=min(r.recall for r in rs),
+                               precision_pooled=pooled_p, recall_pooled=pooled_r))
+    return out
 
 
 def deeppcb_findings(inspector, root: Path, split: str, max_boards: int | None = None, templates: bool = False,
@@ -166,6 +180,7 @@ def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = F
                 expected.add(path)
         precision, recall = precision_recall(returned, expected)
         rows.append(QueryScore(instruction=instruction, family=family, precision=precision, recall=recall,
-                               returned=len(returned), expected=len(expected), review=review))
+                               returned=len(returned), expected=len(expected), correct=len(returned & expected),
+                               review=review))
     return PcbQueryEvalReport(boards=boards, clean_boards=clean, rows=rows,
                               families=family_scores(rows), locator=getattr(inspector.locator, "version", None))

@@ -8,9 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-pytestmark = pytest.mark.shared_data
 
-
+@pytest.mark.shared_data
 def test_pcb_query_eval_on_a_few_boards(shared_datasets, tmp_path):
     from agent.cli import app
     from vision.deeppcb import parse_annotation, scan_deeppcb, split_of
@@ -32,6 +31,7 @@ def test_pcb_query_eval_on_a_few_boards(shared_datasets, tmp_path):
     assert report["locator"] and "pcb_adapter" in report["locator"]
 
 
+@pytest.mark.shared_data
 def test_inspect_pcb_boards_with_their_templates(shared_datasets, tmp_path):
     import shutil
 
@@ -57,3 +57,19 @@ def test_inspect_pcb_boards_with_their_templates(shared_datasets, tmp_path):
         v = verdicts[str(boards / p.test.name)]
         assert v["error"] is None and v["verdict"] in {"pass", "fail", "review"}
         assert "pcb_adapter" in v["models"]["locator"] and v["defects"]
+
+
+def test_family_figures_weigh_queries_alike_and_pool_decisions():
+    """A query that expects one image moves the mean as much as one that expects 200; the pooled figure counts
+    every (query, image) decision once."""
+    from agent.evaluation import QueryScore, family_scores
+
+    rows = [QueryScore(instruction="a", family="count", precision=0.5, recall=1.0, returned=2, expected=1,
+                       correct=1, review=0),
+            QueryScore(instruction="b", family="count", precision=1.0, recall=0.9, returned=90, expected=100,
+                       correct=90, review=0)]
+    (fam,) = family_scores(rows)
+    assert fam.precision_mean == pytest.approx(0.75) and fam.precision_min == 0.5
+    assert fam.precision_pooled == pytest.approx(91 / 92) and fam.recall_pooled == pytest.approx(91 / 101)
+    old = [r.model_copy(update={"correct": None}) for r in rows]  # reports written before `correct` existed
+    assert family_scores(old)[0].precision_pooled is None
