@@ -174,12 +174,15 @@ class Inspector:
         return reference_composite(image, read_image(template, self.line.image_size))
 
     def locate(self, locator_input: np.ndarray, timings: dict[str, float] | None = None) -> list[Detection]:
-        """The detector on what it sees (`locator_input`), then the class verifier where the line has one."""
+        """The detector on what it sees (`locator_input`), then the class verifier where the line has one (which
+        re-reads every box down to `locator.proposal_conf`)."""
         timings = timings if timings is not None else {}
+        verifying = self.verifier is not None and self.uses_template
         t = time.perf_counter()
-        detections = self.locator.predict([locator_input])[0]
+        conf = self.line.locator.proposal_conf if verifying else None
+        detections = self.locator.predict([locator_input], conf=conf)[0]
         timings["locate"] = _ms(t)
-        if self.verifier is not None and self.uses_template and detections:
+        if verifying and detections:
             t = time.perf_counter()
             detections = self.verifier.verify(locator_input, detections)
             timings["verify"] = _ms(t)
