@@ -59,3 +59,27 @@ def test_lines_without_reference_pass_the_image_through():
     inspector = _bare(load_line("battery_tab"))
     image = np.zeros((480, 640, 3), np.uint8)
     assert inspector.locator_input("any.png", image) is image
+
+
+@pytest.mark.shared_data
+def test_the_verifier_rereads_boxes_down_to_the_proposal_confidence(shared_datasets):
+    """With a verifier the detector hands over its weaker boxes too (locator.proposal_conf); without one set, the
+    operating confidence is the floor."""
+    from agent.images import read_image
+    from vision.deeppcb import scan_deeppcb, split_of
+
+    line = load_line("pcb")
+    assert line.locator.proposal_conf is not None and line.locator.proposal_conf < line.locator.conf
+    inspector = Inspector.from_config(line="pcb", use_kb=False)
+    strict = Inspector.from_config(line="pcb", use_kb=False)
+    strict.line = line.model_copy(update={"locator": line.locator.model_copy(update={"proposal_conf": None})})
+    pairs = [p for p in scan_deeppcb(shared_datasets / "deeppcb") if split_of(p.group) == "val"][:8]
+    weak = 0
+    for pair in pairs:
+        image = read_image(pair.test, line.image_size)
+        composite = inspector.locator_input(str(pair.test), image)
+        loose, tight = inspector.locate(composite), strict.locate(composite)
+        assert all(d.confidence >= line.locator.conf for d in tight)
+        assert all(d.confidence >= line.locator.proposal_conf and d.verifier_score is not None for d in loose)
+        weak += sum(d.confidence < line.locator.conf for d in loose)
+    assert weak > 0  # eight real boards give the verifier boxes the operating threshold would have dropped

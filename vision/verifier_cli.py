@@ -28,7 +28,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     def train_verifier_cmd(
         line: str = typer.Option("pcb", help="a line with golden templates (locator.reference: template)"),
         src: Optional[Path] = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
-        epochs: int = typer.Option(20),
+        epochs: int = typer.Option(30),
         batch: int = typer.Option(128),
         lr: float = typer.Option(2e-3, help="AdamW peak learning rate (one-cycle schedule)"),
         background: int = typer.Option(2, help="background crops per board"),
@@ -38,7 +38,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         proposals: bool = typer.Option(True, help="also train on the line's locator's own detections on the train "
                                                   "boards (hard negatives, real box errors)"),
         proposal_conf: float = typer.Option(0.05, help="confidence floor of those detections"),
-        positive_iou: float = typer.Option(0.5, help="a detection overlapping an annotation this much is a sample of "
+        positive_iou: float = typer.Option(0.3, help="a detection overlapping an annotation this much is a sample of "
                                                      "its class (and a box to refine to it)"),
         box_head: bool = typer.Option(True, help="learn to refine each box to the annotation"),
     ) -> None:
