@@ -312,3 +312,20 @@ def test_locator_proposals_become_positives_negatives_or_nothing():
     on, off = proposal_samples(7, dets, truth, BACKGROUND_LABEL)
     assert (on.image, on.label, on.box, on.target) == (7, 3, dets[0].box, truth[0][1])
     assert (off.label, off.target) == (BACKGROUND_LABEL, None)
+
+
+def test_nms_protocol_benchmark_scores_single_and_multi_label(shared_datasets, tmp_path):
+    """The four NMS protocols, each scored on the same real boards."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "nms.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_nms_protocol.py"), "--max-boards", "3",
+                    "--src", str(shared_datasets / "deeppcb"), "--out", str(out)], check=True, cwd=root,
+                   capture_output=True, timeout=600)
+    records = {(r["multi_label"], r["nms_iou"]): r for r in json.loads(out.read_text())["records"]}
+    assert set(records) == {(False, 0.5), (False, 0.7), (True, 0.5), (True, 0.7)}
+    assert all(0.0 < r["map50"] <= 1.0 and 0.0 < r["map50_95"] <= r["map50"] for r in records.values())
