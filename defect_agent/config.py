@@ -62,6 +62,8 @@ class LocatorConfig(_Strict):
     verifier: str | None = None  # template lines: second-stage class verifier (vision.verifier)
     verifier_relabel_min: float = Field(0.5, ge=0.0, le=1.0)  # verifier probability needed to change a class
     verifier_tta: bool = False  # average the verifier over the eight rotations / flips of each crop
+    # overlapping same-class boxes that both verify at least this much become one (their union); None: never
+    verifier_union_min: float | None = Field(None, ge=0.0, le=1.0)
     # with a verifier: the detector's confidence floor for the boxes the verifier re-reads (default `conf`); the
     # fused probability, not the detector alone, then decides what is a defect
     proposal_conf: float | None = Field(None, ge=0.0, le=1.0)

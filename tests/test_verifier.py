@@ -329,3 +329,19 @@ def test_nms_protocol_benchmark_scores_single_and_multi_label(shared_datasets, t
     records = {(r["multi_label"], r["nms_iou"]): r for r in json.loads(out.read_text())["records"]}
     assert set(records) == {(False, 0.5), (False, 0.7), (True, 0.5), (True, 0.7)}
     assert all(0.0 < r["map50"] <= 1.0 and 0.0 < r["map50_95"] <= r["map50"] for r in records.values())
+
+
+def test_overlapping_pieces_of_one_defect_region_merge_into_their_union():
+    from vision.verifier import _merge_same_class
+
+    pieces = [Box(x1=608, y1=4, x2=637, y2=40), Box(x1=603, y1=31, x2=639, y2=80), Box(x1=560, y1=1, x2=618, y2=50)]
+    dets = [Detection(defect_class="pin_hole", box=b, confidence=c, verifier_score=v)
+            for b, c, v in zip(pieces, [0.7, 0.61, 0.46], [0.87, 0.9, 0.67])]
+    apart = Detection(defect_class="pin_hole", box=Box(x1=100, y1=100, x2=120, y2=120), confidence=0.9,
+                      verifier_score=0.9)
+    assert len(_merge_same_class([apart, *dets], iou=0.5)) == 4  # without union_min: NMS keeps every piece
+    alone, whole = _merge_same_class([apart, *dets], iou=0.5, union_min=0.25)
+    assert alone.box == apart.box
+    assert whole.box.as_list() == [560, 1, 639, 80] and whole.confidence == 0.7
+    faint = dets[2].model_copy(update={"verifier_score": 0.05})  # sqrt(0.46 * 0.05) < 0.25: not one region
+    assert len(_merge_same_class([dets[0], faint], iou=0.5, union_min=0.25)) == 2

@@ -151,7 +151,8 @@ class DefectVerifier:
     Load with `from_file`. `tta`: average the eight rotations / flips of every crop, as the training augments."""
 
     def __init__(self, model, meta: VerifierMeta, version: str = "unsaved", relabel_min: float = 0.5,
-                 nms_iou: float = 0.5, tta: bool = False, alternative_min: float = 0.05) -> None:
+                 nms_iou: float = 0.5, tta: bool = False, alternative_min: float = 0.05,
+                 union_min: float | None = None) -> None:
         self.model = model.eval()
         self.meta = meta
         self.version = version
@@ -159,6 +160,7 @@ class DefectVerifier:
         self.nms_iou = nms_iou
         self.tta = tta
         self.alternative_min = alternative_min
+        self.union_min = union_min
 
     @property
     def outputs(self) -> list[str]:
@@ -166,7 +168,7 @@ class DefectVerifier:
 
     @classmethod
     def from_file(cls, path: str | Path, relabel_min: float = 0.5, nms_iou: float = 0.5, tta: bool = False,
-                  alternative_min: float = 0.05) -> "DefectVerifier":
+                  alternative_min: float = 0.05, union_min: float | None = None) -> "DefectVerifier":
         from safetensors.torch import load_file
 
         from defect_agent.files import file_sha256
@@ -186,7 +188,7 @@ class DefectVerifier:
         except Exception as exc:  # a truncated or foreign file: say which
             raise ConfigError(f"cannot load verifier weights {path}: {exc}") from exc
         return cls(model, meta, f"{path.name}@{file_sha256(path)[:12]}", relabel_min=relabel_min, nms_iou=nms_iou,
-                   tta=tta, alternative_min=alternative_min)
+                   tta=tta, alternative_min=alternative_min, union_min=union_min)
 
     @classmethod
     def for_line(cls, line: "LineConfig") -> "DefectVerifier":
@@ -196,7 +198,7 @@ class DefectVerifier:
         if not line.locator.verifier:
             raise ConfigError(f"line {line.name!r} has no locator.verifier in configs/lines/{line.name}.yaml")
         verifier = cls.from_file(resolve(line.locator.verifier), relabel_min=line.locator.verifier_relabel_min,
-                                 tta=line.locator.verifier_tta)
+                                 tta=line.locator.verifier_tta, union_min=line.locator.verifier_union_min)
         defects = [c.name for c in line.classes if c.role == "defect"]
         if sorted(verifier.meta.classes) != sorted(defects):
             raise ConfigError(f"{line.locator.verifier} was trained for classes {verifier.meta.classes}, line "
@@ -270,7 +272,7 @@ class DefectVerifier:
                 "defect_class": name, "class_id": k if k >= 0 else det.class_id, "verifier_score": score,
                 "detector_class": det.detector_class or (det.defect_class if name != det.defect_class else None),
                 "box": box, "alternatives": alternatives}))
-        return _merge_same_class(sorted(out, key=lambda d: -d.confidence), self.nms_iou)
+        return _merge_same_class(sorted(out, key=lambda d: -d.confidence), self.nms_iou, union_min=self.union_min)
 
 
 def _clip(box: Box, w: int, h: int) -> Box:
@@ -306,13 +308,15 @@ def expand_alternatives(detections: Sequence[Detection]) -> list[Detection]:
     return sorted(out, key=lambda d: -d.confidence)
 
 
-def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8,
-                      enlarge: float = 0.8) -> list[Detection]:
+def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8, enlarge: float = 0.8,
+                      union_min: float | None = None) -> list[Detection]:
     """Most confident first, a box of the same class as a kept one is dropped when it overlaps it by `iou`
     (NMS), or when one of the two lies within the other (`contained` of the smaller box's area): the detector cuts
     a long short or open into a whole and a part, and counting both would count one defect twice. Where the
     dropped box is the larger and nearly as confident (`enlarge` of the kept one's confidence), the kept box takes
-    its extent: the whole, not the part."""
+    its extent: the whole, not the part. `union_min`: two overlapping boxes of the same class that both hold at
+    least this `verified_score` are one defect region (a cluster of pin-holes, a ragged copper patch: one
+    annotation where the detector sees pieces), and the kept box becomes their union."""
     kept: list[Detection] = []
     for d in dets:
         for i, k in enumerate(kept):
@@ -324,9 +328,17 @@ def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8,
                 if d.box.area > k.box.area and d.confidence >= enlarge * k.confidence:
                     kept[i] = k.model_copy(update={"box": d.box})
                 break
+            if union_min is not None and k.box.intersection(d.box) > 0 \
+                    and min(verified_score(k), verified_score(d)) >= union_min:
+                kept[i] = k.model_copy(update={"box": _union(k.box, d.box)})
+                break
         else:
             kept.append(d)
     return kept
+
+
+def _union(a: Box, b: Box) -> Box:
+    return Box(x1=min(a.x1, b.x1), y1=min(a.y1, b.y1), x2=max(a.x2, b.x2), y2=max(a.y2, b.y2))
 
 
 def _inside_share(a: Box, b: Box) -> float:
