@@ -37,6 +37,10 @@ class Box(BaseModel):
     def center(self) -> tuple[float, float]:
         return ((self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0)
 
+    def contains(self, x: float, y: float) -> bool:
+        """Whether the point lies in the box, edges included."""
+        return self.x1 <= x <= self.x2 and self.y1 <= y <= self.y2
+
     def intersection(self, other: "Box") -> float:
         ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))

@@ -350,11 +350,6 @@ def _defect_measurements(gray: np.ndarray, box: Box, mm: float, margin_px: float
 # ------------------------------------------------------------------------------------------------- public API
 
 
-def _inside(inner: Box, outer: Box) -> bool:
-    cx, cy = inner.center
-    return outer.x1 <= cx <= outer.x2 and outer.y1 <= cy <= outer.y2
-
-
 def _pairs(detections: list[Detection], spec: DerivedDefect) -> tuple[list[tuple[Detection, Detection]],
                                                                      list[Detection]]:
     """(inner, outer) pairs, each outer part with its most confident inner part whose centre lies in it; and the
@@ -364,7 +359,7 @@ def _pairs(detections: list[Detection], spec: DerivedDefect) -> tuple[list[tuple
     outers = sorted((d for d in detections if d.defect_class == outer_name), key=lambda d: -d.confidence)
     pairs, lonely = [], []
     for outer in outers:
-        inner = next((d for d in inners if _inside(d.box, outer.box)), None)
+        inner = next((d for d in inners if outer.box.contains(*d.box.center)), None)
         if inner is None:
             lonely.append(outer)
         else:

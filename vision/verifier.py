@@ -303,8 +303,8 @@ def expand_alternatives(detections: Sequence[Detection]) -> list[Detection]:
     for d in detections:
         out.append(d.model_copy(update={"confidence": verified_score(d)}))
         for name, p in d.alternatives.items():
-            out.append(d.model_copy(update={"defect_class": name, "verifier_score": p, "alternatives": {},
-                                            "confidence": math.sqrt(d.confidence * p)}))
+            alternative = d.model_copy(update={"defect_class": name, "verifier_score": p, "alternatives": {}})
+            out.append(alternative.model_copy(update={"confidence": verified_score(alternative)}))
     return sorted(out, key=lambda d: -d.confidence)
 
 
@@ -380,7 +380,7 @@ def background_boxes(truth: Sequence[Box], shape: tuple[int, int], n: int, rng: 
         bw, bh = sizes[int(rng.integers(len(sizes)))]
         cx, cy = rng.uniform(bw / 2, w - bw / 2), rng.uniform(bh / 2, h - bh / 2)
         b = Box(x1=cx - bw / 2, y1=cy - bh / 2, x2=cx + bw / 2, y2=cy + bh / 2)
-        if all(not (t.x1 <= cx <= t.x2 and t.y1 <= cy <= t.y2) and b.iou(t) <= 0.1 for t in truth):
+        if all(not t.contains(cx, cy) and b.iou(t) <= 0.1 for t in truth):
             out.append(b)
     return out
 
@@ -429,6 +429,7 @@ def train_verifier(
     progress: bool = True,
     box_regression: bool = True,
     box_weight: float = 1.0,
+    crop: int = 48,
 ) -> DefectVerifier:
     """Train on (channel image, box, label) samples: every epoch re-jitters each box and applies one of the eight
     rotations / flips per batch (PCB defects have no orientation). With `box_regression`, four more outputs learn
@@ -439,7 +440,7 @@ def train_verifier(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    meta = VerifierMeta(classes=list(classes), trained_on=trained_on, box_regression=box_regression)
+    meta = VerifierMeta(classes=list(classes), trained_on=trained_on, box_regression=box_regression, crop=crop)
     model = _net(_n_outputs(meta), meta.channels, meta.widths)
     n_cls = len(classes) + 1
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

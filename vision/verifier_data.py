@@ -30,14 +30,9 @@ def proposal_samples(image: int, detections: Sequence[Detection], truth: Sequenc
         iou = d.box.iou(best[1]) if best else 0.0
         if best is not None and iou >= on_defect:
             out.append(VerifierSample(image=image, box=d.box, label=best[0], target=best[1]))
-        elif iou < off_defect and not any(_centre_inside(d.box, b) for _, b in truth):
+        elif iou < off_defect and not any(b.contains(*d.box.center) for _, b in truth):
             out.append(VerifierSample(image=image, box=d.box, label=background))
     return out
-
-
-def _centre_inside(box: Box, other: Box) -> bool:
-    cx, cy = box.center
-    return other.x1 <= cx <= other.x2 and other.y1 <= cy <= other.y2
 
 
 def deeppcb_verifier_samples(
