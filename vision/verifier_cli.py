@@ -41,6 +41,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         positive_iou: float = typer.Option(0.3, help="a detection overlapping an annotation this much is a sample of "
                                                      "its class (and a box to refine to it)"),
         box_head: bool = typer.Option(True, help="learn to refine each box to the annotation"),
+        crop: int = typer.Option(48, help="side in pixels the crops are resized to"),
     ) -> None:
         """Train the line's class verifier on the annotated boxes of the DeepPCB train groups; reports its crop
         accuracy on the validation groups."""
@@ -69,7 +70,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         source = (f", with {getattr(locator, 'version', '?')} proposals at conf {proposal_conf}, positives from IoU "
                   f"{positive_iou}" if locator else "")
         verifier = train_verifier(channels, samples, cfg.class_names, epochs=epochs, batch=batch, lr=lr, seed=seed,
-                                  val=val, box_regression=box_head,
+                                  val=val, box_regression=box_head, crop=crop,
                                   trained_on=f"DeepPCB train groups ({len(channels)} boards, {len(samples)} crops"
                                   f"{source}), {epochs} epochs, seed {seed}")
         verifier.save(target)
