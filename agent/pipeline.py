@@ -82,7 +82,7 @@ class Inspector:
 
         locator = shared_pool().locator(line_cfg)  # lines over one base share it in memory
         verifier = None
-        if line_cfg.locator.verifier and line_cfg.locator.reference == "template":
+        if line_cfg.locator.verifies:
             from vision.verifier import DefectVerifier
 
             verifier = DefectVerifier.for_line(line_cfg)
@@ -179,7 +179,7 @@ class Inspector:
         timings = timings if timings is not None else {}
         verifying = self.verifier is not None and self.uses_template
         t = time.perf_counter()
-        conf = self.line.locator.proposal_conf if verifying else None
+        conf = self.line.locator.detector_conf if verifying else None
         detections = self.locator.predict([locator_input], conf=conf)[0]
         timings["locate"] = _ms(t)
         if verifying and detections:

@@ -42,19 +42,16 @@ def build_plan(instruction: str | InspectionQuery, line: str | None = None) -> P
     wanted = {c.defect_class for c in query.conditions}
     measures = sorted({k.measure for c in query.conditions for k in c.constraints if k.measure != "confidence"})
     derived = [d.name for d in cfg.derived if d.name in wanted or None in wanted]
-    verifying = bool(cfg.locator.verifier) and cfg.locator.reference == "template"
-    detector_conf = cfg.locator.proposal_conf if verifying and cfg.locator.proposal_conf is not None \
-        else cfg.locator.conf
     steps = [
         PlanStep(tool="load_images", purpose="read images, check the calibrated size, apply the scope",
                  args={"expected_size": cfg.image_size, "scope": query.scope.model_dump(exclude_none=True)}),
         PlanStep(tool="locate", purpose="YOLO detector of the line (base + LoRA adapter when configured)",
                  args={"weights": (cfg.locator.base or cfg.locator.weights) if cfg.locator.adapter
                        else cfg.locator.weights, "adapter": cfg.locator.adapter, "reference": cfg.locator.reference,
-                       "conf": detector_conf,
+                       "conf": cfg.locator.detector_conf,
                        "imgsz": cfg.locator.imgsz, "classes": sorted(x for x in wanted if x)}),
     ]
-    if verifying:
+    if cfg.locator.verifies:
         steps.append(PlanStep(tool="verify_classes", purpose="re-read every box at full resolution against the "
                               "template; relabel it, refine its extent, merge boxes that became one", args={
                                   "weights": cfg.locator.verifier, "relabel_min": cfg.locator.verifier_relabel_min,

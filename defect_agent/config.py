@@ -68,6 +68,16 @@ class LocatorConfig(_Strict):
     # fused probability, not the detector alone, then decides what is a defect
     proposal_conf: float | None = Field(None, ge=0.0, le=1.0)
 
+    @property
+    def verifies(self) -> bool:
+        """A second-stage verifier re-reads the detector's boxes (it needs the golden template)."""
+        return bool(self.verifier) and self.reference == "template"
+
+    @property
+    def detector_conf(self) -> float:
+        """The confidence the detector runs at: `proposal_conf` where a verifier follows and sets one."""
+        return self.proposal_conf if self.verifies and self.proposal_conf is not None else self.conf
+
 
 class PromptConfig(_Strict):
     templates: Synonyms = Field(default_factory=Synonyms)  # "a photo of {state} {object}"

@@ -83,3 +83,13 @@ def test_the_verifier_rereads_boxes_down_to_the_proposal_confidence(shared_datas
         assert all(d.confidence >= line.locator.proposal_conf and d.verifier_score is not None for d in loose)
         weak += sum(d.confidence < line.locator.conf for d in loose)
     assert weak > 0  # eight real boards give the verifier boxes the operating threshold would have dropped
+
+
+def test_the_detector_runs_at_the_proposal_confidence_only_behind_a_verifier():
+    pcb = load_line("pcb").locator
+    assert pcb.verifies and pcb.detector_conf == pcb.proposal_conf
+    assert pcb.model_copy(update={"proposal_conf": None}).detector_conf == pcb.conf
+    assert not pcb.model_copy(update={"reference": "none"}).verifies
+    assert pcb.model_copy(update={"reference": "none"}).detector_conf == pcb.conf
+    battery = load_line("battery_tab").locator
+    assert not battery.verifies and battery.detector_conf == battery.conf

@@ -41,6 +41,12 @@ class Box(BaseModel):
         """Whether the point lies in the box, edges included."""
         return self.x1 <= x <= self.x2 and self.y1 <= y <= self.y2
 
+    def clip(self, width: float, height: float) -> "Box":
+        """The part of the box inside a width x height image (a box wholly outside collapses onto its edge)."""
+        x1, x2 = min(max(self.x1, 0.0), width), min(max(self.x2, 0.0), width)
+        y1, y2 = min(max(self.y1, 0.0), height), min(max(self.y2, 0.0), height)
+        return Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2))
+
     def intersection(self, other: "Box") -> float:
         ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))

@@ -243,7 +243,7 @@ class DefectVerifier:
         deltas = (deltas / len(views)).numpy()
         h, w = channels.shape[:2]
         return VerifierReading(probabilities=probs,
-                               boxes=[_clip(decode_box(b, d, self.meta), w, h) for b, d in zip(boxes, deltas)])
+                               boxes=[decode_box(b, d, self.meta).clip(w, h) for b, d in zip(boxes, deltas)])
 
     def probabilities(self, composite: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """(len(boxes), classes + 1) softmax over the line's defect classes and background."""
@@ -273,12 +273,6 @@ class DefectVerifier:
                 "detector_class": det.detector_class or (det.defect_class if name != det.defect_class else None),
                 "box": box, "alternatives": alternatives}))
         return _merge_same_class(sorted(out, key=lambda d: -d.confidence), self.nms_iou, union_min=self.union_min)
-
-
-def _clip(box: Box, w: int, h: int) -> Box:
-    x1, x2 = min(max(box.x1, 0.0), w), min(max(box.x2, 0.0), w)
-    y1, y2 = min(max(box.y1, 0.0), h), min(max(box.y2, 0.0), h)
-    return Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2))
 
 
 def _n_outputs(meta: VerifierMeta) -> int:

@@ -59,8 +59,7 @@ def deeppcb_verifier_samples(
             samples.extend(proposal_samples(i, locator.predict([composite], conf=proposal_conf)[0], boxes,
                                             BACKGROUND_LABEL, on_defect=proposal_on_defect))
     sizes = [(s.box.width, s.box.height) for s in samples if s.label != BACKGROUND_LABEL] or [(32.0, 32.0)]
-    background = BACKGROUND_LABEL
     for i, truth in enumerate(truth_by_image):
         for b in background_boxes(truth, channels[i].shape[:2], background_per_image, rng, sizes):
-            samples.append(VerifierSample(image=i, box=b, label=background))
+            samples.append(VerifierSample(image=i, box=b, label=BACKGROUND_LABEL))
     return channels, samples, paths
