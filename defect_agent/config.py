@@ -64,6 +64,9 @@ class LocatorConfig(_Strict):
     verifier_tta: bool = False  # average the verifier over the eight rotations / flips of each crop
     # overlapping same-class boxes that both verify at least this much become one (their union); None: never
     verifier_union_min: float | None = Field(None, ge=0.0, le=1.0)
+    # scoring a ranked list (eval verifier): the box a whole / part or union merge drops stays a candidate at this
+    # share of its confidence (Soft-NMS); None: dropped. Findings never hold such candidates
+    verifier_demote: float | None = Field(None, ge=0.0, le=1.0)
     # with a verifier: the detector's confidence floor for the boxes the verifier re-reads (default `conf`); the
     # fused probability, not the detector alone, then decides what is a defect
     proposal_conf: float | None = Field(None, ge=0.0, le=1.0)

@@ -149,6 +149,11 @@ def test_detection_scores_count_right_and_wrong_classes():
     assert good.map50 == pytest.approx(1.0, abs=0.01) and good.class_accuracy == 1.0 and good.located == 2
     assert bad.map50 == pytest.approx(0.0, abs=0.01) and bad.class_accuracy == 0.0
     assert bad.miss_rate == 0.0 and score_detections([([], truth)], names, 0.25).miss_rate == 1.0
+    # IoU 0.4 (a box a few pixels wide of the annotation): wrong at 0.5, right under DeepPCB's IoU > 0.33
+    loose = [Detection(defect_class="open", box=Box(x1=0, y1=0, x2=10, y2=4), confidence=0.9),
+             Detection(defect_class="short", box=truth[1][1], confidence=0.8)]
+    scored = score_detections([(loose, truth)], names, 0.25)
+    assert scored.map33 == pytest.approx(1.0, abs=0.01) and scored.map50 == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_part_inside_a_whole_of_the_same_class_counts_once():
@@ -331,6 +336,26 @@ def test_nms_protocol_benchmark_scores_single_and_multi_label(shared_datasets, t
     assert all(0.0 < r["map50"] <= 1.0 and 0.0 < r["map50_95"] <= r["map50"] for r in records.values())
 
 
+def test_demote_keeps_the_part_a_merge_drops_as_a_low_candidate():
+    from vision.verifier import _merge_same_class
+
+    whole = Box(x1=300, y1=460, x2=420, y2=494)
+    part = Box(x1=370, y1=461, x2=421, y2=492)
+    dets = [Detection(defect_class="short", box=part, confidence=0.99),
+            Detection(defect_class="short", box=whole, confidence=0.95)]
+    kept, candidate = _merge_same_class(dets, iou=0.5, demote=0.1)
+    assert (kept.box, kept.confidence) == (whole, 0.99)  # the whole, counted once at the part's confidence
+    assert candidate.box == part and candidate.confidence == pytest.approx(0.095)  # the part, far below
+    assert candidate.ranked_only and not kept.ranked_only
+    inner = Box(x1=310, y1=465, x2=350, y2=490)  # inside the whole, too faint to stretch anything
+    kept, candidate = _merge_same_class([dets[1], Detection(defect_class="short", box=inner, confidence=0.5)],
+                                        iou=0.5, demote=0.1)
+    assert (kept.box, candidate.box, candidate.confidence) == (whole, inner, pytest.approx(0.05))
+    assert len(_merge_same_class(dets, iou=0.5)) == 1  # without demote the part is gone
+    far = Detection(defect_class="short", box=Box(x1=0, y1=0, x2=20, y2=20), confidence=0.3)
+    assert len(_merge_same_class([*dets, far], iou=0.5, demote=0.1)) == 3  # plain NMS-free boxes untouched
+
+
 def test_overlapping_pieces_of_one_defect_region_merge_into_their_union():
     from vision.verifier import _merge_same_class
 
@@ -345,3 +370,20 @@ def test_overlapping_pieces_of_one_defect_region_merge_into_their_union():
     assert whole.box.as_list() == [560, 1, 639, 80] and whole.confidence == 0.7
     faint = dets[2].model_copy(update={"verifier_score": 0.05})  # sqrt(0.46 * 0.05) < 0.25: not one region
     assert len(_merge_same_class([dets[0], faint], iou=0.5, union_min=0.25)) == 2
+
+
+def test_partial_boxes_are_pieces_along_the_longer_side():
+    from vision.verifier import partial_box, shown_box
+
+    rng = np.random.default_rng(0)
+    wide, tall = Box(x1=100, y1=200, x2=200, y2=220), Box(x1=50, y1=0, x2=70, y2=120)
+    for _ in range(50):
+        piece = partial_box(wide, rng)
+        assert 0.4 * 100 * 0.9 <= piece.width <= 0.8 * 100 * 1.11 and 20 * 0.9 <= piece.height <= 20 * 1.11
+        assert wide.intersection(piece) / piece.area > 0.8  # a piece of the defect, not beside it
+        upright = partial_box(tall, rng)
+        assert upright.height < 0.8 * 120 * 1.11 and upright.width > 0.9 * 20
+    defect = VerifierSample(image=0, box=wide, label=1)
+    background = VerifierSample(image=0, box=wide, label=6)
+    assert all(shown_box(defect, rng, 6, 1.0).width < 0.9 * 100 for _ in range(20))
+    assert any(shown_box(background, rng, 6, 1.0).width > 0.9 * 100 for _ in range(20))  # only defects are cut

@@ -73,3 +73,6 @@ class Detection(BaseModel):
     # other classes the verifier gives at least its `alternative_min`, with their probabilities (mAP's
     # multi-label reading; findings use defect_class)
     alternatives: dict[str, float] = Field(default_factory=dict)
+    # a box a merge replaced, kept low in a ranked list for scoring (vision.verifier, candidates=True); never a
+    # finding and never counted at the operating confidence
+    ranked_only: bool = False

@@ -54,6 +54,10 @@ class VerifierMeta(BaseModel):
     box_regression: bool = False
     val_box_iou: float | None = None  # mean IoU with the annotation of jittered validation boxes after refinement
     val_box_iou_before: float | None = None
+    # the most a refinement may scale a side, as a log ratio; files trained on pieces of long defects
+    # (train_verifier's partial_share) learn to double a side
+    max_log_scale: float = 0.5
+    partial_share: float = 0.0
 
 
 def verifier_channels(composite: np.ndarray) -> np.ndarray:
@@ -91,9 +95,10 @@ def decode_box(source: Box, deltas: Sequence[float], meta: VerifierMeta) -> Box:
     dx, dy, dw, dh = (float(d) * s for d, s in zip(deltas, BOX_SCALE))
     cx, cy = source.center
     cx, cy = cx + dx * side, cy + dy * side
-    # a refinement is a correction, not a new box: at most a factor e^0.5 per side
-    w = max(source.width, 1.0) * math.exp(float(np.clip(dw, -0.5, 0.5)))
-    h = max(source.height, 1.0) * math.exp(float(np.clip(dh, -0.5, 0.5)))
+    # a refinement is a correction, not a new box: at most a factor e^max_log_scale per side
+    limit = meta.max_log_scale
+    w = max(source.width, 1.0) * math.exp(float(np.clip(dw, -limit, limit)))
+    h = max(source.height, 1.0) * math.exp(float(np.clip(dh, -limit, limit)))
     return Box(x1=cx - w / 2, y1=cy - h / 2, x2=cx + w / 2, y2=cy + h / 2)
 
 
@@ -152,7 +157,7 @@ class DefectVerifier:
 
     def __init__(self, model, meta: VerifierMeta, version: str = "unsaved", relabel_min: float = 0.5,
                  nms_iou: float = 0.5, tta: bool = False, alternative_min: float = 0.05,
-                 union_min: float | None = None) -> None:
+                 union_min: float | None = None, demote: float | None = None) -> None:
         self.model = model.eval()
         self.meta = meta
         self.version = version
@@ -161,6 +166,7 @@ class DefectVerifier:
         self.tta = tta
         self.alternative_min = alternative_min
         self.union_min = union_min
+        self.demote = demote
 
     @property
     def outputs(self) -> list[str]:
@@ -168,7 +174,8 @@ class DefectVerifier:
 
     @classmethod
     def from_file(cls, path: str | Path, relabel_min: float = 0.5, nms_iou: float = 0.5, tta: bool = False,
-                  alternative_min: float = 0.05, union_min: float | None = None) -> "DefectVerifier":
+                  alternative_min: float = 0.05, union_min: float | None = None,
+                  demote: float | None = None) -> "DefectVerifier":
         from safetensors.torch import load_file
 
         from defect_agent.files import file_sha256
@@ -188,7 +195,7 @@ class DefectVerifier:
         except Exception as exc:  # a truncated or foreign file: say which
             raise ConfigError(f"cannot load verifier weights {path}: {exc}") from exc
         return cls(model, meta, f"{path.name}@{file_sha256(path)[:12]}", relabel_min=relabel_min, nms_iou=nms_iou,
-                   tta=tta, alternative_min=alternative_min, union_min=union_min)
+                   tta=tta, alternative_min=alternative_min, union_min=union_min, demote=demote)
 
     @classmethod
     def for_line(cls, line: "LineConfig") -> "DefectVerifier":
@@ -198,7 +205,8 @@ class DefectVerifier:
         if not line.locator.verifier:
             raise ConfigError(f"line {line.name!r} has no locator.verifier in configs/lines/{line.name}.yaml")
         verifier = cls.from_file(resolve(line.locator.verifier), relabel_min=line.locator.verifier_relabel_min,
-                                 tta=line.locator.verifier_tta, union_min=line.locator.verifier_union_min)
+                                 tta=line.locator.verifier_tta, union_min=line.locator.verifier_union_min,
+                                 demote=line.locator.verifier_demote)
         defects = [c.name for c in line.classes if c.role == "defect"]
         if sorted(verifier.meta.classes) != sorted(defects):
             raise ConfigError(f"{line.locator.verifier} was trained for classes {verifier.meta.classes}, line "
@@ -249,12 +257,14 @@ class DefectVerifier:
         """(len(boxes), classes + 1) softmax over the line's defect classes and background."""
         return self.read(composite, boxes).probabilities
 
-    def verify(self, composite: np.ndarray, detections: list[Detection]) -> list[Detection]:
+    def verify(self, composite: np.ndarray, detections: list[Detection],
+               candidates: bool = False) -> list[Detection]:
         """Each detection relabelled to the verifier's most likely defect class where that class holds at least
         `relabel_min`, its `verifier_score` set to the verifier's probability of the class it ends with, the other
         classes holding at least `alternative_min` kept as its `alternatives`, its box replaced by the box head's
         refinement where the file has one; then boxes that became the same class in the same place are merged
-        (`_merge_same_class`)."""
+        (`_merge_same_class`). `candidates` (scoring a ranked list, vision.verifier_eval): the boxes those merges
+        dropped stay, their confidence times the file's `demote` (None: dropped); findings never hold them."""
         reading = self.read(composite, [d.box for d in detections])
         n = len(self.meta.classes)
         out: list[Detection] = []
@@ -272,7 +282,8 @@ class DefectVerifier:
                 "defect_class": name, "class_id": k if k >= 0 else det.class_id, "verifier_score": score,
                 "detector_class": det.detector_class or (det.defect_class if name != det.defect_class else None),
                 "box": box, "alternatives": alternatives}))
-        return _merge_same_class(sorted(out, key=lambda d: -d.confidence), self.nms_iou, union_min=self.union_min)
+        return _merge_same_class(sorted(out, key=lambda d: -d.confidence), self.nms_iou, union_min=self.union_min,
+                                 demote=self.demote if candidates else None)
 
 
 def _n_outputs(meta: VerifierMeta) -> int:
@@ -303,15 +314,25 @@ def expand_alternatives(detections: Sequence[Detection]) -> list[Detection]:
 
 
 def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8, enlarge: float = 0.8,
-                      union_min: float | None = None) -> list[Detection]:
+                      union_min: float | None = None, demote: float | None = None) -> list[Detection]:
     """Most confident first, a box of the same class as a kept one is dropped when it overlaps it by `iou`
     (NMS), or when one of the two lies within the other (`contained` of the smaller box's area): the detector cuts
     a long short or open into a whole and a part, and counting both would count one defect twice. Where the
     dropped box is the larger and nearly as confident (`enlarge` of the kept one's confidence), the kept box takes
     its extent: the whole, not the part. `union_min`: two overlapping boxes of the same class that both hold at
     least this `verified_score` are one defect region (a cluster of pin-holes, a ragged copper patch: one
-    annotation where the detector sees pieces), and the kept box becomes their union."""
+    annotation where the detector sees pieces), and the kept box becomes their union. `demote` (Soft-NMS for the
+    whole / part and union rules, not for plain overlap): the box those rules drop, or the extent they replace,
+    stays as a `ranked_only` candidate with its confidence times `demote`: never counted, but still in the ranked
+    list a mAP scores when the rule chose the wrong one of the two (models/locator/pcb_verifier.md)."""
     kept: list[Detection] = []
+    demoted: list[Detection] = []
+
+    def keep_as_candidate(det: Detection, box: Box | None = None) -> None:
+        if demote is not None:
+            demoted.append(det.model_copy(update={"confidence": det.confidence * demote, "ranked_only": True,
+                                                  "box": box if box is not None else det.box}))
+
     for d in dets:
         for i, k in enumerate(kept):
             if k.defect_class != d.defect_class:
@@ -321,14 +342,18 @@ def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8,
             if _inside_share(k.box, d.box) >= contained:
                 if d.box.area > k.box.area and d.confidence >= enlarge * k.confidence:
                     kept[i] = k.model_copy(update={"box": d.box})
+                    keep_as_candidate(d, k.box)
+                else:
+                    keep_as_candidate(d)
                 break
             if union_min is not None and k.box.intersection(d.box) > 0 \
                     and min(verified_score(k), verified_score(d)) >= union_min:
                 kept[i] = k.model_copy(update={"box": _union(k.box, d.box)})
+                keep_as_candidate(k)
                 break
         else:
             kept.append(d)
-    return kept
+    return sorted(kept + demoted, key=lambda d: -d.confidence) if demoted else kept
 
 
 def _union(a: Box, b: Box) -> Box:
@@ -361,6 +386,30 @@ def jitter_box(box: Box, rng: np.random.Generator, shift: float = 0.15, scale: f
     w *= math.exp(rng.uniform(-scale, scale))
     h *= math.exp(rng.uniform(-scale, scale))
     return Box(x1=cx - w / 2, y1=cy - h / 2, x2=cx + w / 2, y2=cy + h / 2)
+
+
+def partial_box(box: Box, rng: np.random.Generator, keep: tuple[float, float] = (0.4, 0.8)) -> Box:
+    """A piece of a true box along its longer side, `keep` of its length at a random place in it, lightly
+    jittered: what the detector gives for a long open or short it cuts in two, or for one member of a cluster
+    annotated as one region."""
+    f = rng.uniform(*keep)
+    if box.width >= box.height:
+        w = box.width * f
+        x1 = box.x1 + rng.uniform(0.0, box.width - w)
+        piece = Box(x1=x1, y1=box.y1, x2=x1 + w, y2=box.y2)
+    else:
+        h = box.height * f
+        y1 = box.y1 + rng.uniform(0.0, box.height - h)
+        piece = Box(x1=box.x1, y1=y1, x2=box.x2, y2=y1 + h)
+    return jitter_box(piece, rng, shift=0.05, scale=0.1)
+
+
+def shown_box(sample: "VerifierSample", rng: np.random.Generator, n_classes: int, partial_share: float) -> Box:
+    """The box a training sample is shown as this epoch: a piece of its annotation for `partial_share` of the
+    defect samples, else its box jittered."""
+    if partial_share > 0 and sample.label < n_classes and rng.random() < partial_share:
+        return partial_box(sample.target or sample.box, rng)
+    return jitter_box(sample.box, rng)
 
 
 def background_boxes(truth: Sequence[Box], shape: tuple[int, int], n: int, rng: np.random.Generator,
@@ -424,17 +473,20 @@ def train_verifier(
     box_regression: bool = True,
     box_weight: float = 1.0,
     crop: int = 48,
+    partial_share: float = 0.0,
 ) -> DefectVerifier:
     """Train on (channel image, box, label) samples: every epoch re-jitters each box and applies one of the eight
     rotations / flips per batch (PCB defects have no orientation). With `box_regression`, four more outputs learn
     where the annotated box lies relative to the jittered one (defect samples only). `val`: crops scored without
-    jitter after the last epoch."""
+    jitter after the last epoch. `partial_share`: that share of the defect samples is shown as a piece of its
+    annotation (`partial_box`) to be refined to the whole; the box head may then scale a side by up to 2."""
     import torch
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    meta = VerifierMeta(classes=list(classes), trained_on=trained_on, box_regression=box_regression, crop=crop)
+    meta = VerifierMeta(classes=list(classes), trained_on=trained_on, box_regression=box_regression, crop=crop,
+                        partial_share=partial_share, max_log_scale=0.7 if partial_share > 0 else 0.5)
     model = _net(_n_outputs(meta), meta.channels, meta.widths)
     n_cls = len(classes) + 1
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -450,7 +502,7 @@ def train_verifier(
         total = 0.0
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
-            shown = [jitter_box(samples[i].box, rng) for i in idx]
+            shown = [shown_box(samples[i], rng, len(classes), partial_share) for i in idx]
             crops = [crop_box(channels[samples[i].image], b, meta) for i, b in zip(idx, shown)]
             k = int(rng.integers(8))
             out = model(_dihedral(_to_tensor(crops), k))

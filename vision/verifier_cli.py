@@ -42,6 +42,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
                                                      "its class (and a box to refine to it)"),
         box_head: bool = typer.Option(True, help="learn to refine each box to the annotation"),
         crop: int = typer.Option(48, help="side in pixels the crops are resized to"),
+        partial: float = typer.Option(0.0, help="share of the defect samples shown as a piece of their annotation "
+                                                "(long defects the detector cuts in two), to be refined to the whole"),
     ) -> None:
         """Train the line's class verifier on the annotated boxes of the DeepPCB train groups; reports its crop
         accuracy on the validation groups."""
@@ -71,8 +73,10 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
                   f"{positive_iou}" if locator else "")
         verifier = train_verifier(channels, samples, cfg.class_names, epochs=epochs, batch=batch, lr=lr, seed=seed,
                                   val=val, box_regression=box_head, crop=crop,
+                                  partial_share=partial,
                                   trained_on=f"DeepPCB train groups ({len(channels)} boards, {len(samples)} crops"
-                                  f"{source}), {epochs} epochs, seed {seed}")
+                                  f"{source}), {epochs} epochs, seed {seed}"
+                                  + (f", partial boxes {partial}" if partial else ""))
         verifier.save(target)
         typer.echo(f"wrote {target} ({target.stat().st_size / 1e3:.0f} kB): validation crop accuracy "
                    f"{verifier.meta.val_accuracy:.4f}, {verifier.meta.train_seconds:.0f} s")
@@ -109,7 +113,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         if report.verified_multilabel is not None:
             rows.append(("+alternatives", report.verified_multilabel))
         for name, score in rows:
-            typer.echo(f"{name:13s} mAP50 {score.map50:.4f}  mAP50-95 {score.map50_95:.4f}  miss {score.miss_rate:.4f}"
+            typer.echo(f"{name:13s} mAP50 {score.map50:.4f}  mAP50-95 {score.map50_95:.4f}  mAP@0.33 (DeepPCB's "
+                       f"protocol) {score.map33:.4f}  miss {score.miss_rate:.4f}"
                        f"  class accuracy {score.class_accuracy:.4f} ({score.located} boxes)  "
                        + "  ".join(f"{c.name} {c.ap50:.3f}/{c.precision:.2f}/{c.recall:.2f}" for c in score.per_class))
         if json_out:

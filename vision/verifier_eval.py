@@ -2,7 +2,9 @@
 gives them, after vision.verifier relabels (and refines) them, ranked by `verified_score`, and with the
 verifier's alternative classes as extra labels (the multi-label reading ultralytics' validator scores): mAP50 /
 mAP50-95 (ultralytics' AP integration over our own matching), per-class precision / recall and image-level miss
-rate at the operating confidence, and the class accuracy of boxes that sit on a defect."""
+rate at the operating confidence, and the class accuracy of boxes that sit on a defect. Also mAP under DeepPCB's
+own criterion (a detection is right at IoU > 0.33 with a box of its class), the protocol of the dataset paper's
+published 0.986."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tqdm import tqdm
 from vision.detection import Box, Detection
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+IOU_DEEPPCB = np.nextafter(0.33, 1.0)  # "larger than 0.33" (DeepPCB README, Benchmarks)
 Truth = list[tuple[int, Box]]
 
 
@@ -29,6 +32,7 @@ class ClassScore(BaseModel):
 class DetectionScore(BaseModel):
     map50: float
     map50_95: float
+    map33: float | None = None  # DeepPCB's protocol: right at IoU > 0.33
     per_class: list[ClassScore]
     miss_rate: float  # boards with a defect and no detection at the operating confidence
     class_accuracy: float  # detections at the operating confidence overlapping a defect by >= 0.5: right class
@@ -46,15 +50,17 @@ class VerifierEvaluation(BaseModel):
     verified_multilabel: DetectionScore | None = None  # + each alternative class as one more detection
 
 
-def match_tp(preds: Sequence[Detection], truth: Truth, class_names: list[str]) -> np.ndarray:
-    """(len(preds), 10) true-positive flags at IoU 0.5 ... 0.95, matched one to one as ultralytics' validator does:
-    at each threshold the same-class (prediction, truth) pairs above it, highest IoU first."""
-    out = np.zeros((len(preds), len(IOU_THRESHOLDS)), bool)
+def match_tp(preds: Sequence[Detection], truth: Truth, class_names: list[str],
+             thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
+    """(len(preds), len(thresholds)) true-positive flags at each IoU threshold (0.5 ... 0.95), matched one to one
+    as ultralytics' validator does: at each threshold the same-class (prediction, truth) pairs above it, highest
+    IoU first."""
+    out = np.zeros((len(preds), len(thresholds)), bool)
     if not preds or not truth:
         return out
     iou = np.array([[p.box.iou(b) if class_names.index(p.defect_class) == k else 0.0 for k, b in truth]
                     for p in preds])
-    for t, thr in enumerate(IOU_THRESHOLDS):
+    for t, thr in enumerate(thresholds):
         pi, tj = np.nonzero(iou >= thr)
         order = np.argsort(-iou[pi, tj], kind="stable")
         used_p, used_t = set(), set()
@@ -70,7 +76,7 @@ def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_n
                      conf_operating: float) -> DetectionScore:
     from ultralytics.utils.metrics import ap_per_class
 
-    tps, confs, classes, targets = [], [], [], []
+    tps, tps33, confs, classes, targets = [], [], [], [], []
     n = len(class_names)
     tp_op = np.zeros(n)
     pred_op = np.zeros(n)
@@ -79,17 +85,18 @@ def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_n
     for preds, truth in per_image:
         tp = match_tp(preds, truth, class_names)
         tps.append(tp)
+        tps33.append(match_tp(preds, truth, class_names, [IOU_DEEPPCB]))
         confs.extend(p.confidence for p in preds)
         classes.extend(class_names.index(p.defect_class) for p in preds)
         targets.extend(k for k, _ in truth)
         for p, flag in zip(preds, tp[:, 0]):
-            if p.confidence >= conf_operating:
+            if p.confidence >= conf_operating and not p.ranked_only:
                 k = class_names.index(p.defect_class)
                 pred_op[k] += 1
                 tp_op[k] += flag
         for k, _ in truth:
             gt[k] += 1
-        op = [p for p in preds if p.confidence >= conf_operating]
+        op = [p for p in preds if p.confidence >= conf_operating and not p.ranked_only]
         if truth:
             with_defect += 1
             missed += not op
@@ -101,12 +108,15 @@ def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_n
     tp_all = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool)
     result = ap_per_class(tp_all, np.asarray(confs), np.asarray(classes), np.asarray(targets))
     ap, present = result[5], result[6]
+    tp33 = np.concatenate(tps33) if tps33 else np.zeros((0, 1), bool)
+    ap33 = ap_per_class(tp33, np.asarray(confs), np.asarray(classes), np.asarray(targets))[5]
     ap50 = {int(k): float(ap[i, 0]) for i, k in enumerate(present)}
     per_class = [ClassScore(name=name, ap50=ap50.get(k, 0.0),
                             precision=float(tp_op[k] / pred_op[k]) if pred_op[k] else 0.0,
                             recall=float(tp_op[k] / gt[k]) if gt[k] else 1.0) for k, name in enumerate(class_names)]
     return DetectionScore(map50=float(ap[:, 0].mean()) if len(ap) else 0.0,
-                          map50_95=float(ap.mean()) if len(ap) else 0.0, per_class=per_class,
+                          map50_95=float(ap.mean()) if len(ap) else 0.0,
+                          map33=float(ap33[:, 0].mean()) if len(ap33) else 0.0, per_class=per_class,
                           miss_rate=missed / with_defect if with_defect else 0.0,
                           class_accuracy=right / located if located else 0.0, located=located)
 
@@ -128,7 +138,7 @@ def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", co
         truth = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
         dets = locator.predict([composite], conf=conf_eval)[0]
         raw.append((dets, truth))
-        checked = verifier.verify(composite, dets)
+        checked = verifier.verify(composite, dets, candidates=True)
         verified.append(([d.model_copy(update={"confidence": verified_score(d)}) for d in checked], truth))
         multi.append((expand_alternatives(checked), truth))
     return VerifierEvaluation(
