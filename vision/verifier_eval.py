@@ -76,27 +76,28 @@ def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_n
                      conf_operating: float) -> DetectionScore:
     from ultralytics.utils.metrics import ap_per_class
 
-    tps, tps33, confs, classes, targets = [], [], [], [], []
+    tps, confs, classes, targets = [], [], [], []
     n = len(class_names)
     tp_op = np.zeros(n)
     pred_op = np.zeros(n)
     gt = np.zeros(n)
     missed = with_defect = located = right = 0
     for preds, truth in per_image:
-        tp = match_tp(preds, truth, class_names)
+        # one matching for both protocols: columns 0-9 at IoU 0.5 ... 0.95, the last at DeepPCB's > 0.33
+        tp = match_tp(preds, truth, class_names, [*IOU_THRESHOLDS, IOU_DEEPPCB])
         tps.append(tp)
-        tps33.append(match_tp(preds, truth, class_names, [IOU_DEEPPCB]))
         confs.extend(p.confidence for p in preds)
         classes.extend(class_names.index(p.defect_class) for p in preds)
         targets.extend(k for k, _ in truth)
-        for p, flag in zip(preds, tp[:, 0]):
-            if p.confidence >= conf_operating and not p.ranked_only:
+        at_operating = [p.confidence >= conf_operating and not p.ranked_only for p in preds]
+        for p, flag, counted in zip(preds, tp[:, 0], at_operating):
+            if counted:
                 k = class_names.index(p.defect_class)
                 pred_op[k] += 1
                 tp_op[k] += flag
         for k, _ in truth:
             gt[k] += 1
-        op = [p for p in preds if p.confidence >= conf_operating and not p.ranked_only]
+        op = [p for p, counted in zip(preds, at_operating) if counted]
         if truth:
             with_defect += 1
             missed += not op
@@ -105,11 +106,10 @@ def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_n
             if best is not None and p.box.iou(best[1]) >= 0.5:
                 located += 1
                 right += class_names.index(p.defect_class) == best[0]
-    tp_all = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool)
+    tp_all = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS) + 1), bool)
     result = ap_per_class(tp_all, np.asarray(confs), np.asarray(classes), np.asarray(targets))
-    ap, present = result[5], result[6]
-    tp33 = np.concatenate(tps33) if tps33 else np.zeros((0, 1), bool)
-    ap33 = ap_per_class(tp33, np.asarray(confs), np.asarray(classes), np.asarray(targets))[5]
+    ap, present = result[5][:, :len(IOU_THRESHOLDS)], result[6]
+    ap33 = result[5][:, len(IOU_THRESHOLDS):]
     ap50 = {int(k): float(ap[i, 0]) for i, k in enumerate(present)}
     per_class = [ClassScore(name=name, ap50=ap50.get(k, 0.0),
                             precision=float(tp_op[k] / pred_op[k]) if pred_op[k] else 0.0,
