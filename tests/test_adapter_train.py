@@ -58,9 +58,14 @@ def test_warm_start_continues_the_adapter(first, tiny, tmp_path):
 
     out = tmp_path / "continued.safetensors"
     res = train_adapter(tiny, BASE, out, rank=16, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / "r",
-                        init_adapter=first.adapter)
+                        init_adapter=first.adapter, keep="last")
     meta = read_adapter_meta(out)
     assert meta.rank == 4  # the initial adapter's rank, not the argument's
+    # --keep last: the schedule's end is written, with that epoch's validation row as its metrics
+    from vision.adapter_train import _last_epoch_metrics
+
+    assert meta.provenance["checkpoint"] == "last"
+    assert res.final_metrics == _last_epoch_metrics(res.run_dir / "results.csv") != {}
     assert meta.provenance["continued_from"]["file"] == first.adapter.name
     _, before = read_adapter(first.adapter)
     _, after = read_adapter(out)
@@ -167,3 +172,11 @@ def test_split_head_group_moves_only_class_convolutions_and_keeps_group_settings
     # the only trainable biases are the class convs' (LoRA has none): their group moves whole, the emptied one goes
     assert sorted((g["param_group"], g["weight_decay"], g["lr"]) for g in opt.param_groups) == [
         ("bias", 0.0, 0.001), ("weight", 5e-4, 0.001), ("weight", 5e-4, 0.012)]
+
+
+def test_unknown_checkpoint_choice_is_refused_before_training(tiny, tmp_path):
+    from vision.adapter_train import train_adapter
+
+    with pytest.raises(ConfigError, match="keep"):
+        train_adapter(tiny, BASE, tmp_path / "x.safetensors", epochs=1, imgsz=128, batch=4, keep="median",
+                      run_dir=tmp_path / "r")

@@ -47,6 +47,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         seed: int = typer.Option(0),
         init: Optional[Path] = typer.Option(None, help="continue training this adapter file (warm start; its "
                                             "rank and alpha are kept)"),
+        keep: str = typer.Option("best", help="checkpoint written as the adapter: best (ultralytics' fitness, "
+                                 "mostly mAP50-95) or last (the end of the schedule)"),
         out: Optional[Path] = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
     ) -> None:
         """Train a LoRA adapter of a line over the shared base (only LoRA + class head are trained)."""
@@ -76,7 +78,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, lora_bias=lora_bias, dora=dora,
                                head_rank=head_rank, rank_pattern=ranks, epochs=epochs,
                                imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
-                               reference=cfg.locator.reference, init_adapter=init, head_lr0=head_lr0, **extra)
+                               reference=cfg.locator.reference, init_adapter=init, head_lr0=head_lr0, keep=keep, **extra)
         summary = Path(result.run_dir) / "adapter_result.json"
         summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
         fm = result.final_metrics
