@@ -73,16 +73,18 @@ def test_the_verifier_rereads_boxes_down_to_the_proposal_confidence(shared_datas
     inspector = Inspector.from_config(line="pcb", use_kb=False)
     strict = Inspector.from_config(line="pcb", use_kb=False)
     strict.line = line.model_copy(update={"locator": line.locator.model_copy(update={"proposal_conf": None})})
-    pairs = [p for p in scan_deeppcb(shared_datasets / "deeppcb") if split_of(p.group) == "val"][:8]
+    pairs = [p for p in scan_deeppcb(shared_datasets / "deeppcb") if split_of(p.group) == "val"][:40]
     weak = 0
     for pair in pairs:
+        if weak >= 2:  # enough: the stronger the detector, the more boards it takes to meet a weak box
+            break
         image = read_image(pair.test, line.image_size)
         composite = inspector.locator_input(str(pair.test), image)
         loose, tight = inspector.locate(composite), strict.locate(composite)
         assert all(d.confidence >= line.locator.conf for d in tight)
         assert all(d.confidence >= line.locator.proposal_conf and d.verifier_score is not None for d in loose)
         weak += sum(d.confidence < line.locator.conf for d in loose)
-    assert weak > 0  # eight real boards give the verifier boxes the operating threshold would have dropped
+    assert weak >= 2  # real boards give the verifier boxes the operating threshold would have dropped
 
 
 def test_the_detector_runs_at_the_proposal_confidence_only_behind_a_verifier():
