@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -159,7 +159,7 @@ def train_adapter(
     run_dir: Path | None = None,
     init_adapter: Path | str | None = None,
     head_lr0: float | None = None,
-    keep: str = "best",
+    keep: Literal["best", "last"] = "best",
     **overrides: Any,
 ) -> AdapterTrainResult:
     """Train a LoRA adapter of `rank` over `base` on `data_yaml` and write it to `out` (.safetensors).
@@ -232,7 +232,7 @@ def train_adapter(
     assert trainer.adapter_meta is not None
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     if keep == "last":  # ultralytics' closing validation scored best.pt; the last epoch's row is the kept file's
-        metrics = _last_epoch_metrics(Path(trainer.csv)) or metrics
+        metrics = {k: float(v[-1]) for k, v in trainer.read_results_csv().items() if k.startswith("metrics/") and v}
     meta = make_meta(trainer.adapter_meta, base, line=line, imgsz=imgsz, reference=reference, provenance={
         "data": str(data_yaml), "train_images": n_train, "epochs": epochs, "batch": batch, "seed": seed,
         "lr0": args.get("lr0"), "head_lr0": head_lr0, "optimizer": args.get("optimizer"), "final_metrics": metrics,
@@ -253,15 +253,3 @@ def train_adapter(
                                                           for k, v in args.items()},
     )
 
-
-def _last_epoch_metrics(results_csv: Path) -> dict[str, float]:
-    """The validation metrics of the last row of ultralytics' results.csv (empty when there is none)."""
-    import csv
-
-    if not results_csv.is_file():
-        return {}
-    with results_csv.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {}
-    return {k.strip(): float(v) for k, v in rows[-1].items() if k and k.strip().startswith("metrics/")}
