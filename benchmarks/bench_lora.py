@@ -16,6 +16,12 @@ with lora2: the per-module ranks of configs/lora_ranks.yaml.
 
     python benchmarks/bench_lora.py --device 0 --sizes 50,200,all --parallel 12
     python benchmarks/bench_lora.py --device cpu --sizes 16 --epochs 16:2 --imgsz 320 --methods lora4,full   # smoke
+
+Two-stage schedules (the shipped pcb adapter: 320 px, then 640 px): `--init-from <first run's work>/artifacts`
+continues every job from the file of the same method and size there (a full checkpoint becomes the job's base, an
+adapter its starting adapter), e.g. `--imgsz 640 --epochs all:10 --lr0 0.0005 --warmup-epochs 0 --init-from
+var/bench_lora320/artifacts`. Every job is also validated on square, unpadded input (`map50_square`), the geometry
+the agent's predictor uses, besides ultralytics' padded rectangular batches (`map50`).
 """
 
 from __future__ import annotations
@@ -123,12 +129,19 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         common["amp"] = spec["amp"]
     if spec.get("lr0"):
         common["lr0"] = spec["lr0"]
+        if not spec["method"].startswith(("lora", "dora")):
+            common["optimizer"] = "AdamW"  # ultralytics' 'auto' optimizer ignores lr0
+    if spec.get("warmup_epochs") is not None:
+        common["warmup_epochs"] = spec["warmup_epochs"]
     if spec.get("cache"):
         common["cache"] = spec["cache"]
     if spec["reference"]:  # composite channels (test, template, difference): no hue / saturation jitter, as in train_adapter
         common.update(hsv_h=0.0, hsv_s=0.0)
     method = spec["method"]
     base = Path(spec["base"])
+    init = Path(spec["init"]) if spec.get("init") else None
+    if init is not None and init.suffix == ".pt":
+        base = init  # full / head fine-tuning continues from the first stage's checkpoint
     started = time.time()
     record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
                                                   "imgsz", "reference", "base")}
@@ -137,6 +150,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     # None: ultralytics' auto AdamW (0.001 for six classes) for full / head; LoRA records the rate it trained at
     record["lr0"] = spec.get("lr0") or None
     record["head_lr0"] = spec.get("head_lr0") or None  # main() sets it for LoRA jobs only
+    record["init"] = str(init) if init else None
+    record["warmup_epochs"] = spec.get("warmup_epochs")
     if method in ("lora", "lora_bias", "dora"):
         from vision.adapter_train import train_adapter
         from vision.lora import load_adapted_yolo
@@ -146,6 +161,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                             dora=method == "dora", head_rank=spec.get("head_rank"),
                             rank_pattern=load_rank_allocation(spec["rank_pattern"]) if spec.get("rank_pattern")
                             else None, head_lr0=spec.get("head_lr0") or None,
+                            init_adapter=init if init is not None and init.suffix == ".safetensors" else None,
                             epochs=spec["epochs"],
                             imgsz=spec["imgsz"],
                             batch=spec["batch"], device=spec["device"], seed=spec["seed"], line="pcb",
@@ -181,7 +197,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     record["truncated"] = record["epochs_run"] < spec["epochs"]
     record["delta_bytes_fp16"] = 2 * int(record["trainable_params"])  # what a line needs beyond the shared base
     metrics = evaluate_locator(locator, spec["data"], split="val", line=line, imgsz=spec["imgsz"],
-                               device=spec["device"], json_out=out_dir / f"{job_id}.metrics.json")
+                               device=spec["device"], json_out=out_dir / f"{job_id}.metrics.json", square=True)
     # image-level false alarms on the validation boards' defect-free templates (DeepPCB has no defect-free test
     # images); the miss rate alone says nothing when a detector fires everywhere
     import cv2
@@ -196,7 +212,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         fired += sum(1 for dets in locator.predict(batch) if dets)
     record.update(negatives=len(negs), false_alarm_images=fired,
                   false_alarm_rate=fired / len(negs) if negs else None)
-    record.update(map50=metrics.map50, map50_95=metrics.map50_95, miss_rate=metrics.miss_rate,
+    record.update(map50=metrics.map50, map50_95=metrics.map50_95, map50_square=metrics.map50_square,
+                  map50_95_square=metrics.map50_95_square, miss_rate=metrics.miss_rate,
                   missed_images=metrics.missed_images, images=metrics.n_images,
                   conf_operating=metrics.conf_operating,
                   per_class={c.name: {"ap50": c.ap50, "ap50_95": c.ap50_95, "precision": c.precision,
@@ -226,6 +243,17 @@ def prepare_data(src: Path, work: Path, sizes: list, reference: bool, seed: int)
     return yamls
 
 
+def first_stage_file(init_dir: Path, method_name: str, size: Any, rank_pattern: str = "") -> Path:
+    """The artifact an earlier run wrote for the same method and size (its job id before any per-run suffix but the
+    rank pattern's): an adapter for LoRA methods, a checkpoint otherwise."""
+    lora = method_name.startswith("lora")
+    stem = f"{method_name}_n{size}" + (f"_{rank_pattern}" if rank_pattern and lora else "")
+    path = Path(init_dir) / (stem + (".safetensors" if lora else ".pt"))
+    if not path.is_file():
+        raise SystemExit(f"--init-from: {path} not found (the first stage's file for {method_name} at size {size})")
+    return path
+
+
 LORA_METHOD = re.compile(r"^lora(\d+)(?:h(\d+))?([bd]?)$")  # rank, head rank, bias / DoRA
 
 
@@ -253,12 +281,17 @@ def parse_method(name: str) -> tuple[str, int | None, bool, bool]:
     return core, None, ref, alt
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def markdown_table(records: list[dict[str, Any]]) -> str:
     def size_key(r):
         return (10**9 if r["size"] == "all" else int(r["size"]), r["id"])
 
-    rows = ["| train images | method | mAP50 | mAP50-95 | miss rate | false alarms | trainable params | per-line file | "
-            "epochs | train time |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| train images | method | mAP50 | mAP50-95 | mAP50 (square) | mAP50-95 (square) | miss rate | false alarms | "
+            "trainable params | per-line file | epochs | train time |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     bases = sorted({Path(r["base"]).name for r in records})
     for r in sorted(records, key=size_key):
         name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias",
@@ -268,11 +301,13 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         name += " +ref" if r["reference"] else ""
         name += f" lr0 {r['lr0']:g}" if r.get("lr0") else ""
         name += f" head {r['head_lr0']:g}" if r.get("head_lr0") else ""
+        name += f", continued from {Path(r['init']).name}" if r.get("init") else ""
         if len(bases) > 1:
             name += f" [{Path(r['base']).stem}]"
         share = 100.0 * r["trainable_params"] / max(1, r["base_params"])
         rows.append(
-            f"| {r['n_train']} | {name} | {r['map50']:.4f} | {r['map50_95']:.4f} | {100 * r['miss_rate']:.1f}% | "
+            f"| {r['n_train']} | {name} | {r['map50']:.4f} | {r['map50_95']:.4f} | {_fmt(r.get('map50_square'))} | "
+            f"{_fmt(r.get('map50_95_square'))} | {100 * r['miss_rate']:.1f}% | "
             f"{'-' if r.get('false_alarm_rate') is None else format(100 * r['false_alarm_rate'], '.1f') + '%'} | "
             f"{r['trainable_params'] / 1e3:.0f} k ({share:.1f}%) | {r['file_bytes'] / 1e6:.2f} MB | "
             f"{r['epochs_run']}{'*' if r['truncated'] else ''} | {r['train_seconds']:.0f} s |")
@@ -330,6 +365,10 @@ def main() -> None:
                     "configs/lora_ranks.yaml; job ids get an _<name> suffix")
     ap.add_argument("--head-lr0", type=float, default=0.0, help="LoRA jobs: initial learning rate of the class "
                     "convolutions (default: lr0, as the LoRA matrices); job ids get an _hlr<value> suffix")
+    ap.add_argument("--init-from", default="", help="artifacts folder of an earlier run: continue each job from its "
+                    "method's and size's file there (second stage of a two-stage schedule); job ids get _init")
+    ap.add_argument("--warmup-epochs", type=float, default=None, help="warm-up epochs for every job (default: "
+                    "the trainer's)")
     ap.add_argument("--cache", default="", help="'ram' keeps decoded images in memory (small CPU boxes)")
     ap.add_argument("--budget", type=float, default=0, help="seconds from start after which jobs stop training")
     ap.add_argument("--seed", type=int, default=0)
@@ -376,11 +415,14 @@ def main() -> None:
     n_all = sum(1 for _ in (work / "deeppcb_plain" / "images" / "train").iterdir())
 
     jobs = []
+    init_dir = Path(args.init_from).resolve() if args.init_from else None
     for m, s in jobs_spec:
         method, rank, ref, alt = parse_method(m)
         lora = m.startswith("lora")
+        init = first_stage_file(init_dir, m, s, args.rank_pattern) if init_dir is not None else None
         jobs.append({
-            "id": f"{m}_n{s}" + (f"_lr{args.lr0:g}" if args.lr0 else "")
+            "init": str(init) if init else "", "warmup_epochs": args.warmup_epochs,
+            "id": f"{m}_n{s}" + ("_init" if init else "") + (f"_lr{args.lr0:g}" if args.lr0 else "")
                   + (f"_hlr{args.head_lr0:g}" if args.head_lr0 and lora else "")
                   + (f"_{args.rank_pattern}" if args.rank_pattern and lora else ""),
             "lr0": args.lr0, "head_lr0": args.head_lr0 if lora else 0.0,

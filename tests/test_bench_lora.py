@@ -48,6 +48,28 @@ def test_table_orders_sizes_numerically_with_all_last(bench):
     assert "lora4 +ref" in rows[1] and "4.8%" in rows[1]
 
 
+def test_table_shows_both_val_geometries_and_the_first_stage(bench):
+    rec = dict(_record("f", "full", "all"), map50_square=0.9662, map50_95_square=0.6307, init="/w/full_ref_nall.pt")
+    old = _record("l", "lora", "all", rank=4)  # records written before the square protocol existed
+    rows = bench.markdown_table([rec, old]).splitlines()
+    assert "mAP50 (square)" in rows[0]
+    full_row = next(r for r in rows if "full" in r)
+    assert "0.9662" in full_row and "0.6307" in full_row and "continued from full_ref_nall.pt" in full_row
+    lora_row = next(r for r in rows if "lora4" in r)
+    assert lora_row.split("|")[5].strip() == "-"
+
+
+def test_second_stage_finds_the_first_stages_file_or_says_which_is_missing(bench, tmp_path):
+    (tmp_path / "full_ref_nall.pt").write_bytes(b"x")
+    (tmp_path / "lora2_ref_nall_p3.safetensors").write_bytes(b"x")
+    assert bench.first_stage_file(tmp_path, "full_ref", "all", "p3").name == "full_ref_nall.pt"
+    assert bench.first_stage_file(tmp_path, "lora2_ref", "all", "p3").name == "lora2_ref_nall_p3.safetensors"
+    with pytest.raises(SystemExit, match="lora2_ref_nall.safetensors not found"):
+        bench.first_stage_file(tmp_path, "lora2_ref", "all")
+    with pytest.raises(SystemExit, match="full_ref_n200.pt"):
+        bench.first_stage_file(tmp_path, "full_ref", 200)
+
+
 def test_combine_writes_one_table_and_refuses_mixed_settings(bench, tmp_path):
     def run(name, records, imgsz=320):
         path = tmp_path / name

@@ -140,6 +140,38 @@ def test_eval_figures_follow_their_definitions(trained, tiny):
     assert 0.0 <= m.map50 <= 1.0 and 0.0 <= m.map50_95 <= m.map50 + 1e-9
 
 
+def test_eval_square_protocol_validates_unpadded_input_too(trained, tiny):
+    from vision.locator import Locator
+    from vision.yolo_eval import evaluate_locator
+
+    loc = Locator.from_weights(trained.weights, NAMES, imgsz=128)
+    shapes: list[tuple[int, ...]] = []
+    real_val = loc.model.val
+
+    def val_recording_input(**kw):
+        # the input tensor shape each validator saw: padded rect batches vs square ones
+        from ultralytics.models.yolo.detect import DetectionValidator
+        original = DetectionValidator.preprocess
+
+        def preprocess(self, batch):
+            shapes.append(tuple(batch["img"].shape[-2:]))
+            return original(self, batch)
+        DetectionValidator.preprocess = preprocess
+        try:
+            return real_val(**kw)
+        finally:
+            DetectionValidator.preprocess = original
+
+    loc.model.val = val_recording_input
+    plain = evaluate_locator(loc, tiny, conf_operating=0.001, imgsz=128)
+    assert plain.map50_square is None and set(shapes) == {(160, 160)}  # 128 px padded by half a 32-px cell
+    shapes.clear()
+    both = evaluate_locator(loc, tiny, conf_operating=0.001, imgsz=128, square=True)
+    assert set(shapes) == {(160, 160), (128, 128)}
+    assert both.map50 == pytest.approx(plain.map50)
+    assert 0.0 <= both.map50_95_square <= both.map50_square <= 1.0
+
+
 def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path):
     from vision.yolo_eval import evaluate_locator
 

@@ -48,7 +48,9 @@ def render_metrics(m) -> str:
 
     rows = [f"locator {m.locator_version} on {m.data_yaml} [{m.split}]: {m.n_images} images, {m.n_instances} boxes, "
             f"imgsz {m.imgsz}, operating conf {m.conf_operating}",
-            f"mAP50 {m.map50:.4f}   mAP50-95 {m.map50_95:.4f}", "",
+            f"mAP50 {m.map50:.4f}   mAP50-95 {m.map50_95:.4f}"
+            + (f"   (square, unpadded input: {m.map50_square:.4f} / {m.map50_95_square:.4f})"
+               if m.map50_square is not None else ""), "",
             f"{'class':<10}{'role':<8}{'boxes':>6}{'AP50':>8}{'AP50-95':>9}{'P@op':>8}{'R@op':>8}{'IoU':>7}{'ctr px':>8}"]
     for c in m.per_class:
         rows.append(f"{c.name:<10}{c.role:<8}{c.instances:>6}{f(c.ap50):>8}{f(c.ap50_95):>9}{f(c.precision):>8}"
@@ -145,6 +147,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         imgsz: Optional[int] = typer.Option(None),
         device: str = typer.Option("cpu"),
         json_out: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON here"),
+        square: bool = typer.Option(False, "--square", help="also validate on square, unpadded input (how the agent "
+                                    "feeds the model) besides ultralytics' padded rectangular batches"),
     ) -> None:
         """mAP50, mAP50-95, per-class AP / precision / recall, box accuracy and the image-level miss rate."""
         from defect_agent.config import load_app_config, load_line
@@ -166,7 +170,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
                                         conf=cfg.locator.conf, iou=cfg.locator.iou, device=device)
                    if weights else Locator.from_line(cfg, device=device))
         metrics = evaluate_locator(locator, data_yaml, split=split, conf_operating=conf, imgsz=imgsz, line=cfg,
-                                   device=device, json_out=json_out)
+                                   device=device, json_out=json_out, square=square)
         typer.echo(render_metrics(metrics))
         if json_out:
             typer.echo(f"metrics JSON: {json_out}", err=True)
