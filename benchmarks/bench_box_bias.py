@@ -23,31 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from vision.detection import Box  # noqa: E402  (after the path set-up, as a script)
+
 MATCH_IOU = 0.3
 
 
-def edge_errors(preds: list[tuple[float, float, float, float]],
-                truths: list[tuple[float, float, float, float]]) -> tuple[list[np.ndarray], list[float]]:
+def edge_errors(preds: list[Box], truths: list[Box]) -> tuple[list[np.ndarray], list[float]]:
     """(prediction - truth) edges and the IoU for every truth box whose best-overlapping prediction reaches
     MATCH_IOU; a prediction may serve several truths (this measures box geometry, not counting)."""
     errors, ious = [], []
     for t in truths:
-        scored = [(_iou(p, t), p) for p in preds]
-        if not scored:
+        if not preds:
             continue
-        best_iou, best = max(scored)
-        if best_iou >= MATCH_IOU:
-            errors.append(np.subtract(best, t))
-            ious.append(best_iou)
+        best = max(preds, key=t.iou)
+        overlap = t.iou(best)
+        if overlap >= MATCH_IOU:
+            errors.append(np.subtract(best.as_list(), t.as_list()))
+            ious.append(overlap)
     return errors, ious
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def main() -> None:
@@ -59,22 +52,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "box_bias_pcb.json"))
     args = ap.parse_args()
 
-    from bench_verifier import _locator
+    from bench_verifier import _locator, deeppcb_source, validation_boards
     from defect_agent.config import load_line
-    from defect_agent.paths import resolve, shared_dataset
+    from defect_agent.paths import resolve
     from defect_agent.runtime import configure_offline
-    from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
 
     configure_offline()
     line = load_line(args.line)
-    src = Path(args.src) if args.src else shared_dataset("deeppcb")
-    if src is None or not src.exists():
-        raise SystemExit("DeepPCB not found: pass --src (see ../shared/datasets/README.md)")
-    pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == "val" and p.template is not None]
-    pairs = pairs[:args.max_boards]
-    boards = [(reference_input(p.test, p.template),
-               [(b.x1, b.y1, b.x2, b.y2) for _, b in parse_annotation(p.annotation.read_text(encoding="utf-8"),
-                                                                      str(p.annotation))]) for p in pairs]
+    boards = [(image, [box for _, box in truth])
+              for image, truth in validation_boards(deeppcb_source(args.src), args.max_boards)]
     records = []
     for item in args.models.split(","):
         name, _, rest = item.partition("=")
@@ -85,7 +71,7 @@ def main() -> None:
         errors, ious = [], []
         for image, truths in boards:
             dets = locator.predict([image], conf=line.locator.conf)[0]
-            e, i = edge_errors([(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in dets], truths)
+            e, i = edge_errors([d.box for d in dets], truths)
             errors += e
             ious += i
         err = np.array(errors)

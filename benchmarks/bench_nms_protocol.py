@@ -33,24 +33,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nms_protocol_pcb.json"))
     args = ap.parse_args()
 
-    from bench_verifier import _locator
+    from bench_verifier import _locator, deeppcb_source, validation_boards
     from defect_agent.config import load_line
-    from defect_agent.paths import resolve, shared_dataset
+    from defect_agent.paths import resolve
     from defect_agent.runtime import configure_offline
-    from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
     from vision.verifier_eval import score_detections
 
     configure_offline()
     import ultralytics.utils.nms as nms
 
     line = load_line(args.line)
-    src = Path(args.src) if args.src else shared_dataset("deeppcb")
-    if src is None or not src.exists():
-        raise SystemExit("DeepPCB not found: pass --src (see ../shared/datasets/README.md)")
-    pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == "val" and p.template is not None]
-    boards = [(reference_input(p.test, p.template), parse_annotation(p.annotation.read_text(encoding="utf-8"),
-                                                                    str(p.annotation))) for p in pairs]
-    boards = boards[:args.max_boards]
+    boards = validation_boards(deeppcb_source(args.src), args.max_boards)
     original = nms.non_max_suppression
     records = []
     try:

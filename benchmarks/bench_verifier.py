@@ -35,6 +35,25 @@ def _locator(line, path: Path):
     return Locator.from_line(line.model_copy(update={"locator": cfg}))
 
 
+def deeppcb_source(src: str | None) -> Path:
+    """The DeepPCB folder a benchmark reads: `--src`, else ../shared/datasets/deeppcb; exits when it is absent."""
+    from defect_agent.paths import shared_dataset
+
+    path = Path(src) if src else shared_dataset("deeppcb")
+    if path is None or not path.exists():
+        raise SystemExit("DeepPCB not found: pass --src (see ../shared/datasets/README.md)")
+    return path
+
+
+def validation_boards(src: Path, max_boards: int | None = None) -> list[tuple]:
+    """(template composite, [(class id, Box)]) for each validation board that has a template."""
+    from vision.deeppcb import parse_annotation, reference_input, template_pairs
+
+    return [(reference_input(p.test, p.template),
+             parse_annotation(p.annotation.read_text(encoding="utf-8"), str(p.annotation)))
+            for p in template_pairs(src, "val", max_boards)]
+
+
 RULES = {"relabel": "verifier_relabel_min", "union": "verifier_union_min", "demote": "verifier_demote"}
 
 
@@ -84,16 +103,14 @@ def main() -> None:
         return
 
     from defect_agent.config import load_line
-    from defect_agent.paths import resolve, shared_dataset
+    from defect_agent.paths import resolve
     from defect_agent.runtime import configure_offline
     from vision.verifier_eval import evaluate_verifier
 
     configure_offline()
     line = load_line(args.line)
     verifiers = _verifiers(args.verifiers, line)
-    src = Path(args.src) if args.src else shared_dataset("deeppcb")
-    if src is None or not src.exists():
-        raise SystemExit("DeepPCB not found: pass --src (see ../shared/datasets/README.md)")
+    src = deeppcb_source(args.src)
     records = []
     for item in args.models.split(","):
         name, _, path = item.partition("=")

@@ -3,9 +3,12 @@ data folder per session so tests never touch the user's var/, and helpers for th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import pytest
 
@@ -26,3 +29,15 @@ def shared_datasets() -> Path:
     if path is None:
         pytest.skip("../shared/datasets is absent (real-data tests need it beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """Import a script of benchmarks/ by name (the folder is not a package)."""
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -252,4 +252,3 @@ def train_adapter(
         epoch_losses=losses, final_metrics=metrics, args={k: (str(v) if isinstance(v, Path) else v)
                                                           for k, v in args.items()},
     )
-

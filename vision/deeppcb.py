@@ -176,6 +176,12 @@ def split_of(group: str, val_groups: tuple[str, ...] = VAL_GROUPS) -> str:
     return "val" if group in val_groups else "train"
 
 
+def template_pairs(src: Path | str, split: str, max_boards: int | None = None) -> list[DeepPCBPair]:
+    """The pairs of one part of the fixed group split that have a golden template, in scan order (the first
+    `max_boards`)."""
+    return [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
+
+
 def convert_deeppcb(src: Path | str, out: Path | str, reference: bool = False,
                     val_groups: tuple[str, ...] = VAL_GROUPS, progress: bool = True,
                     negatives: bool = True) -> ConversionSummary:

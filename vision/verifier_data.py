@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
+from vision.deeppcb import parse_annotation, reference_input, template_pairs
 from vision.detection import Box, Detection
 from vision.verifier import VerifierSample, background_boxes, verifier_channels
 
@@ -43,7 +43,7 @@ def deeppcb_verifier_samples(
     DeepPCB's class ids (0-5 = open, short, mousebite, spur, copper, pin-hole); background is 6. `locator`: also
     its detections at `proposal_conf` (`proposal_samples`, positives from IoU `proposal_on_defect`)."""
     rng = np.random.default_rng(seed)
-    pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
+    pairs = template_pairs(src, split, max_boards)
     channels: list[np.ndarray] = []
     samples: list[VerifierSample] = []
     paths: list[str] = []

@@ -126,12 +126,12 @@ def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", co
                       progress: bool = True) -> VerifierEvaluation:
     """Both scores over the same detections: the locator at `conf_eval` (as ultralytics' mAP), the verifier on
     every box of every board."""
-    from vision.deeppcb import parse_annotation, reference_input, scan_deeppcb, split_of
+    from vision.deeppcb import parse_annotation, reference_input, template_pairs
 
     from vision.verifier import expand_alternatives, verified_score
 
     names = locator.class_names
-    pairs = [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
+    pairs = template_pairs(src, split, max_boards)
     raw, verified, multi = [], [], []
     for pair in tqdm(pairs, desc=f"verifier eval ({split})", unit="board", disable=not progress):
         composite = reference_input(pair.test, pair.template)
