@@ -99,7 +99,7 @@ def fit_on(samples: Iterable[tuple[list[DefectFinding], TruthBoxes]], fitted_on:
 def battery_tab_samples(inspector, out: Path, n: int, seed: int) -> Iterator[tuple[list[DefectFinding], TruthBoxes]]:
     """Freshly generated battery_tab images (a seed of their own) with the generator's exact boxes."""
     from agent.images import read_image
-    from vision.synth.battery_tab import generate_batch, read_truth
+    from vision.datasets.synth.battery_tab import generate_batch, read_truth
 
     paths = generate_batch(out, n=n, seed=seed)
     truths = {t.image: t for t in read_truth(out / "truth.jsonl")}
@@ -110,7 +110,7 @@ def battery_tab_samples(inspector, out: Path, n: int, seed: int) -> Iterator[tup
 
 
 def deeppcb_samples(inspector, root: Path, split: str = "train") -> Iterator[tuple[list[DefectFinding], TruthBoxes]]:
-    """DeepPCB boards of one split of the fixed group split (vision.deeppcb), with their annotations."""
+    """DeepPCB boards of one split of the fixed group split (vision.datasets.deeppcb), with their annotations."""
     from agent.evaluation import deeppcb_findings
 
     for _, findings, boxes, _ in deeppcb_findings(inspector, root, split):

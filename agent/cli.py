@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -28,11 +27,12 @@ app.add_typer(schema_app, name="schema")
 # modules exposing register(app, train, eval, data)
 REGISTRARS = [
     "agent.parser_cli",
-    "vision.synth.cli",
-    "vision.locator_cli",
-    "vision.adapter_cli",
-    "vision.verifier_cli",
-    "vision.embedder_cli",
+    "vision.datasets.synth.cli",
+    "vision.locator.cli",
+    "vision.locator.adapter_cli",
+    "vision.verifier.cli",
+    "vision.embedder.cli",
+    "agent.calibration_cli",
     "knowledge_base.cli",
 ]
 
@@ -73,11 +73,11 @@ def schema_case() -> None:
 def inspect(
     instruction: str = typer.Argument(..., help='e.g. "find all cells whose tab weld is offset more than 0.3 mm and shows weld spatter"'),
     images: list[str] = typer.Argument(..., help="image files, folders or glob patterns"),
-    line: Optional[str] = typer.Option(None, help="product line (default: from the instruction's words, else the config default)"),
-    out: Optional[Path] = typer.Option(None, help="write verdicts as JSONL here (default: stdout)"),
-    overlays: Optional[Path] = typer.Option(None, help="write annotated images into this folder"),
-    kb: Optional[Path] = typer.Option(None, help="knowledge base folder (default: configs/default.yaml kb_dir)"),
-    k: Optional[int] = typer.Option(None, help="similar past cases per defect"),
+    line: str | None = typer.Option(None, help="product line (default: from the instruction's words, else the config default)"),
+    out: Path | None = typer.Option(None, help="write verdicts as JSONL here (default: stdout)"),
+    overlays: Path | None = typer.Option(None, help="write annotated images into this folder"),
+    kb: Path | None = typer.Option(None, help="knowledge base folder (default: configs/default.yaml kb_dir)"),
+    k: int | None = typer.Option(None, help="similar past cases per defect"),
     no_kb: bool = typer.Option(False, help="skip retrieval of similar cases"),
 ) -> None:
     """Run an instruction over images; one JSON verdict per image. Exit 0 all inspected, 3 some images unreadable."""
@@ -99,7 +99,7 @@ def inspect(
 @app.command()
 def explain(
     instruction: str = typer.Argument(...),
-    line: Optional[str] = typer.Option(None),
+    line: str | None = typer.Option(None),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Show the parsed query and the tool plan without running any model."""
@@ -125,8 +125,8 @@ def demo(
 
 @app.command()
 def shell(
-    images: Optional[list[str]] = typer.Argument(None, help="images to start with"),
-    line: Optional[str] = typer.Option(None),
+    images: list[str] | None = typer.Argument(None, help="images to start with"),
+    line: str | None = typer.Option(None),
 ) -> None:
     """Interactive shell: instructions, follow-up questions, tab completion of defect terms, history."""
     from agent.images import collect_images

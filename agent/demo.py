@@ -29,7 +29,7 @@ def run_demo(n: int = 24, seed: int = 2026, out: Path = Path("var/demo"), instru
     from agent.parser import parse_instruction
     from agent.pipeline import Inspector
     from knowledge_base.sample import ensure_sample_kb
-    from vision.synth.battery_tab import generate_batch, read_truth
+    from vision.datasets.synth.battery_tab import generate_batch, read_truth
 
     out = resolve(out)
     images_dir = out / "images"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,14 +12,14 @@ from agent.demo import SEED_INSTRUCTION_EN, SEED_INSTRUCTION_ZH
 
 def eval_queries(
     line: str = typer.Option("battery_tab", help="product line"),
-    instruction: Optional[list[str]] = typer.Option(None, "--instruction", "-i", help="instructions to evaluate (default: the seed's, zh + en)"),
+    instruction: list[str] | None = typer.Option(None, "--instruction", "-i", help="instructions to evaluate (default: the seed's, zh + en)"),
     n: int = typer.Option(200, help="battery_tab: images to generate for the test set"),
     seed: int = typer.Option(4242, help="battery_tab: test-set seed (training used other seeds)"),
     out: Path = typer.Option(Path("var/eval/queries"), help="where the test set and verdicts go"),
-    as_json: Optional[Path] = typer.Option(None, "--json", help="write the figures as JSON here"),
+    as_json: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
     no_kb: bool = typer.Option(False, help="skip retrieval"),
-    deeppcb: Optional[Path] = typer.Option(None, help="pcb: DeepPCB folder (default ../shared/datasets/deeppcb)"),
-    max_boards: Optional[int] = typer.Option(None, help="pcb: only the first N validation boards (quick checks)"),
+    deeppcb: Path | None = typer.Option(None, help="pcb: DeepPCB folder (default ../shared/datasets/deeppcb)"),
+    max_boards: int | None = typer.Option(None, help="pcb: only the first N validation boards (quick checks)"),
 ) -> None:
     """Precision / recall of the returned image set per instruction, against ground truth.
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from agent.clauses import decide
 from agent.groundtruth import battery_tab_findings, expected_match, precision_recall
 from agent.verdict import DefectFinding
-from vision.detection import Box
 from defect_agent.paths import resolve
+from vision.detection import Box
 
 
 class QueryScore(BaseModel):
@@ -35,7 +35,7 @@ class QueryEvalReport(BaseModel):
 def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, use_kb: bool = True) -> QueryEvalReport:
     from agent.parser import parse_instruction
     from agent.pipeline import Inspector
-    from vision.synth.battery_tab import generate_batch, read_truth
+    from vision.datasets.synth.battery_tab import generate_batch, read_truth
 
     out = resolve(out)
     paths = [str(p) for p in generate_batch(out / "images", n=n, seed=seed)]
@@ -131,7 +131,8 @@ def deeppcb_findings(inspector, root: Path, split: str, max_boards: int | None =
     from tqdm import tqdm
 
     from agent.images import read_image
-    from vision.deeppcb import DEEPPCB_CLASSES, parse_annotation, reference_composite, scan_deeppcb, split_of
+    from vision.datasets.deeppcb import DEEPPCB_CLASSES, parse_annotation, scan_deeppcb, split_of
+    from vision.reference import reference_composite
 
     names = inspector.line.class_names
     assert len(names) == len(DEEPPCB_CLASSES), f"line {inspector.line.name!r} does not have the six DeepPCB classes"

@@ -36,7 +36,7 @@ class FusionWeights(BaseModel):
     detector: float = 1.0
     texture: float = 0.0
     cases: float = 0.0
-    verifier: float = 0.0  # weight of vision.verifier's class probability (0 where a line has no verifier)
+    verifier: float = 0.0  # weight of vision.verifier.model's class probability (0 where a line has no verifier)
     # fitted with the weights on the same matched detections: how much wider / taller the locator's boxes are than
     # the annotated defects (median, px); sizes in mm subtract it (vision.measure)
     box_margin_px: float = 0.0

@@ -23,7 +23,7 @@ def exact_finding(cls: str, box: Box, measurements: dict[str, float], source: st
 
 
 def battery_tab_findings(truth, line: LineConfig) -> list[DefectFinding]:
-    """Exact findings of a generated battery_tab image (vision.synth.battery_tab.BatteryTabTruth)."""
+    """Exact findings of a generated battery_tab image (vision.datasets.synth.battery_tab.BatteryTabTruth)."""
     mm = truth.mm_per_px
     defect_classes = {c.name for c in line.classes if c.role == "defect"}
     findings = [exact_finding(o.name, o.box, box_measurements(o.box, mm)) for o in truth.objects

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 _HELP = """Parse an instruction (Chinese or English) into the structured query; no model runs.
@@ -25,12 +23,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     @app.command("parse", help=_HELP)
     def parse(
         instruction: str = typer.Argument(..., help='e.g. "找出所有极耳焊接偏移超0.3mm且伴随焊渣飞溅的电芯"'),
-        line: Optional[str] = typer.Option(None, help="product line (default: from the instruction's words, "
+        line: str | None = typer.Option(None, help="product line (default: from the instruction's words, "
                                                       "else the config's default_line)"),
         as_json: bool = typer.Option(False, "--json", help="print the InspectionQuery as JSON"),
     ) -> None:
-        from agent.parser import describe_query, format_logic, parse_instruction
         from agent.clauses import clause_label
+        from agent.parser import describe_query, format_logic, parse_instruction
 
         query = parse_instruction(instruction, line=line)
         if as_json:
@@ -50,7 +48,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
     @eval.command("parser")
     def eval_parser(
-        queries: Optional[str] = typer.Option(None, help="query set YAML (default: tests/data/queries.yaml)"),
+        queries: str | None = typer.Option(None, help="query set YAML (default: tests/data/queries.yaml)"),
         as_json: bool = typer.Option(False, "--json", help="print the per-case results as JSON"),
     ) -> None:
         """Accuracy of the instruction parser on the hand-written query set (exact parse, or the expected error).

@@ -1,8 +1,8 @@
 """The inspection pipeline and its facade `Inspector`: instruction + images -> one Verdict per image.
 
-Stages, each on its real model: parse (agent.parser) -> locate (vision.locator, YOLO + line adapter) -> measure
+Stages, each on its real model: parse (agent.parser) -> locate (vision.locator.model, YOLO + line adapter) -> measure
 (vision.measure, mm from the line calibration) -> embed crops (vision.embedder, open_clip) -> texture score
-(vision.texture) -> retrieve similar past cases (knowledge_base + FAISS) -> fuse (agent.fusion) -> decide
+(vision.embedder.texture) -> retrieve similar past cases (knowledge_base + FAISS) -> fuse (agent.fusion) -> decide
 (agent.clauses)."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Inspector:
         self.texture_scorer = texture_scorer
         self.kb = knowledge_base
         self.fusion = fusion or load_fusion(line.name)
-        self.verifier = verifier  # vision.verifier.DefectVerifier for template lines that configure one
+        self.verifier = verifier  # vision.verifier.model.DefectVerifier for template lines that configure one
 
     @classmethod
     def from_config(
@@ -72,25 +72,25 @@ class Inspector:
         use_embedder: bool = True,
         use_kb: bool = True,
         app: AppConfig | None = None,
-    ) -> "Inspector":
+    ) -> Inspector:
         from defect_agent.runtime import configure_offline, set_threads
 
         configure_offline()
         app = app or load_app_config()
         line_cfg = load_line(line or app.default_line)
-        from vision.locator import shared_pool
+        from vision.locator.model import shared_pool
 
         locator = shared_pool().locator(line_cfg)  # lines over one base share it in memory
         verifier = None
         if line_cfg.locator.verifies:
-            from vision.verifier import DefectVerifier
+            from vision.verifier.model import DefectVerifier
 
             verifier = DefectVerifier.for_line(line_cfg)
         set_threads(app.threads)
         embedder = scorer = kb = None
         if use_embedder:
             from vision.embedder import load_embedder
-            from vision.texture import TextureScorer
+            from vision.embedder.texture import TextureScorer
 
             embedder = load_embedder(app.embedder)
             kb = _open_kb(kb_dir or app.kb_dir, embedder) if use_kb else None
@@ -122,8 +122,10 @@ class Inspector:
                 f"pass --line {query.line}"
             )
         paths = apply_scope(list(images), query.scope)
-        if self.uses_template:
-            paths = drop_templates(paths)
+        if self.uses_template and self.line.reference is not None:
+            from vision.reference import drop_references
+
+            paths = drop_references(paths, self.line.reference)
         versions = self.versions()
         for path in paths:
             yield self.inspect_image(query, path, versions, k=k)
@@ -156,22 +158,22 @@ class Inspector:
 
     @property
     def uses_template(self) -> bool:
-        """The line's locator reads (test, template, difference) composites: every image needs its golden template."""
+        """The line's locator reads (image, reference, difference) composites: every part needs its reference image."""
         return self.line.locator.reference == "template"
 
     def locator_input(self, path: str, image: np.ndarray) -> np.ndarray:
-        """What the locator sees: the image itself, or for template lines its composite with the aligned golden
-        template found beside it (`<id>_temp.*` next to `<id>_test.*`). A missing template is an ImageReadError."""
-        if not self.uses_template:
+        """What the locator sees: the image itself, or for template lines its composite with the part's reference
+        image, found by the line's `reference:` rule. A missing reference is an ImageReadError."""
+        if not self.uses_template or self.line.reference is None:
             return image
-        from vision.deeppcb import find_template, reference_composite
+        from vision.reference import describe_rule, find_reference, reference_composite
 
-        template = find_template(path)
-        if template is None:
+        reference = find_reference(path, self.line.reference)
+        if reference is None:
             raise ImageReadError(
-                f"line {self.line.name!r} compares every image with its golden template, and {path} has none: "
-                "expected <id>_temp.<ext> beside <id>_test.<ext>")
-        return reference_composite(image, read_image(template, self.line.image_size))
+                f"line {self.line.name!r} compares every image with its reference, and {path} has none: expected "
+                f"{describe_rule(self.line.reference)} (the line's `reference:` rule)")
+        return reference_composite(image, read_image(reference, self.line.image_size))
 
     def locate(self, locator_input: np.ndarray, timings: dict[str, float] | None = None) -> list[Detection]:
         """The detector on what it sees (`locator_input`), then the class verifier where the line has one (which
@@ -230,15 +232,6 @@ class Inspector:
         if self.kb is None or k <= 0:
             return []
         return self.kb.search_by_vector(vector, k=k, line=self.line.name)
-
-
-def drop_templates(paths: list[str]) -> list[str]:
-    """Golden templates given alongside their test images (a whole DeepPCB folder, `boards/*.jpg`) are references,
-    not boards to inspect: drop every `<id>_temp.*` whose `<id>_test.*` is in the list too."""
-    names = {(Path(p).parent, Path(p).stem) for p in paths}
-    return [p for p in paths
-            if not (Path(p).stem.endswith("_temp")
-                    and (Path(p).parent, Path(p).stem[: -len("_temp")] + "_test") in names)]
 
 
 def _ms(t0: float) -> float:

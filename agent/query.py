@@ -69,10 +69,10 @@ class Logic(BaseModel):
 
     op: Literal["cond", "and", "or", "not"]
     cond: str | None = None
-    args: list["Logic"] = Field(default_factory=list)
+    args: list[Logic] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _shape(self) -> "Logic":
+    def _shape(self) -> Logic:
         if self.op == "cond" and (self.cond is None or self.args):
             raise ValueError("a 'cond' node names one condition and has no args")
         if self.op == "not" and len(self.args) != 1:
@@ -127,7 +127,7 @@ class InspectionQuery(BaseModel):
     want: ReturnSpec = Field(default_factory=ReturnSpec)
 
     @model_validator(mode="after")
-    def _logic_names_known_conditions(self) -> "InspectionQuery":
+    def _logic_names_known_conditions(self) -> InspectionQuery:
         known = {c.id for c in self.conditions}
         missing = [cid for cid in self.logic.condition_ids() if cid not in known]
         if missing:

@@ -27,7 +27,7 @@ class VerdictWriter:
     def errors(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.error]
 
-    def __enter__(self) -> "VerdictWriter":
+    def __enter__(self) -> VerdictWriter:
         if self.out is not None:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.out.open("w", encoding="utf-8")

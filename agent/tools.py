@@ -34,7 +34,7 @@ class RetrieveArgs(BaseModel):
     k: int = Field(5, ge=1, le=100, description="number of past cases")
 
 
-def inspection_tools(inspector: "Inspector") -> list["BaseTool"]:
+def inspection_tools(inspector: Inspector) -> list[BaseTool]:
     """The four stage tools bound to `inspector` (its line, locator, embedder and knowledge base)."""
     from langchain_core.tools import StructuredTool
 

@@ -53,6 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from bench_verifier import _locator, deeppcb_source, validation_boards
+
     from defect_agent.config import load_line
     from defect_agent.paths import resolve
     from defect_agent.runtime import configure_offline

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_fewshot.py [--deeppcb DIR] [--seeds 5] [--ks 1,5,20]
 
-Queries: DeepPCB validation groups (vision.deeppcb.VAL_GROUPS), 150 crops per defect class + 300 defect-free
+Queries: DeepPCB validation groups (vision.datasets.deeppcb.VAL_GROUPS), 150 crops per defect class + 300 defect-free
 template crops. Support: k per class (6 defects + normal) from the train groups, `--seeds` draws averaged. Methods:
 zero-shot prompts, image prototypes only, and their convex mix (weight and prototype scale tuned on the train
 part only). Writes benchmarks/results/fewshot.json and fewshot.md and prints the table."""

@@ -50,8 +50,8 @@ def main() -> None:
     import cv2
     import numpy as np
 
-    from vision.locator import import_yolo
-    from vision.lora import AdapterBank, load_adapted_yolo
+    from vision.locator.lora import AdapterBank, load_adapted_yolo
+    from vision.locator.yolo import import_yolo
 
     YOLO = import_yolo()
     lines = dict(item.split("=", 1) for item in args.adapter)

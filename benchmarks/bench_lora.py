@@ -1,7 +1,7 @@
 """LoRA adapters vs full fine-tuning vs head-only on DeepPCB (the `pcb` line), at 50, 200 and all training images.
 
 For every (size, method) it trains from the same base, measures the result on the fixed validation groups with
-`vision.yolo_eval.evaluate_locator` (mAP50, mAP50-95, per-class P/R, image-level miss rate at the line's operating
+`vision.locator.eval.evaluate_locator` (mAP50, mAP50-95, per-class P/R, image-level miss rate at the line's operating
 confidence) and records trainable parameters, the per-line file size and the training time. Jobs run as parallel
 processes (one GPU can train many YOLOv8n at once; the data loaders are the bottleneck). Writes
 benchmarks/results/lora.json and benchmarks/results/lora.md.
@@ -107,14 +107,14 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     from defect_agent.runtime import configure_offline
 
     configure_offline()
-    from vision.locator import Locator, import_yolo
+    from vision.locator.model import Locator, import_yolo
 
     import_yolo()
     _patch_polars()
     from ultralytics.utils import callbacks as ucb
 
     from defect_agent.config import load_line, load_rank_allocation
-    from vision.yolo_eval import evaluate_locator
+    from vision.locator.eval import evaluate_locator
 
     work = Path(spec["work"])
     job_id = spec["id"]
@@ -153,8 +153,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     record["init"] = str(init) if init else None
     record["warmup_epochs"] = spec.get("warmup_epochs")
     if method in ("lora", "lora_bias", "dora"):
-        from vision.adapter_train import train_adapter
-        from vision.lora import load_adapted_yolo
+        from vision.locator.adapter_train import train_adapter
+        from vision.locator.lora import load_adapted_yolo
 
         adapter = out_dir / f"{job_id}.safetensors"
         res = train_adapter(spec["data"], base, adapter, rank=spec["rank"], lora_bias=method == "lora_bias",
@@ -167,11 +167,11 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                             batch=spec["batch"], device=spec["device"], seed=spec["seed"], line="pcb",
                             reference="template" if spec["reference"] else "none", run_dir=work / "runs", **common)
         yolo = load_adapted_yolo(base, adapter)
-        from vision.locator import _version_of
+        from vision.locator.model import _version_of
 
         locator = Locator(yolo, f"{_version_of(base)}+{_version_of(adapter)}", line.class_names, imgsz=spec["imgsz"],
                           conf=line.locator.conf, iou=line.locator.iou, device=spec["device"])
-        from vision.lora import read_adapter_meta
+        from vision.locator.lora import read_adapter_meta
 
         record["lr0"] = read_adapter_meta(adapter).provenance.get("lr0")  # the default when --lr0 is not given
         record.update(trainable_params=res.trainable["trainable"], lora_params=res.trainable["lora"],
@@ -180,7 +180,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                       train_seconds=res.train_seconds, epochs_run=res.epochs_run,
                       ultralytics_final=res.final_metrics)
     else:
-        from vision.yolo_train import train_locator
+        from vision.locator.train import train_locator
 
         weights = out_dir / f"{job_id}.pt"
         freeze = FREEZE[method]
@@ -228,7 +228,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 def prepare_data(src: Path, work: Path, sizes: list, reference: bool, seed: int) -> dict[str, dict[Any, str]]:
     """Convert DeepPCB (plain and, if asked, reference composites) and write the subset YAMLs."""
-    from vision.deeppcb import convert_deeppcb, subset_data_yaml
+    from vision.datasets.deeppcb import convert_deeppcb, subset_data_yaml
 
     yamls: dict[str, dict[Any, str]] = {}
     for ref in ([False, True] if reference else [False]):

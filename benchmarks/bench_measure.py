@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from defect_agent.config import load_line
+from vision.datasets.synth import BatteryTabParams, generate_battery_tab, image_seed
 from vision.detection import Box, Detection
 from vision.measure import blob_area_px, measure_findings, measure_offset, to_gray
-from vision.synth import BatteryTabParams, generate_battery_tab, image_seed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "measure.json"
 
@@ -51,7 +51,7 @@ def main() -> None:
         from defect_agent.runtime import configure_offline
 
         configure_offline()
-        from vision.locator import Locator
+        from vision.locator.model import Locator
 
         locator = Locator.from_line(line)
     err_locator: list[float] = []

@@ -44,7 +44,7 @@ class Mixture:
     noise: float  # per-dimension std of isotropic noise
 
     @classmethod
-    def make(cls, dim: int, clusters: int, local_dim: int, seed: int) -> "Mixture":
+    def make(cls, dim: int, clusters: int, local_dim: int, seed: int) -> Mixture:
         rng = np.random.default_rng(seed)
         centres = rng.standard_normal((clusters, dim)).astype(np.float32)
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)

@@ -1,4 +1,4 @@
-"""The class verifier (vision/verifier.py) behind several pcb locators: each locator's detections on the DeepPCB
+"""The class verifier (vision/verifier/model.py) behind several pcb locators: each locator's detections on the DeepPCB
 validation groups scored as the detector gives them and after the verifier relabels them, in one process, so the
 gain is a difference over the same boxes. Locators are full checkpoints (.pt) or LoRA adapters (.safetensors) over
 the line's base, e.g. the artifacts of benchmarks/bench_lora.py:
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _locator(line, path: Path):
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     cfg = line.locator.model_copy(update={"adapter": str(path), "weights": line.locator.weights}
                                   if path.suffix == ".safetensors" else {"adapter": None, "weights": str(path)})
@@ -47,7 +47,7 @@ def deeppcb_source(src: str | None) -> Path:
 
 def validation_boards(src: Path, max_boards: int | None = None) -> list[tuple]:
     """(template composite, [(class id, Box)]) for each validation board that has a template."""
-    from vision.deeppcb import parse_annotation, reference_input, template_pairs
+    from vision.datasets.deeppcb import parse_annotation, reference_input, template_pairs
 
     return [(reference_input(p.test, p.template),
              parse_annotation(p.annotation.read_text(encoding="utf-8"), str(p.annotation)))
@@ -61,7 +61,7 @@ def _verifiers(spec: str | None, line) -> list[tuple[str, object]]:
     """(id, DefectVerifier) for each `id=path[:on|off][:rule=value...]` of `spec` (default: the line's verifier,
     TTA and rules)."""
     from defect_agent.paths import resolve
-    from vision.verifier import DefectVerifier
+    from vision.verifier.model import DefectVerifier
 
     if not spec:
         return [("line", DefectVerifier.for_line(line))]
@@ -105,7 +105,7 @@ def main() -> None:
     from defect_agent.config import load_line
     from defect_agent.paths import resolve
     from defect_agent.runtime import configure_offline
-    from vision.verifier_eval import evaluate_verifier
+    from vision.verifier.eval import evaluate_verifier
 
     configure_offline()
     line = load_line(args.line)

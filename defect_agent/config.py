@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import re
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from defect_agent.errors import ConfigError
 from defect_agent.paths import configs_dir
@@ -51,6 +52,42 @@ class Calibration(_Strict):
     mm_per_px: float = Field(gt=0)
 
 
+class ReferenceConfig(_Strict):
+    """How a line finds each part's defect-free reference image (its golden template), for locators that compare
+    every image with it (`locator.reference: template`).
+
+    Either one fixed golden `image` for every part, or a name rule: `pattern` (a regex on the inspected image's file
+    stem, with a named group `id`) and `name` (the reference's stem built from that match), looked up in `folder`
+    (None: beside the image; a relative folder counts from the image's folder; or an absolute one) with the image's
+    own extension first, then any image extension. DeepPCB's `<id>_test.jpg` / `<id>_temp.jpg` pairs are
+    `pattern: "^(?P<id>.+)_test$"`, `name: "{id}_temp"`."""
+
+    pattern: str = r"^(?P<id>.+)$"
+    name: str = "{id}"
+    folder: str | None = None
+    image: str | None = None  # relative to the project root, or absolute
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"reference.pattern {value!r} is not a regular expression: {exc}") from exc
+        if "id" not in compiled.groupindex:
+            raise ValueError(f"reference.pattern {value!r} needs a named group (?P<id>...)")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _names_id(cls, value: str) -> str:
+        try:
+            value.format(id="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"reference.name {value!r} may only use the field {{id}}: {exc}") from exc
+        return value
+
+
 class LocatorConfig(_Strict):
     weights: str  # shipped base or merged model, relative to the project root
     adapter: str | None = None  # peft LoRA adapter for this line over `base`
@@ -58,8 +95,10 @@ class LocatorConfig(_Strict):
     imgsz: int = 640
     conf: float = 0.25
     iou: float = 0.5
-    reference: Literal["none", "template"] = "none"  # golden-template use (pcb)
-    verifier: str | None = None  # template lines: second-stage class verifier (vision.verifier)
+    # "template": the detector reads (image, reference, |difference|) composites; the line's `reference` says
+    # where each part's reference image lies
+    reference: Literal["none", "template"] = "none"
+    verifier: str | None = None  # template lines: second-stage class verifier (vision.verifier.model)
     verifier_relabel_min: float = Field(0.5, ge=0.0, le=1.0)  # verifier probability needed to change a class
     verifier_tta: bool = False  # average the verifier over the eight rotations / flips of each crop
     # overlapping same-class boxes that both verify at least this much become one (their union); None: never
@@ -105,6 +144,14 @@ class LineConfig(_Strict):
     locator: LocatorConfig
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     texture: TextureConfig = Field(default_factory=TextureConfig)
+    reference: ReferenceConfig | None = None  # each part's golden reference image, for template locators
+
+    @model_validator(mode="after")
+    def _template_needs_reference(self) -> LineConfig:
+        if self.locator.reference == "template" and self.reference is None:
+            raise ValueError("locator.reference is 'template' but the line has no `reference:` block saying where "
+                             "each part's reference image lies (pattern + name, folder, or a fixed image)")
+        return self
 
     @property
     def class_names(self) -> list[str]:
@@ -164,7 +211,7 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_app_config(path: str | None = None) -> AppConfig:
     cfg_path = Path(path) if path else configs_dir() / "default.yaml"
     try:
@@ -177,7 +224,7 @@ def available_lines() -> list[str]:
     return sorted(p.stem for p in (configs_dir() / "lines").glob("*.yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_line(name: str) -> LineConfig:
     path = configs_dir() / "lines" / f"{name}.yaml"
     if not path.is_file():

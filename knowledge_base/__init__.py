@@ -23,7 +23,18 @@ _EXPORTS = {
     "VerifyReport": "knowledge_base.models",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CaseFilter",
+    "CaseNotFound",
+    "HistoryEntry",
+    "ImportReport",
+    "KBStats",
+    "KnowledgeBase",
+    "ModelVersionMismatch",
+    "PreparedCase",
+    "VerifyReport",
+]
+assert sorted(_EXPORTS) == __all__
 
 
 def __getattr__(name: str) -> Any:

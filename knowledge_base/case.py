@@ -4,7 +4,7 @@ SQLite is the source of truth for these; the FAISS index only maps case ids to v
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 
 from pydantic import BaseModel, Field
@@ -19,7 +19,7 @@ class Disposition(str, Enum):
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class CaseInput(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -28,7 +28,7 @@ kb_app = typer.Typer(no_args_is_help=True, help="Knowledge base of past defect c
 KB_OPTION = typer.Option(None, "--kb", help="knowledge base folder (default: kb_dir in configs/default.yaml)")
 
 
-def make_embedder() -> "Embeds":
+def make_embedder() -> Embeds:
     """The configured embedder (vision.embedder.load_embedder); loaded only by commands that embed."""
     from defect_agent.config import load_app_config
     from defect_agent.runtime import configure_offline, set_threads
@@ -43,14 +43,14 @@ def make_embedder() -> "Embeds":
     return load_embedder(app.embedder)
 
 
-def kb_path(kb: Optional[Path]) -> Path:
+def kb_path(kb: Path | None) -> Path:
     from defect_agent.config import load_app_config
     from defect_agent.paths import resolve
 
     return Path(kb) if kb is not None else resolve(load_app_config().kb_dir)
 
 
-def open_kb(kb: Optional[Path], create: bool = False, lazy_embedder: bool = True) -> "KnowledgeBase":
+def open_kb(kb: Path | None, create: bool = False, lazy_embedder: bool = True) -> KnowledgeBase:
     import os
 
     import faiss
@@ -66,7 +66,7 @@ def open_kb(kb: Optional[Path], create: bool = False, lazy_embedder: bool = True
                               embedder_factory=make_embedder if lazy_embedder else None)
 
 
-def _box(text: Optional[str]):
+def _box(text: str | None):
     if text is None:
         return None
     from knowledge_base.importer import parse_box
@@ -77,7 +77,7 @@ def _box(text: Optional[str]):
         raise typer.BadParameter(str(exc), param_hint="--box") from exc
 
 
-def _measurements(items: Optional[list[str]]) -> dict[str, float]:
+def _measurements(items: list[str] | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
@@ -90,7 +90,7 @@ def _measurements(items: Optional[list[str]]) -> dict[str, float]:
     return out
 
 
-def _date(text: Optional[str], option: str) -> Optional[datetime]:
+def _date(text: str | None, option: str) -> datetime | None:
     if text is None:
         return None
     try:
@@ -100,7 +100,7 @@ def _date(text: Optional[str], option: str) -> Optional[datetime]:
                                  param_hint=option) from exc
 
 
-def _echo_hits(hits: list["SimilarCase"], as_json: bool) -> None:
+def _echo_hits(hits: list[SimilarCase], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([h.model_dump(mode="json") for h in hits], indent=2, ensure_ascii=False))
         return
@@ -137,10 +137,10 @@ def add_cmd(
     root_cause: str = typer.Option("", help="root cause found"),
     action: str = typer.Option("", help="corrective action taken"),
     author: str = typer.Option("", help="who reported it"),
-    box: Optional[str] = typer.Option(None, help="defect region x1,y1,x2,y2 in pixels (default: whole image)"),
-    measurement: Optional[list[str]] = typer.Option(None, help="NAME=VALUE, repeatable (e.g. offset_mm=0.42)"),
-    created_at: Optional[str] = typer.Option(None, help="when the case happened (ISO date; default now)"),
-    kb: Optional[Path] = KB_OPTION,
+    box: str | None = typer.Option(None, help="defect region x1,y1,x2,y2 in pixels (default: whole image)"),
+    measurement: list[str] | None = typer.Option(None, help="NAME=VALUE, repeatable (e.g. offset_mm=0.42)"),
+    created_at: str | None = typer.Option(None, help="when the case happened (ISO date; default now)"),
+    kb: Path | None = KB_OPTION,
 ) -> None:
     """Add one case; its box region is embedded with the configured embedder."""
     from pydantic import ValidationError
@@ -161,7 +161,7 @@ def add_cmd(
 @kb_app.command("import")
 def import_cmd(
     source: Path = typer.Argument(..., help="CSV, JSONL, or a folder with cases.csv / cases.jsonl beside its images"),
-    kb: Optional[Path] = KB_OPTION,
+    kb: Path | None = KB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
 ) -> None:
     """Import many cases; bad rows are listed with their line numbers and skipped, good rows go in together."""
@@ -181,19 +181,19 @@ def import_cmd(
 
 @kb_app.command("search")
 def search_cmd(
-    image: Optional[Path] = typer.Option(None, help="query image"),
-    box: Optional[str] = typer.Option(None, help="region of the query image x1,y1,x2,y2"),
-    text: Optional[str] = typer.Option(None, help="query in words (hybrid: embedding + keywords)"),
-    case: Optional[int] = typer.Option(None, help="cases similar to this stored case"),
+    image: Path | None = typer.Option(None, help="query image"),
+    box: str | None = typer.Option(None, help="region of the query image x1,y1,x2,y2"),
+    text: str | None = typer.Option(None, help="query in words (hybrid: embedding + keywords)"),
+    case: int | None = typer.Option(None, help="cases similar to this stored case"),
     k: int = typer.Option(5, "--k", "-k", min=1, help="how many cases"),
-    line: Optional[str] = typer.Option(None),
-    defect_class: Optional[str] = typer.Option(None, "--class"),
-    disposition: Optional[str] = typer.Option(None),
-    since: Optional[str] = typer.Option(None, help="created on or after (ISO date)"),
-    until: Optional[str] = typer.Option(None, help="created before (ISO date)"),
-    keyword_weight: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="text search: 0 vectors .. 1 keywords"),
+    line: str | None = typer.Option(None),
+    defect_class: str | None = typer.Option(None, "--class"),
+    disposition: str | None = typer.Option(None),
+    since: str | None = typer.Option(None, help="created on or after (ISO date)"),
+    until: str | None = typer.Option(None, help="created before (ISO date)"),
+    keyword_weight: float | None = typer.Option(None, min=0.0, max=1.0, help="text search: 0 vectors .. 1 keywords"),
     as_json: bool = typer.Option(False, "--json"),
-    kb: Optional[Path] = KB_OPTION,
+    kb: Path | None = KB_OPTION,
 ) -> None:
     """Find similar past cases by image, by text or by case id."""
     if sum(x is not None for x in (image, text, case)) != 1:
@@ -221,7 +221,7 @@ def show_cmd(
     case_id: int = typer.Argument(...),
     history: bool = typer.Option(False, "--history", help="also list every recorded change (kept after rm)"),
     as_json: bool = typer.Option(False, "--json"),
-    kb: Optional[Path] = KB_OPTION,
+    kb: Path | None = KB_OPTION,
 ) -> None:
     """Show a case (and its history)."""
     from knowledge_base.kb import CaseNotFound
@@ -257,17 +257,17 @@ def show_cmd(
 @kb_app.command("edit")
 def edit_cmd(
     case_id: int = typer.Argument(...),
-    line: Optional[str] = typer.Option(None),
-    defect_class: Optional[str] = typer.Option(None, "--class"),
-    disposition: Optional[str] = typer.Option(None),
-    report: Optional[str] = typer.Option(None),
-    root_cause: Optional[str] = typer.Option(None),
-    action: Optional[str] = typer.Option(None),
-    author: Optional[str] = typer.Option(None),
-    box: Optional[str] = typer.Option(None, help="x1,y1,x2,y2, or 'full' for the whole image (re-embeds)"),
-    image: Optional[Path] = typer.Option(None, help="replace the image (re-embeds)"),
-    measurement: Optional[list[str]] = typer.Option(None, help="NAME=VALUE, repeatable; replaces all measurements"),
-    kb: Optional[Path] = KB_OPTION,
+    line: str | None = typer.Option(None),
+    defect_class: str | None = typer.Option(None, "--class"),
+    disposition: str | None = typer.Option(None),
+    report: str | None = typer.Option(None),
+    root_cause: str | None = typer.Option(None),
+    action: str | None = typer.Option(None),
+    author: str | None = typer.Option(None),
+    box: str | None = typer.Option(None, help="x1,y1,x2,y2, or 'full' for the whole image (re-embeds)"),
+    image: Path | None = typer.Option(None, help="replace the image (re-embeds)"),
+    measurement: list[str] | None = typer.Option(None, help="NAME=VALUE, repeatable; replaces all measurements"),
+    kb: Path | None = KB_OPTION,
 ) -> None:
     """Change fields of a case; the previous version stays in its history."""
     changes = {"line": line, "defect_class": defect_class, "disposition": disposition, "report": report,
@@ -286,7 +286,7 @@ def edit_cmd(
 
 
 @kb_app.command("rm")
-def rm_cmd(case_id: int = typer.Argument(...), kb: Optional[Path] = KB_OPTION) -> None:
+def rm_cmd(case_id: int = typer.Argument(...), kb: Path | None = KB_OPTION) -> None:
     """Remove a case from the knowledge base and from search at once (its history keeps it; see `restore`)."""
     with open_kb(kb, lazy_embedder=False) as base:
         case = base.remove(case_id)
@@ -294,7 +294,7 @@ def rm_cmd(case_id: int = typer.Argument(...), kb: Optional[Path] = KB_OPTION) -
 
 
 @kb_app.command("restore")
-def restore_cmd(case_id: int = typer.Argument(...), kb: Optional[Path] = KB_OPTION) -> None:
+def restore_cmd(case_id: int = typer.Argument(...), kb: Path | None = KB_OPTION) -> None:
     """Bring back a removed case under its old id."""
     with open_kb(kb) as base:
         case = base.restore(case_id)
@@ -304,7 +304,7 @@ def restore_cmd(case_id: int = typer.Argument(...), kb: Optional[Path] = KB_OPTI
 @kb_app.command("rebuild")
 def rebuild_cmd(
     reembed: bool = typer.Option(False, "--reembed", help="re-embed every case (after changing the embedder)"),
-    kb: Optional[Path] = KB_OPTION,
+    kb: Path | None = KB_OPTION,
 ) -> None:
     """Rebuild the FAISS and keyword indexes from SQLite (repairs a missing or corrupt index)."""
     with open_kb(kb) as base:
@@ -315,7 +315,7 @@ def rebuild_cmd(
 
 
 @kb_app.command("verify")
-def verify_cmd(as_json: bool = typer.Option(False, "--json"), kb: Optional[Path] = KB_OPTION) -> None:
+def verify_cmd(as_json: bool = typer.Option(False, "--json"), kb: Path | None = KB_OPTION) -> None:
     """Check that the index agrees with the database; exit 1 when it does not."""
     with open_kb(kb, lazy_embedder=False) as base:
         report = base.verify()
@@ -328,7 +328,7 @@ def verify_cmd(as_json: bool = typer.Option(False, "--json"), kb: Optional[Path]
 def export_cmd(
     out: Path = typer.Argument(..., help="JSONL file to write"),
     with_vectors: bool = typer.Option(False, "--with-vectors", help="include vectors (import without re-embedding)"),
-    kb: Optional[Path] = KB_OPTION,
+    kb: Path | None = KB_OPTION,
 ) -> None:
     """Write every case as one JSON object per line."""
     with open_kb(kb, lazy_embedder=False) as base:
@@ -337,7 +337,7 @@ def export_cmd(
 
 
 @kb_app.command("stats")
-def stats_cmd(as_json: bool = typer.Option(False, "--json"), kb: Optional[Path] = KB_OPTION) -> None:
+def stats_cmd(as_json: bool = typer.Option(False, "--json"), kb: Path | None = KB_OPTION) -> None:
     """Counts by line, class and disposition; index and storage sizes."""
     with open_kb(kb, lazy_embedder=False) as base:
         stats = base.stats()
@@ -356,14 +356,14 @@ def stats_cmd(as_json: bool = typer.Option(False, "--json"), kb: Optional[Path] 
 
 @kb_app.command("list")
 def list_cmd(
-    line: Optional[str] = typer.Option(None),
-    defect_class: Optional[str] = typer.Option(None, "--class"),
-    disposition: Optional[str] = typer.Option(None),
-    since: Optional[str] = typer.Option(None, help="created on or after (ISO date)"),
-    until: Optional[str] = typer.Option(None, help="created before (ISO date)"),
-    limit: Optional[int] = typer.Option(None, min=1),
+    line: str | None = typer.Option(None),
+    defect_class: str | None = typer.Option(None, "--class"),
+    disposition: str | None = typer.Option(None),
+    since: str | None = typer.Option(None, help="created on or after (ISO date)"),
+    until: str | None = typer.Option(None, help="created before (ISO date)"),
+    limit: int | None = typer.Option(None, min=1),
     as_json: bool = typer.Option(False, "--json"),
-    kb: Optional[Path] = KB_OPTION,
+    kb: Path | None = KB_OPTION,
 ) -> None:
     """List cases (oldest first)."""
     with open_kb(kb, lazy_embedder=False) as base:

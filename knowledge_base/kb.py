@@ -114,7 +114,7 @@ class KnowledgeBase:
         ranking: RankingConfig | None = None,
         embedder_factory: Callable[[], Embeds] | None = None,
         create: bool = True,
-    ) -> "KnowledgeBase":
+    ) -> KnowledgeBase:
         """Open (and with `create`, initialise) the knowledge base in `kb_dir`; runs pending schema migrations.
         `embedder_factory` is called the first time an embedder is needed, when `embedder` is None."""
         kb_dir = Path(kb_dir).expanduser().resolve()
@@ -146,7 +146,7 @@ class KnowledgeBase:
                 self.conn.close()
                 self.conn = None
 
-    def __enter__(self) -> "KnowledgeBase":
+    def __enter__(self) -> KnowledgeBase:
         return self
 
     def __exit__(self, *exc: object) -> None:

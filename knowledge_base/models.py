@@ -3,7 +3,7 @@ reports."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -14,7 +14,7 @@ def to_utc(value: datetime | date) -> datetime:
     """Naive datetimes are taken as UTC; a date means its midnight UTC."""
     if not isinstance(value, datetime):
         value = datetime.combine(value, time.min)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class CaseFilter(BaseModel):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> list[int]:
                 log.info("knowledge base: applying migration %d (%s)", version, description)
                 apply(conn)
                 conn.execute("INSERT INTO schema_version(version, description, applied_at) VALUES (?, ?, ?)",
-                             (version, description, datetime.now(timezone.utc).isoformat()))
+                             (version, description, datetime.now(UTC).isoformat()))
                 applied.append(version)
         conn.execute("COMMIT")
         return applied

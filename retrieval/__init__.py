@@ -1,2 +1,4 @@
-"""Retrieval of similar past cases: FAISS index management (index, policy, store), hybrid ranking for text, and the
-Retriever facade the agent uses. Heavy imports (faiss) happen inside the functions that need them."""
+"""Vector search for the knowledge base: FAISS index management (`index`, the size `policy`, the on-disk `store`
+replaced atomically), hybrid vector + keyword `ranking` for text queries, the `Embeds` protocol an embedder meets
+and the `SimilarCase` hit model. It knows nothing of cases: `knowledge_base` owns the rows and derives the index
+through this package. Heavy imports (faiss) happen inside the functions that need them."""

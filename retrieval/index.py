@@ -86,7 +86,7 @@ class VectorIndex:
 
     # construction ---------------------------------------------------------------------------------------------
     @classmethod
-    def empty(cls, spec: IndexSpec, dim: int, train: np.ndarray | None = None) -> "VectorIndex":
+    def empty(cls, spec: IndexSpec, dim: int, train: np.ndarray | None = None) -> VectorIndex:
         """An empty index; IVF needs `train` (normalised vectors) for its quantizer."""
         import faiss
 
@@ -113,7 +113,7 @@ class VectorIndex:
         return cls(index, spec, dim)
 
     @classmethod
-    def build(cls, spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, progress: bool = False) -> "VectorIndex":
+    def build(cls, spec: IndexSpec, vectors: np.ndarray, ids: np.ndarray, progress: bool = False) -> VectorIndex:
         """Train (IVF) and fill an index with already-normalised vectors."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -224,7 +224,7 @@ class VectorIndex:
         return faiss.serialize_index(self.index)
 
     @classmethod
-    def from_bytes(cls, data: np.ndarray | bytes, spec: IndexSpec, dim: int) -> "VectorIndex":
+    def from_bytes(cls, data: np.ndarray | bytes, spec: IndexSpec, dim: int) -> VectorIndex:
         """Raises RuntimeError (from faiss) or ValueError when the bytes are not an index of this spec."""
         import faiss
 

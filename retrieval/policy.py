@@ -56,7 +56,7 @@ class IndexPolicy(BaseModel):
     regrow_factor: float = Field(4.0, gt=1)  # retrain an IVF index once the base is this many times its training size
 
     @classmethod
-    def from_config(cls, retrieval_config: object | None = None) -> "IndexPolicy":
+    def from_config(cls, retrieval_config: object | None = None) -> IndexPolicy:
         """Read the fields this policy knows from `AppConfig.retrieval` (others keep their defaults)."""
         if retrieval_config is None:
             from defect_agent.config import load_app_config
@@ -65,7 +65,7 @@ class IndexPolicy(BaseModel):
         values = {name: getattr(retrieval_config, name) for name in cls.model_fields if hasattr(retrieval_config, name)}
         # the app config may name the index choice `index`
         if hasattr(retrieval_config, "index") and "kind" not in values:
-            values["kind"] = getattr(retrieval_config, "index")
+            values["kind"] = retrieval_config.index
         return cls.model_validate(values)
 
     def nlist_for(self, n: int) -> int:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +119,7 @@ class IndexFile:
         ids = vindex.ids()
         manifest = Manifest(spec=vindex.spec, dim=vindex.dim, count=vindex.ntotal, ids_sha256=ids_digest(ids),
                             model_version=model_version, applied_seq=applied_seq, generation=generation,
-                            created_at=datetime.now(timezone.utc), file_sha256=hashlib.sha256(data).hexdigest(),
+                            created_at=datetime.now(UTC), file_sha256=hashlib.sha256(data).hexdigest(),
                             file_bytes=int(data.nbytes))
         atomic_write(self.index_path, memoryview(data))
         atomic_write(self.manifest_path, manifest.model_dump_json(indent=2).encode("utf-8"))

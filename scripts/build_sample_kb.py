@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 
 from vision.crops import crop_region
-from vision.synth.battery_tab import generate_battery_tab
+from vision.datasets.synth.battery_tab import generate_battery_tab
 
 OUT = Path(__file__).resolve().parent.parent / "knowledge_base" / "sample_data" / "battery_tab"
 SEED_BASE = 90_000

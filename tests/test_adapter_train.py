@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_locator_train import make_tiny_dataset
 
 from defect_agent.errors import ConfigError
 from defect_agent.paths import resolve
-from test_locator_train import make_tiny_dataset
 
 BASE = resolve("models/locator/battery_tab.pt")
 
@@ -21,7 +21,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first(tiny, tmp_path_factory):
-    from vision.adapter_train import train_adapter
+    from vision.locator.adapter_train import train_adapter
 
     out = tmp_path_factory.mktemp("adapter") / "tiny.safetensors"
     return train_adapter(tiny, BASE, out, rank=4, epochs=1, imgsz=128, batch=4, line="tiny",
@@ -38,12 +38,12 @@ def test_only_lora_and_class_head_train_and_the_file_is_small(first):
 def test_adapter_loads_over_the_untouched_base(first, tiny):
     import numpy as np
 
-    from vision.lora import file_sha256, load_adapted_yolo, read_adapter_meta
+    from vision.locator.lora import file_sha256, load_adapted_yolo, read_adapter_meta
 
     meta = read_adapter_meta(first.adapter)
     assert meta.base_sha256 == file_sha256(BASE) == first.base_sha256  # the base file was not rewritten
     assert meta.names == ["square", "disc"] and meta.rank == 4
-    from vision.adapter_train import LORA_LR0
+    from vision.locator.adapter_train import LORA_LR0
 
     assert meta.provenance["lr0"] == LORA_LR0 and meta.provenance["optimizer"] == "AdamW"
     yolo = load_adapted_yolo(BASE, first.adapter)
@@ -53,8 +53,8 @@ def test_adapter_loads_over_the_untouched_base(first, tiny):
 
 
 def test_warm_start_continues_the_adapter(first, tiny, tmp_path):
-    from vision.adapter_train import train_adapter
-    from vision.lora import read_adapter, read_adapter_meta
+    from vision.locator.adapter_train import train_adapter
+    from vision.locator.lora import read_adapter, read_adapter_meta
 
     out = tmp_path / "continued.safetensors"
     res = train_adapter(tiny, BASE, out, rank=16, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / "r",
@@ -80,7 +80,8 @@ def test_warm_start_continues_the_adapter(first, tiny, tmp_path):
 
 def test_warm_start_with_other_classes_is_refused(first, tmp_path):
     from test_locator_train import make_tiny_dataset
-    from vision.adapter_train import train_adapter
+
+    from vision.locator.adapter_train import train_adapter
 
     data = make_tiny_dataset(tmp_path / "other", n_train=4, n_val=2)
     data.write_text(data.read_text().replace("square", "blob"))
@@ -90,8 +91,8 @@ def test_warm_start_with_other_classes_is_refused(first, tmp_path):
 
 
 def test_lora_bias_trains_through_the_trainer_and_stays_in_the_adapter(first, tiny, tmp_path):
-    from vision.adapter_train import train_adapter
-    from vision.lora import read_adapter, read_adapter_meta
+    from vision.locator.adapter_train import train_adapter
+    from vision.locator.lora import read_adapter, read_adapter_meta
 
     out = tmp_path / "bias.safetensors"
     res = train_adapter(tiny, BASE, out, rank=4, lora_bias=True, epochs=1, imgsz=128, batch=4, line="tiny",
@@ -106,8 +107,8 @@ def test_lora_bias_trains_through_the_trainer_and_stays_in_the_adapter(first, ti
 
 
 def test_dora_trains_its_magnitudes_through_the_trainer(first, tiny, tmp_path):
-    from vision.adapter_train import train_adapter
-    from vision.lora import load_adapted_yolo, read_adapter
+    from vision.locator.adapter_train import train_adapter
+    from vision.locator.lora import load_adapted_yolo, read_adapter
 
     out = tmp_path / "dora.safetensors"
     res = train_adapter(tiny, BASE, out, rank=4, dora=True, epochs=1, imgsz=128, batch=4, line="tiny",
@@ -123,7 +124,7 @@ def test_dora_trains_its_magnitudes_through_the_trainer(first, tiny, tmp_path):
 
 
 def test_dora_with_lora_bias_is_a_config_error(tiny, tmp_path):
-    from vision.adapter_train import train_adapter
+    from vision.locator.adapter_train import train_adapter
 
     with pytest.raises(ConfigError, match="cannot be combined"):
         train_adapter(tiny, BASE, tmp_path / "x.safetensors", rank=4, dora=True, lora_bias=True, epochs=1,
@@ -133,8 +134,8 @@ def test_dora_with_lora_bias_is_a_config_error(tiny, tmp_path):
 def test_class_convolutions_get_their_own_learning_rate(tiny, tmp_path):
     """lr0 drives the LoRA matrices only, head_lr0 the line's class convolutions: with lr0 = 0 every B stays at its
     zero start while the class convs train; with head_lr0 = 0 the LoRA trains and the class convs stay put."""
-    from vision.adapter_train import train_adapter
-    from vision.lora import read_adapter, read_adapter_meta
+    from vision.locator.adapter_train import train_adapter
+    from vision.locator.lora import read_adapter, read_adapter_meta
 
     runs = {}
     for name, lr0, head_lr0 in (("head_only", 0.0, 0.01), ("lora_only", 0.01, 0.0)):
@@ -153,8 +154,8 @@ def test_class_convolutions_get_their_own_learning_rate(tiny, tmp_path):
 
 
 def test_split_head_group_moves_only_class_convolutions_and_keeps_group_settings():
-    from vision.adapter_train import ADAPTER_NAME, split_head_group
-    from vision.lora import LoraSettings, add_lora, load_detection_model, mark_trainable, prepare_base
+    from vision.locator.adapter_train import ADAPTER_NAME, split_head_group
+    from vision.locator.lora import LoraSettings, add_lora, load_detection_model, mark_trainable, prepare_base
 
     model = prepare_base(load_detection_model(BASE))
     add_lora(model, ADAPTER_NAME, ["square", "disc"], LoraSettings(rank=4), trainable=True)
@@ -178,7 +179,7 @@ def test_split_head_group_moves_only_class_convolutions_and_keeps_group_settings
 
 
 def test_unknown_checkpoint_choice_is_refused_before_training(tiny, tmp_path):
-    from vision.adapter_train import train_adapter
+    from vision.locator.adapter_train import train_adapter
 
     with pytest.raises(ConfigError, match="keep"):
         train_adapter(tiny, BASE, tmp_path / "x.safetensors", epochs=1, imgsz=128, batch=4, keep="median",

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.demo import SEED_INSTRUCTION_EN, SEED_INSTRUCTION_ZH
-from vision.synth.battery_tab import BatteryTabParams, generate_battery_tab
+from vision.datasets.synth.battery_tab import BatteryTabParams, generate_battery_tab
 
 CASES = {
     # name: (planted offset mm, spatter, expected verdict of the seed instruction)

@@ -8,7 +8,7 @@ import pytest
 
 from agent.plan import build_plan
 from defect_agent.errors import DefectAgentError
-from vision.synth.battery_tab import BatteryTabParams, generate_battery_tab
+from vision.datasets.synth.battery_tab import BatteryTabParams, generate_battery_tab
 
 
 @pytest.fixture(scope="module")

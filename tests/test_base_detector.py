@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_locator_train import make_tiny_dataset
 from typer.testing import CliRunner
 
 from defect_agent.paths import resolve
-from test_locator_train import make_tiny_dataset
-from vision.yolo_dataset import merge_yolo_datasets
+from vision.datasets.yolo import merge_yolo_datasets
 
 SHIPPED_BASE = resolve("models/locator/defect_base.pt")
 
 
 def test_train_base_on_a_merged_mix_keeps_every_line_class(tmp_path: Path) -> None:
     from agent.cli import app
-    from vision.lora import load_detection_model
+    from vision.locator.lora import load_detection_model
 
     a = make_tiny_dataset(tmp_path / "a", n_train=4, n_val=2, seed=0)
     b = make_tiny_dataset(tmp_path / "b", n_train=4, n_val=2, seed=1)
@@ -45,7 +45,7 @@ def _batchnorm_drift(model) -> float:
 
 def test_train_base_keeps_batchnorm_statistics_at_the_start_point_by_default(tmp_path: Path) -> None:
     from agent.cli import app
-    from vision.lora import load_detection_model
+    from vision.locator.lora import load_detection_model
 
     data = make_tiny_dataset(tmp_path / "a", n_train=4, n_val=2, seed=0)
     out = tmp_path / "base.pt"
@@ -58,7 +58,7 @@ def test_train_base_keeps_batchnorm_statistics_at_the_start_point_by_default(tmp
 @pytest.mark.skipif(not SHIPPED_BASE.is_file(), reason="models/locator/defect_base.pt not trained yet")
 def test_shipped_pcb_adapter_is_cut_for_the_shipped_base() -> None:
     from defect_agent.config import load_line
-    from vision.lora import file_sha256, read_adapter_meta
+    from vision.locator.lora import file_sha256, read_adapter_meta
 
     line = load_line("pcb")
     assert resolve(line.locator.base) == SHIPPED_BASE
@@ -70,7 +70,7 @@ def test_shipped_pcb_adapter_is_cut_for_the_shipped_base() -> None:
 def test_a_missing_shared_base_names_the_command_that_trains_it(tmp_path: Path) -> None:
     from defect_agent.config import load_line
     from defect_agent.errors import ModelFileMissing
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     line = load_line("pcb")
     missing = tmp_path / "nowhere" / "defect_base.pt"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from defect_agent.errors import ImageReadError
-from vision.deeppcb import (
+from vision.datasets.deeppcb import (
     DEEPPCB_CLASSES,
     binarize,
     convert_deeppcb,
@@ -24,7 +24,7 @@ from vision.deeppcb import (
     subset_data_yaml,
     write_compact_source,
 )
-from vision.yolo_dataset import parse_label_line
+from vision.datasets.yolo import parse_label_line
 
 SIZE = 96
 

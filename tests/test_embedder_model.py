@@ -28,8 +28,8 @@ def embedder():
 @pytest.fixture(scope="module")
 def battery_crops():
     """One generated image per defect class (forced), its defect crops, its weld and a clean tab patch."""
+    from vision.datasets.synth import BatteryTabParams, generate_battery_tab
     from vision.detection import Box
-    from vision.synth import BatteryTabParams, generate_battery_tab
 
     crops: dict[str, list[np.ndarray]] = {"spatter": [], "crack": [], "burn": [], "clean": []}
     for seed, force in ((101, "spatter"), (102, "crack"), (103, "burn"), (104, "spatter"), (105, "crack"),

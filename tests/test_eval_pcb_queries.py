@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 @pytest.mark.shared_data
 def test_pcb_query_eval_on_a_few_boards(shared_datasets, tmp_path):
     from agent.cli import app
-    from vision.deeppcb import parse_annotation, scan_deeppcb, split_of
+    from vision.datasets.deeppcb import parse_annotation, scan_deeppcb, split_of
 
     root = shared_datasets / "deeppcb"
     boards = [p for p in scan_deeppcb(root) if split_of(p.group) == "val"][:3]
@@ -36,7 +36,7 @@ def test_inspect_pcb_boards_with_their_templates(shared_datasets, tmp_path):
     import shutil
 
     from agent.cli import app
-    from vision.deeppcb import scan_deeppcb, split_of
+    from vision.datasets.deeppcb import scan_deeppcb, split_of
 
     pairs = [p for p in scan_deeppcb(shared_datasets / "deeppcb") if split_of(p.group) == "val"][:2]
     boards = tmp_path / "boards"

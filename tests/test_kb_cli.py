@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from test_kb_support import HistogramEmbedder, make_image
 from typer.testing import CliRunner
 
 import knowledge_base.cli as kb_cli
-from test_kb_support import HistogramEmbedder, make_image
 
 
 @pytest.fixture()

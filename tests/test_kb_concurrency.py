@@ -7,9 +7,9 @@ import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
+from test_kb_support import case_input, make_image, unit
 
 from knowledge_base import KnowledgeBase
-from test_kb_support import case_input, make_image, unit
 
 PER_WORKER = 50
 

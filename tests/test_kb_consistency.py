@@ -8,13 +8,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from test_kb_support import case_input, make_image, unit
 
 from knowledge_base import KnowledgeBase
 from knowledge_base.db import DB_NAME
 from knowledge_base.schema import LATEST, migrate
 from retrieval.policy import IndexPolicy
 from retrieval.store import IndexUnavailable
-from test_kb_support import case_input, make_image, unit
 
 
 def _fill(kb: KnowledgeBase, tmp_path: Path, n: int, start: int = 0) -> list[int]:

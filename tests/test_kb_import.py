@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_kb_support import HistogramEmbedder, make_image
 
 from knowledge_base import KnowledgeBase
 from knowledge_base.importer import import_cases
-from test_kb_support import HistogramEmbedder, make_image
 
 HEADER = "image,line,class,disposition,box,report,root_cause,action,author,measurements,created_at\n"
 

@@ -5,17 +5,17 @@ content-addressed images, embedder-version safety, export, prototypes. Uses the 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from test_kb_support import HistogramEmbedder, case_input, make_image, unit
 
 from defect_agent.errors import DefectAgentError
 from knowledge_base import KnowledgeBase
 from knowledge_base.kb import CaseNotFound, ModelVersionMismatch
-from test_kb_support import HistogramEmbedder, case_input, make_image, unit
 from vision.detection import Box
 
 
@@ -112,7 +112,7 @@ def test_box_region_is_what_gets_embedded(kb: KnowledgeBase, tmp_path: Path) -> 
 
 
 def test_filters_line_class_disposition_and_dates(kb: KnowledgeBase, tmp_path: Path) -> None:
-    old = datetime(2024, 1, 10, tzinfo=timezone.utc)
+    old = datetime(2024, 1, 10, tzinfo=UTC)
     img = make_image(tmp_path / "r.png", "red")
     a = kb.add(case_input(img, line="battery_tab", defect_class="spatter", disposition="rework"), created_at=old)
     b = kb.add(case_input(img, line="pcb", defect_class="spatter", disposition="scrap"))
@@ -124,7 +124,7 @@ def test_filters_line_class_disposition_and_dates(kb: KnowledgeBase, tmp_path: P
     assert set(_ids(vec(q, k=5, disposition="scrap"))) == {b.id, c.id}
     assert _ids(vec(q, k=5, line="battery_tab", defect_class="crack")) == [c.id]
     assert _ids(vec(q, k=5, until=datetime(2025, 1, 1))) == [a.id]
-    assert set(_ids(vec(q, k=5, since=datetime.now(timezone.utc) - timedelta(hours=1)))) == {b.id, c.id}
+    assert set(_ids(vec(q, k=5, since=datetime.now(UTC) - timedelta(hours=1)))) == {b.id, c.id}
     assert vec(q, k=5, line="no_such_line") == []
     assert [x.id for x in kb.list(line="battery_tab", disposition="scrap")] == [c.id]
     assert kb.count(defect_class="spatter") == 2

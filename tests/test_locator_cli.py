@@ -15,7 +15,7 @@ SHIPPED = resolve("models/locator/battery_tab.pt")
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    from vision.locator_cli import register
+    from vision.locator.cli import register
 
     root, train, ev, data = typer.Typer(), typer.Typer(), typer.Typer(), typer.Typer()
     root.add_typer(train, name="train")
@@ -43,7 +43,7 @@ def test_eval_generates_a_fresh_test_set_and_reports(app, tmp_path):
 
 
 def test_train_on_a_tiny_generated_set_writes_weights(app, tmp_path):
-    from vision.yolo_dataset import write_yolo_dataset
+    from vision.datasets.synth.dataset import write_yolo_dataset
 
     data = write_yolo_dataset(tmp_path / "ds", n_train=6, n_val=2, seed=3)
     out = tmp_path / "w" / "bt.pt"
@@ -52,7 +52,7 @@ def test_train_on_a_tiny_generated_set_writes_weights(app, tmp_path):
     assert res.exit_code == 0, res.output
     assert out.is_file() and "wrote" in res.output
 
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     assert Locator.from_weights(out, ["tab", "weld", "spatter", "crack", "burn"]).class_names[1] == "weld"
 

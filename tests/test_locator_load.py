@@ -22,7 +22,7 @@ def _line_with(**locator):
 
 
 def test_missing_weights_name_the_file_and_the_command(tmp_path):
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     missing = tmp_path / "nowhere" / "battery_tab.pt"
     with pytest.raises(ModelFileMissing) as err:
@@ -33,7 +33,7 @@ def test_missing_weights_name_the_file_and_the_command(tmp_path):
 
 
 def test_missing_adapter_names_the_adapter_command(tmp_path):
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     with pytest.raises(ModelFileMissing) as err:
         Locator.from_line(_line_with(weights=str(SHIPPED), adapter=str(tmp_path / "a.safetensors")))
@@ -42,7 +42,7 @@ def test_missing_adapter_names_the_adapter_command(tmp_path):
 
 
 def test_missing_adapter_base_is_reported_before_the_adapter(tmp_path):
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     with pytest.raises(ModelFileMissing) as err:
         Locator.from_line(_line_with(base=str(tmp_path / "base.pt"), adapter=str(tmp_path / "a.safetensors")))
@@ -50,7 +50,7 @@ def test_missing_adapter_base_is_reported_before_the_adapter(tmp_path):
 
 
 def test_a_file_that_is_no_checkpoint_is_a_config_error(tmp_path):
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file")
@@ -60,7 +60,7 @@ def test_a_file_that_is_no_checkpoint_is_a_config_error(tmp_path):
 
 @needs_shipped
 def test_class_names_must_match_the_checkpoint_in_order():
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     line = load_line("battery_tab")
     swapped = ["weld", "tab", *line.class_names[2:]]
@@ -72,7 +72,7 @@ def test_class_names_must_match_the_checkpoint_in_order():
 
 @needs_shipped
 def test_line_locator_carries_version_and_settings():
-    from vision.locator import Locator, file_sha256
+    from vision.locator.model import Locator, file_sha256
 
     loc = Locator.from_line(load_line("battery_tab"))
     assert loc.class_names == ["tab", "weld", "spatter", "crack", "burn"]
@@ -82,7 +82,7 @@ def test_line_locator_carries_version_and_settings():
 
 @needs_shipped
 def test_bad_images_are_refused_with_their_index():
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     loc = Locator.from_weights(SHIPPED)
     with pytest.raises(ImageReadError, match="image 1: expected uint8"):
@@ -97,7 +97,7 @@ def test_bad_images_are_refused_with_their_index():
 def test_import_predict_and_val_never_touch_the_network(tmp_path, monkeypatch):
     """pytest-socket would raise on a socket, but ultralytics swallows such errors (font check, hub, analytics);
     record every attempt instead so a silent retry fails the test."""
-    from vision.locator import Locator, import_yolo
+    from vision.locator.model import Locator, import_yolo
 
     attempts: list[str] = []
 
@@ -116,7 +116,7 @@ def test_import_predict_and_val_never_touch_the_network(tmp_path, monkeypatch):
     assert (USER_CONFIG_DIR / "Arial.ttf").is_file()
     assert checks.check_font("Arial.ttf") == USER_CONFIG_DIR / "Arial.ttf"
 
-    from vision.synth.battery_tab import generate_battery_tab
+    from vision.datasets.synth.battery_tab import generate_battery_tab
 
     loc = Locator.from_weights(SHIPPED, imgsz=320)
     img, _ = generate_battery_tab(5)

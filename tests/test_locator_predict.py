@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason="models/locator/ba
 @pytest.fixture(scope="module")
 def locator():
     from defect_agent.config import load_line
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     return Locator.from_line(load_line("battery_tab"))
 
@@ -26,7 +26,7 @@ def _best(dets, name):
 
 
 def _case(seed: int, **force):
-    from vision.synth.battery_tab import BatteryTabParams, generate_battery_tab
+    from vision.datasets.synth.battery_tab import BatteryTabParams, generate_battery_tab
 
     base = dict(force_spatter=False, force_crack=False, force_burn=False, force_missing_weld=False)
     base.update(force)

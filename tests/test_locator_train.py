@@ -53,7 +53,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
-    from vision.yolo_train import train_locator
+    from vision.locator.train import train_locator
 
     out = tmp_path_factory.mktemp("out") / "tiny.pt"
     return train_locator(tiny, "yolov8n.yaml", out, epochs=1, imgsz=128, batch=4,
@@ -61,7 +61,7 @@ def trained(tiny, tmp_path_factory):
 
 
 def test_one_epoch_from_scratch_gives_finite_loss_and_a_loadable_file(trained):
-    from vision.locator import Locator
+    from vision.locator.model import Locator
 
     assert trained.epochs_run == 1
     loss = trained.final_loss
@@ -80,7 +80,7 @@ def test_one_epoch_from_scratch_gives_finite_loss_and_a_loadable_file(trained):
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="models/locator/battery_tab.pt not trained yet")
 def test_head_only_fine_tuning_keeps_the_backbone(tiny, tmp_path):
-    from vision.yolo_train import train_locator
+    from vision.locator.train import train_locator
 
     res = train_locator(tiny, SHIPPED, tmp_path / "head.pt", epochs=1, imgsz=128, batch=4, freeze=10,
                         run_dir=tmp_path / "runs")
@@ -97,7 +97,7 @@ def test_head_only_fine_tuning_keeps_the_backbone(tiny, tmp_path):
 
 @pytest.mark.parametrize("name", ["yolov8n.pt", "yolo11n", "https://example.com/yolov8n.pt", "not_a_model.yaml"])
 def test_base_that_would_download_is_refused(name, tiny, tmp_path):
-    from vision.yolo_train import train_locator
+    from vision.locator.train import train_locator
 
     with pytest.raises(ConfigError, match="neither a local file nor a model YAML bundled"):
         train_locator(tiny, name, tmp_path / "x.pt", epochs=1, imgsz=64, batch=2, run_dir=tmp_path / "runs")
@@ -106,14 +106,14 @@ def test_base_that_would_download_is_refused(name, tiny, tmp_path):
 
 
 def test_bundled_yaml_resolves_without_network():
-    from vision.yolo_train import bundled_model_yaml, resolve_base
+    from vision.locator.train import bundled_model_yaml, resolve_base
 
     assert bundled_model_yaml("yolov8n.yaml").name == "yolov8.yaml"
     assert resolve_base("yolov8n.yaml") == "yolov8n.yaml"
 
 
 def test_missing_split_is_refused_before_training(tmp_path):
-    from vision.yolo_train import train_locator
+    from vision.locator.train import train_locator
 
     data = tmp_path / "data.yaml"
     data.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: [a]\n"
@@ -123,8 +123,8 @@ def test_missing_split_is_refused_before_training(tmp_path):
 
 
 def test_eval_figures_follow_their_definitions(trained, tiny):
-    from vision.locator import Locator
-    from vision.yolo_eval import evaluate_locator, read_truth, split_images
+    from vision.locator.eval import evaluate_locator, read_truth, split_images
+    from vision.locator.model import Locator
 
     loc = Locator.from_weights(trained.weights, NAMES, imgsz=128)
     m = evaluate_locator(loc, tiny, conf_operating=0.001, imgsz=128)
@@ -141,8 +141,8 @@ def test_eval_figures_follow_their_definitions(trained, tiny):
 
 
 def test_eval_square_protocol_validates_unpadded_input_too(trained, tiny):
-    from vision.locator import Locator
-    from vision.yolo_eval import evaluate_locator
+    from vision.locator.eval import evaluate_locator
+    from vision.locator.model import Locator
 
     loc = Locator.from_weights(trained.weights, NAMES, imgsz=128)
     shapes: list[tuple[int, ...]] = []
@@ -173,7 +173,7 @@ def test_eval_square_protocol_validates_unpadded_input_too(trained, tiny):
 
 
 def test_eval_refuses_a_dataset_with_other_classes(trained, tmp_path):
-    from vision.yolo_eval import evaluate_locator
+    from vision.locator.eval import evaluate_locator
 
     other = make_tiny_dataset(tmp_path / "other", n_train=1, n_val=1)
     other.write_text(other.read_text().replace("0: square\n  1: disc", "0: disc\n  1: square"))

@@ -64,7 +64,7 @@ def base_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapters(base_path, tmp_path_factory) -> dict[str, Path]:
     """Two adapters with different classes over the same base, saved to files."""
-    from vision.lora import LoraSettings, add_lora, load_detection_model, make_meta, prepare_base, save_adapter
+    from vision.locator.lora import LoraSettings, add_lora, load_detection_model, make_meta, prepare_base, save_adapter
 
     out = tmp_path_factory.mktemp("adapters")
     paths = {}
@@ -84,9 +84,15 @@ def _forward(model: nn.Module, seed: int = 0) -> torch.Tensor:
 
 
 def test_injection_trains_only_lora_and_class_head(base_path):
-    from vision.lora import (
-        LoraSettings, add_lora, assert_adapter_only, class_head_modules, load_detection_model, lora_target_modules,
-        mark_trainable, prepare_base,
+    from vision.locator.lora import (
+        LoraSettings,
+        add_lora,
+        assert_adapter_only,
+        class_head_modules,
+        load_detection_model,
+        lora_target_modules,
+        mark_trainable,
+        prepare_base,
     )
 
     model = prepare_base(load_detection_model(base_path))
@@ -132,7 +138,7 @@ def test_a_new_line_starts_near_the_class_prior_whatever_the_base_features(base_
     fine-tuned on defects) cannot make the first class loss explode, as PyTorch's default init did."""
     import math
 
-    from vision.lora import LoraSettings, add_lora, class_head_modules, load_detection_model, prepare_base
+    from vision.locator.lora import LoraSettings, add_lora, class_head_modules, load_detection_model, prepare_base
 
     model = prepare_base(load_detection_model(base_path)).eval()
     add_lora(model, "pcb", PCB_NAMES, LoraSettings(rank=4))
@@ -151,7 +157,7 @@ def test_a_new_line_starts_near_the_class_prior_whatever_the_base_features(base_
 
 
 def test_depthwise_convs_are_not_targeted(tmp_path):
-    from vision.lora import LoraSettings, add_lora, load_detection_model, lora_target_modules, prepare_base
+    from vision.locator.lora import LoraSettings, add_lora, load_detection_model, lora_target_modules, prepare_base
 
     base = _build_base(tmp_path / "y11.pt", "yolo11")  # YOLO11's class branches hold depthwise convs
     model = prepare_base(load_detection_model(base))
@@ -164,7 +170,7 @@ def test_depthwise_convs_are_not_targeted(tmp_path):
 
 
 def test_adapter_file_holds_only_the_adapter_in_fp16(base_path, adapters):
-    from vision.lora import read_adapter
+    from vision.locator.lora import read_adapter
 
     for name, path in adapters.items():
         meta, tensors = read_adapter(path)
@@ -177,7 +183,7 @@ def test_adapter_file_holds_only_the_adapter_in_fp16(base_path, adapters):
 
 def test_rank4_adapter_is_at_most_5_percent_of_the_real_base(tmp_path):
     from defect_agent.paths import project_root
-    from vision.lora import LoraSettings, add_lora, load_detection_model, make_meta, prepare_base, save_adapter
+    from vision.locator.lora import LoraSettings, add_lora, load_detection_model, make_meta, prepare_base, save_adapter
 
     base = project_root().parent / "shared" / "weights" / "yolov8n_from_int8onnx.pt"
     if not base.is_file():
@@ -189,8 +195,15 @@ def test_rank4_adapter_is_at_most_5_percent_of_the_real_base(tmp_path):
 
 
 def test_save_load_round_trip_is_exact(base_path, tmp_path):
-    from vision.lora import (
-        LoraSettings, add_lora, file_sha256, load_adapter, load_detection_model, make_meta, prepare_base, save_adapter,
+    from vision.locator.lora import (
+        LoraSettings,
+        add_lora,
+        file_sha256,
+        load_adapter,
+        load_detection_model,
+        make_meta,
+        prepare_base,
+        save_adapter,
     )
 
     model = prepare_base(load_detection_model(base_path))
@@ -208,7 +221,7 @@ def test_save_load_round_trip_is_exact(base_path, tmp_path):
 
 
 def test_switching_adapters_and_back_is_exact(base_path, adapters):
-    from vision.lora import activate, file_sha256, load_adapter, load_detection_model, prepare_base
+    from vision.locator.lora import activate, file_sha256, load_adapter, load_detection_model, prepare_base
 
     sha = file_sha256(base_path)
     plain = _forward(prepare_base(load_detection_model(base_path)))
@@ -226,8 +239,14 @@ def test_switching_adapters_and_back_is_exact(base_path, adapters):
 
 
 def test_merged_model_matches_adapter(base_path, adapters, tmp_path):
-    from vision.lora import (
-        _set_head_shape, file_sha256, load_adapter, load_detection_model, merge_adapter, merge_into_base, prepare_base,
+    from vision.locator.lora import (
+        _set_head_shape,
+        file_sha256,
+        load_adapter,
+        load_detection_model,
+        merge_adapter,
+        merge_into_base,
+        prepare_base,
     )
 
     model = prepare_base(load_detection_model(base_path))
@@ -249,8 +268,8 @@ def test_merged_model_matches_adapter(base_path, adapters, tmp_path):
 
 def test_load_adapted_yolo_predicts_and_locator_uses_it(base_path, adapters):
     from defect_agent.config import LineConfig
-    from vision.locator import Locator
-    from vision.lora import load_adapted_yolo
+    from vision.locator.lora import load_adapted_yolo
+    from vision.locator.model import Locator
 
     yolo = load_adapted_yolo(base_path, adapters["pcb"])
     img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
@@ -271,7 +290,7 @@ def test_load_adapted_yolo_predicts_and_locator_uses_it(base_path, adapters):
 
 
 def test_adapter_over_another_base_is_refused(adapters, tmp_path):
-    from vision.lora import load_adapted_yolo
+    from vision.locator.lora import load_adapted_yolo
 
     other = _build_base(tmp_path / "other.pt")
     with torch.no_grad():  # a different base file: same architecture, different weights
@@ -285,7 +304,7 @@ def test_adapter_over_another_base_is_refused(adapters, tmp_path):
 def test_bank_switches_in_place_with_fresh_detections(base_path, adapters):
     from ultralytics import YOLO
 
-    from vision.lora import AdapterBank, load_adapted_yolo
+    from vision.locator.lora import AdapterBank, load_adapted_yolo
 
     img = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
 
@@ -309,8 +328,8 @@ def test_bank_switches_in_place_with_fresh_detections(base_path, adapters):
 
 def test_pool_shares_one_base_across_lines_with_fresh_detections(base_path, adapters):
     from defect_agent.config import LineConfig
-    from vision.locator import Locator, LocatorPool
-    from vision.lora import load_detection_model, model_class_names
+    from vision.locator.lora import load_detection_model, model_class_names
+    from vision.locator.model import Locator, LocatorPool
 
     def line(name, names, adapter):
         locator = {"weights": str(base_path), "imgsz": 64, "conf": 0.0}
@@ -335,7 +354,7 @@ def test_pool_shares_one_base_across_lines_with_fresh_detections(base_path, adap
 
 
 def test_adapter_added_after_the_first_prediction_is_used(base_path, adapters):
-    from vision.lora import AdapterBank, load_adapted_yolo
+    from vision.locator.lora import AdapterBank, load_adapted_yolo
 
     img = (np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)
 
@@ -351,9 +370,21 @@ def test_adapter_added_after_the_first_prediction_is_used(base_path, adapters):
 def test_lora_bias_is_per_line_saved_switched_and_merged(base_path, tmp_path):
     """`bias=True` adds one output bias per adapted conv: stored in the adapter, gone when another line (or the
     plain base) is active, folded into the base bias on merge."""
-    from vision.lora import (
-        LoraSettings, activate, add_lora, file_sha256, load_adapter, load_detection_model, lora_target_modules,
-        make_meta, mark_trainable, merge_into_base, prepare_base, read_adapter_meta, save_adapter, _set_head_shape,
+    from vision.locator.lora import (
+        LoraSettings,
+        _set_head_shape,
+        activate,
+        add_lora,
+        file_sha256,
+        load_adapter,
+        load_detection_model,
+        lora_target_modules,
+        make_meta,
+        mark_trainable,
+        merge_into_base,
+        prepare_base,
+        read_adapter_meta,
+        save_adapter,
     )
 
     model = prepare_base(load_detection_model(base_path))
@@ -391,9 +422,21 @@ def test_dora_magnitudes_are_per_line_saved_switched_and_merged(base_path, tmp_p
     """`dora=True` adds one magnitude per output channel of each adapted conv (peft DoRA): it starts at the base
     weights' norms (the adapted model starts exactly at the base), is stored in the adapter, leaves the base and
     other lines untouched when they are active, and folds into the convolution on merge."""
-    from vision.lora import (
-        LoraSettings, activate, add_lora, file_sha256, load_adapter, load_detection_model, lora_target_modules,
-        make_meta, mark_trainable, merge_into_base, prepare_base, read_adapter, save_adapter, _set_head_shape,
+    from vision.locator.lora import (
+        LoraSettings,
+        _set_head_shape,
+        activate,
+        add_lora,
+        file_sha256,
+        load_adapter,
+        load_detection_model,
+        lora_target_modules,
+        make_meta,
+        mark_trainable,
+        merge_into_base,
+        prepare_base,
+        read_adapter,
+        save_adapter,
     )
 
     model = prepare_base(load_detection_model(base_path))
@@ -442,8 +485,14 @@ def test_dora_magnitudes_are_per_line_saved_switched_and_merged(base_path, tmp_p
 
 
 def test_rank_pattern_sets_ranks_per_module_first_match_wins_and_survives_the_file(base_path, tmp_path):
-    from vision.lora import (
-        LoraSettings, add_lora, load_adapter, load_detection_model, make_meta, prepare_base, read_adapter_meta,
+    from vision.locator.lora import (
+        LoraSettings,
+        add_lora,
+        load_adapter,
+        load_detection_model,
+        make_meta,
+        prepare_base,
+        read_adapter_meta,
         save_adapter,
     )
 
@@ -470,7 +519,7 @@ def test_rank_pattern_sets_ranks_per_module_first_match_wins_and_survives_the_fi
 def test_rank_pattern_errors_are_clear():
     from defect_agent.config import load_rank_allocation
     from defect_agent.errors import ConfigError
-    from vision.lora import LoraSettings
+    from vision.locator.lora import LoraSettings
 
     with pytest.raises(ValueError, match="not a regular expression"):
         LoraSettings(rank=2, rank_pattern={"model\\.[0-4": 16})
@@ -482,15 +531,21 @@ def test_rank_pattern_errors_are_clear():
 
 
 def test_dora_and_lora_bias_together_are_refused():
-    from vision.lora import LoraSettings
+    from vision.locator.lora import LoraSettings
 
     with pytest.raises(ValueError, match="cannot be combined"):
         LoraSettings(rank=4, bias=True, dora=True)
 
 
 def test_head_rank_gives_the_detect_head_its_own_rank_and_survives_the_file(base_path, tmp_path):
-    from vision.lora import (
-        LoraSettings, add_lora, load_adapter, load_detection_model, make_meta, prepare_base, read_adapter_meta,
+    from vision.locator.lora import (
+        LoraSettings,
+        add_lora,
+        load_adapter,
+        load_detection_model,
+        make_meta,
+        prepare_base,
+        read_adapter_meta,
         save_adapter,
     )
 

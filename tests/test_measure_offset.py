@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from defect_agent.config import LineConfig, load_line
+from vision.datasets.synth import BatteryTabParams, generate_battery_tab, image_seed
 from vision.detection import Box, Detection
 from vision.measure import fit_part_edges, measure_findings, measure_offset, to_gray
-from vision.synth import BatteryTabParams, generate_battery_tab, image_seed
 
 LINE = load_line("battery_tab")
 MM = LINE.calibration.mm_per_px

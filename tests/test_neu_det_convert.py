@@ -13,8 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from vision.neu_det import NEU_CLASSES, class_of, convert_neu_det, parse_voc, stratified_split
-from vision.yolo_dataset import merge_yolo_datasets, parse_label_line, write_data_yaml
+from vision.datasets.neu_det import NEU_CLASSES, class_of, convert_neu_det, parse_voc, stratified_split
+from vision.datasets.yolo import merge_yolo_datasets, parse_label_line, write_data_yaml
 
 XML = """<annotation><filename>{name}.jpg</filename><size><width>200</width><height>200</height><depth>1</depth>
 </size>{objects}</annotation>"""

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from agent.parser import (
-    AmbiguousQueryError, EmptyQueryError, UnknownTermError, UnsupportedQueryError, parse_instruction,
+    AmbiguousQueryError,
+    EmptyQueryError,
+    UnknownTermError,
+    UnsupportedQueryError,
+    parse_instruction,
 )
 from defect_agent.errors import DefectAgentError
 

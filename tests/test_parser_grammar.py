@@ -9,8 +9,14 @@ import logging
 import pytest
 
 from agent.parser import (
-    AmbiguousQueryError, QueryParseError, UnknownTermError, UnsupportedQueryError, describe_query, format_logic,
-    parse_instruction, parse_logic_expr,
+    AmbiguousQueryError,
+    QueryParseError,
+    UnknownTermError,
+    UnsupportedQueryError,
+    describe_query,
+    format_logic,
+    parse_instruction,
+    parse_logic_expr,
 )
 from agent.query import Comparator, InspectionQuery
 

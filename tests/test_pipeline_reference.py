@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.pipeline import Inspector, drop_templates
-from defect_agent.config import load_app_config, load_line
+from agent.pipeline import Inspector
+from defect_agent.config import LineConfig, ReferenceConfig, load_app_config, load_line
 from defect_agent.errors import ImageReadError
-from vision.deeppcb import reference_composite
+from vision.reference import drop_references, find_reference, reference_composite
 
 
 def _board(seed: int) -> np.ndarray:
@@ -30,7 +30,32 @@ def _bare(line) -> Inspector:
 
 def test_drop_templates_keeps_boards_and_lone_templates():
     paths = ["b/01_test.jpg", "b/01_temp.jpg", "b/02_test.jpg", "c/03_temp.jpg", "b/x.jpg"]
-    assert drop_templates(paths) == ["b/01_test.jpg", "b/02_test.jpg", "c/03_temp.jpg", "b/x.jpg"]
+    assert drop_references(paths, load_line("pcb").reference) == [
+        "b/01_test.jpg", "b/02_test.jpg", "c/03_temp.jpg", "b/x.jpg"]
+
+
+def test_reference_rules_a_folder_and_a_fixed_golden_image(tmp_path):
+    """A line's references are its own rule: the same name in a `golden/` folder, or one golden image for all."""
+    (tmp_path / "golden").mkdir()
+    cv2.imwrite(str(tmp_path / "p1.png"), _board(3))
+    cv2.imwrite(str(tmp_path / "golden" / "p1.png"), _board(3))
+    folder_rule = ReferenceConfig(folder="golden")
+    assert find_reference(tmp_path / "p1.png", folder_rule) == tmp_path / "golden" / "p1.png"
+    assert find_reference(tmp_path / "p2.png", folder_rule) is None
+    fixed = ReferenceConfig(image=str(tmp_path / "golden" / "p1.png"))
+    assert find_reference(tmp_path / "anything.png", fixed) == tmp_path / "golden" / "p1.png"
+    paths = [str(tmp_path / "p1.png"), str(tmp_path / "golden" / "p1.png")]
+    assert drop_references(paths, fixed) == [str(tmp_path / "p1.png")]
+    assert drop_references(paths, folder_rule) == [str(tmp_path / "p1.png")]
+    with pytest.raises(ValueError, match="named group"):
+        ReferenceConfig(pattern="^(.+)_test$")
+
+
+def test_template_locator_without_a_reference_rule_is_a_config_error():
+    data = load_line("pcb").model_dump()
+    data["reference"] = None
+    with pytest.raises(ValueError, match="reference"):
+        LineConfig.model_validate(data)
 
 
 def test_locator_input_is_the_template_composite(tmp_path):
@@ -66,7 +91,7 @@ def test_the_verifier_rereads_boxes_down_to_the_proposal_confidence(shared_datas
     """With a verifier the detector hands over its weaker boxes too (locator.proposal_conf); without one set, the
     operating confidence is the floor."""
     from agent.images import read_image
-    from vision.deeppcb import scan_deeppcb, split_of
+    from vision.datasets.deeppcb import scan_deeppcb, split_of
 
     line = load_line("pcb")
     assert line.locator.proposal_conf is not None and line.locator.proposal_conf < line.locator.conf

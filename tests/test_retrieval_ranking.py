@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+from test_kb_support import HistogramEmbedder, case_input, make_image
 
 from knowledge_base import KnowledgeBase
+from knowledge_base.retriever import Retriever
 from retrieval.ranking import fts_query, hybrid_rank, tokenize
-from retrieval.retriever import Retriever
-from test_kb_support import HistogramEmbedder, case_input, make_image
 from vision.detection import Box
 
 

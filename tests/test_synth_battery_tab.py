@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vision.synth import BatteryTabParams, BatteryTabTruth, generate_batch, generate_battery_tab, read_truth
+from vision.datasets.synth import BatteryTabParams, BatteryTabTruth, generate_batch, generate_battery_tab, read_truth
 
 
 def test_same_seed_gives_same_image_and_truth():

@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from defect_agent.config import load_line
+from vision.datasets.synth import read_truth
+from vision.datasets.synth.dataset import write_yolo_dataset
+from vision.datasets.yolo import parse_label_line, write_data_yaml, yolo_label_line
 from vision.detection import Box
-from vision.synth import read_truth
-from vision.yolo_dataset import parse_label_line, write_data_yaml, write_yolo_dataset, yolo_label_line
 
 
 def test_label_line_round_trip_and_clipping():
@@ -59,7 +60,7 @@ def test_battery_tab_dataset(tmp_path):
 
 def test_a_line_model_trains_only_on_its_own_classes_in_order(tmp_path):
     from defect_agent.errors import ConfigError
-    from vision.yolo_dataset import require_line_classes
+    from vision.datasets.yolo import require_line_classes
 
     path = write_data_yaml(tmp_path, ["open", "short"])
     require_line_classes(path, "pcb", ["open", "short"])

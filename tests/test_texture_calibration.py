@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import yaml
 
+from agent.calibration_cli import rewrite_texture_block, texture_block
 from defect_agent.config import LineConfig
-from vision.embedder_cli import rewrite_texture_block, texture_block
-from vision.texture import NORMAL_KEY, TextureScorer, calibrate_threshold, prototypes_from_examples, sliding_windows
+from vision.embedder.texture import (
+    NORMAL_KEY,
+    TextureScorer,
+    calibrate_threshold,
+    prototypes_from_examples,
+    sliding_windows,
+)
 
 
 def test_threshold_is_the_upper_quantile_and_meets_the_false_alarm_rate():

@@ -14,14 +14,14 @@ from vision.detection import Box
 @pytest.fixture(scope="module")
 def scorer():
     from vision.embedder import load_embedder
-    from vision.texture import TextureScorer
+    from vision.embedder.texture import TextureScorer
 
     return TextureScorer.from_line(load_line("battery_tab"), load_embedder(EmbedderConfig()))
 
 
 @pytest.fixture(scope="module")
 def samples():
-    from vision.synth import BatteryTabParams, generate_battery_tab
+    from vision.datasets.synth import BatteryTabParams, generate_battery_tab
 
     defects, clean, images = [], [], []
     for seed in range(300, 306):
@@ -59,7 +59,7 @@ def test_scores_are_the_vector_scores_and_keep_raw_cosines(scorer, samples):
 
 
 def test_prototypes_from_examples_are_used(scorer, samples):
-    from vision.texture import NORMAL_KEY, TextureScorer
+    from vision.embedder.texture import NORMAL_KEY, TextureScorer
 
     defects, clean, _ = samples
     emb = scorer.embedder

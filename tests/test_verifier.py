@@ -1,4 +1,4 @@
-"""The class verifier of template lines (vision.verifier): its input, its training on boxes, relabelling and
+"""The class verifier of template lines (vision.verifier.model): its input, its training on boxes, relabelling and
 merging detections, its file round trip and errors, and the fusion feature it feeds."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pytest
 
 from agent.fusion import FusionWeights, fit_fusion
 from defect_agent.errors import ConfigError
-from vision.deeppcb import reference_composite
 from vision.detection import Box, Detection
-from vision.verifier import (DefectVerifier, VerifierMeta, VerifierSample, crop_box, train_verifier,
-                             verifier_channels)
-from vision.verifier_eval import score_detections
+from vision.reference import reference_composite
+from vision.verifier.eval import score_detections
+from vision.verifier.model import DefectVerifier, VerifierMeta, crop_box, verifier_channels
+from vision.verifier.train import VerifierSample, train_verifier
 
 CLASSES = ["pin_hole", "copper"]
 
@@ -157,7 +157,7 @@ def test_detection_scores_count_right_and_wrong_classes():
 
 
 def test_a_part_inside_a_whole_of_the_same_class_counts_once():
-    from vision.verifier import _merge_same_class
+    from vision.verifier.model import _merge_same_class
 
     whole = Box(x1=300, y1=460, x2=420, y2=494)
     part = Box(x1=370, y1=461, x2=421, y2=492)  # IoU 0.40: NMS keeps both
@@ -224,7 +224,7 @@ def test_box_offsets_follow_the_crop_through_every_rotation_and_flip(k):
     """The box head is trained on rotated / flipped crops: its targets must move as the pixels do."""
     import torch
 
-    from vision.verifier import _dihedral, dihedral_deltas, undo_dihedral_deltas
+    from vision.verifier.model import _dihedral, dihedral_deltas, undo_dihedral_deltas
 
     size, c = 33, 16  # odd: the centre is a pixel
     x = torch.zeros(1, 1, size, size)
@@ -240,7 +240,7 @@ def test_box_offsets_follow_the_crop_through_every_rotation_and_flip(k):
 
 
 def test_box_offsets_round_trip_through_their_encoding():
-    from vision.verifier import decode_box, encode_box
+    from vision.verifier.model import decode_box, encode_box
 
     meta = VerifierMeta(classes=CLASSES)
     source, target = Box(x1=100, y1=100, x2=140, y2=130), Box(x1=104, y1=97, x2=150, y2=128)
@@ -283,7 +283,7 @@ def test_tta_averages_eight_views_into_one_distribution(trained):
 
 
 def test_alternatives_become_extra_labels_ranked_below_the_primary():
-    from vision.verifier import expand_alternatives, verified_score
+    from vision.verifier.model import expand_alternatives, verified_score
 
     box = Box(x1=0, y1=0, x2=10, y2=10)
     det = Detection(defect_class="pin_hole", box=box, confidence=0.81, verifier_score=0.64,
@@ -308,7 +308,7 @@ def test_verify_keeps_the_other_likely_classes_as_alternatives(trained):
 
 
 def test_locator_proposals_become_positives_negatives_or_nothing():
-    from vision.verifier_data import BACKGROUND_LABEL, proposal_samples
+    from vision.verifier.data import BACKGROUND_LABEL, proposal_samples
 
     truth = [(3, Box(x1=100, y1=100, x2=140, y2=140))]
     dets = [Detection(defect_class="spur", box=Box(x1=102, y1=98, x2=142, y2=138), confidence=0.9),  # on it
@@ -337,7 +337,7 @@ def test_nms_protocol_benchmark_scores_single_and_multi_label(shared_datasets, t
 
 
 def test_demote_keeps_the_part_a_merge_drops_as_a_low_candidate():
-    from vision.verifier import _merge_same_class
+    from vision.verifier.model import _merge_same_class
 
     whole = Box(x1=300, y1=460, x2=420, y2=494)
     part = Box(x1=370, y1=461, x2=421, y2=492)
@@ -357,7 +357,7 @@ def test_demote_keeps_the_part_a_merge_drops_as_a_low_candidate():
 
 
 def test_overlapping_pieces_of_one_defect_region_merge_into_their_union():
-    from vision.verifier import _merge_same_class
+    from vision.verifier.model import _merge_same_class
 
     pieces = [Box(x1=608, y1=4, x2=637, y2=40), Box(x1=603, y1=31, x2=639, y2=80), Box(x1=560, y1=1, x2=618, y2=50)]
     dets = [Detection(defect_class="pin_hole", box=b, confidence=c, verifier_score=v)
@@ -373,7 +373,7 @@ def test_overlapping_pieces_of_one_defect_region_merge_into_their_union():
 
 
 def test_partial_boxes_are_pieces_along_the_longer_side():
-    from vision.verifier import partial_box, shown_box
+    from vision.verifier.train import partial_box, shown_box
 
     rng = np.random.default_rng(0)
     wide, tall = Box(x1=100, y1=200, x2=200, y2=220), Box(x1=50, y1=0, x2=70, y2=120)

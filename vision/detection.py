@@ -16,7 +16,7 @@ class Box(BaseModel):
     y2: float
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Box":
+    def _ordered(self) -> Box:
         if self.x2 < self.x1 or self.y2 < self.y1:
             raise ValueError(f"box corners out of order: ({self.x1}, {self.y1}, {self.x2}, {self.y2})")
         return self
@@ -41,18 +41,18 @@ class Box(BaseModel):
         """Whether the point lies in the box, edges included."""
         return self.x1 <= x <= self.x2 and self.y1 <= y <= self.y2
 
-    def clip(self, width: float, height: float) -> "Box":
+    def clip(self, width: float, height: float) -> Box:
         """The part of the box inside a width x height image (a box wholly outside collapses onto its edge)."""
         x1, x2 = min(max(self.x1, 0.0), width), min(max(self.x2, 0.0), width)
         y1, y2 = min(max(self.y1, 0.0), height), min(max(self.y2, 0.0), height)
         return Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2))
 
-    def intersection(self, other: "Box") -> float:
+    def intersection(self, other: Box) -> float:
         ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
         return ix * iy
 
-    def iou(self, other: "Box") -> float:
+    def iou(self, other: Box) -> float:
         inter = self.intersection(other)
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
@@ -68,11 +68,11 @@ class Detection(BaseModel):
     class_id: int = -1
     box: Box
     confidence: float = Field(ge=0.0, le=1.0)
-    verifier_score: float | None = None  # second-stage probability of `defect_class` (vision.verifier), if any
+    verifier_score: float | None = None  # second-stage probability of `defect_class` (vision.verifier.model), if any
     detector_class: str | None = None  # the detector's own class when the verifier relabelled the box
     # other classes the verifier gives at least its `alternative_min`, with their probabilities (mAP's
     # multi-label reading; findings use defect_class)
     alternatives: dict[str, float] = Field(default_factory=dict)
-    # a box a merge replaced, kept low in a ranked list for scoring (vision.verifier, candidates=True); never a
+    # a box a merge replaced, kept low in a ranked list for scoring (vision.verifier.model, candidates=True); never a
     # finding and never counted at the operating confidence
     ranked_only: bool = False

@@ -51,7 +51,7 @@ class Measured(BaseModel):
     source: Literal["detector", "derived"] = "detector"
     confidence: float = Field(ge=0.0, le=1.0)
     measurements: dict[str, float] = Field(default_factory=dict)  # offset_mm, length_mm, width_mm, area_mm2, ...
-    verifier_score: float | None = None  # carried from the Detection (vision.verifier)
+    verifier_score: float | None = None  # carried from the Detection (vision.verifier.model)
     detector_class: str | None = None
     alternatives: dict[str, float] = Field(default_factory=dict)
     present: bool = True  # derived offset: above the line's tolerance; everything else: True

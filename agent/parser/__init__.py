@@ -9,7 +9,12 @@ from __future__ import annotations
 from agent.parser.core import InstructionParser, choose_line, parse_instruction
 from agent.parser.describe import describe_query
 from agent.parser.errors import (
-    AmbiguousQueryError, EmptyQueryError, QueryParseError, UnknownTermError, UnknownWord, UnsupportedQueryError,
+    AmbiguousQueryError,
+    EmptyQueryError,
+    QueryParseError,
+    UnknownTermError,
+    UnknownWord,
+    UnsupportedQueryError,
 )
 from agent.parser.lexicon import Lexicon, known_terms
 from agent.parser.logic_expr import format_logic, parse_logic_expr

@@ -8,7 +8,12 @@ import logging
 import re
 
 from agent.parser.errors import (
-    AmbiguousQueryError, EmptyQueryError, QueryParseError, UnknownTermError, UnknownWord, UnsupportedQueryError,
+    AmbiguousQueryError,
+    EmptyQueryError,
+    QueryParseError,
+    UnknownTermError,
+    UnknownWord,
+    UnsupportedQueryError,
 )
 from agent.parser.grammar import parse_clauses
 from agent.parser.lexicon import CLASS, FILLER, PUNCT, SEP, SUBJECT, Vocabulary, vocabulary_for

@@ -31,8 +31,29 @@ from dataclasses import dataclass, field
 from agent.parser.atoms import Atom, Bound, absent_class, allowed_measures, finalize, natural_measure, parse_atom
 from agent.parser.errors import AmbiguousQueryError, EmptyQueryError, UnsupportedQueryError
 from agent.parser.lexicon import (
-    AND, AND_CLAUSE, AND_NOT, ANY, BETWEEN, LIST_ALL, LIST_ANY, BUT_NOT, CLASS, CLASSIFIER, CMP, FILLER, MEASURE, NOR, NOT, NOT_AFTER, OR,
-    POSITIVE, PUNCT, RANGE_END, RANGE_TO, SEP, UNIT,
+    AND,
+    AND_CLAUSE,
+    AND_NOT,
+    ANY,
+    BETWEEN,
+    BUT_NOT,
+    CLASS,
+    CLASSIFIER,
+    CMP,
+    FILLER,
+    LIST_ALL,
+    LIST_ANY,
+    MEASURE,
+    NOR,
+    NOT,
+    NOT_AFTER,
+    OR,
+    POSITIVE,
+    PUNCT,
+    RANGE_END,
+    RANGE_TO,
+    SEP,
+    UNIT,
 )
 from agent.parser.normalize import Normalized
 from agent.parser.tokenizer import NUM, RANGE, Token

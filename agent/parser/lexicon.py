@@ -5,7 +5,7 @@ longest-first."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,11 +115,11 @@ class Lexicon(_Strict):
     fillers: Words
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Lexicon":
+    def load(cls, path: str | Path | None = None) -> Lexicon:
         return _load_lexicon(str(path) if path else str(configs_dir() / "lexicon.yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_lexicon(path: str) -> Lexicon:
     p = Path(path)
     if not p.is_file():
@@ -291,7 +291,7 @@ def build_vocabulary(line: LineConfig, lexicon: Lexicon, subjects: dict[str, lis
     return vocab
 
 
-@lru_cache(maxsize=None)
+@cache
 def _subjects() -> tuple[tuple[str, tuple[str, ...]], ...]:
     out = []
     for name in available_lines():
@@ -300,7 +300,7 @@ def _subjects() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def vocabulary_for(line: str, lexicon_path: str | None = None) -> Vocabulary:
     lexicon = Lexicon.load(lexicon_path)
     subjects = {name: list(words) for name, words in _subjects()}

@@ -14,14 +14,24 @@ from pydantic import BaseModel, Field, ValidationError
 from agent.parser.atoms import allowed_measures
 from agent.parser.core import choose_line
 from agent.parser.errors import (
-    EmptyQueryError, QueryParseError, UnknownTermError, UnknownWord, UnsupportedQueryError,
+    EmptyQueryError,
+    QueryParseError,
+    UnknownTermError,
+    UnknownWord,
+    UnsupportedQueryError,
 )
 from agent.parser.lexicon import CLASS, UNIT, vocabulary_for
 from agent.parser.logic_expr import parse_logic_expr
 from agent.parser.normalize import has_cjk, normalize_term
 from agent.parser.units import MEASURE_UNIT_KIND, convert, unitless_confidence
 from agent.query import (
-    Comparator, Condition, CountConstraint, InspectionQuery, NumericConstraint, ReturnSpec, Scope,
+    Comparator,
+    Condition,
+    CountConstraint,
+    InspectionQuery,
+    NumericConstraint,
+    ReturnSpec,
+    Scope,
 )
 from defect_agent.config import LineConfig, load_line
 

@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.parser.lexicon import (
-    ANY, CLASS, CLASSIFIER, CMP, FILLER, FOLDER, LOT, MEASURE, SUBJECT, Entry, Vocabulary,
+    ANY,
+    CLASS,
+    CLASSIFIER,
+    CMP,
+    FILLER,
+    FOLDER,
+    LOT,
+    MEASURE,
+    SUBJECT,
+    Entry,
+    Vocabulary,
 )
 from agent.parser.normalize import Normalized, is_ascii_alnum, is_ascii_letter, is_cjk, normalize
 

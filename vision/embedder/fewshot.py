@@ -3,7 +3,7 @@
 
 Queries: the DeepPCB validation groups (boards never used for training): crops of the six defect classes and
 defect-free template crops. Support: k examples per class (the six defects and `normal`) drawn from the train
-groups, several seeds. Methods, all through `vision.texture.TextureScorer` on the `pcb` line:
+groups, several seeds. Methods, all through `vision.embedder.texture.TextureScorer` on the `pcb` line:
 - zero-shot: prompt ensembles only (prototype_weight 0);
 - prototypes: image prototypes only (prototype_weight 1);
 - combined: the convex mix, weight and prototype scale tuned on the train part (support and queries both from
@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from defect_agent.config import load_line
 from vision.embedder.metrics import auroc
 from vision.embedder.samples import CropSet, deeppcb_crops
-from vision.texture import NORMAL_KEY, TextureScorer
+from vision.embedder.texture import NORMAL_KEY, TextureScorer
 
 log = logging.getLogger(__name__)
 

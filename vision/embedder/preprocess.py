@@ -5,7 +5,7 @@ converted BGR -> RGB and passed through the open_clip eval transform (resize, ce
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

@@ -1,12 +1,12 @@
 """Labelled crops for training and evaluating the embedder, cut with `vision.crops.crop_region` exactly as the
 pipeline and the knowledge base cut them.
 
-- battery_tab: procedural images (`vision.synth.generate_battery_tab`) with exact boxes: spatter / crack / burn
+- battery_tab: procedural images (`vision.datasets.synth.generate_battery_tab`) with exact boxes: spatter / crack / burn
   crops, `normal_weld` crops (weld zones with no defect inside, centred or off-centre) and `normal_tab` crops
   (random squares of tab surface touching no defect). Train and validation use disjoint seed streams.
 - pcb: DeepPCB. Defect crops from the `_test` images at the annotated boxes; `normal` crops from the aligned
   `_temp` templates, at the same boxes (the same place without the defect) and at random places. Split by group
-  folder with `vision.deeppcb` (the locator's split): only the train groups ever feed training."""
+  folder with `vision.datasets.deeppcb` (the locator's split): only the train groups ever feed training."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from vision.detection import Box
 
 log = logging.getLogger(__name__)
 
-BATTERY_TRAIN_STREAM = 21  # seed streams of vision.synth.image_seed, apart from the locator dataset's 1 and 2
+BATTERY_TRAIN_STREAM = 21  # seed streams of vision.datasets.synth.image_seed, apart from the locator dataset's 1 and 2
 BATTERY_VAL_STREAM = 22
 
 
@@ -66,7 +66,7 @@ def _crop_box(box: Box, image_shape: tuple[int, ...]) -> Box:
 
 
 def _battery_cycle():
-    from vision.synth import BatteryTabParams
+    from vision.datasets.synth import BatteryTabParams
 
     return (BatteryTabParams(force_spatter=False, force_crack=False, force_burn=False),
             BatteryTabParams(force_crack=True), BatteryTabParams(force_burn=True), BatteryTabParams())
@@ -77,7 +77,7 @@ def battery_tab_crops(n_images: int, seed: int, stream: int, tab_crops_per_image
     """Crops of `n_images` generated images, in a cycle of four: a defect-free image (its weld is rarely free of
     nearby spatter otherwise), one with a crack forced, one with a burn forced (the generator's own mix has each in
     15 % of images), one with the generator's own mix."""
-    from vision.synth import generate_battery_tab, image_seed
+    from vision.datasets.synth import generate_battery_tab, image_seed
 
     cycle = _battery_cycle()
 
@@ -127,8 +127,8 @@ class PcbBox:
 
 
 def deeppcb_boxes(root: Path | str, split: str) -> list[PcbBox]:
-    """All annotated defects of one split ("train" / "val") of `vision.deeppcb`'s group split."""
-    from vision.deeppcb import DEEPPCB_CLASSES, parse_annotation, scan_deeppcb, split_of
+    """All annotated defects of one split ("train" / "val") of `vision.datasets.deeppcb`'s group split."""
+    from vision.datasets.deeppcb import DEEPPCB_CLASSES, parse_annotation, scan_deeppcb, split_of
 
     out: list[PcbBox] = []
     for pair in scan_deeppcb(root):
@@ -143,7 +143,7 @@ def deeppcb_crops(root: Path | str, split: str, per_class: int, normal: int, see
                   progress: bool = True) -> CropSet:
     """Up to `per_class` defect crops per class (seeded sample over the split's boxes) and `normal` template crops
     (half at sampled defect boxes, half at random places of a box size drawn from the defects')."""
-    from vision.deeppcb import read_grey
+    from vision.reference import read_grey
 
     rng = np.random.default_rng([seed, 0xDEE9])
     boxes = deeppcb_boxes(root, split)
@@ -184,7 +184,8 @@ def deeppcb_crops(root: Path | str, split: str, per_class: int, normal: int, see
         if mode == "random":
             h, w = template.shape[:2]
             bw, bh = box.width, box.height
-            x1 = float(rng.uniform(0, w - bw)); y1 = float(rng.uniform(0, h - bh))
+            x1 = float(rng.uniform(0, w - bw))
+            y1 = float(rng.uniform(0, h - bh))
             box = Box(x1=x1, y1=y1, x2=x1 + bw, y2=y1 + bh)
         out.crops.append(crop_region(template, box))
         out.kinds.append("pcb/normal")

@@ -8,7 +8,7 @@ Both towers stay locked (optionally EfficientNet's last stage unlocks, `unlock_i
 
 Data: battery_tab generated crops + DeepPCB train-part crops (`vision.embedder.samples`); metrics on held-out
 battery_tab seeds and the DeepPCB validation groups: image->text top-1 over the kinds of the crop's line (en / zh
-anchors) and defect-vs-normal AUROC of the texture scorer (vision.texture, the line's prompt ensembles)."""
+anchors) and defect-vs-normal AUROC of the texture scorer (vision.embedder.texture, the line's prompt ensembles)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ from vision.embedder import architecture, checkpoint, towers
 from vision.embedder.descriptions import TextItem, line_texts
 from vision.embedder.features import image_features, text_pooled, trunk_head
 from vision.embedder.metrics import auroc, top1
-from vision.embedder.samples import (BATTERY_TRAIN_STREAM, BATTERY_VAL_STREAM, CropSet, battery_tab_crops,
-                                     deeppcb_crops)
+from vision.embedder.samples import BATTERY_TRAIN_STREAM, BATTERY_VAL_STREAM, CropSet, battery_tab_crops, deeppcb_crops
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +313,7 @@ def evaluate(model, tokenizer, feats: _Features, st: TrainSettings) -> dict[str,
     import torch
 
     from vision.embedder.model import Embedder
-    from vision.texture import TextureScorer
+    from vision.embedder.texture import TextureScorer
 
     model.eval()
     with torch.no_grad():
@@ -452,11 +451,11 @@ def train_embedder(st: TrainSettings | None = None) -> TrainReport:
 def _source_fingerprints() -> dict[str, str]:
     """sha256 of the code that generates or cuts the training crops: a changed generator changes the data."""
     import vision.crops
+    import vision.datasets.synth.battery_tab
     import vision.embedder.samples
-    import vision.synth.battery_tab
 
     return {m.__name__: towers.file_sha256(m.__file__)[:16]
-            for m in (vision.synth.battery_tab, vision.crops, vision.embedder.samples)}
+            for m in (vision.datasets.synth.battery_tab, vision.crops, vision.embedder.samples)}
 
 
 def line_zh_words(line) -> list[str]:

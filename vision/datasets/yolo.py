@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-import cv2
 import yaml
 from tqdm import tqdm
 
+from defect_agent.errors import ConfigError, EmptyInput
 from vision.detection import Box
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ def write_data_yaml(out_dir: Path | str, names: list[str], train: str = "images/
 
 def data_yaml_names(data_yaml: Path | str) -> list[str]:
     """Class names of an ultralytics data YAML in id order (`names` as a list or an id -> name mapping)."""
-    from defect_agent.errors import ConfigError
 
     data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
     names = data.get("names")
@@ -73,8 +73,6 @@ def data_yaml_names(data_yaml: Path | str) -> list[str]:
 
 def require_line_classes(data_yaml: Path | str, line: str, expected: list[str]) -> None:
     """A line's model must be trained on its own classes, same names, same order: the class id is the contract."""
-    from defect_agent.errors import ConfigError
-    from vision.yolo_train import check_data_yaml
 
     check_data_yaml(Path(data_yaml))  # a missing file or a YAML without names: the trainers' own message
     names = data_yaml_names(data_yaml)
@@ -100,47 +98,6 @@ def prepare_split_dirs(out_dir: Path | str, splits: tuple[str, ...] = SPLITS,
     return dirs
 
 
-def write_battery_tab_dataset(out_dir: Path | str, n_train: int, n_val: int, seed: int,
-                              progress: bool = True) -> Path:
-    """Generate the battery_tab line's detection dataset; returns the data.yaml path. Train and val images come
-    from disjoint seed streams of `seed`, so they never repeat each other."""
-    from defect_agent.config import load_line
-    from vision.synth.battery_tab import BatteryTabParams, generate_battery_tab, image_seed
-
-    line = load_line("battery_tab")
-    names = line.class_names
-    class_id = {n: i for i, n in enumerate(names)}
-    width, height = line.image_size or (640, 480)
-    params = BatteryTabParams(width=width, height=height, mm_per_px=line.calibration.mm_per_px)
-    out = Path(out_dir)
-    dirs = prepare_split_dirs(out)
-    counts: Counter[str] = Counter()
-    for stream, (split, n) in enumerate((("train", n_train), ("val", n_val)), start=1):
-        img_dir, lbl_dir = dirs[split]
-        with (out / f"truth_{split}.jsonl").open("w", encoding="utf-8") as fh:
-            for i in tqdm(range(n), desc=f"battery_tab {split}", disable=not progress, unit="img"):
-                img, truth = generate_battery_tab(image_seed(seed, i, stream), params)
-                stem = f"bt_{split}_{i:05d}"
-                if not cv2.imwrite(str(img_dir / f"{stem}.png"), img):
-                    raise OSError(f"could not write {img_dir / stem}.png")
-                lines = []
-                for obj in truth.objects:
-                    if obj.name not in class_id:
-                        raise ValueError(f"generator produced class {obj.name!r} absent from the line config")
-                    lines.append(yolo_label_line(class_id[obj.name], obj.box, width, height))
-                    counts[f"{split}/{obj.name}"] += 1
-                (lbl_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-                truth.image = f"images/{split}/{stem}.png"
-                fh.write(truth.model_dump_json() + "\n")
-    log.info("battery_tab dataset at %s: %s", out, dict(sorted(counts.items())))
-    return write_data_yaml(out, names)
-
-
-def write_yolo_dataset(out_dir: Path, n_train: int, n_val: int, seed: int) -> Path:
-    """The built-in battery_tab YOLO dataset (the line's classes in config order); returns data.yaml."""
-    return write_battery_tab_dataset(out_dir, n_train, n_val, seed)
-
-
 def _label_of(image: Path) -> Path:
     # ultralytics' own rule (img2label_paths): the last /images/ of the path becomes /labels/, suffix .txt
     parts = list(image.parts)
@@ -153,7 +110,6 @@ def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progr
     """One YOLO dataset from several (e.g. the training mix of a multi-line base detector): class `c` of part `p`
     becomes `p/c` with ids offset part after part; images are symlinked as `<p>__<name>`, labels rewritten.
     Returns the merged data.yaml."""
-    from vision.yolo_train import split_images
 
     if not parts:
         raise ValueError("no dataset to merge")
@@ -187,3 +143,49 @@ def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progr
                 counts[f"{split}/{prefix}"] += 1
     log.info("merged dataset at %s: %s", out, dict(sorted(counts.items())))
     return write_data_yaml(out, names)
+
+
+IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
+
+
+def split_sources(data: dict[str, Any], data_yaml: Path, split: str) -> list[Path]:
+    entry = data.get(split)
+    if entry is None:
+        raise ConfigError(f"{data_yaml}: no {split!r} entry")
+    root = Path(data.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = (data_yaml.parent / root).resolve()
+    entries = entry if isinstance(entry, list) else [entry]
+    return [p if p.is_absolute() else root / p for p in (Path(str(e)) for e in entries)]
+
+
+def split_images(data_yaml: Path, split: str) -> list[Path]:
+    """The images of a split of an ultralytics data YAML (folders searched recursively, or .txt lists whose relative
+    lines count from the list's folder); raises when the split is missing."""
+    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
+    images: list[Path] = []
+    for src in split_sources(data, Path(data_yaml), split):
+        if src.is_dir():
+            images += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif src.is_file() and src.suffix == ".txt":
+            lines = [Path(line.strip()) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+            images += [p if p.is_absolute() else src.parent / p for p in lines]
+        else:
+            # ultralytics would fall back to the YAML's `download:` entry here; refuse instead
+            raise EmptyInput(f"{data_yaml}: {split} images not found at {src}")
+    return images
+
+
+def count_split_images(data_yaml: Path, split: str) -> int:
+    """Images in a split of an ultralytics data YAML (folder or .txt list); raises when the split is missing."""
+    return len(split_images(data_yaml, split))
+
+
+def check_data_yaml(data_yaml: Path) -> dict[str, Any]:
+    data_yaml = Path(data_yaml)
+    if not data_yaml.is_file():
+        raise ConfigError(f"dataset YAML not found: {data_yaml}")
+    data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
+    if "names" not in data:
+        raise ConfigError(f"{data_yaml}: no 'names' entry (class names in id order)")
+    return data

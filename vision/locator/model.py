@@ -5,111 +5,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from defect_agent.config import LineConfig, load_app_config
+from defect_agent.config import LineConfig
 from defect_agent.errors import ConfigError, ImageReadError, ModelFileMissing
 from defect_agent.files import file_sha256
 from defect_agent.paths import resolve
 from vision.detection import Box, Detection
+from vision.locator.yolo import (
+    BASE_COMMAND,
+    adapter_command,
+    import_yolo,
+    load_yolo,
+    train_command,
+)
 
 if TYPE_CHECKING:  # heavy import, only for type hints
     from ultralytics import YOLO
 
-    from vision.lora import AdapterBank
+    from vision.locator.lora import AdapterBank
 
 log = logging.getLogger(__name__)
 
 PREDICT_BATCH = 16  # images per forward pass: bounds memory on long lists
 
 
-def train_command(line_name: str) -> str:
-    return f"defect-agent train locator --line {line_name}"
-
-
-# the shared base of line adapters is trained on a mix of lines, not by one line's `train locator`
-BASE_COMMAND = "defect-agent train base --data <merged data.yaml> (see models/locator/defect_base.md)"
-
-
-def adapter_command(line_name: str) -> str:
-    return f"defect-agent train adapter --line {line_name}"
-
-
-def configure_threads() -> int:
-    """Set torch threads and stop ultralytics from dropping them to 1 again in its `select_device`."""
-    from defect_agent.runtime import set_threads
-
-    n = set_threads(load_app_config().threads)
-    try:
-        import ultralytics.utils.torch_utils as tu
-
-        # select_device() calls torch.set_num_threads(NUM_THREADS) (cores - 1 = 1 here) on every predictor / trainer
-        # set-up; the module attribute is what it reads.
-        tu.NUM_THREADS = n
-    except ImportError:
-        pass
-    return n
-
-
-def import_yolo() -> type["YOLO"]:
-    """Import ultralytics' YOLO class with the offline environment in place (font, settings sync, autoinstall)."""
-    from defect_agent.runtime import configure_offline, silence_ultralytics
-
-    configure_offline()
-    from ultralytics import YOLO
-
-    silence_ultralytics()
-    _place_fonts()
-    configure_threads()
-    return YOLO
-
-
-def _place_fonts() -> None:
-    """ultralytics looks for Arial.ttf in USER_CONFIG_DIR = $YOLO_CONFIG_DIR/Ultralytics (one level below where
-    configure_offline() puts it) and otherwise sends a HEAD request and a download on every train / val."""
-    import shutil
-
-    from ultralytics.utils import USER_CONFIG_DIR
-
-    from defect_agent.runtime import yolo_config_dir
-
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        target = Path(USER_CONFIG_DIR) / name
-        if target.exists():
-            continue
-        source = next((p for p in (yolo_config_dir() / name, Path(os.environ.get("YOLO_CONFIG_DIR", "")) / name)
-                       if p.is_file()), None)
-        if source is None:
-            try:
-                import matplotlib
-
-                source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-            except ImportError:
-                return
-        if source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-
-
-
-def load_yolo(path: Path, make_command: str) -> "YOLO":
-    """Load a local checkpoint; a missing file names the command that makes it, never a download."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileMissing(path, make_command, what="locator weights")
-    YOLO = import_yolo()
-    try:
-        return YOLO(str(path), task="detect")
-    except Exception as exc:  # corrupt file, not a detection checkpoint, torch version clash
-        raise ConfigError(f"cannot load locator weights {path}: {exc}. Re-create them with: {make_command}") from exc
-
-
-def checkpoint_class_names(model: "YOLO") -> list[str]:
+def checkpoint_class_names(model: YOLO) -> list[str]:
     names = model.names
     if isinstance(names, dict):
         return [str(names[i]) for i in sorted(names)]
@@ -135,7 +61,7 @@ class Locator:
 
     def __init__(
         self,
-        model: "YOLO",
+        model: YOLO,
         version: str,
         class_names: list[str],
         imgsz: int = 640,
@@ -143,11 +69,11 @@ class Locator:
         iou: float = 0.5,
         device: str = "cpu",
         weights_path: Path | None = None,
-        bank: "AdapterBank | None" = None,
+        bank: AdapterBank | None = None,
         bank_line: str | None = None,
     ) -> None:
         self.model = model
-        self._bank = bank  # shared base (vision.lora.AdapterBank) and this locator's adapter in it (None: the base)
+        self._bank = bank  # shared base (vision.locator.lora.AdapterBank) and this locator's adapter in it (None: the base)
         self._bank_line = bank_line
         self._version = version
         self._class_names = list(class_names)
@@ -168,7 +94,7 @@ class Locator:
         iou: float = 0.5,
         device: str = "cpu",
         make_command: str = "defect-agent train locator --line <line>",
-    ) -> "Locator":
+    ) -> Locator:
         """Load a checkpoint. `class_names`, when given, must equal the checkpoint's names in class-id order."""
         path = resolve(path)
         model = load_yolo(path, make_command)
@@ -181,7 +107,7 @@ class Locator:
         return cls(model, _version_of(path), names, imgsz=imgsz, conf=conf, iou=iou, device=device, weights_path=path)
 
     @classmethod
-    def from_line(cls, line: LineConfig, device: str = "cpu") -> "Locator":
+    def from_line(cls, line: LineConfig, device: str = "cpu") -> Locator:
         """The line's detector: `locator.weights`, or `locator.base` (default: weights) plus `locator.adapter`."""
         cfg = line.locator
         make = train_command(line.name)
@@ -198,13 +124,13 @@ class Locator:
             raise ModelFileMissing(adapter_path, adapter_command(line.name), what="LoRA adapter")
         import_yolo()  # offline set-up before the adapter code imports ultralytics
         try:
-            from vision.lora import load_adapted_yolo
+            from vision.locator.lora import load_adapted_yolo
         except ModuleNotFoundError as exc:
-            if exc.name not in {"vision.lora", "peft"}:
+            if exc.name not in {"vision.locator.lora", "peft"}:
                 raise
             raise ConfigError(
                 f"line {line.name!r} sets locator.adapter={cfg.adapter!r} but the LoRA loader is unavailable "
-                f"({exc}); install the project with its LoRA support (vision/lora.py, peft) or remove "
+                f"({exc}); install the project with its LoRA support (vision/locator/lora.py, peft) or remove "
                 f"locator.adapter from configs/lines/{line.name}.yaml"
             ) from exc
         _check_reference(line, adapter_path)
@@ -276,7 +202,7 @@ def _version_of(path: Path) -> str:
 
 
 def _check_reference(line: LineConfig, adapter_path: Path) -> None:
-    from vision.lora import read_adapter_meta
+    from vision.locator.lora import read_adapter_meta
 
     trained_on = read_adapter_meta(adapter_path).reference
     if trained_on != line.locator.reference:
@@ -298,12 +224,12 @@ def _checked_names(line: LineConfig, names: list[str], source: str) -> list[str]
 
 
 class LocatorPool:
-    """Lines whose locators share a base file share one model in memory (vision.lora.AdapterBank): the first
+    """Lines whose locators share a base file share one model in memory (vision.locator.lora.AdapterBank): the first
     locator of a base loads it, each line's adapter is added once, and a line's locator switches the bank to its
     adapter (the plain base for a line without one) when it predicts. Detections equal those of a fresh load."""
 
     def __init__(self) -> None:
-        self._banks: dict[Path, "AdapterBank"] = {}
+        self._banks: dict[Path, AdapterBank] = {}
         self._lock = threading.Lock()
 
     def locator(self, line: LineConfig, device: str = "cpu") -> Locator:
@@ -316,7 +242,7 @@ class LocatorPool:
         if adapter_path is not None and not adapter_path.exists():
             raise ModelFileMissing(adapter_path, adapter_command(line.name), what="LoRA adapter")
         import_yolo()
-        from vision.lora import AdapterBank
+        from vision.locator.lora import AdapterBank
 
         with self._lock:
             bank = self._banks.get(base_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -31,11 +30,11 @@ def generate_dataset(line: str, out_dir: Path, n_train: int, n_val: int, seed: i
     if line not in GENERATED_LINES:
         raise ConfigError(f"no generator for line {line!r}: pass --data DATA_YAML (an ultralytics dataset YAML)")
     try:
-        from vision.yolo_dataset import write_yolo_dataset
+        from vision.datasets.synth.dataset import write_yolo_dataset
     except ModuleNotFoundError as exc:
-        if exc.name != "vision.yolo_dataset":
+        if exc.name != "vision.datasets.yolo":
             raise
-        raise ConfigError("the battery_tab generator (vision/yolo_dataset.py) is not installed; pass --data") from exc
+        raise ConfigError("the battery_tab generator (vision/datasets/yolo.py) is not installed; pass --data") from exc
     return Path(write_yolo_dataset(out_dir, n_train=n_train, n_val=n_val, seed=seed))
 
 
@@ -76,27 +75,27 @@ def _report_training(result) -> None:
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
     @train.command("locator")
     def train_locator_cmd(
-        line: Optional[str] = typer.Option(None, help="product line (default: configs/default.yaml default_line)"),
-        data_yaml: Optional[Path] = typer.Option(None, "--data", help="ultralytics dataset YAML; omitted for "
+        line: str | None = typer.Option(None, help="product line (default: configs/default.yaml default_line)"),
+        data_yaml: Path | None = typer.Option(None, "--data", help="ultralytics dataset YAML; omitted for "
                                                  "battery_tab: generate one into var/datasets/battery_tab"),
-        base: Optional[str] = typer.Option(None, help="local checkpoint or bundled model YAML (e.g. yolov8n.yaml); "
+        base: str | None = typer.Option(None, help="local checkpoint or bundled model YAML (e.g. yolov8n.yaml); "
                                            f"default ../shared/weights/{PRETRAINED_NAME} when present"),
         epochs: int = typer.Option(60),
-        imgsz: Optional[int] = typer.Option(None, help="default: the line's locator.imgsz"),
+        imgsz: int | None = typer.Option(None, help="default: the line's locator.imgsz"),
         batch: int = typer.Option(16),
         device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
-        freeze: Optional[int] = typer.Option(None, help="freeze layers 0..N-1 (10 = YOLOv8 backbone: head-only)"),
+        freeze: int | None = typer.Option(None, help="freeze layers 0..N-1 (10 = YOLOv8 backbone: head-only)"),
         seed: int = typer.Option(0, help="training seed"),
         n_train: int = typer.Option(600, help="generated training images (no --data)"),
         n_val: int = typer.Option(100, help="generated validation images (no --data)"),
         data_seed: int = typer.Option(TRAIN_DATA_SEED, help="generator seed (no --data)"),
-        out: Optional[Path] = typer.Option(None, help="weights file (default: the line's locator.weights)"),
+        out: Path | None = typer.Option(None, help="weights file (default: the line's locator.weights)"),
     ) -> None:
         """Train the line's YOLO locator and write one stripped .pt (about 6 MB for YOLOv8n)."""
         from defect_agent.config import load_app_config, load_line
         from defect_agent.paths import data_dir, resolve
-        from vision.yolo_dataset import require_line_classes
-        from vision.yolo_train import train_locator
+        from vision.datasets.yolo import require_line_classes
+        from vision.locator.train import train_locator
 
         cfg = load_line(line or load_app_config().default_line)
         if data_yaml is None:
@@ -113,7 +112,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     def train_base_cmd(
         data_yaml: Path = typer.Option(..., "--data", help="the multi-line training mix (from `defect-agent data merge`)"),
         out: Path = typer.Option(Path("models/locator/defect_base.pt"), help="the base checkpoint to write"),
-        base: Optional[str] = typer.Option(None, help=f"start point; default ../shared/weights/{PRETRAINED_NAME}"),
+        base: str | None = typer.Option(None, help=f"start point; default ../shared/weights/{PRETRAINED_NAME}"),
         epochs: int = typer.Option(8, help="few: the base must keep general features for the adapters"),
         imgsz: int = typer.Option(320),
         batch: int = typer.Option(16),
@@ -127,7 +126,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     ) -> None:
         """Train the shared base detector that line adapters sit on, on a mix of lines (no line's class check)."""
         from defect_agent.paths import resolve
-        from vision.yolo_train import train_locator
+        from vision.locator.train import train_locator
 
         extra = {"cache": "ram"} if cache else {}
         result = train_locator(data_yaml, base or default_base(), resolve(out), epochs=epochs, imgsz=imgsz,
@@ -136,25 +135,25 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
     @eval.command("locator")
     def eval_locator_cmd(
-        line: Optional[str] = typer.Option(None, help="product line (default: configs/default.yaml default_line)"),
-        data_yaml: Optional[Path] = typer.Option(None, "--data", help="ultralytics dataset YAML"),
-        generate: Optional[int] = typer.Option(None, help="generate a fresh test set of N images (battery_tab; "
+        line: str | None = typer.Option(None, help="product line (default: configs/default.yaml default_line)"),
+        data_yaml: Path | None = typer.Option(None, "--data", help="ultralytics dataset YAML"),
+        generate: int | None = typer.Option(None, help="generate a fresh test set of N images (battery_tab; "
                                                "default 200 when --data is omitted)"),
         seed: int = typer.Option(EVAL_DATA_SEED, help="generator seed of the test set (training used 1)"),
         split: str = typer.Option("val"),
-        weights: Optional[Path] = typer.Option(None, help="checkpoint to measure (default: the line's locator)"),
-        conf: Optional[float] = typer.Option(None, help="operating confidence (default: the line's locator.conf)"),
-        imgsz: Optional[int] = typer.Option(None),
+        weights: Path | None = typer.Option(None, help="checkpoint to measure (default: the line's locator)"),
+        conf: float | None = typer.Option(None, help="operating confidence (default: the line's locator.conf)"),
+        imgsz: int | None = typer.Option(None),
         device: str = typer.Option("cpu"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON here"),
+        json_out: Path | None = typer.Option(None, "--json", help="write the metrics as JSON here"),
         square: bool = typer.Option(False, "--square", help="also validate on square, unpadded input (how the agent "
                                     "feeds the model) besides ultralytics' padded rectangular batches"),
     ) -> None:
         """mAP50, mAP50-95, per-class AP / precision / recall, box accuracy and the image-level miss rate."""
         from defect_agent.config import load_app_config, load_line
         from defect_agent.paths import data_dir
-        from vision.locator import Locator
-        from vision.yolo_eval import evaluate_locator
+        from vision.locator.eval import evaluate_locator
+        from vision.locator.model import Locator
 
         cfg = load_line(line or load_app_config().default_line)
         if data_yaml is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,7 +13,7 @@ from defect_agent.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _deeppcb_src(src: Optional[Path]) -> Path:
+def _deeppcb_src(src: Path | None) -> Path:
     from defect_agent.paths import shared_dataset
 
     path = src or shared_dataset("deeppcb") or Path("../shared/datasets/deeppcb")
@@ -27,14 +26,14 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     @train.command("verifier")
     def train_verifier_cmd(
         line: str = typer.Option("pcb", help="a line with golden templates (locator.reference: template)"),
-        src: Optional[Path] = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
+        src: Path | None = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
         epochs: int = typer.Option(30),
         batch: int = typer.Option(128),
         lr: float = typer.Option(2e-3, help="AdamW peak learning rate (one-cycle schedule)"),
         background: int = typer.Option(2, help="background crops per board"),
         seed: int = typer.Option(0),
-        max_boards: Optional[int] = typer.Option(None, help="use only the first N boards of each split (smoke runs)"),
-        out: Optional[Path] = typer.Option(None, help="weights file (default: the line's locator.verifier)"),
+        max_boards: int | None = typer.Option(None, help="use only the first N boards of each split (smoke runs)"),
+        out: Path | None = typer.Option(None, help="weights file (default: the line's locator.verifier)"),
         proposals: bool = typer.Option(True, help="also train on the line's locator's own detections on the train "
                                                   "boards (hard negatives, real box errors)"),
         proposal_conf: float = typer.Option(0.05, help="confidence floor of those detections"),
@@ -49,8 +48,8 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         accuracy on the validation groups."""
         from defect_agent.config import load_line
         from defect_agent.paths import resolve
-        from vision.verifier import train_verifier
-        from vision.verifier_data import deeppcb_verifier_samples
+        from vision.verifier.data import deeppcb_verifier_samples
+        from vision.verifier.train import train_verifier
 
         cfg = load_line(line)
         if cfg.locator.reference != "template":
@@ -61,7 +60,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         locator = None
         if proposals:
             from defect_agent.runtime import configure_offline
-            from vision.locator import shared_pool
+            from vision.locator.model import shared_pool
 
             configure_offline()
             locator = shared_pool().locator(cfg)
@@ -92,17 +91,17 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     @eval.command("verifier")
     def eval_verifier_cmd(
         line: str = typer.Option("pcb"),
-        src: Optional[Path] = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
+        src: Path | None = typer.Option(None, help="DeepPCB folder (default ../shared/datasets/deeppcb)"),
         split: str = typer.Option("val"),
-        max_boards: Optional[int] = typer.Option(None),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here"),
+        max_boards: int | None = typer.Option(None),
+        json_out: Path | None = typer.Option(None, "--json", help="write the report here"),
     ) -> None:
         """The line's detections scored as the detector gives them and after the verifier relabels them."""
         from defect_agent.config import load_line
         from defect_agent.runtime import configure_offline
-        from vision.locator import shared_pool
-        from vision.verifier import DefectVerifier
-        from vision.verifier_eval import evaluate_verifier
+        from vision.locator.model import shared_pool
+        from vision.verifier.eval import evaluate_verifier
+        from vision.verifier.model import DefectVerifier
 
         configure_offline()
         cfg = load_line(line)

@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from defect_agent.errors import EmptyInput, ImageReadError
+from vision.datasets.yolo import IMAGE_SUFFIXES
 from vision.detection import Box
-from vision.yolo_train import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def convert_neu_det(src: Path | str, out: Path | str, val_fraction: float = VAL_
                     progress: bool = True) -> NeuConversionSummary:
     """Write `out/images/{train,val}` (byte-for-byte copies), `out/labels/{train,val}`, `out/data.yaml`,
     `out/split.json`."""
-    from vision.yolo_dataset import prepare_split_dirs, write_data_yaml, yolo_label_line
+    from vision.datasets.yolo import prepare_split_dirs, write_data_yaml, yolo_label_line
 
     root = neu_root(src)
     images = {p.stem: p for p in sorted((root / "IMAGES").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}

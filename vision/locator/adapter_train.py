@@ -20,14 +20,13 @@ from pydantic import BaseModel
 
 from defect_agent.errors import ConfigError, EmptyInput
 from defect_agent.paths import data_dir
-from vision.locator import BASE_COMMAND, import_yolo
-from vision.yolo_dataset import data_yaml_names
-from vision.lora import (
+from vision.datasets.yolo import data_yaml_names
+from vision.locator.lora import (
     AdapterMeta,
     LoraSettings,
     activate,
-    add_lora,
     adapter_state_dict,
+    add_lora,
     assert_adapter_only,
     file_sha256,
     load_adapter,
@@ -37,6 +36,7 @@ from vision.lora import (
     prepare_base,
     save_adapter,
 )
+from vision.locator.yolo import BASE_COMMAND, import_yolo
 
 import_yolo()  # offline environment before ultralytics' trainer modules load
 
@@ -173,7 +173,8 @@ def train_adapter(
     `keep`: which checkpoint becomes the adapter: "best" (ultralytics' fitness, which weighs mAP50-95 nine to one
     against mAP50) or "last" (the end of the schedule; a short warm-started schedule can peak in mAP50-95 early while
     mAP50 still rises)."""
-    from vision.yolo_train import count_split_images, train_overrides
+    from vision.datasets.yolo import count_split_images
+    from vision.locator.train import train_overrides
 
     if keep not in ("best", "last"):
         raise ConfigError(f"keep must be 'best' or 'last', not {keep!r}")
@@ -191,7 +192,7 @@ def train_adapter(
     data_yaml_names(data_yaml)  # a dataset YAML without class names fails here, before any training
     init_meta = None
     if init_adapter is not None:
-        from vision.lora import read_adapter_meta
+        from vision.locator.lora import read_adapter_meta
 
         init_adapter = Path(init_adapter).resolve()
         init_meta = read_adapter_meta(init_adapter)

@@ -1,4 +1,4 @@
-"""Training and validation samples for the class verifier (vision.verifier) from a DeepPCB split: every annotated
+"""Training and validation samples for the class verifier (vision.verifier.model) from a DeepPCB split: every annotated
 box with its class, background boxes of defect-like sizes away from every annotation, and (given a locator) the
 locator's own proposals: those on a defect teach the box head how the detector's boxes are off, those on nothing
 are the hard negatives random background crops are not."""
@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vision.deeppcb import parse_annotation, reference_input, template_pairs
+from vision.datasets.deeppcb import parse_annotation, reference_input, template_pairs
 from vision.detection import Box, Detection
-from vision.verifier import VerifierSample, background_boxes, verifier_channels
+from vision.verifier.model import verifier_channels
+from vision.verifier.train import VerifierSample, background_boxes
 
 BACKGROUND_LABEL = 6  # after DeepPCB's six defect classes
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,43 +18,43 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     def train_adapter_cmd(
         line: str = typer.Option(..., help="product line whose adapter to train (its classes must match --data)"),
         data_yaml: Path = typer.Option(..., "--data", help="ultralytics dataset YAML (e.g. from `data deeppcb`)"),
-        base: Optional[Path] = typer.Option(None, help="shared base checkpoint (default: the line's locator.base)"),
+        base: Path | None = typer.Option(None, help="shared base checkpoint (default: the line's locator.base)"),
         rank: int = typer.Option(8, help="LoRA rank"),
-        head_rank: Optional[int] = typer.Option(None, help="LoRA rank of the Detect head's convolutions "
+        head_rank: int | None = typer.Option(None, help="LoRA rank of the Detect head's convolutions "
                                                 "(default: --rank)"),
-        rank_pattern: Optional[str] = typer.Option(None, "--rank-pattern", help="a named per-module rank "
+        rank_pattern: str | None = typer.Option(None, "--rank-pattern", help="a named per-module rank "
                                                     "allocation of configs/lora_ranks.yaml (e.g. p3 with --rank 2)"),
-        alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default 2 x rank)"),
+        alpha: float | None = typer.Option(None, help="LoRA alpha (default 2 x rank)"),
         lora_bias: bool = typer.Option(False, "--lora-bias", help="also train a per-line output bias on every "
                                        "adapted convolution (BatchNorm is folded and frozen in the base)"),
         dora: bool = typer.Option(False, "--dora", help="DoRA: also train a per-line magnitude for every output "
                                   "channel of every adapted convolution (not with --lora-bias)"),
         epochs: int = typer.Option(60),
-        imgsz: Optional[int] = typer.Option(None, help="default: the line's locator.imgsz"),
+        imgsz: int | None = typer.Option(None, help="default: the line's locator.imgsz"),
         batch: int = typer.Option(16),
-        lr0: Optional[float] = typer.Option(None, help="AdamW learning rate (default: LORA_LR0 of "
-                                            "vision/adapter_train.py; LoRA wants ~10x full fine-tuning's)"),
-        head_lr0: Optional[float] = typer.Option(None, "--head-lr0", help="learning rate of the line's class "
+        lr0: float | None = typer.Option(None, help="AdamW learning rate (default: LORA_LR0 of "
+                                            "vision/locator/adapter_train.py; LoRA wants ~10x full fine-tuning's)"),
+        head_lr0: float | None = typer.Option(None, "--head-lr0", help="learning rate of the line's class "
                                                  "convolutions, trained in full (default: --lr0)"),
         device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
-        workers: Optional[int] = typer.Option(None, help="data-loader workers"),
-        time_hours: Optional[float] = typer.Option(None, help="wall-clock budget in hours: ultralytics fits the "
+        workers: int | None = typer.Option(None, help="data-loader workers"),
+        time_hours: float | None = typer.Option(None, help="wall-clock budget in hours: ultralytics fits the "
                                                    "learning-rate schedule to it and stops (overrides --epochs)"),
         cache: bool = typer.Option(False, help="keep decoded training images in RAM (faster epochs on CPU)"),
-        warmup_epochs: Optional[float] = typer.Option(None, help="learning-rate warm-up epochs (default: 3, or 0 "
+        warmup_epochs: float | None = typer.Option(None, help="learning-rate warm-up epochs (default: 3, or 0 "
                                                       "on tiny sets); short CPU budgets want less"),
         seed: int = typer.Option(0),
-        init: Optional[Path] = typer.Option(None, help="continue training this adapter file (warm start; its "
+        init: Path | None = typer.Option(None, help="continue training this adapter file (warm start; its "
                                             "rank and alpha are kept)"),
         keep: str = typer.Option("best", help="checkpoint written as the adapter: best (ultralytics' fitness, "
                                  "mostly mAP50-95) or last (the end of the schedule)"),
-        out: Optional[Path] = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
+        out: Path | None = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
     ) -> None:
         """Train a LoRA adapter of a line over the shared base (only LoRA + class head are trained)."""
         from defect_agent.config import load_line, load_rank_allocation
         from defect_agent.paths import resolve
-        from vision.adapter_train import train_adapter
-        from vision.yolo_dataset import require_line_classes
+        from vision.datasets.yolo import require_line_classes
+        from vision.locator.adapter_train import train_adapter
 
         cfg = load_line(line)
         ranks = load_rank_allocation(rank_pattern) if rank_pattern else None
@@ -91,12 +90,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     def export_cmd(
         line: str = typer.Option(..., help="product line"),
         merge: bool = typer.Option(False, "--merge", help="fold the line's LoRA adapter into the base"),
-        out: Optional[Path] = typer.Option(None, help="output .pt (default: the line's locator.weights)"),
+        out: Path | None = typer.Option(None, help="output .pt (default: the line's locator.weights)"),
     ) -> None:
         """Write a standalone checkpoint of a line's locator (`--merge`: base + adapter folded together)."""
         from defect_agent.config import load_line
         from defect_agent.paths import resolve
-        from vision.lora import merge_adapter
+        from vision.locator.lora import merge_adapter
 
         if not merge:
             raise ConfigError("only `--merge` export is available: pass --merge")
@@ -117,7 +116,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         reference: bool = typer.Option(False, "--reference", help="write (test, template, |difference|) composites"),
     ) -> None:
         """Convert DeepPCB to a YOLO dataset, split by group folder (val: groups 44000, 50600, 77000)."""
-        from vision.deeppcb import convert_deeppcb
+        from vision.datasets.deeppcb import convert_deeppcb
 
         summary = convert_deeppcb(src, out, reference=reference)
         typer.echo(f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}")
@@ -130,7 +129,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         seed: int = typer.Option(0, help="split seed"),
     ) -> None:
         """Convert NEU-DET to a YOLO dataset with a seeded split stratified by class (boxes rescaled to the JPEGs)."""
-        from vision.neu_det import convert_neu_det
+        from vision.datasets.neu_det import convert_neu_det
 
         summary = convert_neu_det(src, out, val_fraction=val_fraction, seed=seed)
         typer.echo(f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}")
@@ -141,7 +140,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         part: list[str] = typer.Option(..., "--part", help="PREFIX=data.yaml, repeated; classes become PREFIX/class"),
     ) -> None:
         """Merge YOLO datasets into one (e.g. the training mix of a shared base detector); images are symlinked."""
-        from vision.yolo_dataset import merge_yolo_datasets
+        from vision.datasets.yolo import merge_yolo_datasets
 
         parts: dict[str, Path] = {}
         for spec in part:

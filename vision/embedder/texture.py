@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -117,7 +118,7 @@ class TextureScorer:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_line(cls, line: LineConfig, embedder, prototypes: dict[str, np.ndarray] | None = None,
-                  **kwargs) -> "TextureScorer":
+                  **kwargs) -> TextureScorer:
         """Anchors from the line's prompts (zh + en) and classes; `prototypes` class -> vector (e.g.
         `kb.class_prototypes(line)`), optionally with a `normal` entry."""
         from vision.embedder.descriptions import class_texts, state_prompts

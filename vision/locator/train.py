@@ -11,15 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from defect_agent.errors import ConfigError, EmptyInput
 from defect_agent.paths import data_dir
+from vision.datasets.yolo import check_data_yaml, count_split_images
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
 FEW_IMAGES = 100  # below this many training images warm-up would eat a large share of all optimiser steps
 YOLOV8_BACKBONE_LAYERS = 10  # YOLOv8 layers 0..9 are the backbone (incl. SPPF); `freeze=10` trains neck + head
 
@@ -81,49 +80,6 @@ def resolve_base(base: str | Path) -> str:
     )
 
 
-def _split_sources(data: dict[str, Any], data_yaml: Path, split: str) -> list[Path]:
-    entry = data.get(split)
-    if entry is None:
-        raise ConfigError(f"{data_yaml}: no {split!r} entry")
-    root = Path(data.get("path") or data_yaml.parent)
-    if not root.is_absolute():
-        root = (data_yaml.parent / root).resolve()
-    entries = entry if isinstance(entry, list) else [entry]
-    return [p if p.is_absolute() else root / p for p in (Path(str(e)) for e in entries)]
-
-
-def split_images(data_yaml: Path, split: str) -> list[Path]:
-    """The images of a split of an ultralytics data YAML (folders searched recursively, or .txt lists whose relative
-    lines count from the list's folder); raises when the split is missing."""
-    data = yaml.safe_load(Path(data_yaml).read_text(encoding="utf-8")) or {}
-    images: list[Path] = []
-    for src in _split_sources(data, Path(data_yaml), split):
-        if src.is_dir():
-            images += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif src.is_file() and src.suffix == ".txt":
-            lines = [Path(line.strip()) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
-            images += [p if p.is_absolute() else src.parent / p for p in lines]
-        else:
-            # ultralytics would fall back to the YAML's `download:` entry here; refuse instead
-            raise EmptyInput(f"{data_yaml}: {split} images not found at {src}")
-    return images
-
-
-def count_split_images(data_yaml: Path, split: str) -> int:
-    """Images in a split of an ultralytics data YAML (folder or .txt list); raises when the split is missing."""
-    return len(split_images(data_yaml, split))
-
-
-def check_data_yaml(data_yaml: Path) -> dict[str, Any]:
-    data_yaml = Path(data_yaml)
-    if not data_yaml.is_file():
-        raise ConfigError(f"dataset YAML not found: {data_yaml}")
-    data = yaml.safe_load(data_yaml.read_text(encoding="utf-8")) or {}
-    if "names" not in data:
-        raise ConfigError(f"{data_yaml}: no 'names' entry (class names in id order)")
-    return data
-
-
 def default_workers(device: str) -> int:
     cores = os.cpu_count() or 1
     # on a small CPU box the loader workers compete with the training threads; on a GPU box they feed the GPU
@@ -177,7 +133,7 @@ def train_locator(
 
     `freeze_bn_stats` keeps every BatchNorm's running mean / variance at the base's values (BatchNorm in eval mode
     while its affine weights still train): a shared base then carries no domain statistics into the adapters."""
-    from vision.locator import import_yolo
+    from vision.locator.yolo import import_yolo
 
     data_yaml = Path(data_yaml).resolve()
     check_data_yaml(data_yaml)

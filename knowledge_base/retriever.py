@@ -1,4 +1,5 @@
-"""Retrieval for the agent: past cases similar to a detected defect crop or to a question in words."""
+"""Past cases similar to a detected defect crop or to a question in words: the knowledge base asked through its
+embedder (the pipeline itself embeds each crop once and calls `KnowledgeBase.search_by_vector`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 class Retriever:
     """Embeds a query (crop or text) and asks the knowledge base for the k most similar cases of a product line."""
 
-    def __init__(self, kb: "KnowledgeBase", embedder: Embeds, k: int = 5) -> None:
+    def __init__(self, kb: KnowledgeBase, embedder: Embeds, k: int = 5) -> None:
         self.kb = kb
         self.embedder = embedder
         self.k = k

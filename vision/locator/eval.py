@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from defect_agent.config import LineConfig
 from defect_agent.errors import ConfigError, EmptyInput, ImageReadError
+from vision.datasets.yolo import IMAGE_SUFFIXES, check_data_yaml, split_sources
 from vision.detection import Box, Detection
-from vision.locator import Locator
-from vision.yolo_train import IMAGE_SUFFIXES, _split_sources, check_data_yaml
+from vision.locator.model import Locator
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class _Truth(BaseModel):
 def split_images(data_yaml: Path, split: str) -> list[Path]:
     data = check_data_yaml(data_yaml)
     images: list[Path] = []
-    for src in _split_sources(data, Path(data_yaml), split):
+    for src in split_sources(data, Path(data_yaml), split):
         if src.is_dir():
             images += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif src.is_file() and src.suffix == ".txt":
@@ -226,7 +226,7 @@ def evaluate_locator(
         preds_all = locator.predict(arrays, conf=conf)
         for path, img, preds in zip(paths, arrays, preds_all):
             truth = read_truth(path, data_names, img.shape[:2])
-            for k, name in enumerate(data_names):
+            for k in range(len(data_names)):
                 t_k = [t for t in truth if t.class_id == k]
                 p_k = [p for p in preds if p.class_id == k]
                 n_gt[k] += len(t_k)

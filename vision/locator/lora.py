@@ -25,8 +25,9 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -34,7 +35,7 @@ from torch import nn
 
 from defect_agent.errors import ConfigError, ModelFileMissing
 from defect_agent.files import file_sha256
-from vision.locator import BASE_COMMAND
+from vision.locator.yolo import BASE_COMMAND
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -83,7 +84,7 @@ class LoraSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _bias_or_dora(self) -> "LoraSettings":
+    def _bias_or_dora(self) -> LoraSettings:
         if self.bias and self.dora:
             raise ValueError("LoRA output biases and DoRA cannot be combined (peft supports lora_bias without DoRA)")
         return self
@@ -160,9 +161,9 @@ def _check_adapter_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------- base
 
 
-def load_detection_model(path: Path | str) -> "DetectionModel":
+def load_detection_model(path: Path | str) -> DetectionModel:
     """An ultralytics checkpoint as an FP32 DetectionModel in eval mode (local file only)."""
-    from vision.locator import import_yolo
+    from vision.locator.yolo import import_yolo
 
     path = Path(path)
     if not path.is_file():
@@ -181,7 +182,7 @@ def _detect(model: nn.Module) -> nn.Module:
     return head
 
 
-def prepare_base(model: "DetectionModel") -> "DetectionModel":
+def prepare_base(model: DetectionModel) -> DetectionModel:
     """Fold BatchNorm into the convolutions (frozen statistics), freeze every weight, eval mode. Idempotent."""
     if not model.is_fused():
         model.fuse(verbose=False)
@@ -284,7 +285,7 @@ def adapter_names(model: nn.Module) -> list[str]:
     return []
 
 
-def add_lora(model: "DetectionModel", adapter_name: str, names: list[str], settings: LoraSettings,
+def add_lora(model: DetectionModel, adapter_name: str, names: list[str], settings: LoraSettings,
              target_modules: list[str] | None = None, trainable: bool = True) -> AdapterMeta:
     """Inject a new LoRA adapter (and its own class convolutions for `names`) into a prepared base; activates it.
     Returns the metadata to save with it (base fields left for the caller)."""
@@ -327,7 +328,7 @@ def add_lora(model: "DetectionModel", adapter_name: str, names: list[str], setti
                        base_file="", base_sha256="", base_names=list(base_names))
 
 
-def activate(model: "DetectionModel", adapter_name: str | None, names: list[str] | None = None,
+def activate(model: DetectionModel, adapter_name: str | None, names: list[str] | None = None,
              trainable: bool = False) -> None:
     """Make `adapter_name` the active adapter (None: the plain base with its own head) and size the Detect head for
     its classes. `trainable` marks the adapter's weights as requiring gradients (training), else all frozen."""
@@ -441,7 +442,7 @@ def read_adapter_meta(path: Path | str) -> AdapterMeta:
     return read_adapter(path)[0]
 
 
-def load_adapter(model: "DetectionModel", path: Path | str, adapter_name: str,
+def load_adapter(model: DetectionModel, path: Path | str, adapter_name: str,
                  base_sha256: str | None = None) -> AdapterMeta:
     """Inject the adapter stored at `path` under `adapter_name` and load its weights; activates it (frozen)."""
     meta, tensors = read_adapter(path)
@@ -487,12 +488,12 @@ def make_meta(meta: AdapterMeta, base_path: Path | str, line: str | None = None,
 
 
 def _import_yolo():
-    from vision.locator import import_yolo
+    from vision.locator.yolo import import_yolo
 
     return import_yolo()
 
 
-def load_adapted_yolo(base_path: Path | str, adapter_path: Path | str) -> "YOLO":
+def load_adapted_yolo(base_path: Path | str, adapter_path: Path | str) -> YOLO:
     """An ultralytics YOLO ready to predict: the base with the adapter injected, active and unmerged (BatchNorm is
     folded beforehand, so ultralytics does not fuse again)."""
     base_path, adapter_path = Path(base_path), Path(adapter_path)
@@ -506,7 +507,7 @@ def load_adapted_yolo(base_path: Path | str, adapter_path: Path | str) -> "YOLO"
     return yolo
 
 
-def merge_into_base(model: "DetectionModel", adapter_name: str) -> "DetectionModel":
+def merge_into_base(model: DetectionModel, adapter_name: str) -> DetectionModel:
     """Fold the adapter into the convolutions and replace the class heads: a plain ultralytics model again."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import ModulesToSaveWrapper
@@ -563,7 +564,7 @@ class AdapterBank:
                                    what="locator base weights")
         self.base_sha256 = file_sha256(self.base_path)
         YOLO = _import_yolo()
-        self.yolo: "YOLO" = YOLO(str(self.base_path), task="detect")
+        self.yolo: YOLO = YOLO(str(self.base_path), task="detect")
         prepare_base(self.yolo.model)
         self.base_names = getattr(self.yolo.model, BASE_ATTR)
         self._meta: dict[str, AdapterMeta] = {}
@@ -591,7 +592,7 @@ class AdapterBank:
         self.use(self.active)  # loading activates the new adapter: restore what was active
         return meta
 
-    def use(self, line: str | None) -> "YOLO":
+    def use(self, line: str | None) -> YOLO:
         """Activate a line's adapter (None: the base) and return the shared YOLO object."""
         names = self.class_names(line)
         activate(self.yolo.model, line, names)

@@ -9,10 +9,10 @@ Types 1..6 are open, short, mousebite, spur, copper, pin-hole (`DEEPPCB_CLASSES`
 The split is by group folder so that crops of one board never sit on both sides: `VAL_GROUPS` (three boards, 200 of
 the 1,000 pairs = 20 %) are validation, the other four groups training. `split.json` beside `data.yaml` records it.
 
-Reference mode (`reference=True`) writes each image as a 3-channel composite built by `reference_composite`:
-B = the test image, G = the binarised template, R = |test - template|, so the detector sees where the board differs
-from its template. A locator trained on such images needs the same composite at run time: the template of
-`<id>_test.<ext>` is `<id>_temp.<ext>` in the same folder (`find_template`)."""
+Reference mode (`reference=True`) writes each image as the 3-channel composite of `vision.reference`
+(B = the test image, G = the binarised template, R = |test - template|), so the detector sees where the board
+differs from its template. A locator trained on such images needs the same composite at run time: the pcb line's
+`reference:` rule (its config) finds `<id>_temp.<ext>` beside `<id>_test.<ext>`, as `DEEPPCB_REFERENCE` does here."""
 
 from __future__ import annotations
 
@@ -31,17 +31,19 @@ import yaml
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from defect_agent.config import ReferenceConfig
 from defect_agent.errors import EmptyInput, ImageReadError
 from vision.detection import Box
+from vision.reference import IMAGE_EXTS, binarize, find_reference, read_grey, reference_composite
 
 log = logging.getLogger(__name__)
 
 DEEPPCB_CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin_hole"]  # DeepPCB type 1..6
 VAL_GROUPS = ("group44000", "group50600", "group77000")  # 50 + 50 + 100 pairs = 20 % of trainval, three boards
-BINARY_THRESHOLD = 128  # DeepPCB scans are binarised, then JPEG-compressed: this undoes the ringing
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+# the dataset's own pairing: <id>_temp.<ext> is the golden template of <id>_test.<ext>, in the same folder
+DEEPPCB_REFERENCE = ReferenceConfig(pattern=r"^(?P<id>.+)_test$", name="{id}_temp")
 
-_TEST_RE = re.compile(r"^(?P<id>.+)_test$")
+_TEST_RE = re.compile(DEEPPCB_REFERENCE.pattern)
 
 
 @dataclass(frozen=True)
@@ -76,16 +78,7 @@ def pcb_root(src: Path | str) -> Path:
 
 def find_template(test_path: Path | str) -> Path | None:
     """The aligned template of `<id>_test.<ext>`: `<id>_temp.<any image ext>` in the same folder, else None."""
-    test_path = Path(test_path)
-    m = _TEST_RE.match(test_path.stem)
-    if not m:
-        return None
-    for ext in (test_path.suffix, *IMAGE_EXTS):
-        cand = test_path.with_name(f"{m.group('id')}_temp{ext}")
-        if cand.is_file():
-            return cand
-    return None
-
+    return find_reference(test_path, DEEPPCB_REFERENCE)
 
 def scan_deeppcb(src: Path | str) -> list[DeepPCBPair]:
     """Every `<id>_test.*` image that has an annotation file, sorted by id."""
@@ -130,39 +123,6 @@ def parse_annotation(text: str, source: str = "<annotation>") -> list[tuple[int,
     return out
 
 
-def read_grey(path: Path | str) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise ImageReadError(f"cannot read image {path}")
-    return img
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return image
-    if image.ndim == 3 and image.shape[2] == 1:
-        return image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    raise ImageReadError(f"expected a grey or BGR image, got shape {image.shape}")
-
-
-def binarize(image: np.ndarray) -> np.ndarray:
-    """0/255 image at `BINARY_THRESHOLD` (DeepPCB images are binary before JPEG compression)."""
-    return np.where(_grey(image) >= BINARY_THRESHOLD, 255, 0).astype(np.uint8)
-
-
-def reference_composite(test: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """BGR composite for the reference-aware detector: B = test (grey, as scanned), G = binarised template,
-    R = |test - template|. The template is binarised so JPEG ringing of the template does not show up as
-    difference; the test keeps its own pixels (the same as the no-reference detector sees)."""
-    t = _grey(test)
-    ref = binarize(template)
-    if ref.shape != t.shape:
-        raise ImageReadError(f"template shape {ref.shape} differs from test image shape {t.shape}")
-    return np.ascontiguousarray(np.stack([t, ref, cv2.absdiff(t, ref)], axis=2))
-
-
 def reference_input(test_path: Path | str, template_path: Path | str | None = None) -> np.ndarray:
     """The composite for an image file; the template defaults to `find_template(test_path)`."""
     template_path = template_path or find_template(test_path)
@@ -191,7 +151,7 @@ def convert_deeppcb(src: Path | str, out: Path | str, reference: bool = False,
     composites (`reference_composite`). `negatives`: the validation boards' defect-free templates also go to
     `out/images/val_negatives` (no labels; data.yaml key `negatives`), to measure image-level false alarms; in
     reference mode each is the composite of the template with itself."""
-    from vision.yolo_dataset import prepare_split_dirs, write_data_yaml, yolo_label_line
+    from vision.datasets.yolo import prepare_split_dirs, write_data_yaml, yolo_label_line
 
     pairs = scan_deeppcb(src)
     out = Path(out)

@@ -20,12 +20,12 @@ def battery_tab(
 ) -> None:
     """Procedural battery-tab weld images with exact ground truth (truth.jsonl), or a YOLO dataset."""
     if yolo:
-        from vision.yolo_dataset import write_yolo_dataset
+        from vision.datasets.synth.dataset import write_yolo_dataset
 
         data_yaml = write_yolo_dataset(out, n_train=n, n_val=val, seed=seed)
         typer.echo(f"YOLO dataset: {n} train + {val} val images -> {data_yaml}")
         return
-    from vision.synth.battery_tab import generate_batch, read_truth
+    from vision.datasets.synth.battery_tab import generate_batch, read_truth
 
     paths = generate_batch(out, n, seed)
     truths = read_truth(Path(out) / "truth.jsonl")

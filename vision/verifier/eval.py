@@ -1,5 +1,5 @@
 """Does the class verifier help? The locator's detections on a DeepPCB split scored in one run as the detector
-gives them, after vision.verifier relabels (and refines) them, ranked by `verified_score`, and with the
+gives them, after vision.verifier.model relabels (and refines) them, ranked by `verified_score`, and with the
 verifier's alternative classes as extra labels (the multi-label reading ultralytics' validator scores): mAP50 /
 mAP50-95 (ultralytics' AP integration over our own matching), per-class precision / recall and image-level miss
 rate at the operating confidence, and the class accuracy of boxes that sit on a defect. Also mAP under DeepPCB's
@@ -126,9 +126,8 @@ def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", co
                       progress: bool = True) -> VerifierEvaluation:
     """Both scores over the same detections: the locator at `conf_eval` (as ultralytics' mAP), the verifier on
     every box of every board."""
-    from vision.deeppcb import parse_annotation, reference_input, template_pairs
-
-    from vision.verifier import expand_alternatives, verified_score
+    from vision.datasets.deeppcb import parse_annotation, reference_input, template_pairs
+    from vision.verifier.model import expand_alternatives, verified_score
 
     names = locator.class_names
     pairs = template_pairs(src, split, max_boards)

@@ -1,6 +1,6 @@
 """Procedural image generators with exact ground truth for the built-in product lines."""
 
-from vision.synth.battery_tab import (
+from vision.datasets.synth.battery_tab import (
     BatteryTabParams,
     BatteryTabTruth,
     TruthObject,
