@@ -33,8 +33,9 @@ class FusionFit(BaseModel):
     after: CalibrationQuality
 
 
-def match_findings(findings: list[DefectFinding], truth: TruthBoxes,
-                   iou: float = 0.5) -> list[tuple[DefectFinding, Box | None]]:
+def match_findings(
+    findings: list[DefectFinding], truth: TruthBoxes, iou: float = 0.5
+) -> list[tuple[DefectFinding, Box | None]]:
     """Greedy one-to-one matching, most confident first: a detector finding matches the unmatched truth box of its
     class it overlaps most, by at least `iou`. Derived findings (offset, missing weld) are measured, not detected,
     and are left out."""
@@ -49,7 +50,9 @@ def match_findings(findings: list[DefectFinding], truth: TruthBoxes,
     return out
 
 
-def label_findings(findings: list[DefectFinding], truth: TruthBoxes, iou: float = 0.5) -> list[tuple[DefectFinding, int]]:
+def label_findings(
+    findings: list[DefectFinding], truth: TruthBoxes, iou: float = 0.5
+) -> list[tuple[DefectFinding, int]]:
     """(finding, 1 = a true defect / 0 = a false detection), by `match_findings`."""
     return [(f, int(box is not None)) for f, box in match_findings(findings, truth, iou)]
 

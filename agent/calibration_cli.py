@@ -18,10 +18,12 @@ _TOP_LEVEL_KEY = re.compile(r"^[A-Za-z_][\w-]*\s*:")
 
 
 def texture_block(threshold: float, max_false_alarm: float, n_images: int, embedder_version: str) -> str:
-    return (f"texture:                   # set by `defect-agent calibrate` on {n_images} normal images "
-            f"({embedder_version})\n"
-            f"  threshold: {threshold:.6f}\n"
-            f"  max_false_alarm: {max_false_alarm:g}\n")
+    return (
+        f"texture:                   # set by `defect-agent calibrate` on {n_images} normal images "
+        f"({embedder_version})\n"
+        f"  threshold: {threshold:.6f}\n"
+        f"  max_false_alarm: {max_false_alarm:g}\n"
+    )
 
 
 def rewrite_texture_block(text: str, block: str) -> str:
@@ -42,8 +44,9 @@ def rewrite_texture_block(text: str, block: str) -> str:
     return "".join(lines[:start]) + block + "".join(lines[end:])
 
 
-def write_texture_calibration(line_name: str, threshold: float, max_false_alarm: float, n_images: int,
-                              embedder_version: str) -> Path:
+def write_texture_calibration(
+    line_name: str, threshold: float, max_false_alarm: float, n_images: int, embedder_version: str
+) -> Path:
     """Store the threshold in configs/lines/<line>.yaml (texture block only), validated before it replaces the file."""
     from defect_agent.config import LineConfig, load_line
     from defect_agent.paths import configs_dir
@@ -51,8 +54,9 @@ def write_texture_calibration(line_name: str, threshold: float, max_false_alarm:
     path = configs_dir() / "lines" / f"{line_name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no line config {path}")
-    new = rewrite_texture_block(path.read_text(encoding="utf-8"),
-                                texture_block(threshold, max_false_alarm, n_images, embedder_version))
+    new = rewrite_texture_block(
+        path.read_text(encoding="utf-8"), texture_block(threshold, max_false_alarm, n_images, embedder_version)
+    )
     cfg = LineConfig.model_validate(yaml.safe_load(new))
     if cfg.texture.threshold is None or abs(cfg.texture.threshold - threshold) > 1e-6:
         raise ConfigError(f"rewriting {path} did not yield the texture threshold; file left unchanged")
@@ -83,13 +87,17 @@ def _calibrate_fusion(line: str, n: int, seed: int, split: str, deeppcb: Path | 
         source, total = f"DeepPCB {split} groups", None
     else:
         raise ConfigError(f"no labelled data for line {line!r}: fusion calibration knows battery_tab and pcb")
-    fit = fit_on(tqdm(samples, total=total, desc="labelled images", unit="img"),
-                 fitted_on=f"{source}; locator {inspector.locator.version}; embedder {inspector.embedder.version}"
-                 + (f"; verifier {inspector.verifier.version}" if inspector.verifier is not None else ""))
+    fit = fit_on(
+        tqdm(samples, total=total, desc="labelled images", unit="img"),
+        fitted_on=f"{source}; locator {inspector.locator.version}; embedder {inspector.embedder.version}"
+        + (f"; verifier {inspector.verifier.version}" if inspector.verifier is not None else ""),
+    )
     w = fit.weights
-    typer.echo(f"{fit.images} images, {fit.after.findings} detections ({fit.after.positives} true): "
-               f"bias {w.bias:.3f} detector {w.detector:.3f} texture {w.texture:.3f} cases {w.cases:.3f} "
-               f"verifier {w.verifier:.3f}; boxes {w.box_margin_px:+.2f} px wider / taller than the annotations")
+    typer.echo(
+        f"{fit.images} images, {fit.after.findings} detections ({fit.after.positives} true): "
+        f"bias {w.bias:.3f} detector {w.detector:.3f} texture {w.texture:.3f} cases {w.cases:.3f} "
+        f"verifier {w.verifier:.3f}; boxes {w.box_margin_px:+.2f} px wider / taller than the annotations"
+    )
     for name, q in (("identity", fit.before), ("fitted", fit.after)):
         typer.echo(f"  {name:<9} log-loss {q.log_loss:.4f}  Brier {q.brier:.4f}  ECE {q.ece:.4f}")
     if not dry_run:
@@ -100,11 +108,16 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     @app.command("calibrate")
     def calibrate_texture(
         line: str = typer.Option(..., help="product line whose configs/lines/<line>.yaml gets the threshold"),
-        normal: list[Path] | None = typer.Option(None, help="folder(s) or files of known-normal (defect-free) "
-                                                    "images: sets the texture threshold"),
+        normal: list[Path] | None = typer.Option(
+            None, help="folder(s) or files of known-normal (defect-free) images: sets the texture threshold"
+        ),
         max_false_alarm: float = typer.Option(0.01, help="largest share of normal images allowed above the threshold"),
-        fusion: bool = typer.Option(False, "--fusion", help="fit the line's fusion weights on labelled images "
-                                    "instead (battery_tab: generated; pcb: DeepPCB annotations)"),
+        fusion: bool = typer.Option(
+            False,
+            "--fusion",
+            help="fit the line's fusion weights on labelled images "
+            "instead (battery_tab: generated; pcb: DeepPCB annotations)",
+        ),
         n: int = typer.Option(200, help="--fusion, battery_tab: images generated for the fit"),
         seed: int = typer.Option(777, help="--fusion, battery_tab: generator seed (training 1, tests 1234 / 4242)"),
         split: str = typer.Option("train", help="--fusion, pcb: DeepPCB part to fit on (val is kept for eval)"),
@@ -141,9 +154,11 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             raise EmptyInput("no normal images could be scored")
         threshold = calibrate_threshold(scores, max_false_alarm)
         rate = float(np.mean(np.asarray(scores) > threshold))
-        typer.echo(f"{len(scores)} normal images: score min {min(scores):.4f} median {float(np.median(scores)):.4f} "
-                   f"max {max(scores):.4f}; threshold {threshold:.6f} -> false alarms {100 * rate:.2f}% "
-                   f"(target <= {100 * max_false_alarm:g}%)")
+        typer.echo(
+            f"{len(scores)} normal images: score min {min(scores):.4f} median {float(np.median(scores)):.4f} "
+            f"max {max(scores):.4f}; threshold {threshold:.6f} -> false alarms {100 * rate:.2f}% "
+            f"(target <= {100 * max_false_alarm:g}%)"
+        )
         if dry_run:
             return
         path = write_texture_calibration(line, threshold, max_false_alarm, len(scores), embedder.version)

@@ -60,8 +60,16 @@ def _implicit_constraints(cond: Condition, finding: DefectFinding, line: LineCon
         return []
     if any(c.measure == "offset" for c in cond.constraints):
         return []
-    return [NumericConstraint(measure="offset", op=Comparator.gt, value=spec.tolerance_mm,
-                              raw_value=spec.tolerance_mm, unit="mm", text="line tolerance")]
+    return [
+        NumericConstraint(
+            measure="offset",
+            op=Comparator.gt,
+            value=spec.tolerance_mm,
+            raw_value=spec.tolerance_mm,
+            unit="mm",
+            text="line tolerance",
+        )
+    ]
 
 
 def finding_probability(
@@ -108,7 +116,11 @@ def _fmt_constraint(c: NumericConstraint) -> str:
 
 def clause_label(cond: Condition) -> str:
     parts = [cond.defect_class or "any defect", *(_fmt_constraint(c) for c in cond.constraints)]
-    count = "" if (cond.count.op == Comparator.ge and cond.count.value == 1) else f" count {cond.count.op.value} {cond.count.value}"
+    count = (
+        ""
+        if (cond.count.op == Comparator.ge and cond.count.value == 1)
+        else f" count {cond.count.op.value} {cond.count.value}"
+    )
     return " ".join(parts) + count
 
 
@@ -117,9 +129,7 @@ def _evidence(finding: DefectFinding) -> str:
     return f"{finding.defect_class} p={finding.probability:.2f} {shown}"
 
 
-def decide(
-    query: InspectionQuery, findings: list[DefectFinding], line: LineConfig, fusion: FusionConfig
-) -> Decision:
+def decide(query: InspectionQuery, findings: list[DefectFinding], line: LineConfig, fusion: FusionConfig) -> Decision:
     """Evaluate every clause, mark which findings matched which clause, and decide pass / review / fail."""
     low, high = fusion.review_band
     sigma = fusion.measurement_margin_mm
@@ -134,8 +144,15 @@ def decide(
         for f in hits:
             if cond.id not in f.matched_clauses:
                 f.matched_clauses.append(cond.id)
-        results.append(ClauseResult(id=cond.id, text=cond.text or clause_label(cond), satisfied=p >= 0.5,
-                                    count=len(hits), uncertain=low <= p < high))
+        results.append(
+            ClauseResult(
+                id=cond.id,
+                text=cond.text or clause_label(cond),
+                satisfied=p >= 0.5,
+                count=len(hits),
+                uncertain=low <= p < high,
+            )
+        )
         near = sorted(zip(per, findings), key=lambda t: -t[0])[:3]
         detail = "; ".join(_evidence(f) for q, f in near if q > 0.01) or f"no {cond.defect_class or 'defect'} found"
         state = "met" if p >= high else ("uncertain" if p >= low else "not met")
@@ -144,8 +161,14 @@ def decide(
     verdict: Literal["pass", "fail", "review"] = "fail" if score >= high else ("review" if score >= low else "pass")
     reasons.append(f"{query.logic.describe()} -> score {score:.2f} (review band {low:g}-{high:g}): {verdict}")
     asked = {c.defect_class for c in query.conditions}
-    others = [f for f in findings if f.defect_class not in asked and not f.matched_clauses and f.probability >= 0.5
-              and not _implicit_absent(f, line)]
+    others = [
+        f
+        for f in findings
+        if f.defect_class not in asked
+        and not f.matched_clauses
+        and f.probability >= 0.5
+        and not _implicit_absent(f, line)
+    ]
     if others and None not in asked:
         counts: dict[str, int] = {}
         for f in others:

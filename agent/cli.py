@@ -13,8 +13,12 @@ import typer
 
 from defect_agent.errors import DefectAgentError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Multimodal defect-inspection agent: instruction + images -> JSON verdicts.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Multimodal defect-inspection agent: instruction + images -> JSON verdicts.",
+)
 train_app = typer.Typer(no_args_is_help=True, help="Train models (locator, adapter, embedder).")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure models and the agent on held-out data.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate or convert datasets.")
@@ -41,8 +45,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @schema_app.command("verdict")
@@ -71,9 +78,13 @@ def schema_case() -> None:
 
 @app.command()
 def inspect(
-    instruction: str = typer.Argument(..., help='e.g. "find all cells whose tab weld is offset more than 0.3 mm and shows weld spatter"'),
+    instruction: str = typer.Argument(
+        ..., help='e.g. "find all cells whose tab weld is offset more than 0.3 mm and shows weld spatter"'
+    ),
     images: list[str] = typer.Argument(..., help="image files, folders or glob patterns"),
-    line: str | None = typer.Option(None, help="product line (default: from the instruction's words, else the config default)"),
+    line: str | None = typer.Option(
+        None, help="product line (default: from the instruction's words, else the config default)"
+    ),
     out: Path | None = typer.Option(None, help="write verdicts as JSONL here (default: stdout)"),
     overlays: Path | None = typer.Option(None, help="write annotated images into this folder"),
     kb: Path | None = typer.Option(None, help="knowledge base folder (default: configs/default.yaml kb_dir)"),

@@ -25,7 +25,9 @@ class DemoResult(BaseModel):
     accuracy_line: str
 
 
-def run_demo(n: int = 24, seed: int = 2026, out: Path = Path("var/demo"), instruction: str = SEED_INSTRUCTION_ZH) -> DemoResult:
+def run_demo(
+    n: int = 24, seed: int = 2026, out: Path = Path("var/demo"), instruction: str = SEED_INSTRUCTION_ZH
+) -> DemoResult:
     from agent.parser import parse_instruction
     from agent.pipeline import Inspector
     from knowledge_base.sample import ensure_sample_kb
@@ -42,9 +44,14 @@ def run_demo(n: int = 24, seed: int = 2026, out: Path = Path("var/demo"), instru
         for verdict in inspector.inspect(query, [str(p) for p in paths]):
             writer.write(verdict)
     agree = sum(
-        v.matches_query == expected_match(query, battery_tab_findings(truths[Path(v.image).name], inspector.line), inspector.line)
+        v.matches_query
+        == expected_match(query, battery_tab_findings(truths[Path(v.image).name], inspector.line), inspector.line)
         for v in writer.verdicts
     )
     accuracy = f"agreement with the generator's ground truth: {agree}/{len(writer.verdicts)} images"
-    return DemoResult(table=summary_table(writer.verdicts), verdicts_path=verdicts_path, overlays_dir=overlays_dir,
-                      accuracy_line=accuracy)
+    return DemoResult(
+        table=summary_table(writer.verdicts),
+        verdicts_path=verdicts_path,
+        overlays_dir=overlays_dir,
+        accuracy_line=accuracy,
+    )

@@ -12,7 +12,9 @@ from agent.demo import SEED_INSTRUCTION_EN, SEED_INSTRUCTION_ZH
 
 def eval_queries(
     line: str = typer.Option("battery_tab", help="product line"),
-    instruction: list[str] | None = typer.Option(None, "--instruction", "-i", help="instructions to evaluate (default: the seed's, zh + en)"),
+    instruction: list[str] | None = typer.Option(
+        None, "--instruction", "-i", help="instructions to evaluate (default: the seed's, zh + en)"
+    ),
     n: int = typer.Option(200, help="battery_tab: images to generate for the test set"),
     seed: int = typer.Option(4242, help="battery_tab: test-set seed (training used other seeds)"),
     out: Path = typer.Option(Path("var/eval/queries"), help="where the test set and verdicts go"),
@@ -37,17 +39,21 @@ def eval_queries(
         queries = [("given", q) for q in instruction] if instruction else pcb_queries()
         report = evaluate_pcb(Path(root), queries, use_kb=not no_kb, max_boards=max_boards)
         for fam in report.families:
-            typer.echo(f"{fam.family:<11} {fam.queries:3d} queries  P mean {fam.precision_mean:.3f} min "
-                       f"{fam.precision_min:.3f} pooled {fam.precision_pooled:.3f}   R mean {fam.recall_mean:.3f} min "
-                       f"{fam.recall_min:.3f} pooled {fam.recall_pooled:.3f}")
+            typer.echo(
+                f"{fam.family:<11} {fam.queries:3d} queries  P mean {fam.precision_mean:.3f} min "
+                f"{fam.precision_min:.3f} pooled {fam.precision_pooled:.3f}   R mean {fam.recall_mean:.3f} min "
+                f"{fam.recall_min:.3f} pooled {fam.recall_pooled:.3f}"
+            )
     elif line == "battery_tab":
         instructions = instruction or [SEED_INSTRUCTION_ZH, SEED_INSTRUCTION_EN]
         report = evaluate_battery_tab(instructions, n=n, seed=seed, out=out, use_kb=not no_kb)
     else:
         raise typer.BadParameter(f"no ground truth for line {line!r}: battery_tab (generated) or pcb (DeepPCB)")
     for row in report.rows:
-        typer.echo(f"{row.precision:6.3f} P  {row.recall:6.3f} R  returned {row.returned:4d}  expected {row.expected:4d}"
-                   f"  review {row.review:3d}  {row.family:<9} {row.instruction}")
+        typer.echo(
+            f"{row.precision:6.3f} P  {row.recall:6.3f} R  returned {row.returned:4d}  expected {row.expected:4d}"
+            f"  review {row.review:3d}  {row.family:<9} {row.instruction}"
+        )
     if as_json:
         as_json.parent.mkdir(parents=True, exist_ok=True)
         as_json.write_text(report.model_dump_json(indent=2), encoding="utf-8")

@@ -54,15 +54,26 @@ def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, 
             findings_by_image = {p: inspector.analyse(_read(p, inspector)) for p in paths}
         returned, expected, review = set(), set(), 0
         for p in paths:
-            d = decide(query, [f.model_copy(deep=True) for f in findings_by_image[p]], inspector.line, inspector.app.fusion)
+            d = decide(
+                query, [f.model_copy(deep=True) for f in findings_by_image[p]], inspector.line, inspector.app.fusion
+            )
             if d.matches_query:
                 returned.add(p)
             review += d.verdict == "review"
             if expected_match(query, battery_tab_findings(truths[Path(p).name], inspector.line), inspector.line):
                 expected.add(p)
         precision, recall = precision_recall(returned, expected)
-        rows.append(QueryScore(instruction=instruction, precision=precision, recall=recall, returned=len(returned),
-                               expected=len(expected), correct=len(returned & expected), review=review))
+        rows.append(
+            QueryScore(
+                instruction=instruction,
+                precision=precision,
+                recall=recall,
+                returned=len(returned),
+                expected=len(expected),
+                correct=len(returned & expected),
+                review=review,
+            )
+        )
     return QueryEvalReport(line="battery_tab", images=n, seed=seed, rows=rows)
 
 
@@ -117,15 +128,24 @@ def family_scores(rows: list[QueryScore]) -> list[FamilyScore]:
             returned, expected = sum(r.returned for r in rs), sum(r.expected for r in rs)
             pooled_p = correct / returned if returned else (1.0 if not expected else 0.0)
             pooled_r = correct / expected if expected else 1.0
-        out.append(FamilyScore(family=f, queries=len(rs), precision_mean=sum(r.precision for r in rs) / len(rs),
-                               recall_mean=sum(r.recall for r in rs) / len(rs),
-                               precision_min=min(r.precision for r in rs), recall_min=min(r.recall for r in rs),
-                               precision_pooled=pooled_p, recall_pooled=pooled_r))
+        out.append(
+            FamilyScore(
+                family=f,
+                queries=len(rs),
+                precision_mean=sum(r.precision for r in rs) / len(rs),
+                recall_mean=sum(r.recall for r in rs) / len(rs),
+                precision_min=min(r.precision for r in rs),
+                recall_min=min(r.recall for r in rs),
+                precision_pooled=pooled_p,
+                recall_pooled=pooled_r,
+            )
+        )
     return out
 
 
-def deeppcb_findings(inspector, root: Path, split: str, max_boards: int | None = None, templates: bool = False,
-                     progress: bool = False) -> Iterator[tuple[str, list[DefectFinding], list[tuple[str, Box]], bool]]:
+def deeppcb_findings(
+    inspector, root: Path, split: str, max_boards: int | None = None, templates: bool = False, progress: bool = False
+) -> Iterator[tuple[str, list[DefectFinding], list[tuple[str, Box]], bool]]:
     """(image path, the pipeline's findings, annotated boxes, is a clean template) for the DeepPCB boards of one
     part of the fixed group split; `templates`: each board's defect-free template follows it, with no boxes."""
     from tqdm import tqdm
@@ -149,8 +169,14 @@ def deeppcb_findings(inspector, root: Path, split: str, max_boards: int | None =
             yield str(pair.template), inspector.analyse(temp, locator_input=composite), [], True
 
 
-def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = False, kb_dir: Path | None = None,
-                 progress: bool = True, max_boards: int | None = None) -> PcbQueryEvalReport:
+def evaluate_pcb(
+    deeppcb: Path,
+    queries: list[tuple[str, str]],
+    use_kb: bool = False,
+    kb_dir: Path | None = None,
+    progress: bool = True,
+    max_boards: int | None = None,
+) -> PcbQueryEvalReport:
     """Every query over the DeepPCB validation boards (fixed groups, never trained on) and their defect-free
     templates: the returned set against the set the annotations imply (same clause logic on exact findings)."""
     from agent.groundtruth import box_measurements, exact_finding
@@ -162,8 +188,9 @@ def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = F
     mm = line.calibration.mm_per_px
     findings, truth = {}, {}
     boards = clean = 0
-    for path, found, boxes, is_template in deeppcb_findings(inspector, deeppcb, "val", max_boards, templates=True,
-                                                            progress=progress):
+    for path, found, boxes, is_template in deeppcb_findings(
+        inspector, deeppcb, "val", max_boards, templates=True, progress=progress
+    ):
         findings[path] = found
         truth[path] = [exact_finding(cls, b, box_measurements(b, mm)) for cls, b in boxes]
         clean += is_template
@@ -180,8 +207,22 @@ def evaluate_pcb(deeppcb: Path, queries: list[tuple[str, str]], use_kb: bool = F
             if expected_match(query, truth[path], line):
                 expected.add(path)
         precision, recall = precision_recall(returned, expected)
-        rows.append(QueryScore(instruction=instruction, family=family, precision=precision, recall=recall,
-                               returned=len(returned), expected=len(expected), correct=len(returned & expected),
-                               review=review))
-    return PcbQueryEvalReport(boards=boards, clean_boards=clean, rows=rows,
-                              families=family_scores(rows), locator=getattr(inspector.locator, "version", None))
+        rows.append(
+            QueryScore(
+                instruction=instruction,
+                family=family,
+                precision=precision,
+                recall=recall,
+                returned=len(returned),
+                expected=len(expected),
+                correct=len(returned & expected),
+                review=review,
+            )
+        )
+    return PcbQueryEvalReport(
+        boards=boards,
+        clean_boards=clean,
+        rows=rows,
+        families=family_scores(rows),
+        locator=getattr(inspector.locator, "version", None),
+    )

@@ -42,8 +42,9 @@ class FusionWeights(BaseModel):
     box_margin_px: float = 0.0
     fitted_on: str | None = None  # what data fitted them; None = identity default
 
-    def features(self, confidence: float, texture: float | None, cases: float | None,
-                 verifier: float | None = None) -> list[float]:
+    def features(
+        self, confidence: float, texture: float | None, cases: float | None, verifier: float | None = None
+    ) -> list[float]:
         # a missing score sits at logit 0 (no evidence either way)
         return [
             1.0,
@@ -53,11 +54,11 @@ class FusionWeights(BaseModel):
             logit(verifier) if verifier is not None else 0.0,
         ]
 
-    def fuse(self, confidence: float, texture: float | None = None, cases: float | None = None,
-             verifier: float | None = None) -> float:
+    def fuse(
+        self, confidence: float, texture: float | None = None, cases: float | None = None, verifier: float | None = None
+    ) -> float:
         f = self.features(confidence, texture, cases, verifier)
-        z = (self.bias * f[0] + self.detector * f[1] + self.texture * f[2] + self.cases * f[3]
-             + self.verifier * f[4])
+        z = self.bias * f[0] + self.detector * f[1] + self.texture * f[2] + self.cases * f[3] + self.verifier * f[4]
         return sigmoid(z)
 
 
@@ -94,8 +95,9 @@ def fit_fusion(
         raise ValueError("fusion needs both true and false detections to fit")
     proto = FusionWeights()
     verifier = verifier if verifier is not None else [None] * len(labels)
-    x = np.array([proto.features(c, t, e, v) for c, t, e, v in zip(confidences, textures, cases, verifier)],
-                 dtype=np.float64)
+    x = np.array(
+        [proto.features(c, t, e, v) for c, t, e, v in zip(confidences, textures, cases, verifier)], dtype=np.float64
+    )
     y = np.asarray(labels, dtype=np.float64)
     w = np.array([0.0, 1.0, 0.0, 0.0, 0.0])
     ridge = l2 * np.eye(5)

@@ -18,16 +18,18 @@ def box_measurements(box: Box, mm_per_px: float) -> dict[str, float]:
 
 
 def exact_finding(cls: str, box: Box, measurements: dict[str, float], source: str = "detector") -> DefectFinding:
-    return DefectFinding(defect_class=cls, box=box, source=source, confidence=1.0, probability=1.0,
-                         measurements=measurements)
+    return DefectFinding(
+        defect_class=cls, box=box, source=source, confidence=1.0, probability=1.0, measurements=measurements
+    )
 
 
 def battery_tab_findings(truth, line: LineConfig) -> list[DefectFinding]:
     """Exact findings of a generated battery_tab image (vision.datasets.synth.battery_tab.BatteryTabTruth)."""
     mm = truth.mm_per_px
     defect_classes = {c.name for c in line.classes if c.role == "defect"}
-    findings = [exact_finding(o.name, o.box, box_measurements(o.box, mm)) for o in truth.objects
-                if o.name in defect_classes]
+    findings = [
+        exact_finding(o.name, o.box, box_measurements(o.box, mm)) for o in truth.objects if o.name in defect_classes
+    ]
     welds, tabs = truth.boxes("weld"), truth.boxes("tab")
     if truth.offset_mm is not None and welds:
         findings.append(exact_finding("weld_offset", welds[0], {"offset_mm": truth.offset_mm}, source="derived"))

@@ -30,8 +30,9 @@ def draw_overlay(image: np.ndarray, verdict: Verdict) -> np.ndarray:
         x = min(max(int(b.x1), 0), max(canvas.shape[1] - tw - 4, 0))
         y = max(int(b.y1) - 4, th + base + 24)
         cv2.rectangle(canvas, (x, y - th - base), (x + tw + 4, y + 2), colour, -1)
-        cv2.putText(canvas, label, (x + 2, y - base + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            canvas, label, (x + 2, y - base + 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+        )
     banner = f"{verdict.verdict.upper()}  score {verdict.score:.2f}  match={verdict.matches_query}"
     cv2.rectangle(canvas, (0, 0), (canvas.shape[1], 22), (0, 0, 0), -1)
     cv2.putText(canvas, banner, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _COLOURS[verdict.verdict], 1, cv2.LINE_AA)

@@ -23,8 +23,9 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
     @app.command("parse", help=_HELP)
     def parse(
         instruction: str = typer.Argument(..., help='e.g. "找出所有极耳焊接偏移超0.3mm且伴随焊渣飞溅的电芯"'),
-        line: str | None = typer.Option(None, help="product line (default: from the instruction's words, "
-                                                      "else the config's default_line)"),
+        line: str | None = typer.Option(
+            None, help="product line (default: from the instruction's words, else the config's default_line)"
+        ),
         as_json: bool = typer.Option(False, "--json", help="print the InspectionQuery as JSON"),
     ) -> None:
         from agent.clauses import clause_label
@@ -36,12 +37,22 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             return
         typer.echo(f"line: {query.line}   language: {query.language}")
         for cond in query.conditions:
-            typer.echo(f"  {cond.id}: {clause_label(cond)}" + (f"   (region {cond.region})" if cond.region else "")
-                       + f"   <- \"{cond.text}\"")
+            typer.echo(
+                f"  {cond.id}: {clause_label(cond)}"
+                + (f"   (region {cond.region})" if cond.region else "")
+                + f'   <- "{cond.text}"'
+            )
         typer.echo(f"logic: {format_logic(query.logic)}")
-        extras = {k: v for k, v in {
-            "min_confidence": query.min_confidence, **query.scope.model_dump(exclude_none=True),
-            "similar_cases": query.want.similar_cases, "overlays": query.want.overlays or None}.items() if v is not None}
+        extras = {
+            k: v
+            for k, v in {
+                "min_confidence": query.min_confidence,
+                **query.scope.model_dump(exclude_none=True),
+                "similar_cases": query.want.similar_cases,
+                "overlays": query.want.overlays or None,
+            }.items()
+            if v is not None
+        }
         if extras:
             typer.echo(f"options: {extras}")
         typer.echo(describe_query(query))
@@ -59,10 +70,19 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
         report = evaluate_queryset(queries)
         if as_json:
-            typer.echo(json.dumps({"accuracy": report.accuracy, "passed": report.passed, "total": report.total,
-                                   "by_family": report.by_family(),
-                                   "failures": [{"q": f.text, "problems": f.problems} for f in report.failures()]},
-                                  ensure_ascii=False, indent=2))
+            typer.echo(
+                json.dumps(
+                    {
+                        "accuracy": report.accuracy,
+                        "passed": report.passed,
+                        "total": report.total,
+                        "by_family": report.by_family(),
+                        "failures": [{"q": f.text, "problems": f.problems} for f in report.failures()],
+                    },
+                    ensure_ascii=False,
+                    indent=2,
+                )
+            )
         else:
             for f in report.failures():
                 typer.echo(f"FAIL {f.text!r}: {'; '.join(f.problems)}")

@@ -141,19 +141,37 @@ class Inspector:
             locator_input = self.locator_input(path, image)
         except DefectAgentError as exc:
             log.warning("%s", exc)
-            return Verdict(image=path, line=self.line.name, matches_query=False, verdict="review", score=0.0,
-                           reasons=[f"image not inspected: {exc}"], query=query, models=versions, error=str(exc))
+            return Verdict(
+                image=path,
+                line=self.line.name,
+                matches_query=False,
+                verdict="review",
+                score=0.0,
+                reasons=[f"image not inspected: {exc}"],
+                query=query,
+                models=versions,
+                error=str(exc),
+            )
         timings["read"] = _ms(t0)
-        findings = self.analyse(image, timings, k=k or query.want.similar_cases or self.app.retrieval.k,
-                                locator_input=locator_input)
+        findings = self.analyse(
+            image, timings, k=k or query.want.similar_cases or self.app.retrieval.k, locator_input=locator_input
+        )
         t = time.perf_counter()
         decision = decide(query, findings, self.line, self.app.fusion)
         timings["decide"] = _ms(t)
         timings["total"] = _ms(t0)
         return Verdict(
-            image=path, line=self.line.name, matches_query=decision.matches_query, verdict=decision.verdict,
-            score=round(decision.score, 4), reasons=decision.reasons, clauses=decision.clauses, defects=findings,
-            query=query, models=versions, timings_ms={k_: round(v, 1) for k_, v in timings.items()},
+            image=path,
+            line=self.line.name,
+            matches_query=decision.matches_query,
+            verdict=decision.verdict,
+            score=round(decision.score, 4),
+            reasons=decision.reasons,
+            clauses=decision.clauses,
+            defects=findings,
+            query=query,
+            models=versions,
+            timings_ms={k_: round(v, 1) for k_, v in timings.items()},
         )
 
     @property
@@ -172,7 +190,8 @@ class Inspector:
         if reference is None:
             raise ImageReadError(
                 f"line {self.line.name!r} compares every image with its reference, and {path} has none: expected "
-                f"{describe_rule(self.line.reference)} (the line's `reference:` rule)")
+                f"{describe_rule(self.line.reference)} (the line's `reference:` rule)"
+            )
         return reference_composite(image, read_image(reference, self.line.image_size))
 
     def locate(self, locator_input: np.ndarray, timings: dict[str, float] | None = None) -> list[Detection]:
@@ -190,8 +209,13 @@ class Inspector:
             timings["verify"] = _ms(t)
         return detections
 
-    def analyse(self, image: np.ndarray, timings: dict[str, float] | None = None, k: int = 5,
-                locator_input: np.ndarray | None = None) -> list[DefectFinding]:
+    def analyse(
+        self,
+        image: np.ndarray,
+        timings: dict[str, float] | None = None,
+        k: int = 5,
+        locator_input: np.ndarray | None = None,
+    ) -> list[DefectFinding]:
         """Locate, measure, embed, score texture, retrieve and fuse: the query-independent part of an inspection.
         `locator_input` (default: the image) is what the detector sees; crops and measurements use the image."""
         from vision.measure import measure_findings
@@ -215,16 +239,22 @@ class Inspector:
             similar = self._similar(vectors[i], k) if vectors is not None else []
             texture = textures[i].defect_score if textures is not None else None
             evidence = case_evidence(similar)
-            findings.append(DefectFinding(
-                defect_class=m.defect_class, box=m.box, source=m.source, confidence=round(m.confidence, 4),
-                texture_score=None if texture is None else round(texture, 4),
-                case_evidence=None if evidence is None else round(evidence, 4),
-                verifier_score=None if m.verifier_score is None else round(m.verifier_score, 4),
-                detector_class=m.detector_class, alternatives=m.alternatives,
-                probability=round(self.fusion.fuse(m.confidence, texture, evidence, m.verifier_score), 4),
-                measurements={key: round(val, 4) for key, val in m.measurements.items()},
-                similar_cases=similar,
-            ))
+            findings.append(
+                DefectFinding(
+                    defect_class=m.defect_class,
+                    box=m.box,
+                    source=m.source,
+                    confidence=round(m.confidence, 4),
+                    texture_score=None if texture is None else round(texture, 4),
+                    case_evidence=None if evidence is None else round(evidence, 4),
+                    verifier_score=None if m.verifier_score is None else round(m.verifier_score, 4),
+                    detector_class=m.detector_class,
+                    alternatives=m.alternatives,
+                    probability=round(self.fusion.fuse(m.confidence, texture, evidence, m.verifier_score), 4),
+                    measurements={key: round(val, 4) for key, val in m.measurements.items()},
+                    similar_cases=similar,
+                )
+            )
         timings["retrieve_fuse"] = _ms(t)
         return findings
 
@@ -243,7 +273,10 @@ def _open_kb(kb_dir: str | Path, embedder):
 
     path = resolve(kb_dir)
     if not path.exists():
-        log.warning("no knowledge base at %s: verdicts will carry no similar cases (create one with `defect-agent kb add`)", path)
+        log.warning(
+            "no knowledge base at %s: verdicts will carry no similar cases (create one with `defect-agent kb add`)",
+            path,
+        )
         return None
     return KnowledgeBase.open(path, embedder=embedder)
 

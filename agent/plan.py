@@ -43,28 +43,62 @@ def build_plan(instruction: str | InspectionQuery, line: str | None = None) -> P
     measures = sorted({k.measure for c in query.conditions for k in c.constraints if k.measure != "confidence"})
     derived = [d.name for d in cfg.derived if d.name in wanted or None in wanted]
     steps = [
-        PlanStep(tool="load_images", purpose="read images, check the calibrated size, apply the scope",
-                 args={"expected_size": cfg.image_size, "scope": query.scope.model_dump(exclude_none=True)}),
-        PlanStep(tool="locate", purpose="YOLO detector of the line (base + LoRA adapter when configured)",
-                 args={"weights": (cfg.locator.base or cfg.locator.weights) if cfg.locator.adapter
-                       else cfg.locator.weights, "adapter": cfg.locator.adapter, "reference": cfg.locator.reference,
-                       "conf": cfg.locator.detector_conf,
-                       "imgsz": cfg.locator.imgsz, "classes": sorted(x for x in wanted if x)}),
+        PlanStep(
+            tool="load_images",
+            purpose="read images, check the calibrated size, apply the scope",
+            args={"expected_size": cfg.image_size, "scope": query.scope.model_dump(exclude_none=True)},
+        ),
+        PlanStep(
+            tool="locate",
+            purpose="YOLO detector of the line (base + LoRA adapter when configured)",
+            args={
+                "weights": (cfg.locator.base or cfg.locator.weights) if cfg.locator.adapter else cfg.locator.weights,
+                "adapter": cfg.locator.adapter,
+                "reference": cfg.locator.reference,
+                "conf": cfg.locator.detector_conf,
+                "imgsz": cfg.locator.imgsz,
+                "classes": sorted(x for x in wanted if x),
+            },
+        ),
     ]
     if cfg.locator.verifies:
-        steps.append(PlanStep(tool="verify_classes", purpose="re-read every box at full resolution against the "
-                              "template; relabel it, refine its extent, merge boxes that became one", args={
-                                  "weights": cfg.locator.verifier, "relabel_min": cfg.locator.verifier_relabel_min,
-                                  "tta": cfg.locator.verifier_tta, "union_min": cfg.locator.verifier_union_min}))
+        steps.append(
+            PlanStep(
+                tool="verify_classes",
+                purpose="re-read every box at full resolution against the "
+                "template; relabel it, refine its extent, merge boxes that became one",
+                args={
+                    "weights": cfg.locator.verifier,
+                    "relabel_min": cfg.locator.verifier_relabel_min,
+                    "tta": cfg.locator.verifier_tta,
+                    "union_min": cfg.locator.verifier_union_min,
+                },
+            )
+        )
     steps += [
-        PlanStep(tool="measure", purpose="sizes in mm from the calibration; derived defects from located parts",
-                 args={"mm_per_px": cfg.calibration.mm_per_px, "measures": measures, "derived": derived}),
-        PlanStep(tool="embed", purpose="open_clip crops -> vectors; texture score against prompt ensembles",
-                 args={"model": app.embedder.model, "weights": app.embedder.pretrained}),
-        PlanStep(tool="retrieve", purpose="similar past cases of this line from the knowledge base (FAISS)",
-                 args={"k": query.want.similar_cases or app.retrieval.k, "kb": app.kb_dir, "line": query.line}),
-        PlanStep(tool="fuse_and_decide", purpose="fused probability per defect; clauses; pass / review / fail",
-                 args={"logic": query.logic.describe(), "review_band": list(app.fusion.review_band),
-                       "min_confidence": query.min_confidence}),
+        PlanStep(
+            tool="measure",
+            purpose="sizes in mm from the calibration; derived defects from located parts",
+            args={"mm_per_px": cfg.calibration.mm_per_px, "measures": measures, "derived": derived},
+        ),
+        PlanStep(
+            tool="embed",
+            purpose="open_clip crops -> vectors; texture score against prompt ensembles",
+            args={"model": app.embedder.model, "weights": app.embedder.pretrained},
+        ),
+        PlanStep(
+            tool="retrieve",
+            purpose="similar past cases of this line from the knowledge base (FAISS)",
+            args={"k": query.want.similar_cases or app.retrieval.k, "kb": app.kb_dir, "line": query.line},
+        ),
+        PlanStep(
+            tool="fuse_and_decide",
+            purpose="fused probability per defect; clauses; pass / review / fail",
+            args={
+                "logic": query.logic.describe(),
+                "review_band": list(app.fusion.review_band),
+                "min_confidence": query.min_confidence,
+            },
+        ),
     ]
     return Plan(query=query, steps=steps)

@@ -53,15 +53,33 @@ def summary_table(verdicts: list[Verdict]) -> str:
     for col in ("image", "verdict", "match", "score", "defects", "first reason"):
         table.add_column(col, overflow="fold")
     for v in verdicts:
-        defects = ", ".join(sorted({d.defect_class for d in v.defects if d.probability >= 0.5 and
-                                    (d.matched_clauses or d.source == "detector")})) or "-"
-        table.add_row(Path(v.image).name, v.verdict, "yes" if v.matches_query else "no", f"{v.score:.2f}",
-                      defects, (v.error or v.reasons[0])[:90] if (v.error or v.reasons) else "")
+        defects = (
+            ", ".join(
+                sorted(
+                    {
+                        d.defect_class
+                        for d in v.defects
+                        if d.probability >= 0.5 and (d.matched_clauses or d.source == "detector")
+                    }
+                )
+            )
+            or "-"
+        )
+        table.add_row(
+            Path(v.image).name,
+            v.verdict,
+            "yes" if v.matches_query else "no",
+            f"{v.score:.2f}",
+            defects,
+            (v.error or v.reasons[0])[:90] if (v.error or v.reasons) else "",
+        )
     counts = {k: sum(v.verdict == k for v in verdicts) for k in ("fail", "review", "pass")}
     buf = io.StringIO()
     console = Console(file=buf, width=140, force_terminal=False)
     console.print(table)
-    console.print(f"fail {counts['fail']}  review {counts['review']}  pass {counts['pass']}  "
-                  f"matching the instruction: {sum(v.matches_query for v in verdicts)}  unreadable: "
-                  f"{sum(bool(v.error) for v in verdicts)}")
+    console.print(
+        f"fail {counts['fail']}  review {counts['review']}  pass {counts['pass']}  "
+        f"matching the instruction: {sum(v.matches_query for v in verdicts)}  unreadable: "
+        f"{sum(bool(v.error) for v in verdicts)}"
+    )
     return buf.getvalue()

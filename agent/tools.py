@@ -56,7 +56,10 @@ def inspection_tools(inspector: Inspector) -> list[BaseTool]:
     def measure(image: str) -> list[dict[str, Any]]:
         pixels = _read(image)
         detections = _detect(image, pixels)
-        return [m.model_dump() for m in measure_findings(pixels, detections, line, box_margin_px=inspector.fusion.box_margin_px)]
+        return [
+            m.model_dump()
+            for m in measure_findings(pixels, detections, line, box_margin_px=inspector.fusion.box_margin_px)
+        ]
 
     def _embedder():
         if inspector.embedder is None:
@@ -72,8 +75,9 @@ def inspection_tools(inspector: Inspector) -> list[BaseTool]:
             out["texture"] = inspector.texture_scorer.score_vectors(vector[None, :])[0].model_dump()
         return out
 
-    def retrieve(image: str | None = None, box: Box | None = None, text: str | None = None,
-                 k: int = 5) -> list[dict[str, Any]]:
+    def retrieve(
+        image: str | None = None, box: Box | None = None, text: str | None = None, k: int = 5
+    ) -> list[dict[str, Any]]:
         if inspector.kb is None:
             raise DefectAgentError("no knowledge base is open for this inspector (see `defect-agent kb add`)")
         if (image is None) == (text is None):
@@ -87,17 +91,33 @@ def inspection_tools(inspector: Inspector) -> list[BaseTool]:
         return [h.model_dump() for h in hits]
 
     return [
-        StructuredTool.from_function(locate, name="locate", args_schema=ImageArgs,
-                                     description=f"Locate parts and defects ({', '.join(line.class_names)}) of a "
-                                                 f"{line.name} image with the line's YOLO detector: boxes in px, "
-                                                 "class, confidence."),
-        StructuredTool.from_function(measure, name="measure", args_schema=ImageArgs,
-                                     description="Locate and measure: sizes in mm from the line calibration and "
-                                                 "the derived defects (e.g. weld offset in mm)."),
-        StructuredTool.from_function(embed, name="embed", args_schema=RegionArgs,
-                                     description="Embed an image region with the open_clip embedder; returns the "
-                                                 "vector and its texture (defect vs normal) score."),
-        StructuredTool.from_function(retrieve, name="retrieve", args_schema=RetrieveArgs,
-                                     description="Similar past defect cases of this line from the knowledge base, "
-                                                 "by image region or by text, with disposition and root cause."),
+        StructuredTool.from_function(
+            locate,
+            name="locate",
+            args_schema=ImageArgs,
+            description=f"Locate parts and defects ({', '.join(line.class_names)}) of a "
+            f"{line.name} image with the line's YOLO detector: boxes in px, "
+            "class, confidence.",
+        ),
+        StructuredTool.from_function(
+            measure,
+            name="measure",
+            args_schema=ImageArgs,
+            description="Locate and measure: sizes in mm from the line calibration and "
+            "the derived defects (e.g. weld offset in mm).",
+        ),
+        StructuredTool.from_function(
+            embed,
+            name="embed",
+            args_schema=RegionArgs,
+            description="Embed an image region with the open_clip embedder; returns the "
+            "vector and its texture (defect vs normal) score.",
+        ),
+        StructuredTool.from_function(
+            retrieve,
+            name="retrieve",
+            args_schema=RetrieveArgs,
+            description="Similar past defect cases of this line from the knowledge base, "
+            "by image region or by text, with disposition and root cause.",
+        ),
     ]

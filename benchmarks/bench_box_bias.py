@@ -60,8 +60,10 @@ def main() -> None:
 
     configure_offline()
     line = load_line(args.line)
-    boards = [(image, [box for _, box in truth])
-              for image, truth in validation_boards(deeppcb_source(args.src), args.max_boards)]
+    boards = [
+        (image, [box for _, box in truth])
+        for image, truth in validation_boards(deeppcb_source(args.src), args.max_boards)
+    ]
     records = []
     for item in args.models.split(","):
         name, _, rest = item.partition("=")
@@ -76,21 +78,43 @@ def main() -> None:
             errors += e
             ious += i
         err = np.array(errors)
-        rec = {"id": name, "path": path, "imgsz": imgsz, "truths": sum(len(t) for _, t in boards),
-               "matched": len(err), "mean_iou": float(np.mean(ious)),
-               "mean_signed_error_px": dict(zip(("x1", "y1", "x2", "y2"), np.round(err.mean(0), 3).tolist())),
-               "mean_abs_error_px": dict(zip(("x1", "y1", "x2", "y2"), np.round(np.abs(err).mean(0), 3).tolist())),
-               "mean_width_excess_px": float(np.mean(err[:, 2] - err[:, 0])),
-               "mean_height_excess_px": float(np.mean(err[:, 3] - err[:, 1]))}
+        rec = {
+            "id": name,
+            "path": path,
+            "imgsz": imgsz,
+            "truths": sum(len(t) for _, t in boards),
+            "matched": len(err),
+            "mean_iou": float(np.mean(ious)),
+            "mean_signed_error_px": dict(zip(("x1", "y1", "x2", "y2"), np.round(err.mean(0), 3).tolist())),
+            "mean_abs_error_px": dict(zip(("x1", "y1", "x2", "y2"), np.round(np.abs(err).mean(0), 3).tolist())),
+            "mean_width_excess_px": float(np.mean(err[:, 2] - err[:, 0])),
+            "mean_height_excess_px": float(np.mean(err[:, 3] - err[:, 1])),
+        }
         records.append(rec)
-        print(f"{name} @ {imgsz}: matched {rec['matched']}/{rec['truths']}, mean IoU {rec['mean_iou']:.3f}, "
-              f"signed x1 y1 x2 y2 {rec['mean_signed_error_px']}, width {rec['mean_width_excess_px']:+.2f} px, "
-              f"height {rec['mean_height_excess_px']:+.2f} px", flush=True)
+        print(
+            f"{name} @ {imgsz}: matched {rec['matched']}/{rec['truths']}, mean IoU {rec['mean_iou']:.3f}, "
+            f"signed x1 y1 x2 y2 {rec['mean_signed_error_px']}, width {rec['mean_width_excess_px']:+.2f} px, "
+            f"height {rec['mean_height_excess_px']:+.2f} px",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "box_bias", "line": args.line, "boards": len(boards),
-                               "conf": line.locator.conf, "match_iou": MATCH_IOU, "host": platform.node(),
-                               "command": " ".join(sys.argv), "records": records}, indent=1), encoding="utf-8")
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "box_bias",
+                "line": args.line,
+                "boards": len(boards),
+                "conf": line.locator.conf,
+                "match_iou": MATCH_IOU,
+                "host": platform.node(),
+                "command": " ".join(sys.argv),
+                "records": records,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

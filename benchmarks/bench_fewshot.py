@@ -50,9 +50,12 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
     md = args.out.with_suffix(".md")
-    md.write_text(f"# Few-shot defect naming, DeepPCB validation boards\n\nembedder `{result.embedder}`; queries "
-                  f"{result.queries}; support drawn from the train part, {len(result.seeds)} seeds; mix tuned on "
-                  f"train: {result.tuned}\n\n{result.markdown()}\n", encoding="utf-8")
+    md.write_text(
+        f"# Few-shot defect naming, DeepPCB validation boards\n\nembedder `{result.embedder}`; queries "
+        f"{result.queries}; support drawn from the train part, {len(result.seeds)} seeds; mix tuned on "
+        f"train: {result.tuned}\n\n{result.markdown()}\n",
+        encoding="utf-8",
+    )
     print(result.markdown())
     print(f"tuned on train: {result.tuned}; {seconds:.1f} s; wrote {args.out} and {md}")
     return 0

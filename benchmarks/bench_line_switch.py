@@ -103,26 +103,34 @@ def main() -> None:
 
     def stats(v: list[float]) -> dict[str, float]:
         s = sorted(v)
-        return {"median": round(statistics.median(s), 3), "p95": round(s[int(0.95 * (len(s) - 1))], 3),
-                "max": round(s[-1], 3)}
+        return {
+            "median": round(statistics.median(s), 3),
+            "p95": round(s[int(0.95 * (len(s) - 1))], 3),
+            "max": round(s[-1], 3),
+        }
 
     result = {
-        "benchmark": "bench_line_switch", "device": args.device, "host": platform.node(),
-        "base": Path(args.base).name, "lines": {k: Path(v).name for k, v in lines.items()},
-        "images": len(images), "imgsz": args.imgsz, "rounds": args.rounds,
+        "benchmark": "bench_line_switch",
+        "device": args.device,
+        "host": platform.node(),
+        "base": Path(args.base).name,
+        "lines": {k: Path(v).name for k, v in lines.items()},
+        "images": len(images),
+        "imgsz": args.imgsz,
+        "rounds": args.rounds,
         "fresh_load_ms": {k: round(v, 1) for k, v in fresh_load_ms.items()},
         "bank_build_ms": round(bank_load_ms, 1),
         "switch_ms": {k: stats(v) for k, v in switch_ms.items()},
         "predict_ms_per_image": stats(predict_ms),
-        "detections_identical_to_fresh": equal, "max_abs_diff": max_abs_diff,
+        "detections_identical_to_fresh": equal,
+        "max_abs_diff": max_abs_diff,
         "detections_per_image": {str(k): float(np.mean([len(d) for d in fresh[k]])) for k in order},
         "command": " ".join(sys.argv),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(json.dumps({k: result[k] for k in ("fresh_load_ms", "switch_ms", "detections_identical_to_fresh")},
-                     indent=1))
+    print(json.dumps({k: result[k] for k in ("fresh_load_ms", "switch_ms", "detections_identical_to_fresh")}, indent=1))
 
 
 if __name__ == "__main__":

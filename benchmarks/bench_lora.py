@@ -52,6 +52,7 @@ def _patch_polars() -> None:
     box) get the same dict from the csv module."""
     try:
         import polars  # noqa: F401
+
         return
     except ImportError:
         pass
@@ -83,6 +84,7 @@ def _deadline_callback(deadline: float):
             _log(f"deadline reached at epoch {trainer.epoch + 1}/{trainer.epochs}: stopping early")
             trainer.stop = True
             trainer._defect_agent_truncated = True
+
     return stop_if_late
 
 
@@ -135,7 +137,9 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         common["warmup_epochs"] = spec["warmup_epochs"]
     if spec.get("cache"):
         common["cache"] = spec["cache"]
-    if spec["reference"]:  # composite channels (test, template, difference): no hue / saturation jitter, as in train_adapter
+    if spec[
+        "reference"
+    ]:  # composite channels (test, template, difference): no hue / saturation jitter, as in train_adapter
         common.update(hsv_h=0.0, hsv_s=0.0)
     method = spec["method"]
     base = Path(spec["base"])
@@ -143,8 +147,9 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     if init is not None and init.suffix == ".pt":
         base = init  # full / head fine-tuning continues from the first stage's checkpoint
     started = time.time()
-    record: dict[str, Any] = {k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch",
-                                                  "imgsz", "reference", "base")}
+    record: dict[str, Any] = {
+        k: spec[k] for k in ("id", "method", "rank", "size", "n_train", "epochs", "batch", "imgsz", "reference", "base")
+    }
     record["head_rank"] = spec.get("head_rank")
     record["rank_pattern"] = spec.get("rank_pattern") or None  # a named allocation of configs/lora_ranks.yaml
     # None: ultralytics' auto AdamW (0.001 for six classes) for full / head; LoRA records the rate it trained at
@@ -157,47 +162,104 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         from vision.locator.lora import load_adapted_yolo
 
         adapter = out_dir / f"{job_id}.safetensors"
-        res = train_adapter(spec["data"], base, adapter, rank=spec["rank"], lora_bias=method == "lora_bias",
-                            dora=method == "dora", head_rank=spec.get("head_rank"),
-                            rank_pattern=load_rank_allocation(spec["rank_pattern"]) if spec.get("rank_pattern")
-                            else None, head_lr0=spec.get("head_lr0") or None,
-                            init_adapter=init if init is not None and init.suffix == ".safetensors" else None,
-                            epochs=spec["epochs"],
-                            imgsz=spec["imgsz"],
-                            batch=spec["batch"], device=spec["device"], seed=spec["seed"], line="pcb",
-                            reference="template" if spec["reference"] else "none", run_dir=work / "runs", **common)
+        res = train_adapter(
+            spec["data"],
+            base,
+            adapter,
+            rank=spec["rank"],
+            lora_bias=method == "lora_bias",
+            dora=method == "dora",
+            head_rank=spec.get("head_rank"),
+            rank_pattern=load_rank_allocation(spec["rank_pattern"]) if spec.get("rank_pattern") else None,
+            head_lr0=spec.get("head_lr0") or None,
+            init_adapter=init if init is not None and init.suffix == ".safetensors" else None,
+            epochs=spec["epochs"],
+            imgsz=spec["imgsz"],
+            batch=spec["batch"],
+            device=spec["device"],
+            seed=spec["seed"],
+            line="pcb",
+            reference="template" if spec["reference"] else "none",
+            run_dir=work / "runs",
+            **common,
+        )
         yolo = load_adapted_yolo(base, adapter)
         from vision.locator.model import _version_of
 
-        locator = Locator(yolo, f"{_version_of(base)}+{_version_of(adapter)}", line.class_names, imgsz=spec["imgsz"],
-                          conf=line.locator.conf, iou=line.locator.iou, device=spec["device"])
+        locator = Locator(
+            yolo,
+            f"{_version_of(base)}+{_version_of(adapter)}",
+            line.class_names,
+            imgsz=spec["imgsz"],
+            conf=line.locator.conf,
+            iou=line.locator.iou,
+            device=spec["device"],
+        )
         from vision.locator.lora import read_adapter_meta
 
         record["lr0"] = read_adapter_meta(adapter).provenance.get("lr0")  # the default when --lr0 is not given
-        record.update(trainable_params=res.trainable["trainable"], lora_params=res.trainable["lora"],
-                      head_params=res.trainable["head"], base_params=res.trainable["base"],
-                      file=adapter.name, file_bytes=res.adapter_bytes, base_bytes=res.base_bytes,
-                      train_seconds=res.train_seconds, epochs_run=res.epochs_run,
-                      ultralytics_final=res.final_metrics)
+        record.update(
+            trainable_params=res.trainable["trainable"],
+            lora_params=res.trainable["lora"],
+            head_params=res.trainable["head"],
+            base_params=res.trainable["base"],
+            file=adapter.name,
+            file_bytes=res.adapter_bytes,
+            base_bytes=res.base_bytes,
+            train_seconds=res.train_seconds,
+            epochs_run=res.epochs_run,
+            ultralytics_final=res.final_metrics,
+        )
     else:
         from vision.locator.train import train_locator
 
         weights = out_dir / f"{job_id}.pt"
         freeze = FREEZE[method]
-        res = train_locator(spec["data"], base, weights, epochs=spec["epochs"], imgsz=spec["imgsz"],
-                            batch=spec["batch"], device=spec["device"], freeze=freeze, seed=spec["seed"],
-                            run_dir=work / "runs", freeze_bn_stats=method == "fullbn", **common)
+        res = train_locator(
+            spec["data"],
+            base,
+            weights,
+            epochs=spec["epochs"],
+            imgsz=spec["imgsz"],
+            batch=spec["batch"],
+            device=spec["device"],
+            freeze=freeze,
+            seed=spec["seed"],
+            run_dir=work / "runs",
+            freeze_bn_stats=method == "fullbn",
+            **common,
+        )
         trainable, total = _count_trainable(weights, freeze)
-        locator = Locator.from_weights(weights, line.class_names, imgsz=spec["imgsz"], conf=line.locator.conf,
-                                       iou=line.locator.iou, device=spec["device"])
-        record.update(trainable_params=trainable, base_params=total, file=weights.name,
-                      file_bytes=weights.stat().st_size, base_bytes=base.stat().st_size,
-                      train_seconds=res.train_seconds, epochs_run=res.epochs_run,
-                      ultralytics_final=res.final_metrics)
+        locator = Locator.from_weights(
+            weights,
+            line.class_names,
+            imgsz=spec["imgsz"],
+            conf=line.locator.conf,
+            iou=line.locator.iou,
+            device=spec["device"],
+        )
+        record.update(
+            trainable_params=trainable,
+            base_params=total,
+            file=weights.name,
+            file_bytes=weights.stat().st_size,
+            base_bytes=base.stat().st_size,
+            train_seconds=res.train_seconds,
+            epochs_run=res.epochs_run,
+            ultralytics_final=res.final_metrics,
+        )
     record["truncated"] = record["epochs_run"] < spec["epochs"]
     record["delta_bytes_fp16"] = 2 * int(record["trainable_params"])  # what a line needs beyond the shared base
-    metrics = evaluate_locator(locator, spec["data"], split="val", line=line, imgsz=spec["imgsz"],
-                               device=spec["device"], json_out=out_dir / f"{job_id}.metrics.json", square=True)
+    metrics = evaluate_locator(
+        locator,
+        spec["data"],
+        split="val",
+        line=line,
+        imgsz=spec["imgsz"],
+        device=spec["device"],
+        json_out=out_dir / f"{job_id}.metrics.json",
+        square=True,
+    )
     # image-level false alarms on the validation boards' defect-free templates (DeepPCB has no defect-free test
     # images); the miss rate alone says nothing when a detector fires everywhere
     import cv2
@@ -208,21 +270,30 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     negs = sorted(neg_dir.iterdir()) if neg_dir.is_dir() else []
     fired = 0
     for start in range(0, len(negs), 16):
-        batch = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in negs[start:start + 16]]
+        batch = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in negs[start : start + 16]]
         fired += sum(1 for dets in locator.predict(batch) if dets)
-    record.update(negatives=len(negs), false_alarm_images=fired,
-                  false_alarm_rate=fired / len(negs) if negs else None)
-    record.update(map50=metrics.map50, map50_95=metrics.map50_95, map50_square=metrics.map50_square,
-                  map50_95_square=metrics.map50_95_square, miss_rate=metrics.miss_rate,
-                  missed_images=metrics.missed_images, images=metrics.n_images,
-                  conf_operating=metrics.conf_operating,
-                  per_class={c.name: {"ap50": c.ap50, "ap50_95": c.ap50_95, "precision": c.precision,
-                                      "recall": c.recall} for c in metrics.per_class},
-                  wall_seconds=round(time.time() - started, 1))
+    record.update(negatives=len(negs), false_alarm_images=fired, false_alarm_rate=fired / len(negs) if negs else None)
+    record.update(
+        map50=metrics.map50,
+        map50_95=metrics.map50_95,
+        map50_square=metrics.map50_square,
+        map50_95_square=metrics.map50_95_square,
+        miss_rate=metrics.miss_rate,
+        missed_images=metrics.missed_images,
+        images=metrics.n_images,
+        conf_operating=metrics.conf_operating,
+        per_class={
+            c.name: {"ap50": c.ap50, "ap50_95": c.ap50_95, "precision": c.precision, "recall": c.recall}
+            for c in metrics.per_class
+        },
+        wall_seconds=round(time.time() - started, 1),
+    )
     (work / "results").mkdir(parents=True, exist_ok=True)
     (work / "results" / f"{job_id}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
-    _log(f"{job_id}: mAP50 {record['map50']:.4f} mAP50-95 {record['map50_95']:.4f} miss {record['miss_rate']:.4f} "
-         f"epochs {record['epochs_run']}/{record['epochs']} train {record['train_seconds']:.0f}s")
+    _log(
+        f"{job_id}: mAP50 {record['map50']:.4f} mAP50-95 {record['map50_95']:.4f} miss {record['miss_rate']:.4f} "
+        f"epochs {record['epochs_run']}/{record['epochs']} train {record['train_seconds']:.0f}s"
+    )
     return record
 
 
@@ -231,15 +302,16 @@ def prepare_data(src: Path, work: Path, sizes: list, reference: bool, seed: int)
     from vision.datasets.deeppcb import convert_deeppcb, subset_data_yaml
 
     yamls: dict[str, dict[Any, str]] = {}
-    for ref in ([False, True] if reference else [False]):
+    for ref in [False, True] if reference else [False]:
         key = "ref" if ref else "plain"
         ds = work / f"deeppcb_{key}"
         if not (ds / "data.yaml").is_file():
             convert_deeppcb(src, ds, reference=ref, progress=False)
         yamls[key] = {}
         for size in sizes:
-            yamls[key][size] = str(ds / "data.yaml") if size == "all" else str(subset_data_yaml(ds / "data.yaml",
-                                                                                               int(size), seed))
+            yamls[key][size] = (
+                str(ds / "data.yaml") if size == "all" else str(subset_data_yaml(ds / "data.yaml", int(size), seed))
+            )
     return yamls
 
 
@@ -289,13 +361,16 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     def size_key(r):
         return (10**9 if r["size"] == "all" else int(r["size"]), r["id"])
 
-    rows = ["| train images | method | mAP50 | mAP50-95 | mAP50 (square) | mAP50-95 (square) | miss rate | false alarms | "
-            "trainable params | per-line file | epochs | train time |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| train images | method | mAP50 | mAP50-95 | mAP50 (square) | mAP50-95 (square) | miss rate | false alarms | "
+        "trainable params | per-line file | epochs | train time |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     bases = sorted({Path(r["base"]).name for r in records})
     for r in sorted(records, key=size_key):
-        name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias",
-                "dora": f"dora{r['rank']}"}.get(r["method"], r["method"])
+        name = {"lora": f"lora{r['rank']}", "lora_bias": f"lora{r['rank']} +bias", "dora": f"dora{r['rank']}"}.get(
+            r["method"], r["method"]
+        )
         name += f" head r{r['head_rank']}" if r.get("head_rank") else ""
         name += f" ranks {r['rank_pattern']}" if r.get("rank_pattern") else ""
         name += " +ref" if r["reference"] else ""
@@ -310,7 +385,8 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             f"{_fmt(r.get('map50_95_square'))} | {100 * r['miss_rate']:.1f}% | "
             f"{'-' if r.get('false_alarm_rate') is None else format(100 * r['false_alarm_rate'], '.1f') + '%'} | "
             f"{r['trainable_params'] / 1e3:.0f} k ({share:.1f}%) | {r['file_bytes'] / 1e6:.2f} MB | "
-            f"{r['epochs_run']}{'*' if r['truncated'] else ''} | {r['train_seconds']:.0f} s |")
+            f"{r['epochs_run']}{'*' if r['truncated'] else ''} | {r['train_seconds']:.0f} s |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -322,7 +398,8 @@ def write_results(summary: dict[str, Any], out: Path) -> str:
     out.with_suffix(".md").write_text(
         f"DeepPCB validation (groups 44000, 50600, 77000; 200 images), base {summary['base']}, imgsz "
         f"{summary['imgsz']}, device {summary['device']}; * = stopped early by the time budget.\n\n" + table,
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return table
 
 
@@ -332,10 +409,14 @@ def combine_results(parts: list[Path], out: Path) -> None:
     for key in ("base", "imgsz", "device"):
         if len({str(r[key]) for r in runs}) > 1:
             raise SystemExit(f"cannot combine runs with different {key}: {[r[key] for r in runs]}")
-    summary = dict(runs[0], records=[rec for r in runs for rec in r["records"]],
-                   failed=[f for r in runs for f in r["failed"]],
-                   wall_seconds=round(sum(r["wall_seconds"] for r in runs), 1),
-                   command=[r["command"] for r in runs], combined_from=[str(p) for p in parts])
+    summary = dict(
+        runs[0],
+        records=[rec for r in runs for rec in r["records"]],
+        failed=[f for r in runs for f in r["failed"]],
+        wall_seconds=round(sum(r["wall_seconds"] for r in runs), 1),
+        command=[r["command"] for r in runs],
+        combined_from=[str(p) for p in parts],
+    )
     print(write_results(summary, out))
 
 
@@ -343,38 +424,68 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--src", default=None, help="DeepPCB folder (default ../shared/datasets/deeppcb)")
-    ap.add_argument("--base", default=str(ROOT / "models" / "locator" / "defect_base.pt"),
-                    help="shared base checkpoint (the shipped multi-line base detector)")
-    ap.add_argument("--alt-base", default=None, help="second base for methods ending in _alt (default: the COCO "
-                    "YOLOv8n in ../shared/weights)")
+    ap.add_argument(
+        "--base",
+        default=str(ROOT / "models" / "locator" / "defect_base.pt"),
+        help="shared base checkpoint (the shipped multi-line base detector)",
+    )
+    ap.add_argument(
+        "--alt-base",
+        default=None,
+        help="second base for methods ending in _alt (default: the COCO YOLOv8n in ../shared/weights)",
+    )
     ap.add_argument("--work", default=str(ROOT / "var" / "bench_lora"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sizes", default="50,200,all")
     ap.add_argument("--methods", default="lora4,lora8,lora16,full,head")
-    ap.add_argument("--extra", default="frozen_backbone@all,full_ref@all,lora8_ref@all",
-                    help="further method@size jobs, comma-separated ('' for none)")
+    ap.add_argument(
+        "--extra",
+        default="frozen_backbone@all,full_ref@all,lora8_ref@all",
+        help="further method@size jobs, comma-separated ('' for none)",
+    )
     ap.add_argument("--epochs", default="", help="size:epochs overrides, e.g. 50:100,200:50,all:30")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="data-loader workers per job")
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once")
     ap.add_argument("--amp", default="", help="'bf16' on GPUs (no AMP self-check download)")
-    ap.add_argument("--lr0", type=float, default=0.0, help="initial learning rate for every job (default: each "
-                    "method's own); job ids get an _lr<value> suffix")
-    ap.add_argument("--rank-pattern", default="", help="LoRA jobs: a named per-module rank allocation of "
-                    "configs/lora_ranks.yaml; job ids get an _<name> suffix")
-    ap.add_argument("--head-lr0", type=float, default=0.0, help="LoRA jobs: initial learning rate of the class "
-                    "convolutions (default: lr0, as the LoRA matrices); job ids get an _hlr<value> suffix")
-    ap.add_argument("--init-from", default="", help="artifacts folder of an earlier run: continue each job from its "
-                    "method's and size's file there (second stage of a two-stage schedule); job ids get _init")
-    ap.add_argument("--warmup-epochs", type=float, default=None, help="warm-up epochs for every job (default: "
-                    "the trainer's)")
+    ap.add_argument(
+        "--lr0",
+        type=float,
+        default=0.0,
+        help="initial learning rate for every job (default: each method's own); job ids get an _lr<value> suffix",
+    )
+    ap.add_argument(
+        "--rank-pattern",
+        default="",
+        help="LoRA jobs: a named per-module rank allocation of configs/lora_ranks.yaml; job ids get an _<name> suffix",
+    )
+    ap.add_argument(
+        "--head-lr0",
+        type=float,
+        default=0.0,
+        help="LoRA jobs: initial learning rate of the class "
+        "convolutions (default: lr0, as the LoRA matrices); job ids get an _hlr<value> suffix",
+    )
+    ap.add_argument(
+        "--init-from",
+        default="",
+        help="artifacts folder of an earlier run: continue each job from its "
+        "method's and size's file there (second stage of a two-stage schedule); job ids get _init",
+    )
+    ap.add_argument(
+        "--warmup-epochs", type=float, default=None, help="warm-up epochs for every job (default: the trainer's)"
+    )
     ap.add_argument("--cache", default="", help="'ram' keeps decoded images in memory (small CPU boxes)")
     ap.add_argument("--budget", type=float, default=0, help="seconds from start after which jobs stop training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lora.json"))
-    ap.add_argument("--combine", default="", help="comma-separated result JSONs of earlier runs: write one table of "
-                    "all their records to --out (.json and .md) without training")
+    ap.add_argument(
+        "--combine",
+        default="",
+        help="comma-separated result JSONs of earlier runs: write one table of "
+        "all their records to --out (.json and .md) without training",
+    )
     args = ap.parse_args()
 
     if args.job:
@@ -420,20 +531,38 @@ def main() -> None:
         method, rank, ref, alt = parse_method(m)
         lora = m.startswith("lora")
         init = first_stage_file(init_dir, m, s, args.rank_pattern) if init_dir is not None else None
-        jobs.append({
-            "init": str(init) if init else "", "warmup_epochs": args.warmup_epochs,
-            "id": f"{m}_n{s}" + ("_init" if init else "") + (f"_lr{args.lr0:g}" if args.lr0 else "")
-                  + (f"_hlr{args.head_lr0:g}" if args.head_lr0 and lora else "")
-                  + (f"_{args.rank_pattern}" if args.rank_pattern and lora else ""),
-            "lr0": args.lr0, "head_lr0": args.head_lr0 if lora else 0.0,
-            "method": method, "rank": rank, "head_rank": head_rank_of(m),
-            "rank_pattern": args.rank_pattern if lora else "", "size": s, "reference": ref,
-            "n_train": n_all if s == "all" else int(s), "epochs": epochs.get(s, 30), "batch": args.batch,
-            "imgsz": args.imgsz, "device": args.device, "seed": args.seed, "workers": args.workers,
-            "amp": args.amp, "cache": args.cache, "base": str(alt_base if alt else base), "work": str(work),
-            "data": yamls["ref" if ref else "plain"][s],
-            "deadline": started + args.budget if args.budget else 0,
-        })
+        jobs.append(
+            {
+                "init": str(init) if init else "",
+                "warmup_epochs": args.warmup_epochs,
+                "id": f"{m}_n{s}"
+                + ("_init" if init else "")
+                + (f"_lr{args.lr0:g}" if args.lr0 else "")
+                + (f"_hlr{args.head_lr0:g}" if args.head_lr0 and lora else "")
+                + (f"_{args.rank_pattern}" if args.rank_pattern and lora else ""),
+                "lr0": args.lr0,
+                "head_lr0": args.head_lr0 if lora else 0.0,
+                "method": method,
+                "rank": rank,
+                "head_rank": head_rank_of(m),
+                "rank_pattern": args.rank_pattern if lora else "",
+                "size": s,
+                "reference": ref,
+                "n_train": n_all if s == "all" else int(s),
+                "epochs": epochs.get(s, 30),
+                "batch": args.batch,
+                "imgsz": args.imgsz,
+                "device": args.device,
+                "seed": args.seed,
+                "workers": args.workers,
+                "amp": args.amp,
+                "cache": args.cache,
+                "base": str(alt_base if alt else base),
+                "work": str(work),
+                "data": yamls["ref" if ref else "plain"][s],
+                "deadline": started + args.budget if args.budget else 0,
+            }
+        )
     # longest first, so that the short jobs fill in at the end
     jobs.sort(key=lambda j: -j["n_train"] * j["epochs"])
     running: list[tuple[dict, subprocess.Popen, Any]] = []
@@ -445,8 +574,13 @@ def main() -> None:
             job = pending.pop(0)
             log = open(work / "logs" / f"{job['id']}.log", "w")
             env = dict(os.environ, PYTHONUNBUFFERED="1")
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--job", json.dumps(job)],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
+            proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--job", json.dumps(job)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+                env=env,
+            )
             running.append((job, proc, log))
             _log(f"started {job['id']} ({job['n_train']} images x {job['epochs']} epochs)")
         time.sleep(2)
@@ -462,8 +596,11 @@ def main() -> None:
                 else:
                     _log(f"done {job['id']}: {json.loads(res.read_text())['map50']:.4f}")
 
-    records = [json.loads((work / "results" / f"{j['id']}.json").read_text()) for j in jobs
-               if (work / "results" / f"{j['id']}.json").is_file()]
+    records = [
+        json.loads((work / "results" / f"{j['id']}.json").read_text())
+        for j in jobs
+        if (work / "results" / f"{j['id']}.json").is_file()
+    ]
     import platform
 
     device_name = args.device
@@ -475,10 +612,19 @@ def main() -> None:
     except Exception:
         pass
     summary = {
-        "benchmark": "bench_lora", "dataset": "DeepPCB trainval, split by group (see deeppcb_plain/split.json)",
-        "base": base.name, "device": device_name, "host": platform.node(), "imgsz": args.imgsz, "batch": args.batch,
-        "parallel_jobs": args.parallel, "amp": args.amp or False, "seed": args.seed,
-        "wall_seconds": round(time.time() - started, 1), "failed": failed, "records": records,
+        "benchmark": "bench_lora",
+        "dataset": "DeepPCB trainval, split by group (see deeppcb_plain/split.json)",
+        "base": base.name,
+        "device": device_name,
+        "host": platform.node(),
+        "imgsz": args.imgsz,
+        "batch": args.batch,
+        "parallel_jobs": args.parallel,
+        "amp": args.amp or False,
+        "seed": args.seed,
+        "wall_seconds": round(time.time() - started, 1),
+        "failed": failed,
+        "records": records,
         "command": " ".join(sys.argv),
     }
     out = Path(args.out)

@@ -31,8 +31,13 @@ def jitter(box: Box, px: float, rng: np.random.Generator) -> Box:
 
 def stats(errors: list[float]) -> dict[str, float]:
     a = np.abs(np.asarray(errors))
-    return {"n": int(a.size), "median_mm": round(float(np.median(a)), 4), "p95_mm": round(float(np.percentile(a, 95)), 4),
-            "max_mm": round(float(a.max()), 4), "mean_mm": round(float(a.mean()), 4)}
+    return {
+        "n": int(a.size),
+        "median_mm": round(float(np.median(a)), 4),
+        "p95_mm": round(float(np.percentile(a, 95)), 4),
+        "max_mm": round(float(a.max()), 4),
+        "mean_mm": round(float(a.mean()), 4),
+    }
 
 
 def main() -> None:
@@ -41,8 +46,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--jitter", type=float, default=3.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--locator", action="store_true",
-                    help="also measure on the shipped locator's boxes (models/locator/battery_tab.pt)")
+    ap.add_argument(
+        "--locator",
+        action="store_true",
+        help="also measure on the shipped locator's boxes (models/locator/battery_tab.pt)",
+    )
     args = ap.parse_args()
 
     line = load_line("battery_tab")
@@ -75,8 +83,10 @@ def main() -> None:
         m = measure_offset(img, weld, tab, mm)
         err["gt_boxes"].append(m.offset_mm - gt)
         jt, jw = jitter(tab, args.jitter, rng), jitter(weld, args.jitter, rng)
-        dets = [Detection(defect_class="tab", class_id=0, box=jt, confidence=0.9),
-                Detection(defect_class="weld", class_id=1, box=jw, confidence=0.9)]
+        dets = [
+            Detection(defect_class="tab", class_id=0, box=jt, confidence=0.9),
+            Detection(defect_class="weld", class_id=1, box=jw, confidence=0.9),
+        ]
         t0 = time.perf_counter()
         found = measure_findings(img, dets, line)
         t_measure += time.perf_counter() - t0
@@ -105,8 +115,9 @@ def main() -> None:
                     blob_rel[obj.name].append(area / obj.area_px - 1.0)
         if (off.measurements["offset_mm"] > 0.3) != (gt > 0.3):
             decisions["wrong_side_of_0.3mm"] += 1
-            decisions["cases"].append({"seed": seed, "truth_mm": round(gt, 4),
-                                       "measured_mm": round(off.measurements["offset_mm"], 4)})
+            decisions["cases"].append(
+                {"seed": seed, "truth_mm": round(gt, 4), "measured_mm": round(off.measurements["offset_mm"], 4)}
+            )
     if locator is not None:
         err["locator_boxes"] = err_locator
     result = {
@@ -114,14 +125,21 @@ def main() -> None:
         "command": f"benchmarks/bench_measure.py --n {args.n} --seed {args.seed} --jitter {args.jitter}",
         "machine": platform.platform(),
         "abs_error": {k: stats(v) for k, v in err.items()},
-        "centre_error_px_jittered": {k: {"median": round(float(np.median(v)), 3),
-                                         "p95": round(float(np.percentile(v, 95)), 3)} for k, v in centre_err.items()},
+        "centre_error_px_jittered": {
+            k: {"median": round(float(np.median(v)), 3), "p95": round(float(np.percentile(v, 95)), 3)}
+            for k, v in centre_err.items()
+        },
         "refined_share": round(refined / args.n, 4),
         "locator_missed_tab_or_weld": locator_missed if locator is not None else None,
         "blob_area_vs_rendered_area_gt_boxes": {
-            k: {"segmented": f"{len(v)}/{blob_seen[k]}",
-                "relative_error_p10_p50_p90": [round(float(x), 3) for x in np.percentile(v, [10, 50, 90])] if v else None}
-            for k, v in blob_rel.items()},
+            k: {
+                "segmented": f"{len(v)}/{blob_seen[k]}",
+                "relative_error_p10_p50_p90": [round(float(x), 3) for x in np.percentile(v, [10, 50, 90])]
+                if v
+                else None,
+            }
+            for k, v in blob_rel.items()
+        },
         "decisions_wrong_at_0.3mm": decisions,
         "measure_findings_ms_per_image": round(1000 * t_measure / args.n, 2),
         "worst_jittered": [{"abs_error_mm": round(e, 4), "seed": s} for e, s in sorted(worst, reverse=True)[:5]],
@@ -131,8 +149,10 @@ def main() -> None:
     for k, v in result["abs_error"].items():
         print(f"{k:18s} n={v['n']}  median {v['median_mm']:.4f} mm  p95 {v['p95_mm']:.4f} mm  max {v['max_mm']:.4f} mm")
     print(f"centre error (jittered boxes, px): {result['centre_error_px_jittered']}")
-    print(f"refined: {result['refined_share']:.1%}  wrong side of 0.3 mm: {decisions['wrong_side_of_0.3mm']}/{decisions['n']}"
-          f"  measure_findings: {result['measure_findings_ms_per_image']} ms/image")
+    print(
+        f"refined: {result['refined_share']:.1%}  wrong side of 0.3 mm: {decisions['wrong_side_of_0.3mm']}/{decisions['n']}"
+        f"  measure_findings: {result['measure_findings_ms_per_image']} ms/image"
+    )
     print(f"worst: {result['worst_jittered']}")
     print(f"blob area vs rendered area: {result['blob_area_vs_rendered_area_gt_boxes']}")
     print(f"-> {args.out}")

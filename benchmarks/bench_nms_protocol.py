@@ -57,17 +57,39 @@ def main() -> None:
                     locator.iou = iou
                     per = [(locator.predict([c], conf=0.001)[0], t) for c, t in boards]
                     s = score_detections(per, locator.class_names, line.locator.conf)
-                    records.append({"id": name, "path": path, "multi_label": multi, "nms_iou": iou,
-                                    "map50": s.map50, "map50_95": s.map50_95})
-                    print(f"{name}: multi_label {multi} NMS IoU {iou}: mAP50 {s.map50:.4f} mAP50-95 "
-                          f"{s.map50_95:.4f}", flush=True)
+                    records.append(
+                        {
+                            "id": name,
+                            "path": path,
+                            "multi_label": multi,
+                            "nms_iou": iou,
+                            "map50": s.map50,
+                            "map50_95": s.map50_95,
+                        }
+                    )
+                    print(
+                        f"{name}: multi_label {multi} NMS IoU {iou}: mAP50 {s.map50:.4f} mAP50-95 {s.map50_95:.4f}",
+                        flush=True,
+                    )
     finally:
         nms.non_max_suppression = original
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "nms_protocol", "line": args.line, "boards": len(boards),
-                               "imgsz": line.locator.imgsz, "host": platform.node(), "command": " ".join(sys.argv),
-                               "records": records}, indent=1), encoding="utf-8")
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "nms_protocol",
+                "line": args.line,
+                "boards": len(boards),
+                "imgsz": line.locator.imgsz,
+                "host": platform.node(),
+                "command": " ".join(sys.argv),
+                "records": records,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

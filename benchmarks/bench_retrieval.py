@@ -51,13 +51,13 @@ class Mixture:
         common = rng.standard_normal(dim).astype(np.float32)
         common /= np.linalg.norm(common)
         spectrum = (1.0 / np.sqrt(np.arange(1, local_dim + 1))).astype(np.float32)
-        spectrum *= math.sqrt(0.45 / float((spectrum ** 2).sum()))  # local variance 0.45 of a unit centre
+        spectrum *= math.sqrt(0.45 / float((spectrum**2).sum()))  # local variance 0.45 of a unit centre
         bases = np.empty((clusters, local_dim, dim), dtype=np.float32)
         for c in range(clusters):
             q, _ = np.linalg.qr(rng.standard_normal((dim, local_dim)).astype(np.float32))
             bases[c] = (q.T * spectrum[:, None]).astype(np.float32)
         ranks = np.arange(1, clusters + 1, dtype=np.float64)
-        weights = ranks ** -1.1
+        weights = ranks**-1.1
         weights /= weights.sum()
         return cls(centres, bases, weights, common, noise=math.sqrt(0.08 / dim))
 
@@ -68,14 +68,14 @@ class Mixture:
         out = np.empty((n, dim), dtype=np.float32)
         labels = rng.choice(len(self.weights), size=n, p=self.weights)
         for start in range(0, n, chunk):
-            lab = labels[start:start + chunk]
+            lab = labels[start : start + chunk]
             m = len(lab)
             coeff = rng.standard_normal((m, local_dim), dtype=np.float32)
             x = self.centres[lab] + 0.6 * self.common
             x += np.einsum("ml,mld->md", coeff, self.bases[lab], optimize=True)
             x += rng.standard_normal((m, dim), dtype=np.float32) * self.noise
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-            out[start:start + m] = x
+            out[start : start + m] = x
         return out
 
 
@@ -100,7 +100,7 @@ def _timed_queries(index, queries: np.ndarray, k: int, threads: int) -> tuple[np
     for i in range(len(queries)):
         c = time.thread_time()
         t = time.perf_counter()
-        _, ids = index.search(queries[i:i + 1], k)
+        _, ids = index.search(queries[i : i + 1], k)
         wall[i] = time.perf_counter() - t
         cpu[i] = time.thread_time() - c
         found[i] = ids[0]
@@ -119,9 +119,17 @@ def latency(index, queries: np.ndarray, threads: int, k: int = K) -> tuple[dict,
     def pct(a: np.ndarray, q: float) -> float:
         return round(float(np.percentile(a, q)), 3)
 
-    return {"queries": len(queries), "threads": threads, "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99),
-            "mean_ms": round(float(ms.mean()), 3), "p50_ms_1t": pct(ms1, 50), "p99_ms_1t": pct(ms1, 99),
-            "cpu_p50_ms_1t": pct(cpu1, 50), "cpu_p99_ms_1t": pct(cpu1, 99)}, found
+    return {
+        "queries": len(queries),
+        "threads": threads,
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "mean_ms": round(float(ms.mean()), 3),
+        "p50_ms_1t": pct(ms1, 50),
+        "p99_ms_1t": pct(ms1, 99),
+        "cpu_p50_ms_1t": pct(cpu1, 50),
+        "cpu_p99_ms_1t": pct(cpu1, 99),
+    }, found
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -136,9 +144,9 @@ def remove_ms(vindex, ids: np.ndarray, vectors: np.ndarray) -> float | None:
     times = []
     for i in (0, len(ids) // 2, len(ids) - 1):
         t = time.perf_counter()
-        vindex.remove(ids[i:i + 1])
+        vindex.remove(ids[i : i + 1])
         times.append(time.perf_counter() - t)
-        vindex.add(vectors[i:i + 1], ids[i:i + 1])
+        vindex.add(vectors[i : i + 1], ids[i : i + 1])
     return round(float(np.median(times)) * 1e3, 2)
 
 
@@ -161,8 +169,12 @@ def run_size(n: int, args, mixture: Mixture, policy) -> dict:
     gen_s = time.perf_counter() - t
     sims = base[:2000] @ base[2000:4000].T
     print(f"data {gen_s:.1f}s; random-pair cosine mean {sims.mean():.3f}", flush=True)
-    row: dict = {"n": n, "dim": args.dim, "generate_s": round(gen_s, 1),
-                 "random_pair_cosine": round(float(sims.mean()), 3)}
+    row: dict = {
+        "n": n,
+        "dim": args.dim,
+        "generate_s": round(gen_s, 1),
+        "random_pair_cosine": round(float(sims.mean()), 3),
+    }
 
     # exact baseline: ground truth from a batched search, latency from single queries
     rss0 = rss_bytes()
@@ -175,10 +187,17 @@ def run_size(n: int, args, mixture: Mixture, policy) -> dict:
     n_flat_q = args.queries if n <= 100_000 else min(args.queries, args.flat_queries)
     lat, found = latency(flat.index, queries[:n_flat_q], args.threads)
     nbytes, ser_s = serialized(flat)
-    row["flat"] = {"config": "Flat", "add_per_s": round(n / add_s), "build_s": round(add_s, 2), **lat,
-                   "recall_at_10": recall_at_k(found, truth[:n_flat_q]), "index_bytes": nbytes,
-                   "rss_delta_bytes": rss_bytes() - rss0, "serialize_s": ser_s,
-                   "remove_one_ms": remove_ms(flat, ids, base)}
+    row["flat"] = {
+        "config": "Flat",
+        "add_per_s": round(n / add_s),
+        "build_s": round(add_s, 2),
+        **lat,
+        "recall_at_10": recall_at_k(found, truth[:n_flat_q]),
+        "index_bytes": nbytes,
+        "rss_delta_bytes": rss_bytes() - rss0,
+        "serialize_s": ser_s,
+        "remove_one_ms": remove_ms(flat, ids, base),
+    }
     print(fmt_row(row["flat"]), flush=True)
     del flat, found
     gc.collect()
@@ -202,11 +221,22 @@ def run_size(n: int, args, mixture: Mixture, policy) -> dict:
         for nprobe in probes:
             vindex.set_nprobe(nprobe)
             lat, found = latency(vindex.index, queries, args.threads)
-            entry = {"config": f"IVF{nlist},nprobe={nprobe}", "nlist": nlist, "nprobe": nprobe,
-                     "nlist_per_sqrt_n": factor, "train_s": round(train_s, 2), "add_per_s": round(n / add_s),
-                     "build_s": round(train_s + add_s, 2), **lat, "recall_at_10": recall_at_k(found, truth),
-                     "index_bytes": nbytes, "rss_delta_bytes": rss_delta, "serialize_s": ser_s,
-                     "remove_one_ms": rm_ms, "policy_nprobe": nprobe == policy.nprobe_for(nlist, n)}
+            entry = {
+                "config": f"IVF{nlist},nprobe={nprobe}",
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "nlist_per_sqrt_n": factor,
+                "train_s": round(train_s, 2),
+                "add_per_s": round(n / add_s),
+                "build_s": round(train_s + add_s, 2),
+                **lat,
+                "recall_at_10": recall_at_k(found, truth),
+                "index_bytes": nbytes,
+                "rss_delta_bytes": rss_delta,
+                "serialize_s": ser_s,
+                "remove_one_ms": rm_ms,
+                "policy_nprobe": nprobe == policy.nprobe_for(nlist, n),
+            }
             row["ivf"].append(entry)
             print(fmt_row(entry), flush=True)
         del vindex
@@ -228,10 +258,20 @@ def run_size(n: int, args, mixture: Mixture, policy) -> dict:
         for ef in args.ef_search:
             vindex.set_ef_search(ef)
             lat, found = latency(vindex.index, queries, args.threads)
-            entry = {"config": f"HNSW{m},efC={ef_c},efSearch={ef}", "M": m, "ef_construction": ef_c,
-                     "ef_search": ef, "add_per_s": round(n / build_s), "build_s": round(build_s, 2), **lat,
-                     "recall_at_10": recall_at_k(found, truth), "index_bytes": nbytes, "rss_delta_bytes": rss_delta,
-                     "serialize_s": ser_s, "remove_one_ms": None}
+            entry = {
+                "config": f"HNSW{m},efC={ef_c},efSearch={ef}",
+                "M": m,
+                "ef_construction": ef_c,
+                "ef_search": ef,
+                "add_per_s": round(n / build_s),
+                "build_s": round(build_s, 2),
+                **lat,
+                "recall_at_10": recall_at_k(found, truth),
+                "index_bytes": nbytes,
+                "rss_delta_bytes": rss_delta,
+                "serialize_s": ser_s,
+                "remove_one_ms": None,
+            }
             row["hnsw"].append(entry)
             print(fmt_row(entry), flush=True)
         del vindex
@@ -263,8 +303,16 @@ def kb_end_to_end(n: int, args, mixture: Mixture) -> dict:
             path = tmp_path / f"img{i}.png"
             cv2.imwrite(str(path), rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8))
             images.append(str(path))
-        items = [CaseInput(line=lines[i % 3], defect_class="spatter", image_path=images[i % len(images)],
-                           disposition="rework", report=f"case {i}") for i in range(n)]
+        items = [
+            CaseInput(
+                line=lines[i % 3],
+                defect_class="spatter",
+                image_path=images[i % len(images)],
+                disposition="rework",
+                report=f"case {i}",
+            )
+            for i in range(n)
+        ]
         kb = KnowledgeBase.open(tmp_path / "kb", policy=IndexPolicy())
         t = time.perf_counter()
         kb.add_many(items, vectors=vectors, model_version="bench", progress=False)
@@ -280,14 +328,24 @@ def kb_end_to_end(n: int, args, mixture: Mixture) -> dict:
             return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
         t = time.perf_counter()
-        single = kb.add(CaseInput(line="pcb", defect_class="crack", image_path=images[0], disposition="scrap"),
-                        vector=vectors[0], model_version="bench")
+        single = kb.add(
+            CaseInput(line="pcb", defect_class="crack", image_path=images[0], disposition="scrap"),
+            vector=vectors[0],
+            model_version="bench",
+        )
         add_one_ms = (time.perf_counter() - t) * 1e3
         t = time.perf_counter()
         kb.remove(single.id)
         rm_one_ms = (time.perf_counter() - t) * 1e3
-        out = {"n": n, "index": kind, "add_many_per_s": round(n / add_s), "add_one_ms": round(add_one_ms, 1),
-               "remove_one_ms": round(rm_one_ms, 1), "search": timed(), "search_line_filter": timed(line="pcb")}
+        out = {
+            "n": n,
+            "index": kind,
+            "add_many_per_s": round(n / add_s),
+            "add_one_ms": round(add_one_ms, 1),
+            "remove_one_ms": round(rm_one_ms, 1),
+            "search": timed(),
+            "search_line_filter": timed(line="pcb"),
+        }
         t = time.perf_counter()
         kb.rebuild(progress=False)
         out["rebuild_s"] = round(time.perf_counter() - t, 2)
@@ -301,10 +359,12 @@ def kb_end_to_end(n: int, args, mixture: Mixture) -> dict:
 
 def fmt_row(e: dict) -> str:
     rm = "-" if e.get("remove_one_ms") is None else f"{e['remove_one_ms']:.1f}"
-    return (f"  {e['config']:<28} build {e['build_s']:>6.1f}s  add {e['add_per_s']:>9,}/s  p50 {e['p50_ms']:>7.3f}ms"
-            f"  p99 {e['p99_ms']:>7.3f}ms | 1 thread p50 {e['p50_ms_1t']:>7.3f}ms p99 {e['p99_ms_1t']:>7.3f}ms"
-            f" cpu-p99 {e['cpu_p99_ms_1t']:>7.3f}ms | recall@10 {e['recall_at_10']:.3f}"
-            f"  {e['index_bytes'] / 2**20:>6.0f} MiB  rm1 {rm}ms")
+    return (
+        f"  {e['config']:<28} build {e['build_s']:>6.1f}s  add {e['add_per_s']:>9,}/s  p50 {e['p50_ms']:>7.3f}ms"
+        f"  p99 {e['p99_ms']:>7.3f}ms | 1 thread p50 {e['p50_ms_1t']:>7.3f}ms p99 {e['p99_ms_1t']:>7.3f}ms"
+        f" cpu-p99 {e['cpu_p99_ms_1t']:>7.3f}ms | recall@10 {e['recall_at_10']:.3f}"
+        f"  {e['index_bytes'] / 2**20:>6.0f} MiB  rm1 {rm}ms"
+    )
 
 
 def meets(e: dict, key: str = "p99_ms_1t") -> bool:
@@ -329,24 +389,39 @@ def recommend(sizes: list[dict], policy) -> dict:
             chosen = row["flat"]
         else:
             chosen = next((e for e in row["ivf"] if e["nlist"] == spec.nlist and e["nprobe"] == spec.nprobe), None)
-        per_size.append({"n": row["n"], "policy": spec.describe(),
-                         "measured": None if chosen is None else {
-                             k: chosen[k] for k in ("p50_ms", "p99_ms", "p50_ms_1t", "p99_ms_1t", "cpu_p99_ms_1t",
-                                                    "recall_at_10")},
-                         "meets_target": None if chosen is None else meets(chosen)})
+        per_size.append(
+            {
+                "n": row["n"],
+                "policy": spec.describe(),
+                "measured": None
+                if chosen is None
+                else {
+                    k: chosen[k]
+                    for k in ("p50_ms", "p99_ms", "p50_ms_1t", "p99_ms_1t", "cpu_p99_ms_1t", "recall_at_10")
+                },
+                "meets_target": None if chosen is None else meets(chosen),
+            }
+        )
     cpu_ivf = [e for e in ok_cpu if e in largest["ivf"]]
     cpu_hnsw = [e for e in ok_cpu if e in largest["hnsw"]]
     best_ivf_cpu = min(cpu_ivf, key=lambda e: (e["cpu_p99_ms_1t"], e["build_s"])) if cpu_ivf else None
     best_hnsw_cpu = min(cpu_hnsw, key=lambda e: (e["cpu_p99_ms_1t"], e["build_s"])) if cpu_hnsw else None
     # IVF first (it can delete); wall-clock first, CPU time when other work on the machine swamps the tail
     choice = best_ivf or best_hnsw or best_ivf_cpu or best_hnsw_cpu or (largest["flat"] if flat_ok else None)
-    return {"target": {"p99_ms": P99_TARGET_MS, "recall_at_10": RECALL_TARGET, "n": largest["n"]},
-            "judged_on": "p99_ms_1t", "flat_meets_target": flat_ok, "best_ivf": best_ivf, "best_hnsw": best_hnsw,
-            "best_ivf_on_cpu_time": best_ivf_cpu, "best_hnsw_on_cpu_time": best_hnsw_cpu,
-            "configs_meeting_target_with_2_threads": [e["config"] for e in ok_2t],
-            "configs_meeting_target_on_cpu_time": [e["config"] for e in ok_cpu],
-            "chosen": None if choice is None else choice["config"],
-            "policy": policy.model_dump(), "policy_per_size": per_size}
+    return {
+        "target": {"p99_ms": P99_TARGET_MS, "recall_at_10": RECALL_TARGET, "n": largest["n"]},
+        "judged_on": "p99_ms_1t",
+        "flat_meets_target": flat_ok,
+        "best_ivf": best_ivf,
+        "best_hnsw": best_hnsw,
+        "best_ivf_on_cpu_time": best_ivf_cpu,
+        "best_hnsw_on_cpu_time": best_hnsw_cpu,
+        "configs_meeting_target_with_2_threads": [e["config"] for e in ok_2t],
+        "configs_meeting_target_on_cpu_time": [e["config"] for e in ok_cpu],
+        "chosen": None if choice is None else choice["config"],
+        "policy": policy.model_dump(),
+        "policy_per_size": per_size,
+    }
 
 
 def machine() -> dict:
@@ -360,13 +435,21 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "faiss": faiss.__version__,
-            "numpy": np.__version__, "load_average_at_end": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")], default=[10_000, 100_000, 1_000_000])
+    ap.add_argument(
+        "--sizes", type=lambda s: [int(float(x)) for x in s.split(",")], default=[10_000, 100_000, 1_000_000]
+    )
     ap.add_argument("--quick", action="store_true", help="10k only (smoke run), results to retrieval-quick.json")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--clusters", type=int, default=1000)
@@ -376,10 +459,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nlist-factors", type=lambda s: [float(x) for x in s.split(",")], default=[2.0, 4.0])
     ap.add_argument("--nprobes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32, 64, 128])
-    ap.add_argument("--hnsw", type=lambda s: [tuple(int(v) for v in p.split(":")) for p in s.split(",")],
-                    default=[(32, 64)], help="M:efConstruction pairs (each graph takes minutes to build at 1M)")
-    ap.add_argument("--hnsw-small", type=lambda s: [tuple(int(v) for v in p.split(":")) for p in s.split(",")],
-                    default=[(16, 64)], help="extra M:efConstruction pairs tried up to 100k only")
+    ap.add_argument(
+        "--hnsw",
+        type=lambda s: [tuple(int(v) for v in p.split(":")) for p in s.split(",")],
+        default=[(32, 64)],
+        help="M:efConstruction pairs (each graph takes minutes to build at 1M)",
+    )
+    ap.add_argument(
+        "--hnsw-small",
+        type=lambda s: [tuple(int(v) for v in p.split(":")) for p in s.split(",")],
+        default=[(16, 64)],
+        help="extra M:efConstruction pairs tried up to 100k only",
+    )
     ap.add_argument("--ef-search", type=lambda s: [int(x) for x in s.split(",")], default=[16, 32, 64, 128, 256])
     ap.add_argument("--hnsw-max-n", type=int, default=1_000_000)
     ap.add_argument("--kb-n", type=int, default=10_000, help="cases for the end-to-end knowledge base run (0 = skip)")
@@ -401,12 +492,26 @@ def main() -> None:
     sizes = [run_size(n, args, mixture, policy) for n in args.sizes]
     rec = recommend(sizes, policy)
     kb_run = kb_end_to_end(args.kb_n, args, mixture) if args.kb_n else None
-    result = {"benchmark": "retrieval", "k": K, "threads": args.threads, "machine": machine(),
-              "generator": {"clusters": args.clusters, "local_dim": args.local_dim, "cluster_sizes": "zipf(1.1)",
-                            "local_variance": 0.45, "noise_variance": 0.08, "common_direction_weight": 0.6,
-                            "seed": args.seed},
-              "load_average_at_start": load_start,
-              "sizes": sizes, "recommendation": rec, "knowledge_base": kb_run, "total_s": round(time.perf_counter() - t0, 1)}
+    result = {
+        "benchmark": "retrieval",
+        "k": K,
+        "threads": args.threads,
+        "machine": machine(),
+        "generator": {
+            "clusters": args.clusters,
+            "local_dim": args.local_dim,
+            "cluster_sizes": "zipf(1.1)",
+            "local_variance": 0.45,
+            "noise_variance": 0.08,
+            "common_direction_weight": 0.6,
+            "seed": args.seed,
+        },
+        "load_average_at_start": load_start,
+        "sizes": sizes,
+        "recommendation": rec,
+        "knowledge_base": kb_run,
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
     out = args.out or RESULTS_DIR / ("retrieval-quick.json" if args.quick else "retrieval.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -78,9 +78,18 @@ def main() -> int:
     flat = faiss.IndexFlatIP(dim)
     flat.add(base)
     exact, p50, p99 = timed_search(flat, queries, 10)
-    rows = [{"index": "Flat (exact)", "p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "recall_at_10": 1.0,
-             **{f"class_precision_at_{k}": round(class_precision(exact, base_kinds, query_kinds, k), 4)
-                for k in (1, 5, 10)}}]
+    rows = [
+        {
+            "index": "Flat (exact)",
+            "p50_ms": round(p50, 3),
+            "p99_ms": round(p99, 3),
+            "recall_at_10": 1.0,
+            **{
+                f"class_precision_at_{k}": round(class_precision(exact, base_kinds, query_kinds, k), 4)
+                for k in (1, 5, 10)
+            },
+        }
+    ]
     nlist = max(1, int(4 * np.sqrt(len(base))))
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -90,17 +99,28 @@ def main() -> int:
         ivf.nprobe = nprobe
         ids, p50, p99 = timed_search(ivf, queries, 10)
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)]))
-        rows.append({"index": f"IVF{nlist},nprobe={nprobe}", "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
-                     "recall_at_10": round(recall, 4),
-                     **{f"class_precision_at_{k}": round(class_precision(ids, base_kinds, query_kinds, k), 4)
-                        for k in (1, 5, 10)}})
+        rows.append(
+            {
+                "index": f"IVF{nlist},nprobe={nprobe}",
+                "p50_ms": round(p50, 3),
+                "p99_ms": round(p99, 3),
+                "recall_at_10": round(recall, 4),
+                **{
+                    f"class_precision_at_{k}": round(class_precision(ids, base_kinds, query_kinds, k), 4)
+                    for k in (1, 5, 10)
+                },
+            }
+        )
     result = {
         "benchmark": "retrieval quality on real embeddings (DeepPCB crops)",
         "command": " ".join(["benchmarks/bench_retrieval_real.py", *sys.argv[1:]]),
         "machine": {"platform": platform.platform(), "threads": threads},
-        "embedder": embedder.version, "dim": dim,
-        "base": {"n": len(base), "kinds": base_set.counts()}, "queries": {"n": len(queries), "kinds": query_set.counts()},
-        "embed_seconds": round(embed_s, 1), "total_seconds": round(time.perf_counter() - started, 1),
+        "embedder": embedder.version,
+        "dim": dim,
+        "base": {"n": len(base), "kinds": base_set.counts()},
+        "queries": {"n": len(queries), "kinds": query_set.counts()},
+        "embed_seconds": round(embed_s, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +128,10 @@ def main() -> int:
     print(f"{len(base)} train crops as cases, {len(queries)} validation crops as queries, {dim}-d, {embedder.version}")
     print(f"{'index':<22}{'p50 ms':>8}{'p99 ms':>8}{'R@10':>7}{'P@1':>7}{'P@5':>7}{'P@10':>7}")
     for r in rows:
-        print(f"{r['index']:<22}{r['p50_ms']:>8.3f}{r['p99_ms']:>8.3f}{r['recall_at_10']:>7.3f}"
-              f"{r['class_precision_at_1']:>7.3f}{r['class_precision_at_5']:>7.3f}{r['class_precision_at_10']:>7.3f}")
+        print(
+            f"{r['index']:<22}{r['p50_ms']:>8.3f}{r['p99_ms']:>8.3f}{r['recall_at_10']:>7.3f}"
+            f"{r['class_precision_at_1']:>7.3f}{r['class_precision_at_5']:>7.3f}{r['class_precision_at_10']:>7.3f}"
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -30,7 +30,9 @@ class ClassSpec(_Strict):
     name: str
     role: Literal["defect", "part"] = "defect"
     synonyms: Synonyms = Field(default_factory=Synonyms)
-    description: Synonyms = Field(default_factory=Synonyms)  # report-style sentences used to train / prompt the embedder
+    description: Synonyms = Field(
+        default_factory=Synonyms
+    )  # report-style sentences used to train / prompt the embedder
 
 
 class DerivedDefect(_Strict):
@@ -149,8 +151,10 @@ class LineConfig(_Strict):
     @model_validator(mode="after")
     def _template_needs_reference(self) -> LineConfig:
         if self.locator.reference == "template" and self.reference is None:
-            raise ValueError("locator.reference is 'template' but the line has no `reference:` block saying where "
-                             "each part's reference image lies (pattern + name, folder, or a fixed image)")
+            raise ValueError(
+                "locator.reference is 'template' but the line has no `reference:` block saying where "
+                "each part's reference image lies (pattern + name, folder, or a fixed image)"
+            )
         return self
 
     @property
@@ -255,6 +259,7 @@ def load_rank_allocation(name: str) -> dict[str, int]:
         from difflib import get_close_matches
 
         near = get_close_matches(name, allocations, n=3) or sorted(allocations)
-        raise ConfigError(f"unknown LoRA rank allocation {name!r} in {configs_dir() / 'lora_ranks.yaml'}; "
-                          f"known: {', '.join(near)}")
+        raise ConfigError(
+            f"unknown LoRA rank allocation {name!r} in {configs_dir() / 'lora_ranks.yaml'}; known: {', '.join(near)}"
+        )
     return allocations[name]

@@ -62,8 +62,12 @@ def open_kb(kb: Path | None, create: bool = False, lazy_embedder: bool = True) -
     app = load_app_config()
     # faiss only (runtime.set_threads would import torch, seconds for commands that never embed)
     faiss.omp_set_num_threads(app.threads or int(os.environ.get("DEFECT_AGENT_THREADS", 0)) or (os.cpu_count() or 1))
-    return KnowledgeBase.open(kb_path(kb), policy=IndexPolicy.from_config(app.retrieval), create=create,
-                              embedder_factory=make_embedder if lazy_embedder else None)
+    return KnowledgeBase.open(
+        kb_path(kb),
+        policy=IndexPolicy.from_config(app.retrieval),
+        create=create,
+        embedder_factory=make_embedder if lazy_embedder else None,
+    )
 
 
 def _box(text: str | None):
@@ -96,8 +100,9 @@ def _date(text: str | None, option: str) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError as exc:
-        raise typer.BadParameter(f"expected a date like 2025-03-01 or 2025-03-01T08:00, got {text!r}",
-                                 param_hint=option) from exc
+        raise typer.BadParameter(
+            f"expected a date like 2025-03-01 or 2025-03-01T08:00, got {text!r}", param_hint=option
+        ) from exc
 
 
 def _echo_hits(hits: list[SimilarCase], as_json: bool) -> None:
@@ -107,11 +112,15 @@ def _echo_hits(hits: list[SimilarCase], as_json: bool) -> None:
     if not hits:
         typer.echo("no similar cases")
         return
-    typer.echo(f"{'id':>6}  {'sim':>6}  {'score':>6}  {'line':<12} {'class':<12} {'disposition':<11} root cause / action")
+    typer.echo(
+        f"{'id':>6}  {'sim':>6}  {'score':>6}  {'line':<12} {'class':<12} {'disposition':<11} root cause / action"
+    )
     for h in hits:
         score = "" if h.score is None else f"{h.score:.3f}"
-        typer.echo(f"{h.case_id:>6}  {h.similarity:>6.3f}  {score:>6}  {h.line:<12} {h.defect_class:<12} "
-                   f"{h.disposition:<11} {h.root_cause or '-'} / {h.corrective_action or '-'}")
+        typer.echo(
+            f"{h.case_id:>6}  {h.similarity:>6.3f}  {score:>6}  {h.line:<12} {h.defect_class:<12} "
+            f"{h.disposition:<11} {h.root_cause or '-'} / {h.corrective_action or '-'}"
+        )
 
 
 def _echo_case(case, as_json: bool) -> None:
@@ -120,10 +129,17 @@ def _echo_case(case, as_json: bool) -> None:
         return
     box = "whole image" if case.box is None else ",".join(f"{v:g}" for v in case.box.as_list())
     typer.echo(f"case {case.id}  [{case.line} / {case.defect_class}]  {case.disposition.value}")
-    for label, value in [("image", case.image_path), ("box", box), ("report", case.report),
-                         ("root cause", case.root_cause), ("action", case.corrective_action),
-                         ("author", case.author), ("measurements", json.dumps(case.measurements)),
-                         ("created", case.created_at.isoformat()), ("updated", case.updated_at.isoformat())]:
+    for label, value in [
+        ("image", case.image_path),
+        ("box", box),
+        ("report", case.report),
+        ("root cause", case.root_cause),
+        ("action", case.corrective_action),
+        ("author", case.author),
+        ("measurements", json.dumps(case.measurements)),
+        ("created", case.created_at.isoformat()),
+        ("updated", case.updated_at.isoformat()),
+    ]:
         typer.echo(f"  {label:<13} {value}")
 
 
@@ -148,9 +164,18 @@ def add_cmd(
     from knowledge_base.case import CaseInput
 
     try:
-        item = CaseInput(line=line, defect_class=defect_class, image_path=str(image), box=_box(box), report=report,
-                         disposition=disposition, root_cause=root_cause, corrective_action=action, author=author,
-                         measurements=_measurements(measurement))
+        item = CaseInput(
+            line=line,
+            defect_class=defect_class,
+            image_path=str(image),
+            box=_box(box),
+            report=report,
+            disposition=disposition,
+            root_cause=root_cause,
+            corrective_action=action,
+            author=author,
+            measurements=_measurements(measurement),
+        )
     except ValidationError as exc:
         raise DefectAgentError(f"invalid case: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
     with open_kb(kb, create=True) as base:
@@ -198,8 +223,13 @@ def search_cmd(
     """Find similar past cases by image, by text or by case id."""
     if sum(x is not None for x in (image, text, case)) != 1:
         raise typer.BadParameter("give exactly one of --image, --text, --case")
-    filters = {"line": line, "defect_class": defect_class, "disposition": disposition,
-               "since": _date(since, "--since"), "until": _date(until, "--until")}
+    filters = {
+        "line": line,
+        "defect_class": defect_class,
+        "disposition": disposition,
+        "since": _date(since, "--since"),
+        "until": _date(until, "--until"),
+    }
     with open_kb(kb) as base:
         if image is not None:
             hits = base.search_by_image(image, _box(box), k=k, **filters)
@@ -247,9 +277,22 @@ def show_cmd(
     for e in entries:
         detail = ""
         if e.op == "edit" and e.before and e.after:
-            changed = [f for f in ("line", "defect_class", "disposition", "report", "root_cause", "corrective_action",
-                                   "author", "box", "image_sha256", "measurements")
-                       if getattr(e.before, f) != getattr(e.after, f)]
+            changed = [
+                f
+                for f in (
+                    "line",
+                    "defect_class",
+                    "disposition",
+                    "report",
+                    "root_cause",
+                    "corrective_action",
+                    "author",
+                    "box",
+                    "image_sha256",
+                    "measurements",
+                )
+                if getattr(e.before, f) != getattr(e.after, f)
+            ]
             detail = f" ({', '.join(changed) or 'no field'} changed)"
         typer.echo(f"  #{e.seq} {e.at.isoformat()} {e.op}{detail} by {e.actor or '?'}")
 
@@ -270,9 +313,16 @@ def edit_cmd(
     kb: Path | None = KB_OPTION,
 ) -> None:
     """Change fields of a case; the previous version stays in its history."""
-    changes = {"line": line, "defect_class": defect_class, "disposition": disposition, "report": report,
-               "root_cause": root_cause, "corrective_action": action, "author": author,
-               "image_path": None if image is None else str(image)}
+    changes = {
+        "line": line,
+        "defect_class": defect_class,
+        "disposition": disposition,
+        "report": report,
+        "root_cause": root_cause,
+        "corrective_action": action,
+        "author": author,
+        "image_path": None if image is None else str(image),
+    }
     changes = {k: v for k, v in changes.items() if v is not None}
     if box is not None:
         changes["box"] = _box(box)
@@ -290,7 +340,9 @@ def rm_cmd(case_id: int = typer.Argument(...), kb: Path | None = KB_OPTION) -> N
     """Remove a case from the knowledge base and from search at once (its history keeps it; see `restore`)."""
     with open_kb(kb, lazy_embedder=False) as base:
         case = base.remove(case_id)
-    typer.echo(f"removed case {case.id} ({case.line}/{case.defect_class}); `defect-agent kb restore {case.id}` undoes it")
+    typer.echo(
+        f"removed case {case.id} ({case.line}/{case.defect_class}); `defect-agent kb restore {case.id}` undoes it"
+    )
 
 
 @kb_app.command("restore")
@@ -344,14 +396,19 @@ def stats_cmd(as_json: bool = typer.Option(False, "--json"), kb: Path | None = K
     if as_json:
         typer.echo(stats.model_dump_json(indent=2))
         return
-    typer.echo(f"cases {stats.cases} (removed, in history: {stats.removed_cases}); history entries "
-               f"{stats.history_entries}")
+    typer.echo(
+        f"cases {stats.cases} (removed, in history: {stats.removed_cases}); history entries {stats.history_entries}"
+    )
     for label, counts in (("line", stats.by_line), ("class", stats.by_class), ("disposition", stats.by_disposition)):
         typer.echo(f"  by {label:<12} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    typer.echo(f"  index {stats.index_kind} with {stats.index_count} vectors ({stats.index_file_bytes} bytes); "
-               f"embedder {stats.model_version} dim {stats.dim}")
-    typer.echo(f"  images {stats.images} ({stats.image_bytes} bytes); database {stats.db_bytes} bytes; "
-               f"schema v{stats.schema_version}")
+    typer.echo(
+        f"  index {stats.index_kind} with {stats.index_count} vectors ({stats.index_file_bytes} bytes); "
+        f"embedder {stats.model_version} dim {stats.dim}"
+    )
+    typer.echo(
+        f"  images {stats.images} ({stats.image_bytes} bytes); database {stats.db_bytes} bytes; "
+        f"schema v{stats.schema_version}"
+    )
 
 
 @kb_app.command("list")
@@ -367,14 +424,22 @@ def list_cmd(
 ) -> None:
     """List cases (oldest first)."""
     with open_kb(kb, lazy_embedder=False) as base:
-        cases = base.list(line=line, defect_class=defect_class, disposition=disposition,
-                          since=_date(since, "--since"), until=_date(until, "--until"), limit=limit)
+        cases = base.list(
+            line=line,
+            defect_class=defect_class,
+            disposition=disposition,
+            since=_date(since, "--since"),
+            until=_date(until, "--until"),
+            limit=limit,
+        )
     if as_json:
         typer.echo(json.dumps([c.model_dump(mode="json") for c in cases], indent=2, ensure_ascii=False))
         return
     for c in cases:
-        typer.echo(f"{c.id:>6}  {c.created_at.date()}  {c.line:<12} {c.defect_class:<12} {c.disposition.value:<7} "
-                   f"{(c.report or '')[:60]}")
+        typer.echo(
+            f"{c.id:>6}  {c.created_at.date()}  {c.line:<12} {c.defect_class:<12} {c.disposition.value:<7} "
+            f"{(c.report or '')[:60]}"
+        )
     typer.echo(f"{len(cases)} case(s)")
 
 

@@ -26,9 +26,25 @@ log = logging.getLogger(__name__)
 DB_NAME = "kb.sqlite3"
 BUSY_TIMEOUT_S = 60.0
 
-CASE_COLUMNS = ("id", "line", "defect_class", "image_path", "image_sha256", "box_x1", "box_y1", "box_x2", "box_y2",
-                "report", "disposition", "root_cause", "corrective_action", "author", "measurements", "created_at",
-                "updated_at")
+CASE_COLUMNS = (
+    "id",
+    "line",
+    "defect_class",
+    "image_path",
+    "image_sha256",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
+    "report",
+    "disposition",
+    "root_cause",
+    "corrective_action",
+    "author",
+    "measurements",
+    "created_at",
+    "updated_at",
+)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -82,27 +98,57 @@ def case_from_row(row: Mapping, kb_dir: Path) -> Case:
     if row["box_x1"] is not None:
         box = Box(x1=row["box_x1"], y1=row["box_y1"], x2=row["box_x2"], y2=row["box_y2"])
     return Case(
-        id=row["id"], line=row["line"], defect_class=row["defect_class"],
-        image_path=str(kb_dir / row["image_path"]), image_sha256=row["image_sha256"], box=box,
-        report=row["report"], disposition=row["disposition"], root_cause=row["root_cause"],
-        corrective_action=row["corrective_action"], author=row["author"],
+        id=row["id"],
+        line=row["line"],
+        defect_class=row["defect_class"],
+        image_path=str(kb_dir / row["image_path"]),
+        image_sha256=row["image_sha256"],
+        box=box,
+        report=row["report"],
+        disposition=row["disposition"],
+        root_cause=row["root_cause"],
+        corrective_action=row["corrective_action"],
+        author=row["author"],
         measurements=json.loads(row["measurements"] or "{}"),
-        created_at=datetime.fromisoformat(row["created_at"]), updated_at=datetime.fromisoformat(row["updated_at"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
     )
 
 
-def case_values(*, line: str, defect_class: str, image_path: str, image_sha256: str, box: Box | None, report: str,
-                disposition: str, root_cause: str, corrective_action: str, author: str,
-                measurements: dict[str, float], created_at: datetime, updated_at: datetime) -> dict:
+def case_values(
+    *,
+    line: str,
+    defect_class: str,
+    image_path: str,
+    image_sha256: str,
+    box: Box | None,
+    report: str,
+    disposition: str,
+    root_cause: str,
+    corrective_action: str,
+    author: str,
+    measurements: dict[str, float],
+    created_at: datetime,
+    updated_at: datetime,
+) -> dict:
     """Column values of a cases row (without id); `image_path` relative to the KB folder."""
     return {
-        "line": line, "defect_class": defect_class, "image_path": image_path, "image_sha256": image_sha256,
-        "box_x1": None if box is None else float(box.x1), "box_y1": None if box is None else float(box.y1),
-        "box_x2": None if box is None else float(box.x2), "box_y2": None if box is None else float(box.y2),
-        "report": report, "disposition": disposition, "root_cause": root_cause,
-        "corrective_action": corrective_action, "author": author,
+        "line": line,
+        "defect_class": defect_class,
+        "image_path": image_path,
+        "image_sha256": image_sha256,
+        "box_x1": None if box is None else float(box.x1),
+        "box_y1": None if box is None else float(box.y1),
+        "box_x2": None if box is None else float(box.x2),
+        "box_y2": None if box is None else float(box.y2),
+        "report": report,
+        "disposition": disposition,
+        "root_cause": root_cause,
+        "corrective_action": corrective_action,
+        "author": author,
         "measurements": json.dumps(measurements, sort_keys=True, ensure_ascii=False),
-        "created_at": iso(created_at), "updated_at": iso(updated_at),
+        "created_at": iso(created_at),
+        "updated_at": iso(updated_at),
     }
 
 
@@ -138,7 +184,7 @@ def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
 def in_chunks(ids: list[int], size: int = 900) -> Iterator[list[int]]:
     """SQLite limits bound parameters per statement; keep IN (...) lists under it."""
     for start in range(0, len(ids), size):
-        yield ids[start:start + size]
+        yield ids[start : start + size]
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
@@ -147,8 +193,9 @@ def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
 
 
 def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                 (key, value))
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+    )
 
 
 def max_seq(conn: sqlite3.Connection) -> int:

@@ -78,29 +78,40 @@ def _to_row(obj: dict[str, Any], base: Path, row: int) -> SourceRow:
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     box_cols = [obj.get(k) for k in ("x1", "y1", "x2", "y2")]
-    box = parse_box(obj.get("box")) if obj.get("box") not in (None, "") else (
-        parse_box(box_cols) if all(v not in (None, "") for v in box_cols) else None)
+    box = (
+        parse_box(obj.get("box"))
+        if obj.get("box") not in (None, "")
+        else (parse_box(box_cols) if all(v not in (None, "") for v in box_cols) else None)
+    )
     measurements = obj.get("measurements") or {}
     if isinstance(measurements, str):
         try:
             measurements = json.loads(measurements)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"measurements: not a JSON object like {{\"offset_mm\": 0.3}} ({exc.msg})") from exc
+            raise ValueError(f'measurements: not a JSON object like {{"offset_mm": 0.3}} ({exc.msg})') from exc
     image = Path(str(obj["image"])).expanduser()
     if not image.is_absolute():
         image = base / image
     case = CaseInput(
-        line=obj["line"], defect_class=obj["defect_class"], image_path=str(image), box=box,
-        report=obj.get("report") or "", disposition=str(obj["disposition"]).lower(),
-        root_cause=obj.get("root_cause") or "", corrective_action=obj.get("corrective_action") or "",
-        author=obj.get("author") or "", measurements=measurements)
+        line=obj["line"],
+        defect_class=obj["defect_class"],
+        image_path=str(image),
+        box=box,
+        report=obj.get("report") or "",
+        disposition=str(obj["disposition"]).lower(),
+        root_cause=obj.get("root_cause") or "",
+        corrective_action=obj.get("corrective_action") or "",
+        author=obj.get("author") or "",
+        measurements=measurements,
+    )
     created = obj.get("created_at") or None
     try:
         created_at = None if created is None else to_utc(datetime.fromisoformat(str(created)))
     except ValueError as exc:
         raise ValueError(f"created_at: expected an ISO date like 2025-03-01, got {created!r}") from exc
-    return SourceRow(row=row, case=case, vector=obj.get("vector"), model_version=obj.get("model_version"),
-                     created_at=created_at)
+    return SourceRow(
+        row=row, case=case, vector=obj.get("vector"), model_version=obj.get("model_version"), created_at=created_at
+    )
 
 
 def _message(exc: Exception) -> str:
@@ -119,8 +130,10 @@ def read_source(source: Path) -> tuple[list[SourceRow], list[RowError]]:
     if source.is_dir():
         found = [source / name for name in SIDECARS if (source / name).is_file()]
         if not found:
-            raise DefectAgentError(f"folder {source} has no {' or '.join(SIDECARS)} describing its images "
-                                   f"(columns: image, line, defect_class, disposition, box, report, ...)")
+            raise DefectAgentError(
+                f"folder {source} has no {' or '.join(SIDECARS)} describing its images "
+                f"(columns: image, line, defect_class, disposition, box, report, ...)"
+            )
         source = found[0]
     if not source.is_file():
         raise DefectAgentError(f"no such file or folder: {source}")
@@ -176,12 +189,22 @@ def import_cases(kb, source: Path | str, progress: bool = True) -> ImportReport:
         for r in iterator:
             vector = r.vector
             if vector is not None and r.model_version and target_version and r.model_version != target_version:
-                log.info("row %d: vector from embedder %s, knowledge base uses %s: re-embedding", r.row,
-                         r.model_version, target_version)
+                log.info(
+                    "row %d: vector from embedder %s, knowledge base uses %s: re-embedding",
+                    r.row,
+                    r.model_version,
+                    target_version,
+                )
                 vector = None
             try:
-                prepared.append(kb.prepare_case(r.case, vector, created_at=r.created_at,
-                                                model_version=r.model_version if vector is not None else None))
+                prepared.append(
+                    kb.prepare_case(
+                        r.case,
+                        vector,
+                        created_at=r.created_at,
+                        model_version=r.model_version if vector is not None else None,
+                    )
+                )
             except DefectAgentError as exc:
                 errors.append(RowError(row=r.row, message=str(exc)))
         kb.embed_prepared(prepared, progress=progress)

@@ -55,8 +55,7 @@ class IndexSync:
         return None if value is None else int(value)
 
     def live_vector_count(self) -> int:
-        return int(self.conn.execute(
-            "SELECT COUNT(*) FROM vectors v JOIN cases c ON c.id = v.case_id").fetchone()[0])
+        return int(self.conn.execute("SELECT COUNT(*) FROM vectors v JOIN cases c ON c.id = v.case_id").fetchone()[0])
 
     # loading ----------------------------------------------------------------------------------------------------
     def _load_locked(self) -> None:
@@ -85,8 +84,10 @@ class IndexSync:
     def _manifest_problem(self, manifest: Manifest) -> str | None:
         version, dim = self.model_version(), self.dim()
         if manifest.count and version is not None and manifest.model_version != version:
-            return (f"index was built from embedder {manifest.model_version!r} vectors, "
-                    f"the database holds {version!r} vectors")
+            return (
+                f"index was built from embedder {manifest.model_version!r} vectors, "
+                f"the database holds {version!r} vectors"
+            )
         if manifest.count and dim is not None and manifest.dim != dim:
             return f"index dimension {manifest.dim} differs from the database's {dim}"
         if manifest.applied_seq > db.max_seq(self.conn):
@@ -118,15 +119,18 @@ class IndexSync:
         version, dim = self.model_version(), self.dim()
         if version is None or dim is None:
             return np.empty(0, dtype=np.int64), np.empty((0, dim or 0), dtype=np.float32)
-        sql = ("SELECT v.case_id, v.vector FROM vectors v JOIN cases c ON c.id = v.case_id "
-               "WHERE v.model_version = ? AND v.dim = ?")
+        sql = (
+            "SELECT v.case_id, v.vector FROM vectors v JOIN cases c ON c.id = v.case_id "
+            "WHERE v.model_version = ? AND v.dim = ?"
+        )
         rows: list = []
         if ids is None:
             rows = self.conn.execute(sql + " ORDER BY v.case_id", (version, dim)).fetchall()
         else:
             for chunk in db.in_chunks(ids):
-                rows += self.conn.execute(sql + f" AND v.case_id IN ({','.join('?' * len(chunk))})",
-                                          (version, dim, *chunk)).fetchall()
+                rows += self.conn.execute(
+                    sql + f" AND v.case_id IN ({','.join('?' * len(chunk))})", (version, dim, *chunk)
+                ).fetchall()
         out_ids = np.array([r[0] for r in rows], dtype=np.int64)
         return out_ids, db.stack_blobs([r[1] for r in rows], dim)
 
@@ -177,8 +181,11 @@ class IndexSync:
             # lists fill up as the base grows: keep the number of scanned vectors (hence recall) steady
             self.vindex.set_nprobe(self.policy.nprobe_for(int(self.vindex.spec.nlist), self.vindex.ntotal))
         if self.vindex is not None and self.policy.needs_rebuild(self.vindex.spec, self.vindex.ntotal):
-            log.info("knowledge base grew to %d vectors: rebuilding as %s", self.vindex.ntotal,
-                     self.policy.spec_for(self.vindex.ntotal).describe())
+            log.info(
+                "knowledge base grew to %d vectors: rebuilding as %s",
+                self.vindex.ntotal,
+                self.policy.spec_for(self.vindex.ntotal).describe(),
+            )
             self.vindex, self.applied_seq = self.full_build(progress=True)
             self._dirty = True
 
@@ -198,8 +205,10 @@ class IndexSync:
             if not self.loaded or self._file_changed():
                 self._load_locked()
             if self.problem:
-                log.warning("case saved in the database but the index is unusable (%s): run `defect-agent kb rebuild`",
-                            self.problem)
+                log.warning(
+                    "case saved in the database but the index is unusable (%s): run `defect-agent kb rebuild`",
+                    self.problem,
+                )
                 return
             self.catch_up()
             self._persist_locked(force=False)
@@ -207,7 +216,9 @@ class IndexSync:
     def _persist_locked(self, force: bool) -> None:
         if self.vindex is None or not (self.pending or self._dirty or force):
             return
-        if not (force or self._dirty or self.pending >= PERSIST_EVERY_OPS or self.vindex.nbytes() <= PERSIST_EVERY_BYTES):
+        if not (
+            force or self._dirty or self.pending >= PERSIST_EVERY_OPS or self.vindex.nbytes() <= PERSIST_EVERY_BYTES
+        ):
             return
         if self._dirty or not self.generation:
             self.generation = uuid.uuid4().hex
@@ -254,8 +265,12 @@ class IndexSync:
         history entries the file lags behind)."""
         with self.files.lock(exclusive=False):
             if not self.files.exists():
-                return None, None, (f"index file missing: {self.files.index_path}" if self.live_vector_count()
-                                    else None), 0
+                return (
+                    None,
+                    None,
+                    (f"index file missing: {self.files.index_path}" if self.live_vector_count() else None),
+                    0,
+                )
             try:
                 vindex, manifest = self.files.read()
             except IndexUnavailable as exc:

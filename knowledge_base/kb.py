@@ -47,8 +47,18 @@ from vision.detection import Box
 
 log = logging.getLogger(__name__)
 
-EDITABLE = {"line", "defect_class", "disposition", "report", "root_cause", "corrective_action", "author",
-            "measurements", "box", "image_path"}
+EDITABLE = {
+    "line",
+    "defect_class",
+    "disposition",
+    "report",
+    "root_cause",
+    "corrective_action",
+    "author",
+    "measurements",
+    "box",
+    "image_path",
+}
 EXACT_SCAN_MAX = 4096  # allowed ids up to this many: score their stored vectors directly (exact, a few ms)
 EMBED_BATCH = 32
 
@@ -90,8 +100,15 @@ def _crop(image: np.ndarray, box: Box | None, source: str) -> np.ndarray:
 
 
 class KnowledgeBase:
-    def __init__(self, kb_dir: Path, conn, embedder: Embeds | None, policy: IndexPolicy, ranking: RankingConfig,
-                 embedder_factory: Callable[[], Embeds] | None = None) -> None:
+    def __init__(
+        self,
+        kb_dir: Path,
+        conn,
+        embedder: Embeds | None,
+        policy: IndexPolicy,
+        ranking: RankingConfig,
+        embedder_factory: Callable[[], Embeds] | None = None,
+    ) -> None:
         self.kb_dir = kb_dir
         self.conn = conn
         self._embedder = embedder
@@ -121,8 +138,10 @@ class KnowledgeBase:
         db_path = kb_dir / db.DB_NAME
         if not db_path.exists():
             if not create:
-                raise DefectAgentError(f"no knowledge base at {kb_dir}: create one with `defect-agent kb add` or "
-                                       f"`defect-agent kb import`, or pass --kb DIR")
+                raise DefectAgentError(
+                    f"no knowledge base at {kb_dir}: create one with `defect-agent kb add` or "
+                    f"`defect-agent kb import`, or pass --kb DIR"
+                )
             kb_dir.mkdir(parents=True, exist_ok=True)
         conn = db.connect(db_path)
         try:
@@ -132,8 +151,9 @@ class KnowledgeBase:
             raise DefectAgentError(str(exc)) from exc
         if applied:
             log.info("knowledge base %s: schema migrated to version %d (%s)", kb_dir, LATEST, applied)
-        return cls(kb_dir, conn, embedder, policy or IndexPolicy.from_config(), ranking or RankingConfig(),
-                   embedder_factory)
+        return cls(
+            kb_dir, conn, embedder, policy or IndexPolicy.from_config(), ranking or RankingConfig(), embedder_factory
+        )
 
     def close(self) -> None:
         """Persist index changes not yet written and close the database."""
@@ -175,7 +195,7 @@ class KnowledgeBase:
 
             starts = tqdm(starts, desc="embed", unit="batch")
         for start in starts:
-            out.append(np.asarray(embedder.embed_images(crops[start:start + EMBED_BATCH]), dtype=np.float32))
+            out.append(np.asarray(embedder.embed_images(crops[start : start + EMBED_BATCH]), dtype=np.float32))
         vectors = normalize(np.concatenate(out)) if out else np.empty((0, embedder.dim), dtype=np.float32)
         return vectors, embedder.version
 
@@ -186,14 +206,21 @@ class KnowledgeBase:
         if embedder is not None and stored is not None and embedder.version != stored and self._has_vectors():
             raise ModelVersionMismatch(
                 f"the knowledge base's vectors were made by embedder {stored!r} but the loaded embedder is "
-                f"{embedder.version!r}: re-embed them with `defect-agent kb rebuild --reembed`")
+                f"{embedder.version!r}: re-embed them with `defect-agent kb rebuild --reembed`"
+            )
 
     def _has_vectors(self) -> bool:
         return self.conn.execute("SELECT 1 FROM vectors LIMIT 1").fetchone() is not None
 
     # adding ---------------------------------------------------------------------------------------------------
-    def prepare_case(self, item: CaseInput, vector: np.ndarray | Sequence[float] | None = None, *,
-                     created_at: datetime | None = None, model_version: str | None = None) -> PreparedCase:
+    def prepare_case(
+        self,
+        item: CaseInput,
+        vector: np.ndarray | Sequence[float] | None = None,
+        *,
+        created_at: datetime | None = None,
+        model_version: str | None = None,
+    ) -> PreparedCase:
         """Validate a case, read its image (must decode; the box must overlap it) and copy it into the store."""
         data = self.images.read_source(item.image_path)
         image = decode_image(data, item.image_path)
@@ -207,8 +234,14 @@ class KnowledgeBase:
             except ValueError as exc:
                 raise DefectAgentError(f"{item.image_path}: bad vector: {exc}") from exc
         stored = self.images.put(data, Path(item.image_path).suffix)
-        return PreparedCase(item=item, stored=stored, created_at=created_at or utcnow(),
-                            crop=None if vec is not None else crop, vector=vec, model_version=model_version)
+        return PreparedCase(
+            item=item,
+            stored=stored,
+            created_at=created_at or utcnow(),
+            crop=None if vec is not None else crop,
+            vector=vec,
+            model_version=model_version,
+        )
 
     def embed_prepared(self, prepared: Sequence[PreparedCase], progress: bool = False) -> None:
         todo = [p for p in prepared if p.vector is None]
@@ -248,7 +281,8 @@ class KnowledgeBase:
             if version != stored_version:
                 raise ModelVersionMismatch(
                     f"vectors from embedder {version!r} cannot join a knowledge base embedded with {stored_version!r}: "
-                    f"re-embed it with `defect-agent kb rebuild --reembed` first")
+                    f"re-embed it with `defect-agent kb rebuild --reembed` first"
+                )
         db.set_meta(self.conn, "dim", str(dim))
         db.set_meta(self.conn, "model_version", version)
         return version
@@ -263,18 +297,35 @@ class KnowledgeBase:
     def _insert(self, p: PreparedCase, version: str, actor: str) -> int:
         item = p.item
         values = db.case_values(
-            line=item.line, defect_class=item.defect_class, image_path=p.stored.rel_path,
-            image_sha256=p.stored.sha256, box=item.box, report=item.report, disposition=item.disposition.value,
-            root_cause=item.root_cause, corrective_action=item.corrective_action, author=item.author,
-            measurements=item.measurements, created_at=p.created_at, updated_at=utcnow())
+            line=item.line,
+            defect_class=item.defect_class,
+            image_path=p.stored.rel_path,
+            image_sha256=p.stored.sha256,
+            box=item.box,
+            report=item.report,
+            disposition=item.disposition.value,
+            root_cause=item.root_cause,
+            corrective_action=item.corrective_action,
+            author=item.author,
+            measurements=item.measurements,
+            created_at=p.created_at,
+            updated_at=utcnow(),
+        )
         case_id = db.insert_case(self.conn, values)
         self._write_vector(case_id, p.vector, version)
         self._write_fts(case_id, values)
         self._log(case_id, "add", None, {"id": case_id, **values}, vector_changed=True, actor=actor)
         return case_id
 
-    def add(self, case_input: CaseInput, vector: np.ndarray | Sequence[float] | None = None, *,
-            created_at: datetime | None = None, model_version: str | None = None, actor: str | None = None) -> Case:
+    def add(
+        self,
+        case_input: CaseInput,
+        vector: np.ndarray | Sequence[float] | None = None,
+        *,
+        created_at: datetime | None = None,
+        model_version: str | None = None,
+        actor: str | None = None,
+    ) -> Case:
         """Add one case. Without `vector`, the box region (crop_region) of the image is embedded."""
         prepared = self.prepare_case(case_input, vector, created_at=created_at, model_version=model_version)
         try:
@@ -284,9 +335,16 @@ class KnowledgeBase:
             raise
         return self.commit_prepared([prepared], actor=actor)[0]
 
-    def add_many(self, items: Iterable[CaseInput], vectors: Sequence[np.ndarray | None] | np.ndarray | None = None, *,
-                 created_at: Sequence[datetime | None] | None = None, model_version: str | None = None,
-                 progress: bool = True, actor: str | None = None) -> list[Case]:
+    def add_many(
+        self,
+        items: Iterable[CaseInput],
+        vectors: Sequence[np.ndarray | None] | np.ndarray | None = None,
+        *,
+        created_at: Sequence[datetime | None] | None = None,
+        model_version: str | None = None,
+        progress: bool = True,
+        actor: str | None = None,
+    ) -> list[Case]:
         """Add cases in one transaction (all or none); images are embedded in batches."""
         items = list(items)
         vectors = [None] * len(items) if vectors is None else list(vectors)
@@ -323,21 +381,43 @@ class KnowledgeBase:
             "INSERT INTO vectors(case_id, model_version, dim, vector) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(case_id) DO UPDATE SET model_version = excluded.model_version, dim = excluded.dim, "
             "vector = excluded.vector",
-            (case_id, version, int(vector.shape[0]), db.vector_blob(vector)))
+            (case_id, version, int(vector.shape[0]), db.vector_blob(vector)),
+        )
 
     def _write_fts(self, case_id: int, values: dict) -> None:
         self.conn.execute("DELETE FROM cases_fts WHERE rowid = ?", (case_id,))
-        self.conn.execute("INSERT INTO cases_fts(rowid, body) VALUES (?, ?)",
-                          (case_id, fts_document(values["report"], values["root_cause"], values["corrective_action"])))
+        self.conn.execute(
+            "INSERT INTO cases_fts(rowid, body) VALUES (?, ?)",
+            (case_id, fts_document(values["report"], values["root_cause"], values["corrective_action"])),
+        )
 
-    def _log(self, case_id: int, op: str, before: dict | None, after: dict | None, *, vector_changed: bool,
-             actor: str, vector: bytes | None = None, model_version: str | None = None) -> None:
+    def _log(
+        self,
+        case_id: int,
+        op: str,
+        before: dict | None,
+        after: dict | None,
+        *,
+        vector_changed: bool,
+        actor: str,
+        vector: bytes | None = None,
+        model_version: str | None = None,
+    ) -> None:
         self.conn.execute(
             "INSERT INTO history(case_id, op, before_json, after_json, vector_changed, vector, model_version, actor, at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (case_id, op, None if before is None else json.dumps(before, ensure_ascii=False),
-             None if after is None else json.dumps(after, ensure_ascii=False), int(vector_changed), vector,
-             model_version, actor, db.iso(utcnow())))
+            (
+                case_id,
+                op,
+                None if before is None else json.dumps(before, ensure_ascii=False),
+                None if after is None else json.dumps(after, ensure_ascii=False),
+                int(vector_changed),
+                vector,
+                model_version,
+                actor,
+                db.iso(utcnow()),
+            ),
+        )
 
     def _after_write(self) -> None:
         self._allowed_cache.clear()
@@ -347,11 +427,14 @@ class KnowledgeBase:
         return self.conn.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()
 
     def _not_found(self, case_id: int) -> CaseNotFound:
-        removed = self.conn.execute("SELECT 1 FROM history WHERE case_id = ? AND op = 'remove' LIMIT 1",
-                                    (case_id,)).fetchone()
+        removed = self.conn.execute(
+            "SELECT 1 FROM history WHERE case_id = ? AND op = 'remove' LIMIT 1", (case_id,)
+        ).fetchone()
         if removed:
-            return CaseNotFound(f"case {case_id} was removed; `defect-agent kb restore {case_id}` brings it back "
-                                f"(`defect-agent kb show {case_id} --history` shows it)")
+            return CaseNotFound(
+                f"case {case_id} was removed; `defect-agent kb restore {case_id}` brings it back "
+                f"(`defect-agent kb show {case_id} --history` shows it)"
+            )
         return CaseNotFound(f"no case {case_id} in the knowledge base at {self.kb_dir} (`defect-agent kb list`)")
 
     # reading --------------------------------------------------------------------------------------------------
@@ -369,8 +452,9 @@ class KnowledgeBase:
                 rows[row["id"]] = row
         return [db.case_from_row(rows[i], self.kb_dir) for i in ids if i in rows]
 
-    def list(self, filters: CaseFilter | None = None, *, limit: int | None = None, offset: int = 0,
-             **filter_fields: Any) -> list[Case]:
+    def list(
+        self, filters: CaseFilter | None = None, *, limit: int | None = None, offset: int = 0, **filter_fields: Any
+    ) -> list[Case]:
         """Cases matching the filters, oldest first."""
         flt = self._filter(filters, filter_fields)
         where, params = flt.sql("c")
@@ -394,8 +478,17 @@ class KnowledgeBase:
         for r in rows:
             before = None if r["before_json"] is None else db.case_from_row(json.loads(r["before_json"]), self.kb_dir)
             after = None if r["after_json"] is None else db.case_from_row(json.loads(r["after_json"]), self.kb_dir)
-            out.append(HistoryEntry(seq=r["seq"], case_id=r["case_id"], op=r["op"], at=datetime.fromisoformat(r["at"]),
-                                    actor=r["actor"], before=before, after=after))
+            out.append(
+                HistoryEntry(
+                    seq=r["seq"],
+                    case_id=r["case_id"],
+                    op=r["op"],
+                    at=datetime.fromisoformat(r["at"]),
+                    actor=r["actor"],
+                    before=before,
+                    after=after,
+                )
+            )
         return out
 
     @staticmethod
@@ -409,8 +502,14 @@ class KnowledgeBase:
         return filters.model_copy(update=fields) if fields else filters
 
     # editing --------------------------------------------------------------------------------------------------
-    def edit(self, case_id: int, *, vector: np.ndarray | Sequence[float] | None = None, actor: str | None = None,
-             **changes: Any) -> Case:
+    def edit(
+        self,
+        case_id: int,
+        *,
+        vector: np.ndarray | Sequence[float] | None = None,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> Case:
         """Change fields of a case; a new image or box is re-embedded (or takes `vector`). The old row is kept in
         the history."""
         unknown = set(changes) - EDITABLE
@@ -427,8 +526,9 @@ class KnowledgeBase:
             try:
                 item = CaseInput.model_validate(fields)
             except ValidationError as exc:
-                raise DefectAgentError(f"case {case_id}: invalid change: {exc.errors()[0]['loc']}: "
-                                       f"{exc.errors()[0]['msg']}") from exc
+                raise DefectAgentError(
+                    f"case {case_id}: invalid change: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+                ) from exc
             box_changed = "box" in changes and item.box != current.box
             stored = None
             new_vector = None
@@ -446,19 +546,33 @@ class KnowledgeBase:
                 with db.write_txn(self.conn):
                     before = db.row_dict(self._row(case_id))
                     values = db.case_values(
-                        line=item.line, defect_class=item.defect_class,
+                        line=item.line,
+                        defect_class=item.defect_class,
                         image_path=stored.rel_path if stored else before["image_path"],
-                        image_sha256=stored.sha256 if stored else before["image_sha256"], box=item.box,
-                        report=item.report, disposition=item.disposition.value, root_cause=item.root_cause,
-                        corrective_action=item.corrective_action, author=item.author, measurements=item.measurements,
-                        created_at=current.created_at, updated_at=utcnow())
+                        image_sha256=stored.sha256 if stored else before["image_sha256"],
+                        box=item.box,
+                        report=item.report,
+                        disposition=item.disposition.value,
+                        root_cause=item.root_cause,
+                        corrective_action=item.corrective_action,
+                        author=item.author,
+                        measurements=item.measurements,
+                        created_at=current.created_at,
+                        updated_at=utcnow(),
+                    )
                     db.update_case(self.conn, case_id, values)
                     if new_vector is not None:
                         version = self._claim_vector_space(int(new_vector.shape[0]), version)
                         self._write_vector(case_id, new_vector, version)
                     self._write_fts(case_id, values)
-                    self._log(case_id, "edit", before, {"id": case_id, **values},
-                              vector_changed=new_vector is not None, actor=actor)
+                    self._log(
+                        case_id,
+                        "edit",
+                        before,
+                        {"id": case_id, **values},
+                        vector_changed=new_vector is not None,
+                        actor=actor,
+                    )
             except BaseException:
                 if stored is not None:
                     self.discard_images([stored])
@@ -475,14 +589,22 @@ class KnowledgeBase:
                 if row is None:
                     raise self._not_found(case_id)
                 removed = db.case_from_row(row, self.kb_dir)
-                vec = self.conn.execute("SELECT vector, model_version FROM vectors WHERE case_id = ?",
-                                        (case_id,)).fetchone()
+                vec = self.conn.execute(
+                    "SELECT vector, model_version FROM vectors WHERE case_id = ?", (case_id,)
+                ).fetchone()
                 self.conn.execute("DELETE FROM vectors WHERE case_id = ?", (case_id,))
                 self.conn.execute("DELETE FROM cases_fts WHERE rowid = ?", (case_id,))
                 self.conn.execute("DELETE FROM cases WHERE id = ?", (case_id,))
-                self._log(case_id, "remove", db.row_dict(row), None, vector_changed=True, actor=actor,
-                          vector=None if vec is None else vec["vector"],
-                          model_version=None if vec is None else vec["model_version"])
+                self._log(
+                    case_id,
+                    "remove",
+                    db.row_dict(row),
+                    None,
+                    vector_changed=True,
+                    actor=actor,
+                    vector=None if vec is None else vec["vector"],
+                    model_version=None if vec is None else vec["model_version"],
+                )
             self._after_write()
             return removed
 
@@ -492,8 +614,9 @@ class KnowledgeBase:
         with self._lock:
             if self._row(case_id) is not None:
                 raise DefectAgentError(f"case {case_id} is in the knowledge base (nothing to restore)")
-            h = self.conn.execute("SELECT * FROM history WHERE case_id = ? AND op = 'remove' ORDER BY seq DESC LIMIT 1",
-                                  (case_id,)).fetchone()
+            h = self.conn.execute(
+                "SELECT * FROM history WHERE case_id = ? AND op = 'remove' ORDER BY seq DESC LIMIT 1", (case_id,)
+            ).fetchone()
             if h is None:
                 raise CaseNotFound(f"case {case_id} was never removed from the knowledge base at {self.kb_dir}")
             row = json.loads(h["before_json"])
@@ -503,8 +626,11 @@ class KnowledgeBase:
             stored_version = self.index.model_version()
             if vector is None or (stored_version is not None and version != stored_version and self._has_vectors()):
                 image = self.images.read(row["image_path"])
-                box = None if row["box_x1"] is None else Box(x1=row["box_x1"], y1=row["box_y1"], x2=row["box_x2"],
-                                                              y2=row["box_y2"])
+                box = (
+                    None
+                    if row["box_x1"] is None
+                    else Box(x1=row["box_x1"], y1=row["box_y1"], x2=row["box_x2"], y2=row["box_y2"])
+                )
                 vectors, version = self._embed_crops([_crop(image, box, row["image_path"])])
                 vector = vectors[0]
             with db.write_txn(self.conn):
@@ -526,8 +652,15 @@ class KnowledgeBase:
             self._allowed_cache.move_to_end(key)
             return self._allowed_cache[key]
         where, params = flt.sql("c")
-        ids = np.array([r[0] for r in self.conn.execute(
-            f"SELECT c.id FROM cases c JOIN vectors v ON v.case_id = c.id WHERE {where}", params)], dtype=np.int64)
+        ids = np.array(
+            [
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT c.id FROM cases c JOIN vectors v ON v.case_id = c.id WHERE {where}", params
+                )
+            ],
+            dtype=np.int64,
+        )
         allowed = None if len(ids) >= ntotal else IdFilter(ids)
         self._allowed_cache[key] = allowed
         while len(self._allowed_cache) > 32:
@@ -542,8 +675,9 @@ class KnowledgeBase:
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(found_ids[i]), float(scores[i])) for i in order]
 
-    def _search_vector(self, query: np.ndarray, k: int, flt: CaseFilter, exclude: set[int] = frozenset()
-                       ) -> list[tuple[int, float]]:
+    def _search_vector(
+        self, query: np.ndarray, k: int, flt: CaseFilter, exclude: set[int] = frozenset()
+    ) -> list[tuple[int, float]]:
         vindex = self.index.ready()
         if vindex is None or vindex.ntotal == 0 or k <= 0:
             return []
@@ -569,19 +703,39 @@ class KnowledgeBase:
             if case is None:  # removed behind the index's back (not through this API): `kb verify` reports it
                 log.warning("case %d is in the index but not in the database: run `defect-agent kb verify`", case_id)
                 continue
-            out.append(SimilarCase(case_id=case_id, similarity=round(float(sim), 6), line=case.line,
-                                   defect_class=case.defect_class, disposition=case.disposition.value,
-                                   root_cause=case.root_cause, corrective_action=case.corrective_action,
-                                   report=case.report, **(extra or {}).get(case_id, {})))
+            out.append(
+                SimilarCase(
+                    case_id=case_id,
+                    similarity=round(float(sim), 6),
+                    line=case.line,
+                    defect_class=case.defect_class,
+                    disposition=case.disposition.value,
+                    root_cause=case.root_cause,
+                    corrective_action=case.corrective_action,
+                    report=case.report,
+                    **(extra or {}).get(case_id, {}),
+                )
+            )
         return out
 
-    def search_by_vector(self, vector: np.ndarray | Sequence[float], k: int = 5, line: str | None = None,
-                         defect_class: str | None = None, disposition: str | None = None, *,
-                         since: datetime | None = None, until: datetime | None = None,
-                         filters: CaseFilter | None = None, exclude: Iterable[int] = ()) -> list[SimilarCase]:
+    def search_by_vector(
+        self,
+        vector: np.ndarray | Sequence[float],
+        k: int = 5,
+        line: str | None = None,
+        defect_class: str | None = None,
+        disposition: str | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        filters: CaseFilter | None = None,
+        exclude: Iterable[int] = (),
+    ) -> list[SimilarCase]:
         """The k cases whose vectors are most similar (cosine) to `vector`, best first, within the filters."""
-        flt = self._filter(filters, {"line": line, "defect_class": defect_class, "disposition": disposition,
-                                     "since": since, "until": until})
+        flt = self._filter(
+            filters,
+            {"line": line, "defect_class": defect_class, "disposition": disposition, "since": since, "until": until},
+        )
         with self._lock:
             self._check_query_version()
             dim = self.index.dim()
@@ -591,8 +745,9 @@ class KnowledgeBase:
                 raise DefectAgentError(f"bad query vector: {exc}") from exc
             return self._hydrate(self._search_vector(query, k, flt, set(exclude)))
 
-    def search_by_image(self, image: np.ndarray | str | Path, box: Box | None = None, k: int = 5,
-                        **filters: Any) -> list[SimilarCase]:
+    def search_by_image(
+        self, image: np.ndarray | str | Path, box: Box | None = None, k: int = 5, **filters: Any
+    ) -> list[SimilarCase]:
         """Embed the box region of an image (BGR array or file) and search with it."""
         if not isinstance(image, np.ndarray):
             image = decode_image(self.images.read_source(image), image)
@@ -610,8 +765,9 @@ class KnowledgeBase:
             query = normalize(db.blob_vector(row[0])[None, :])[0]
             return self._hydrate(self._search_vector(query, k, flt, {case_id}))
 
-    def search_by_text(self, text: str, k: int = 5, keyword_weight: float | None = None, **filters: Any
-                       ) -> list[SimilarCase]:
+    def search_by_text(
+        self, text: str, k: int = 5, keyword_weight: float | None = None, **filters: Any
+    ) -> list[SimilarCase]:
         """Hybrid search: the text's embedding against case vectors, blended with BM25 over the engineers' words
         (retrieval.ranking.hybrid_rank). Without an embedder the order is by keywords alone (similarity 0)."""
         weight = self.ranking.keyword_weight if keyword_weight is None else float(keyword_weight)
@@ -634,8 +790,9 @@ class KnowledgeBase:
                     ids, vectors = self.index.live_vectors(missing)
                     sims.update({int(i): float(s) for i, s in zip(ids, vectors @ query)})
             ranked = hybrid_rank(sims, keyword, weight, k)
-            extra = {r.case_id: {"score": round(r.score, 6), "keyword_score": round(r.keyword_score, 6)}
-                     for r in ranked}
+            extra = {
+                r.case_id: {"score": round(r.score, 6), "keyword_score": round(r.keyword_score, 6)} for r in ranked
+            }
             return self._hydrate([(r.case_id, r.similarity or 0.0) for r in ranked], extra)
 
     def _keyword_scores(self, text: str, limit: int, flt: CaseFilter) -> dict[int, float]:
@@ -645,7 +802,9 @@ class KnowledgeBase:
         where, params = flt.sql("c")
         rows = self.conn.execute(
             f"SELECT f.rowid, -bm25(cases_fts) AS s FROM cases_fts f JOIN cases c ON c.id = f.rowid "
-            f"WHERE cases_fts MATCH ? AND {where} ORDER BY bm25(cases_fts) LIMIT ?", [match, *params, limit]).fetchall()
+            f"WHERE cases_fts MATCH ? AND {where} ORDER BY bm25(cases_fts) LIMIT ?",
+            [match, *params, limit],
+        ).fetchall()
         return {int(r[0]): float(r[1]) for r in rows if r[1] > 0}
 
     # for the pipeline -----------------------------------------------------------------------------------------
@@ -655,7 +814,9 @@ class KnowledgeBase:
             version = self.index.model_version()
             rows = self.conn.execute(
                 "SELECT c.defect_class, v.vector FROM cases c JOIN vectors v ON v.case_id = c.id "
-                "WHERE c.line = ? AND c.disposition != 'accept' AND v.model_version = ?", (line, version)).fetchall()
+                "WHERE c.line = ? AND c.disposition != 'accept' AND v.model_version = ?",
+                (line, version),
+            ).fetchall()
         sums: dict[str, np.ndarray] = {}
         for cls_name, blob in rows:
             vec = db.blob_vector(blob)
@@ -663,7 +824,7 @@ class KnowledgeBase:
         return {name: (s / np.linalg.norm(s)).astype(np.float32) for name, s in sums.items() if np.linalg.norm(s) > 0}
 
     def snapshot_id(self) -> str:
-        """"<cases>@<12 hex>": changes with any add / edit / remove or a new embedder; recorded in verdicts."""
+        """ "<cases>@<12 hex>": changes with any add / edit / remove or a new embedder; recorded in verdicts."""
         with self._lock:
             ids = np.array([r[0] for r in self.conn.execute("SELECT id FROM cases ORDER BY id")], dtype=np.int64)
             seq = db.max_seq(self.conn)
@@ -681,10 +842,14 @@ class KnowledgeBase:
             if reembed:
                 self._reembed(None, progress)
             else:
-                missing = [r[0] for r in self.conn.execute(
-                    "SELECT c.id FROM cases c LEFT JOIN vectors v ON v.case_id = c.id "
-                    "WHERE v.case_id IS NULL OR v.model_version != COALESCE((SELECT value FROM meta "
-                    "WHERE key = 'model_version'), v.model_version)")]
+                missing = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT c.id FROM cases c LEFT JOIN vectors v ON v.case_id = c.id "
+                        "WHERE v.case_id IS NULL OR v.model_version != COALESCE((SELECT value FROM meta "
+                        "WHERE key = 'model_version'), v.model_version)"
+                    )
+                ]
                 if missing:
                     if self._embedder is not None or self._embedder_factory is not None:
                         try:
@@ -692,13 +857,17 @@ class KnowledgeBase:
                         except DefectAgentError as exc:  # still rebuild the index for every case that has a vector
                             log.warning("could not embed %d case(s) lacking a vector: %s", len(missing), exc)
                     else:
-                        log.warning("%d cases have no usable vector and no embedder is loaded: they stay out of "
-                                    "the index (`defect-agent kb rebuild --reembed` fixes it)", len(missing))
+                        log.warning(
+                            "%d cases have no usable vector and no embedder is loaded: they stay out of "
+                            "the index (`defect-agent kb rebuild --reembed` fixes it)",
+                            len(missing),
+                        )
             with db.write_txn(self.conn):
                 self.conn.execute("DELETE FROM cases_fts")
                 for r in self.conn.execute("SELECT id, report, root_cause, corrective_action FROM cases").fetchall():
-                    self.conn.execute("INSERT INTO cases_fts(rowid, body) VALUES (?, ?)",
-                                      (r[0], fts_document(r[1], r[2], r[3])))
+                    self.conn.execute(
+                        "INSERT INTO cases_fts(rowid, body) VALUES (?, ?)", (r[0], fts_document(r[1], r[2], r[3]))
+                    )
             self._allowed_cache.clear()
             self.index.rebuild(progress=progress)
             return self.verify()
@@ -719,11 +888,12 @@ class KnowledgeBase:
 
             it = tqdm(it, desc="re-embed", unit="256 cases")
         for start in it:
-            chunk = rows[start:start + 256]
+            chunk = rows[start : start + 256]
             crops = []
             for r in chunk:
-                box = None if r["box_x1"] is None else Box(x1=r["box_x1"], y1=r["box_y1"], x2=r["box_x2"],
-                                                            y2=r["box_y2"])
+                box = (
+                    None if r["box_x1"] is None else Box(x1=r["box_x1"], y1=r["box_y1"], x2=r["box_x2"], y2=r["box_y2"])
+                )
                 crops.append(_crop(self.images.read(r["image_path"]), box, r["image_path"]))
             vectors, version = self._embed_crops(crops)
             new += [(r["id"], v) for r, v in zip(chunk, vectors)]
@@ -742,23 +912,49 @@ class KnowledgeBase:
             with db.read_txn(self.conn):
                 version = self.index.model_version()
                 n_cases = int(self.conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
-                db_ids = np.array([r[0] for r in self.conn.execute(
-                    "SELECT c.id FROM cases c JOIN vectors v ON v.case_id = c.id WHERE v.model_version = ? "
-                    "ORDER BY c.id", (version,))], dtype=np.int64)
-                no_vec = [r[0] for r in self.conn.execute(
-                    "SELECT c.id FROM cases c LEFT JOIN vectors v ON v.case_id = c.id "
-                    "WHERE v.case_id IS NULL OR v.model_version != ? ORDER BY c.id", (version or "",))]
-                versions = {r[0]: int(r[1]) for r in self.conn.execute(
-                    "SELECT v.model_version, COUNT(*) FROM vectors v JOIN cases c ON c.id = v.case_id "
-                    "GROUP BY v.model_version")}
+                db_ids = np.array(
+                    [
+                        r[0]
+                        for r in self.conn.execute(
+                            "SELECT c.id FROM cases c JOIN vectors v ON v.case_id = c.id WHERE v.model_version = ? "
+                            "ORDER BY c.id",
+                            (version,),
+                        )
+                    ],
+                    dtype=np.int64,
+                )
+                no_vec = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT c.id FROM cases c LEFT JOIN vectors v ON v.case_id = c.id "
+                        "WHERE v.case_id IS NULL OR v.model_version != ? ORDER BY c.id",
+                        (version or "",),
+                    )
+                ]
+                versions = {
+                    r[0]: int(r[1])
+                    for r in self.conn.execute(
+                        "SELECT v.model_version, COUNT(*) FROM vectors v JOIN cases c ON c.id = v.case_id "
+                        "GROUP BY v.model_version"
+                    )
+                }
                 fts_bad = self.conn.execute(
                     "SELECT (SELECT COUNT(*) FROM cases_fts) != (SELECT COUNT(*) FROM cases) OR EXISTS ("
-                    "SELECT 1 FROM cases_fts f LEFT JOIN cases c ON c.id = f.rowid WHERE c.id IS NULL)").fetchone()[0]
+                    "SELECT 1 FROM cases_fts f LEFT JOIN cases c ON c.id = f.rowid WHERE c.id IS NULL)"
+                ).fetchone()[0]
             vindex, manifest, problem, lag = self.index.inspect_file()
-        report = VerifyReport(ok=True, cases=n_cases, vectors=len(db_ids), model_version=version,
-                              vector_versions=versions, cases_without_vector=no_vec[:100],
-                              keyword_index_mismatch=bool(fts_bad), file_problem=problem, pending_ops=lag,
-                              embedder_version=None if self._embedder is None else self._embedder.version)
+        report = VerifyReport(
+            ok=True,
+            cases=n_cases,
+            vectors=len(db_ids),
+            model_version=version,
+            vector_versions=versions,
+            cases_without_vector=no_vec[:100],
+            keyword_index_mismatch=bool(fts_bad),
+            file_problem=problem,
+            pending_ops=lag,
+            embedder_version=None if self._embedder is None else self._embedder.version,
+        )
         problems: list[str] = []
         if manifest is not None:
             report.index_model_version = manifest.model_version
@@ -782,8 +978,10 @@ class KnowledgeBase:
                 problems.append(f"index holds {vindex.ntotal} vectors for {len(db_ids)} cases (duplicates)")
         if len(versions) > 1 or (report.embedder_version and version and report.embedder_version != version):
             report.model_version_mismatch = True
-            problems.append(f"vectors from several embedders {versions} or not from the loaded embedder "
-                            f"{report.embedder_version!r}: `defect-agent kb rebuild --reembed`")
+            problems.append(
+                f"vectors from several embedders {versions} or not from the loaded embedder "
+                f"{report.embedder_version!r}: `defect-agent kb rebuild --reembed`"
+            )
         if no_vec:
             problems.append(f"{len(no_vec)} case(s) without a vector of embedder {version!r}: {no_vec[:10]}")
         if fts_bad:
@@ -823,8 +1021,10 @@ class KnowledgeBase:
                 return {r[0]: int(r[1]) for r in q(f"SELECT {col}, COUNT(*) FROM cases GROUP BY {col} ORDER BY {col}")}
 
             images = q("SELECT COUNT(DISTINCT image_sha256) FROM cases").fetchone()[0]
-            removed = q("SELECT COUNT(DISTINCT h.case_id) FROM history h LEFT JOIN cases c ON c.id = h.case_id "
-                        "WHERE c.id IS NULL").fetchone()[0]
+            removed = q(
+                "SELECT COUNT(DISTINCT h.case_id) FROM history h LEFT JOIN cases c ON c.id = h.case_id "
+                "WHERE c.id IS NULL"
+            ).fetchone()[0]
             image_bytes = sum(p.stat().st_size for p in (self.kb_dir / "images").rglob("*") if p.is_file())
             db_bytes = sum(p.stat().st_size for p in self.kb_dir.glob(db.DB_NAME + "*") if p.is_file())
             index_file = self.index.files.index_path
@@ -834,12 +1034,19 @@ class KnowledgeBase:
             except IndexUnavailable as exc:
                 log.warning("%s", exc)
             return KBStats(
-                cases=int(q("SELECT COUNT(*) FROM cases").fetchone()[0]), by_line=grouped("line"),
-                by_class=grouped("defect_class"), by_disposition=grouped("disposition"),
-                history_entries=int(q("SELECT COUNT(*) FROM history").fetchone()[0]), removed_cases=int(removed),
-                images=int(images), image_bytes=image_bytes, db_bytes=db_bytes,
+                cases=int(q("SELECT COUNT(*) FROM cases").fetchone()[0]),
+                by_line=grouped("line"),
+                by_class=grouped("defect_class"),
+                by_disposition=grouped("disposition"),
+                history_entries=int(q("SELECT COUNT(*) FROM history").fetchone()[0]),
+                removed_cases=int(removed),
+                images=int(images),
+                image_bytes=image_bytes,
+                db_bytes=db_bytes,
                 index_kind=None if vindex is None else vindex.spec.describe(),
                 index_count=None if vindex is None else vindex.ntotal,
                 index_file_bytes=index_file.stat().st_size if index_file.exists() else None,
-                model_version=self.index.model_version(), dim=self.index.dim(),
-                schema_version=current_version(self.conn))
+                model_version=self.index.model_version(),
+                dim=self.index.dim(),
+                schema_version=current_version(self.conn),
+            )

@@ -107,9 +107,11 @@ class VerifyReport(BaseModel):
 
     def render(self) -> str:
         head = "OK" if self.ok else "INCONSISTENT"
-        lines = [f"knowledge base: {head}",
-                 f"  cases {self.cases}, vectors {self.vectors}, index {self.index_count} ({self.index_kind})",
-                 f"  embedder version {self.model_version}"]
+        lines = [
+            f"knowledge base: {head}",
+            f"  cases {self.cases}, vectors {self.vectors}, index {self.index_count} ({self.index_kind})",
+            f"  embedder version {self.model_version}",
+        ]
         lines += [f"  - {p}" for p in self.problems]
         if not self.ok:
             lines.append("  repair with: defect-agent kb rebuild")

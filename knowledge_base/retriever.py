@@ -28,8 +28,9 @@ class Retriever:
 
         return np.asarray(self.embedder.embed_images([crop_region(image, box)]), dtype=np.float32)[0]
 
-    def for_crop(self, image: np.ndarray, box: Box | None, line: str | None = None, k: int | None = None
-                 ) -> list[SimilarCase]:
+    def for_crop(
+        self, image: np.ndarray, box: Box | None, line: str | None = None, k: int | None = None
+    ) -> list[SimilarCase]:
         """Cases like the region `box` of a BGR image (crop_region: the same crop the cases were embedded from)."""
         return self.kb.search_by_vector(self.embed_crop(image, box), k=k or self.k, line=line)
 

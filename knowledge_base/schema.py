@@ -72,7 +72,7 @@ def _v1_base(conn: sqlite3.Connection) -> None:
         );
         CREATE INDEX history_case ON history(case_id, seq);
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        """
+        """,
     )
 
 
@@ -81,8 +81,9 @@ def _v2_keyword_index(conn: sqlite3.Connection) -> None:
 
     conn.execute("CREATE VIRTUAL TABLE cases_fts USING fts5(body)")
     rows = conn.execute("SELECT id, report, root_cause, corrective_action FROM cases").fetchall()
-    conn.executemany("INSERT INTO cases_fts(rowid, body) VALUES (?, ?)",
-                     [(r[0], fts_document(r[1], r[2], r[3])) for r in rows])
+    conn.executemany(
+        "INSERT INTO cases_fts(rowid, body) VALUES (?, ?)", [(r[0], fts_document(r[1], r[2], r[3])) for r in rows]
+    )
 
 
 def _v3_filter_indexes(conn: sqlite3.Connection) -> None:
@@ -93,7 +94,7 @@ def _v3_filter_indexes(conn: sqlite3.Connection) -> None:
         CREATE INDEX cases_line_class ON cases(line, defect_class);
         CREATE INDEX cases_created ON cases(created_at);
         CREATE INDEX cases_disposition ON cases(disposition);
-        """
+        """,
     )
 
 
@@ -135,8 +136,10 @@ def migrate(conn: sqlite3.Connection, target: int | None = None) -> list[int]:
             if have < version <= target:
                 log.info("knowledge base: applying migration %d (%s)", version, description)
                 apply(conn)
-                conn.execute("INSERT INTO schema_version(version, description, applied_at) VALUES (?, ?, ?)",
-                             (version, description, datetime.now(UTC).isoformat()))
+                conn.execute(
+                    "INSERT INTO schema_version(version, description, applied_at) VALUES (?, ?, ?)",
+                    (version, description, datetime.now(UTC).isoformat()),
+                )
                 applied.append(version)
         conn.execute("COMMIT")
         return applied

@@ -104,7 +104,9 @@ class VectorIndex:
             index = faiss.IndexIVFFlat(quantizer, dim, int(spec.nlist), faiss.METRIC_INNER_PRODUCT)
             index.cp.spherical = True  # centroids on the unit sphere: the right k-means for cosine similarity
             index.cp.niter = 12  # beyond ~10 iterations recall barely moves while training time grows linearly
-            index.cp.max_points_per_centroid = 40  # faiss subsamples training vectors to this many per list (k-means wants >= 39)
+            index.cp.max_points_per_centroid = (
+                40  # faiss subsamples training vectors to this many per list (k-means wants >= 39)
+            )
             index.cp.seed = 1234
             index.train(np.ascontiguousarray(train, dtype=np.float32))
             index.nprobe = int(spec.nprobe or 1)
@@ -146,7 +148,7 @@ class VectorIndex:
 
             starts = tqdm(starts, desc=f"index {self.spec.describe()}", unit="chunk")
         for start in starts:
-            self.index.add_with_ids(vectors[start:start + ADD_CHUNK], ids[start:start + ADD_CHUNK])
+            self.index.add_with_ids(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids (absent ones are ignored); returns how many were removed."""
@@ -198,8 +200,11 @@ class VectorIndex:
 
         if self.spec.kind == "ivf":
             inv = self.index.invlists
-            parts = [faiss.rev_swig_ptr(inv.get_ids(li), inv.list_size(li)).copy()
-                     for li in range(self.index.nlist) if inv.list_size(li)]
+            parts = [
+                faiss.rev_swig_ptr(inv.get_ids(li), inv.list_size(li)).copy()
+                for li in range(self.index.nlist)
+                if inv.list_size(li)
+            ]
             found = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         else:
             found = faiss.vector_to_array(self.index.id_map).astype(np.int64)

@@ -90,8 +90,12 @@ class IndexPolicy(BaseModel):
             nlist = self.nlist_for(n)
             return IndexSpec(kind="ivf", nlist=nlist, nprobe=self.nprobe_for(nlist, n), trained_for=n)
         if kind == "hnsw":
-            return IndexSpec(kind="hnsw", hnsw_m=self.hnsw_m, ef_construction=self.hnsw_ef_construction,
-                             ef_search=self.hnsw_ef_search)
+            return IndexSpec(
+                kind="hnsw",
+                hnsw_m=self.hnsw_m,
+                ef_construction=self.hnsw_ef_construction,
+                ef_search=self.hnsw_ef_search,
+            )
         return IndexSpec(kind="flat")
 
     def needs_rebuild(self, current: IndexSpec, n: int) -> bool:

@@ -40,7 +40,7 @@ def tokenize(text: str) -> list[str]:
             if len(part) == 1:
                 tokens.append(part)
             else:
-                tokens.extend(part[i:i + 2] for i in range(len(part) - 1))
+                tokens.extend(part[i : i + 2] for i in range(len(part) - 1))
         elif part not in _STOP:
             tokens.append(_stem(part))
     return tokens
@@ -74,9 +74,7 @@ class Ranked:
     keyword_score: float  # BM25 normalised to [0, 1] by the best candidate's
 
 
-def hybrid_rank(
-    similarities: dict[int, float], keyword: dict[int, float], weight: float, k: int
-) -> list[Ranked]:
+def hybrid_rank(similarities: dict[int, float], keyword: dict[int, float], weight: float, k: int) -> list[Ranked]:
     """Blend per-candidate cosine similarity and raw BM25 scores; returns the best k.
 
     BM25 is unbounded, so it is divided by the best candidate's score (the top keyword match scores 1). Cosine

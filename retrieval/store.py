@@ -107,7 +107,9 @@ class IndexFile:
         try:
             manifest = Manifest.model_validate_json(self.manifest_path.read_text(encoding="utf-8"))
         except (ValidationError, ValueError, OSError) as exc:
-            raise IndexUnavailable(f"index manifest {self.manifest_path} unreadable ({exc.__class__.__name__})") from exc
+            raise IndexUnavailable(
+                f"index manifest {self.manifest_path} unreadable ({exc.__class__.__name__})"
+            ) from exc
         if manifest.format != MANIFEST_FORMAT:
             raise IndexUnavailable(f"index manifest format {manifest.format} unknown")
         return manifest
@@ -117,10 +119,18 @@ class IndexFile:
         self.dir.mkdir(parents=True, exist_ok=True)
         data = vindex.to_bytes()
         ids = vindex.ids()
-        manifest = Manifest(spec=vindex.spec, dim=vindex.dim, count=vindex.ntotal, ids_sha256=ids_digest(ids),
-                            model_version=model_version, applied_seq=applied_seq, generation=generation,
-                            created_at=datetime.now(UTC), file_sha256=hashlib.sha256(data).hexdigest(),
-                            file_bytes=int(data.nbytes))
+        manifest = Manifest(
+            spec=vindex.spec,
+            dim=vindex.dim,
+            count=vindex.ntotal,
+            ids_sha256=ids_digest(ids),
+            model_version=model_version,
+            applied_seq=applied_seq,
+            generation=generation,
+            created_at=datetime.now(UTC),
+            file_sha256=hashlib.sha256(data).hexdigest(),
+            file_bytes=int(data.nbytes),
+        )
         atomic_write(self.index_path, memoryview(data))
         atomic_write(self.manifest_path, manifest.model_dump_json(indent=2).encode("utf-8"))
         _fsync_dir(self.dir)
@@ -137,14 +147,17 @@ class IndexFile:
         data = self.index_path.read_bytes()
         if len(data) != manifest.file_bytes:
             raise IndexUnavailable(
-                f"index file {self.index_path} is corrupt: {len(data)} bytes, the manifest says {manifest.file_bytes}")
+                f"index file {self.index_path} is corrupt: {len(data)} bytes, the manifest says {manifest.file_bytes}"
+            )
         # checked before faiss sees the bytes: faiss detects truncation but not flipped bytes inside vector data
         if hashlib.sha256(data).hexdigest() != manifest.file_sha256:
             raise IndexUnavailable(f"index file {self.index_path} is corrupt: checksum differs from the manifest")
         try:
             vindex = VectorIndex.from_bytes(np.frombuffer(data, dtype=np.uint8), manifest.spec, manifest.dim)
         except (RuntimeError, ValueError) as exc:
-            raise IndexUnavailable(f"index file {self.index_path} is corrupt: {str(exc).splitlines()[0][:200]}") from exc
+            raise IndexUnavailable(
+                f"index file {self.index_path} is corrupt: {str(exc).splitlines()[0][:200]}"
+            ) from exc
         if vindex.ntotal != manifest.count:
             raise IndexUnavailable(f"index holds {vindex.ntotal} vectors, its manifest says {manifest.count}")
         return vindex, manifest
@@ -154,8 +167,11 @@ class IndexFile:
             path.unlink(missing_ok=True)
 
     def describe(self) -> dict:
-        return {"index": str(self.index_path), "manifest": str(self.manifest_path),
-                "bytes": self.index_path.stat().st_size if self.index_path.exists() else None}
+        return {
+            "index": str(self.index_path),
+            "manifest": str(self.manifest_path),
+            "bytes": self.index_path.stat().st_size if self.index_path.exists() else None,
+        }
 
 
 def dump_manifest(manifest: Manifest) -> str:

@@ -22,31 +22,74 @@ MAX_SIDE = 256
 
 REPORTS = {
     "spatter": [
-        ("rework", "Weld spatter beads beside the nugget; beads loose, risk of internal short.",
-         "Oxide film and oil on the tab surface raised the weld energy needed.", "Clean tabs with IPA before welding; cut amplitude 5 %."),
-        ("scrap", "Heavy spatter across the tab edge, beads fused to the separator side.",
-         "Weld energy far above window after horn change.", "Re-qualify weld window after every horn change."),
-        ("accept", "Two small fused spatter beads, firmly attached, outside the keep-out zone.",
-         "Normal process variation.", "None; monitor spatter rate per shift."),
+        (
+            "rework",
+            "Weld spatter beads beside the nugget; beads loose, risk of internal short.",
+            "Oxide film and oil on the tab surface raised the weld energy needed.",
+            "Clean tabs with IPA before welding; cut amplitude 5 %.",
+        ),
+        (
+            "scrap",
+            "Heavy spatter across the tab edge, beads fused to the separator side.",
+            "Weld energy far above window after horn change.",
+            "Re-qualify weld window after every horn change.",
+        ),
+        (
+            "accept",
+            "Two small fused spatter beads, firmly attached, outside the keep-out zone.",
+            "Normal process variation.",
+            "None; monitor spatter rate per shift.",
+        ),
     ],
     "crack": [
-        ("scrap", "Crack across the tab root next to the weld zone.", "Horn pressure too high, tab fatigued.",
-         "Reduce clamp pressure; replace worn anvil."),
-        ("scrap", "Hairline crack along the tab fold.", "Tab bent twice during stacking.", "Add fold-radius guide on stacker."),
+        (
+            "scrap",
+            "Crack across the tab root next to the weld zone.",
+            "Horn pressure too high, tab fatigued.",
+            "Reduce clamp pressure; replace worn anvil.",
+        ),
+        (
+            "scrap",
+            "Hairline crack along the tab fold.",
+            "Tab bent twice during stacking.",
+            "Add fold-radius guide on stacker.",
+        ),
     ],
     "burn": [
-        ("scrap", "Dark burn mark with discoloured rim on the tab.", "Laser power spike, protective glass dirty.",
-         "Clean protective glass; add power monitor alarm."),
-        ("rework", "Light scorch beside the weld, no melt-through.", "Focus drift on weld head 2.", "Re-focus head 2; check daily."),
+        (
+            "scrap",
+            "Dark burn mark with discoloured rim on the tab.",
+            "Laser power spike, protective glass dirty.",
+            "Clean protective glass; add power monitor alarm.",
+        ),
+        (
+            "rework",
+            "Light scorch beside the weld, no melt-through.",
+            "Focus drift on weld head 2.",
+            "Re-focus head 2; check daily.",
+        ),
     ],
     "weld_offset": [
-        ("rework", "Weld nugget shifted off the tab centre.", "Fixture locating pin worn; tab position drifts.",
-         "Replace locating pin; re-teach weld position."),
-        ("scrap", "Weld nugget off-centre, nugget edge on the tab edge.", "Vision alignment offset not updated after changeover.",
-         "Update alignment offset at every changeover; add first-article check."),
+        (
+            "rework",
+            "Weld nugget shifted off the tab centre.",
+            "Fixture locating pin worn; tab position drifts.",
+            "Replace locating pin; re-teach weld position.",
+        ),
+        (
+            "scrap",
+            "Weld nugget off-centre, nugget edge on the tab edge.",
+            "Vision alignment offset not updated after changeover.",
+            "Update alignment offset at every changeover; add first-article check.",
+        ),
     ],
     "missing_weld": [
-        ("scrap", "No weld nugget on the tab.", "Weld head did not fire: trigger sensor dirty.", "Clean trigger sensor; interlock on missed weld."),
+        (
+            "scrap",
+            "No weld nugget on the tab.",
+            "Weld head did not fire: trigger sensor dirty.",
+            "Clean trigger sensor; interlock on missed weld.",
+        ),
     ],
 }
 
@@ -79,10 +122,22 @@ def main() -> None:
                 crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(OUT / name), crop)
             measurements = {"offset_mm": round(truth.offset_mm, 3)} if cls == "weld_offset" else {}
-            rows.append({"line": "battery_tab", "defect_class": cls, "image_path": name, "report": report,
-                         "disposition": disposition, "root_cause": cause, "corrective_action": action,
-                         "author": "qe.sample", "measurements": measurements})
-    (OUT / "cases.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+            rows.append(
+                {
+                    "line": "battery_tab",
+                    "defect_class": cls,
+                    "image_path": name,
+                    "report": report,
+                    "disposition": disposition,
+                    "root_cause": cause,
+                    "corrective_action": action,
+                    "author": "qe.sample",
+                    "measurements": measurements,
+                }
+            )
+    (OUT / "cases.jsonl").write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8"
+    )
     print(f"wrote {len(rows)} cases to {OUT}: {counts}")
 
 

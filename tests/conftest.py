@@ -34,10 +34,12 @@ def shared_datasets() -> Path:
 @pytest.fixture(scope="session")
 def load_benchmark() -> Callable[[str], ModuleType]:
     """Import a script of benchmarks/ by name (the folder is not a package)."""
+
     def load(name: str) -> ModuleType:
         path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
+
     return load

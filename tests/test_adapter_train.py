@@ -24,8 +24,9 @@ def first(tiny, tmp_path_factory):
     from vision.locator.adapter_train import train_adapter
 
     out = tmp_path_factory.mktemp("adapter") / "tiny.safetensors"
-    return train_adapter(tiny, BASE, out, rank=4, epochs=1, imgsz=128, batch=4, line="tiny",
-                         run_dir=tmp_path_factory.mktemp("runs"))
+    return train_adapter(
+        tiny, BASE, out, rank=4, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path_factory.mktemp("runs")
+    )
 
 
 def test_only_lora_and_class_head_train_and_the_file_is_small(first):
@@ -57,8 +58,19 @@ def test_warm_start_continues_the_adapter(first, tiny, tmp_path):
     from vision.locator.lora import read_adapter, read_adapter_meta
 
     out = tmp_path / "continued.safetensors"
-    res = train_adapter(tiny, BASE, out, rank=16, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / "r",
-                        init_adapter=first.adapter, keep="last")
+    res = train_adapter(
+        tiny,
+        BASE,
+        out,
+        rank=16,
+        epochs=1,
+        imgsz=128,
+        batch=4,
+        line="tiny",
+        run_dir=tmp_path / "r",
+        init_adapter=first.adapter,
+        keep="last",
+    )
     meta = read_adapter_meta(out)
     assert meta.rank == 4  # the initial adapter's rank, not the argument's
     # --keep last: the schedule's end is written, with that epoch's validation row as its metrics
@@ -86,8 +98,16 @@ def test_warm_start_with_other_classes_is_refused(first, tmp_path):
     data = make_tiny_dataset(tmp_path / "other", n_train=4, n_val=2)
     data.write_text(data.read_text().replace("square", "blob"))
     with pytest.raises(ConfigError, match="same classes"):
-        train_adapter(data, BASE, tmp_path / "x.safetensors", epochs=1, imgsz=128, batch=4, run_dir=tmp_path / "r",
-                      init_adapter=first.adapter)
+        train_adapter(
+            data,
+            BASE,
+            tmp_path / "x.safetensors",
+            epochs=1,
+            imgsz=128,
+            batch=4,
+            run_dir=tmp_path / "r",
+            init_adapter=first.adapter,
+        )
 
 
 def test_lora_bias_trains_through_the_trainer_and_stays_in_the_adapter(first, tiny, tmp_path):
@@ -95,8 +115,9 @@ def test_lora_bias_trains_through_the_trainer_and_stays_in_the_adapter(first, ti
     from vision.locator.lora import read_adapter, read_adapter_meta
 
     out = tmp_path / "bias.safetensors"
-    res = train_adapter(tiny, BASE, out, rank=4, lora_bias=True, epochs=1, imgsz=128, batch=4, line="tiny",
-                        run_dir=tmp_path / "r")
+    res = train_adapter(
+        tiny, BASE, out, rank=4, lora_bias=True, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / "r"
+    )
     assert res.trainable["other"] == 0  # the base's own (folded) biases stay frozen
     meta, tensors = read_adapter(out)
     assert meta.bias is True and read_adapter_meta(out).rank == 4
@@ -111,8 +132,9 @@ def test_dora_trains_its_magnitudes_through_the_trainer(first, tiny, tmp_path):
     from vision.locator.lora import load_adapted_yolo, read_adapter
 
     out = tmp_path / "dora.safetensors"
-    res = train_adapter(tiny, BASE, out, rank=4, dora=True, epochs=1, imgsz=128, batch=4, line="tiny",
-                        run_dir=tmp_path / "r")
+    res = train_adapter(
+        tiny, BASE, out, rank=4, dora=True, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / "r"
+    )
     assert res.trainable["other"] == 0
     meta, tensors = read_adapter(out)
     assert meta.dora is True
@@ -127,8 +149,18 @@ def test_dora_with_lora_bias_is_a_config_error(tiny, tmp_path):
     from vision.locator.adapter_train import train_adapter
 
     with pytest.raises(ConfigError, match="cannot be combined"):
-        train_adapter(tiny, BASE, tmp_path / "x.safetensors", rank=4, dora=True, lora_bias=True, epochs=1,
-                      imgsz=128, batch=4, run_dir=tmp_path / "r")
+        train_adapter(
+            tiny,
+            BASE,
+            tmp_path / "x.safetensors",
+            rank=4,
+            dora=True,
+            lora_bias=True,
+            epochs=1,
+            imgsz=128,
+            batch=4,
+            run_dir=tmp_path / "r",
+        )
 
 
 def test_class_convolutions_get_their_own_learning_rate(tiny, tmp_path):
@@ -140,8 +172,19 @@ def test_class_convolutions_get_their_own_learning_rate(tiny, tmp_path):
     runs = {}
     for name, lr0, head_lr0 in (("head_only", 0.0, 0.01), ("lora_only", 0.01, 0.0)):
         out = tmp_path / f"{name}.safetensors"
-        train_adapter(tiny, BASE, out, rank=4, epochs=1, imgsz=128, batch=4, line="tiny", run_dir=tmp_path / name,
-                      lr0=lr0, head_lr0=head_lr0)
+        train_adapter(
+            tiny,
+            BASE,
+            out,
+            rank=4,
+            epochs=1,
+            imgsz=128,
+            batch=4,
+            line="tiny",
+            run_dir=tmp_path / name,
+            lr0=lr0,
+            head_lr0=head_lr0,
+        )
         runs[name] = read_adapter(out)[1]
         assert read_adapter_meta(out).provenance["head_lr0"] == head_lr0
     lora_b = [k for k in runs["head_only"] if "lora_B" in k]
@@ -163,8 +206,13 @@ def test_split_head_group_moves_only_class_convolutions_and_keeps_group_settings
     named = {id(p): k for k, p in model.named_parameters() if p.requires_grad}
     biases = [p for p in model.parameters() if p.requires_grad and named[id(p)].endswith("bias")]
     weights = [p for p in model.parameters() if p.requires_grad and not named[id(p)].endswith("bias")]
-    opt = torch.optim.AdamW([{"params": biases, "param_group": "bias", "weight_decay": 0.0},
-                             {"params": weights, "param_group": "weight", "weight_decay": 5e-4}], lr=0.012)
+    opt = torch.optim.AdamW(
+        [
+            {"params": biases, "param_group": "bias", "weight_decay": 0.0},
+            {"params": weights, "param_group": "weight", "weight_decay": 5e-4},
+        ],
+        lr=0.012,
+    )
     moved = split_head_group(opt, model, ADAPTER_NAME, 0.001)
     assert moved == sum(".modules_to_save." in k for k in named.values()) > 0
     seen = [id(p) for g in opt.param_groups for p in g["params"]]
@@ -175,12 +223,16 @@ def test_split_head_group_moves_only_class_convolutions_and_keeps_group_settings
         assert g["lr"] == (0.001 if is_head.pop() else 0.012)
     # the only trainable biases are the class convs' (LoRA has none): their group moves whole, the emptied one goes
     assert sorted((g["param_group"], g["weight_decay"], g["lr"]) for g in opt.param_groups) == [
-        ("bias", 0.0, 0.001), ("weight", 5e-4, 0.001), ("weight", 5e-4, 0.012)]
+        ("bias", 0.0, 0.001),
+        ("weight", 5e-4, 0.001),
+        ("weight", 5e-4, 0.012),
+    ]
 
 
 def test_unknown_checkpoint_choice_is_refused_before_training(tiny, tmp_path):
     from vision.locator.adapter_train import train_adapter
 
     with pytest.raises(ConfigError, match="keep"):
-        train_adapter(tiny, BASE, tmp_path / "x.safetensors", epochs=1, imgsz=128, batch=4, keep="median",
-                      run_dir=tmp_path / "r")
+        train_adapter(
+            tiny, BASE, tmp_path / "x.safetensors", epochs=1, imgsz=128, batch=4, keep="median", run_dir=tmp_path / "r"
+        )

@@ -19,10 +19,16 @@ def seed_query() -> InspectionQuery:
     """The seed instruction's parse, written out: weld offset > 0.3 mm AND spatter."""
     return InspectionQuery(
         instruction="find all cells whose tab weld is offset more than 0.3 mm and shows weld spatter",
-        language="en", line="battery_tab",
+        language="en",
+        line="battery_tab",
         conditions=[
-            Condition(id="c1", defect_class="weld_offset",
-                      constraints=[NumericConstraint(measure="offset", op=Comparator.gt, value=0.3, raw_value=0.3, unit="mm")]),
+            Condition(
+                id="c1",
+                defect_class="weld_offset",
+                constraints=[
+                    NumericConstraint(measure="offset", op=Comparator.gt, value=0.3, raw_value=0.3, unit="mm")
+                ],
+            ),
             Condition(id="c2", defect_class="spatter"),
         ],
         logic=Logic(op="and", args=[Logic(op="cond", cond="c1"), Logic(op="cond", cond="c2")]),
@@ -30,8 +36,14 @@ def seed_query() -> InspectionQuery:
 
 
 def finding(cls: str, p: float, **measurements: float) -> DefectFinding:
-    return DefectFinding(defect_class=cls, box=Box(x1=10, y1=10, x2=50, y2=40), confidence=p, probability=p,
-                         measurements=measurements, source="derived" if cls == "weld_offset" else "detector")
+    return DefectFinding(
+        defect_class=cls,
+        box=Box(x1=10, y1=10, x2=50, y2=40),
+        confidence=p,
+        probability=p,
+        measurements=measurements,
+        source="derived" if cls == "weld_offset" else "detector",
+    )
 
 
 def test_offset_and_spatter_fails_the_cell():
@@ -63,19 +75,26 @@ def test_low_confidence_spatter_goes_to_review_not_fail():
 
 
 def test_count_clause_uses_the_count_distribution():
-    q = InspectionQuery(instruction="at least two spatter", language="en", line="battery_tab",
-                        conditions=[Condition(id="c1", defect_class="spatter", count=CountConstraint(op=Comparator.ge, value=2))],
-                        logic=Logic(op="cond", cond="c1"))
+    q = InspectionQuery(
+        instruction="at least two spatter",
+        language="en",
+        line="battery_tab",
+        conditions=[Condition(id="c1", defect_class="spatter", count=CountConstraint(op=Comparator.ge, value=2))],
+        logic=Logic(op="cond", cond="c1"),
+    )
     one = decide(q, [finding("spatter", 0.99)], LINE, FUSION)
     two = decide(q, [finding("spatter", 0.99), finding("spatter", 0.99)], LINE, FUSION)
     assert one.verdict == "pass" and two.verdict == "fail"
 
 
 def test_not_clause_inverts():
-    q = InspectionQuery(instruction="spatter but no crack", language="en", line="battery_tab",
-                        conditions=[Condition(id="c1", defect_class="spatter"), Condition(id="c2", defect_class="crack")],
-                        logic=Logic(op="and", args=[Logic(op="cond", cond="c1"),
-                                                    Logic(op="not", args=[Logic(op="cond", cond="c2")])]))
+    q = InspectionQuery(
+        instruction="spatter but no crack",
+        language="en",
+        line="battery_tab",
+        conditions=[Condition(id="c1", defect_class="spatter"), Condition(id="c2", defect_class="crack")],
+        logic=Logic(op="and", args=[Logic(op="cond", cond="c1"), Logic(op="not", args=[Logic(op="cond", cond="c2")])]),
+    )
     assert decide(q, [finding("spatter", 0.99)], LINE, FUSION).verdict == "fail"
     assert decide(q, [finding("spatter", 0.99), finding("crack", 0.99)], LINE, FUSION).verdict == "pass"
 

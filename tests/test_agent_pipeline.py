@@ -27,8 +27,9 @@ def cells(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cells")
     paths = {}
     for i, (name, (offset, spatter, _)) in enumerate(CASES.items()):
-        params = BatteryTabParams(force_offset_mm=offset, force_spatter=spatter, force_crack=False, force_burn=False,
-                                  force_missing_weld=False)
+        params = BatteryTabParams(
+            force_offset_mm=offset, force_spatter=spatter, force_crack=False, force_burn=False, force_missing_weld=False
+        )
         image, truth = generate_battery_tab(31_000 + i, params)
         path = folder / f"{name}.png"
         cv2.imwrite(str(path), image)
@@ -80,9 +81,21 @@ def test_cli_inspect_writes_the_jsonl_contract(cells, tmp_path):
     bad = tmp_path / "torn.png"
     bad.write_bytes(b"")
     out = tmp_path / "verdicts.jsonl"
-    result = CliRunner().invoke(app, ["inspect", SEED_INSTRUCTION_ZH, cells["offset_and_spatter"],
-                                      cells["centred_clean"], str(bad), "--out", str(out), "--no-kb",
-                                      "--overlays", str(tmp_path / "ov")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "inspect",
+            SEED_INSTRUCTION_ZH,
+            cells["offset_and_spatter"],
+            cells["centred_clean"],
+            str(bad),
+            "--out",
+            str(out),
+            "--no-kb",
+            "--overlays",
+            str(tmp_path / "ov"),
+        ],
+    )
     assert result.exit_code == 3, result.output  # some images unreadable
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["image"] for r in rows] == [cells["offset_and_spatter"], cells["centred_clean"], str(bad)]

@@ -23,8 +23,9 @@ def tools(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
-    params = BatteryTabParams(force_offset_mm=0.5, force_spatter=True, force_crack=False, force_burn=False,
-                              force_missing_weld=False)
+    params = BatteryTabParams(
+        force_offset_mm=0.5, force_spatter=True, force_crack=False, force_burn=False, force_missing_weld=False
+    )
     image, truth = generate_battery_tab(52_001, params)
     path = tmp_path_factory.mktemp("cell") / "cell.png"
     cv2.imwrite(str(path), image)

@@ -24,8 +24,26 @@ def test_train_base_on_a_merged_mix_keeps_every_line_class(tmp_path: Path) -> No
     b = make_tiny_dataset(tmp_path / "b", n_train=4, n_val=2, seed=1)
     mix = merge_yolo_datasets({"steel": a, "tab": b}, tmp_path / "mix", progress=False)
     out = tmp_path / "base.pt"
-    res = CliRunner().invoke(app, ["train", "base", "--data", str(mix), "--base", "yolov8n.yaml", "--out", str(out),
-                                   "--epochs", "1", "--imgsz", "128", "--batch", "4", "--train-bn-stats"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "base",
+            "--data",
+            str(mix),
+            "--base",
+            "yolov8n.yaml",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--imgsz",
+            "128",
+            "--batch",
+            "4",
+            "--train-bn-stats",
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     model = load_detection_model(out)
     names = model.names if isinstance(model.names, list) else [model.names[i] for i in sorted(model.names)]
@@ -49,8 +67,25 @@ def test_train_base_keeps_batchnorm_statistics_at_the_start_point_by_default(tmp
 
     data = make_tiny_dataset(tmp_path / "a", n_train=4, n_val=2, seed=0)
     out = tmp_path / "base.pt"
-    res = CliRunner().invoke(app, ["train", "base", "--data", str(data), "--base", "yolov8n.yaml", "--out", str(out),
-                                   "--epochs", "1", "--imgsz", "128", "--batch", "4"])  # the default: frozen
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "base",
+            "--data",
+            str(data),
+            "--base",
+            "yolov8n.yaml",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--imgsz",
+            "128",
+            "--batch",
+            "4",
+        ],
+    )  # the default: frozen
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert _batchnorm_drift(load_detection_model(out)) < 1e-6
 

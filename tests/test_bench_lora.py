@@ -13,11 +13,28 @@ def bench(load_benchmark):
 
 
 def _record(job_id: str, method: str, size, rank=None, map50=0.5, reference=True) -> dict:
-    return {"id": job_id, "method": method, "rank": rank, "size": size, "n_train": 800 if size == "all" else size,
-            "epochs": 10, "batch": 16, "imgsz": 320, "reference": reference, "base": "/m/battery_tab.pt",
-            "map50": map50, "map50_95": map50 / 2, "miss_rate": 0.01, "false_alarm_rate": 0.02,
-            "trainable_params": 149_000 if method == "lora" else 3_000_000, "base_params": 3_100_000,
-            "file_bytes": 313_000, "epochs_run": 10, "truncated": False, "train_seconds": 100.0}
+    return {
+        "id": job_id,
+        "method": method,
+        "rank": rank,
+        "size": size,
+        "n_train": 800 if size == "all" else size,
+        "epochs": 10,
+        "batch": 16,
+        "imgsz": 320,
+        "reference": reference,
+        "base": "/m/battery_tab.pt",
+        "map50": map50,
+        "map50_95": map50 / 2,
+        "miss_rate": 0.01,
+        "false_alarm_rate": 0.02,
+        "trainable_params": 149_000 if method == "lora" else 3_000_000,
+        "base_params": 3_100_000,
+        "file_bytes": 313_000,
+        "epochs_run": 10,
+        "truncated": False,
+        "train_seconds": 100.0,
+    }
 
 
 def test_method_names_parse_and_typos_fail(bench):
@@ -66,8 +83,19 @@ def test_second_stage_finds_the_first_stages_file_or_says_which_is_missing(bench
 def test_combine_writes_one_table_and_refuses_mixed_settings(bench, tmp_path):
     def run(name, records, imgsz=320):
         path = tmp_path / name
-        path.write_text(json.dumps({"base": "battery_tab.pt", "imgsz": imgsz, "device": "cpu", "failed": [],
-                                    "wall_seconds": 10.0, "command": name, "records": records}))
+        path.write_text(
+            json.dumps(
+                {
+                    "base": "battery_tab.pt",
+                    "imgsz": imgsz,
+                    "device": "cpu",
+                    "failed": [],
+                    "wall_seconds": 10.0,
+                    "command": name,
+                    "records": records,
+                }
+            )
+        )
         return path
 
     small = run("small.json", [_record("l4", "lora", 50, rank=4), _record("f", "full", 50)])

@@ -137,7 +137,11 @@ def test_subset_is_seeded_and_nested(tmp_path):
     summary = convert_deeppcb(tmp_path / "src", tmp_path / "out", val_groups=("group00002",), progress=False)
     small = subset_data_yaml(summary.data_yaml, 3, seed=1)
     large = subset_data_yaml(summary.data_yaml, 6, seed=1)
-    read = lambda p: (Path(yaml.safe_load(p.read_text())["path"]) / yaml.safe_load(p.read_text())["train"]).read_text().split()  # noqa: E731
+
+    def read(p):
+        data = yaml.safe_load(p.read_text())
+        return (Path(data["path"]) / data["train"]).read_text().split()
+
     assert len(read(small)) == 3 and len(read(large)) == 6
     assert set(read(small)) <= set(read(large))
     assert yaml.safe_load(small.read_text())["val"] == "images/val"
@@ -147,8 +151,9 @@ def test_compact_copy_converts_to_the_same_dataset(tmp_path):
     _make_tree(tmp_path / "src", {"group00001": 2, "group00002": 1})
     write_compact_source(tmp_path / "src", tmp_path / "compact", progress=False)
     a = convert_deeppcb(tmp_path / "src", tmp_path / "a", reference=True, val_groups=("group00002",), progress=False)
-    b = convert_deeppcb(tmp_path / "compact", tmp_path / "b", reference=True, val_groups=("group00002",),
-                        progress=False)
+    b = convert_deeppcb(
+        tmp_path / "compact", tmp_path / "b", reference=True, val_groups=("group00002",), progress=False
+    )
     assert a.boxes == b.boxes
     for img in (tmp_path / "a" / "images" / "train").iterdir():
         other = tmp_path / "b" / "images" / "train" / img.name

@@ -32,13 +32,20 @@ def battery_crops():
     from vision.detection import Box
 
     crops: dict[str, list[np.ndarray]] = {"spatter": [], "crack": [], "burn": [], "clean": []}
-    for seed, force in ((101, "spatter"), (102, "crack"), (103, "burn"), (104, "spatter"), (105, "crack"),
-                        (106, "burn")):
+    for seed, force in (
+        (101, "spatter"),
+        (102, "crack"),
+        (103, "burn"),
+        (104, "spatter"),
+        (105, "crack"),
+        (106, "burn"),
+    ):
         params = BatteryTabParams(**{f"force_{force}": True})
         image, truth = generate_battery_tab(seed, params)
         crops[force].extend(crop_region(image, b) for b in truth.boxes(force)[:2])
-        clean, _ = generate_battery_tab(seed + 1000, BatteryTabParams(force_spatter=False, force_crack=False,
-                                                                      force_burn=False))
+        clean, _ = generate_battery_tab(
+            seed + 1000, BatteryTabParams(force_spatter=False, force_crack=False, force_burn=False)
+        )
         tab = truth.boxes("tab")[0]
         cx, cy = tab.x1 + 0.2 * tab.width, tab.y1 + 0.2 * tab.height  # tab corner area, away from the weld
         crops["clean"].append(crop_region(clean, Box(x1=cx - 30, y1=cy - 30, x2=cx + 30, y2=cy + 30)))
@@ -78,8 +85,10 @@ def test_chinese_words_are_not_unknown_tokens(embedder):
 def test_crops_are_closer_to_their_class_text(embedder, battery_crops):
     line = load_line("battery_tab")
     names = ["spatter", "crack", "burn"]
-    texts = {"en": [line.class_spec(n).description.en[0] for n in names],
-             "zh": [line.class_spec(n).description.zh[0] for n in names]}
+    texts = {
+        "en": [line.class_spec(n).description.en[0] for n in names],
+        "zh": [line.class_spec(n).description.zh[0] for n in names],
+    }
     for lang, t in texts.items():
         txt = embedder.embed_texts(t)
         correct = total = 0

@@ -47,9 +47,18 @@ def test_tiny_training_run_round_trips(tmp_path, monkeypatch):
     from vision.embedder.train import TrainSettings, train_embedder
 
     out = tmp_path / "tiny.pt"
-    report = train_embedder(TrainSettings(out=out, lines=["battery_tab"], battery_train_images=8,
-                                          battery_val_images=4, steps=20, zh_steps=2, eval_every=1000,
-                                          progress=False))
+    report = train_embedder(
+        TrainSettings(
+            out=out,
+            lines=["battery_tab"],
+            battery_train_images=8,
+            battery_val_images=4,
+            steps=20,
+            zh_steps=2,
+            eval_every=1000,
+            progress=False,
+        )
+    )
     assert report.size_bytes < 5_000_000 and report.added_tokens > 50
     payload = torch.load(out, weights_only=True)
     assert set(payload["towers"]) == {"image", "text"} and len(payload["towers"]["text"]["sha256"]) == 64

@@ -18,9 +18,24 @@ def test_pcb_query_eval_on_a_few_boards(shared_datasets, tmp_path):
     boards = [p for p in scan_deeppcb(root) if split_of(p.group) == "val"][:3]
     with_short = sum(any(c == 1 for c, _ in parse_annotation(p.annotation.read_text())) for p in boards)
     out = tmp_path / "pcb.json"
-    result = CliRunner().invoke(app, ["eval", "queries", "--line", "pcb", "--max-boards", "3", "--no-kb",
-                                      "-i", "find boards with a short", "-i", "boards with more than five defects",
-                                      "--json", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "queries",
+            "--line",
+            "pcb",
+            "--max-boards",
+            "3",
+            "--no-kb",
+            "-i",
+            "find boards with a short",
+            "-i",
+            "boards with more than five defects",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["boards"] == 3 and report["clean_boards"] == 3
@@ -47,8 +62,19 @@ def test_inspect_pcb_boards_with_their_templates(shared_datasets, tmp_path):
     lonely = boards / "99999999_test.jpg"
     shutil.copy(pairs[0].test, lonely)  # a board whose template is missing
     out = tmp_path / "v.jsonl"
-    result = CliRunner().invoke(app, ["inspect", "find boards with a short or an open circuit", str(boards),
-                                      "--line", "pcb", "--no-kb", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "inspect",
+            "find boards with a short or an open circuit",
+            str(boards),
+            "--line",
+            "pcb",
+            "--no-kb",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 3, result.output  # one image could not be inspected
     verdicts = {json.loads(line)["image"]: json.loads(line) for line in out.read_text().splitlines()}
     assert len(verdicts) == 3  # templates are references, not boards
@@ -64,10 +90,14 @@ def test_family_figures_weigh_queries_alike_and_pool_decisions():
     every (query, image) decision once."""
     from agent.evaluation import QueryScore, family_scores
 
-    rows = [QueryScore(instruction="a", family="count", precision=0.5, recall=1.0, returned=2, expected=1,
-                       correct=1, review=0),
-            QueryScore(instruction="b", family="count", precision=1.0, recall=0.9, returned=90, expected=100,
-                       correct=90, review=0)]
+    rows = [
+        QueryScore(
+            instruction="a", family="count", precision=0.5, recall=1.0, returned=2, expected=1, correct=1, review=0
+        ),
+        QueryScore(
+            instruction="b", family="count", precision=1.0, recall=0.9, returned=90, expected=100, correct=90, review=0
+        ),
+    ]
     (fam,) = family_scores(rows)
     assert fam.precision_mean == pytest.approx(0.75) and fam.precision_min == 0.5
     assert fam.precision_pooled == pytest.approx(91 / 92) and fam.recall_pooled == pytest.approx(91 / 101)

@@ -12,14 +12,25 @@ from vision.detection import Box
 
 
 def _f(cls: str, x: float, conf: float, texture: float | None = None, source: str = "detector") -> DefectFinding:
-    return DefectFinding(defect_class=cls, box=Box(x1=x, y1=0, x2=x + 10, y2=10), confidence=conf,
-                         probability=conf, texture_score=texture, source=source)
+    return DefectFinding(
+        defect_class=cls,
+        box=Box(x1=x, y1=0, x2=x + 10, y2=10),
+        confidence=conf,
+        probability=conf,
+        texture_score=texture,
+        source=source,
+    )
 
 
 def test_matching_is_one_to_one_by_class_and_overlap():
     truth = [("crack", Box(x1=0, y1=0, x2=10, y2=10))]
-    found = [_f("crack", 1, 0.6), _f("crack", 0, 0.9), _f("burn", 0, 0.95), _f("crack", 50, 0.99),
-             _f("weld_offset", 0, 0.99, source="derived")]
+    found = [
+        _f("crack", 1, 0.6),
+        _f("crack", 0, 0.9),
+        _f("burn", 0, 0.95),
+        _f("crack", 50, 0.99),
+        _f("weld_offset", 0, 0.99, source="derived"),
+    ]
     labels = {(f.defect_class, f.box.x1): y for f, y in label_findings(found, truth)}
     # the most confident overlapping crack takes the box; the second one is a duplicate, i.e. a false detection
     assert labels == {("crack", 0): 1, ("crack", 1): 0, ("burn", 0): 0, ("crack", 50): 0}
@@ -51,8 +62,9 @@ def test_fit_measures_how_much_larger_the_boxes_are_than_the_annotations():
     samples = []
     for i in range(40):
         truth = [("crack", Box(x1=20, y1=20, x2=60, y2=50))]
-        grown = DefectFinding(defect_class="crack", box=Box(x1=18, y1=18, x2=62, y2=52), confidence=0.9,
-                              probability=0.9)  # 4 px wider and taller
+        grown = DefectFinding(
+            defect_class="crack", box=Box(x1=18, y1=18, x2=62, y2=52), confidence=0.9, probability=0.9
+        )  # 4 px wider and taller
         samples.append(([grown, _f("crack", 200, 0.3)] if i % 2 else [grown], truth))
     assert fit_on(samples, fitted_on="test").weights.box_margin_px == pytest.approx(4.0)
 
@@ -78,8 +90,9 @@ def test_measurements_take_the_fitted_box_margin_off():
 def test_calibrate_fusion_cli_on_generated_cells(tmp_path):
     from agent.cli import app
 
-    result = CliRunner().invoke(app, ["calibrate", "--line", "battery_tab", "--fusion", "--n", "10", "--seed", "31",
-                                      "--dry-run"])
+    result = CliRunner().invoke(
+        app, ["calibrate", "--line", "battery_tab", "--fusion", "--n", "10", "--seed", "31", "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert "detections" in result.output and "ECE" in result.output and "stored" not in result.output
 

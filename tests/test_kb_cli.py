@@ -31,9 +31,29 @@ def test_cli_round_trip(cli, tmp_path: Path) -> None:
     kb = str(tmp_path / "kb")
     red = make_image(tmp_path / "red.png", "red")
     blue = make_image(tmp_path / "blue.png", "blue")
-    r = cli("kb", "add", str(red), "--line", "battery_tab", "--class", "spatter", "--disposition", "rework",
-            "--report", "weld spatter", "--root-cause", "high current", "--action", "lower current",
-            "--box", "2,2,40,40", "--measurement", "offset_mm=0.3", "--kb", kb)
+    r = cli(
+        "kb",
+        "add",
+        str(red),
+        "--line",
+        "battery_tab",
+        "--class",
+        "spatter",
+        "--disposition",
+        "rework",
+        "--report",
+        "weld spatter",
+        "--root-cause",
+        "high current",
+        "--action",
+        "lower current",
+        "--box",
+        "2,2,40,40",
+        "--measurement",
+        "offset_mm=0.3",
+        "--kb",
+        kb,
+    )
     assert r.exit_code == 0, r.output
     assert "added case 1" in r.output
     r = cli("kb", "add", str(blue), "--line", "pcb", "--class", "short", "--disposition", "scrap", "--kb", kb)
@@ -77,7 +97,9 @@ def test_cli_round_trip(cli, tmp_path: Path) -> None:
 def test_cli_verify_exit_code_and_rebuild(cli, tmp_path: Path) -> None:
     kb = str(tmp_path / "kb")
     img = make_image(tmp_path / "a.png", "grey")
-    assert cli("kb", "add", str(img), "--line", "l", "--class", "c", "--disposition", "accept", "--kb", kb).exit_code == 0
+    assert (
+        cli("kb", "add", str(img), "--line", "l", "--class", "c", "--disposition", "accept", "--kb", kb).exit_code == 0
+    )
     (tmp_path / "kb" / "index" / "vectors.faiss").write_bytes(b"garbage")
     r = cli("kb", "verify", "--kb", kb)
     assert r.exit_code == 1 and "corrupt" in r.output and "defect-agent kb rebuild" in r.output
@@ -90,8 +112,9 @@ def test_cli_verify_exit_code_and_rebuild(cli, tmp_path: Path) -> None:
 
 def test_cli_import_reports_bad_rows_with_exit_3(cli, tmp_path: Path) -> None:
     make_image(tmp_path / "a.png", "red")
-    (tmp_path / "cases.csv").write_text("image,line,class,disposition\na.png,battery_tab,spatter,rework\n"
-                                        "a.png,battery_tab,spatter,sometimes\n")
+    (tmp_path / "cases.csv").write_text(
+        "image,line,class,disposition\na.png,battery_tab,spatter,rework\na.png,battery_tab,spatter,sometimes\n"
+    )
     r = cli("kb", "import", str(tmp_path), "--kb", str(tmp_path / "kb"))
     assert r.exit_code == 3
     assert "imported 1 of 2" in r.output and "line 3" in r.output

@@ -20,8 +20,9 @@ def _writer(kb_dir: str, worker: int, image: str, start_evt) -> list[int]:
     with KnowledgeBase.open(Path(kb_dir)) as kb:
         for i in range(PER_WORKER):
             seed = worker * 1000 + i
-            case = kb.add(case_input(Path(image), report=f"worker {worker} case {i}"), vector=unit(seed),
-                          model_version="m1")
+            case = kb.add(
+                case_input(Path(image), report=f"worker {worker} case {i}"), vector=unit(seed), model_version="m1"
+            )
             ids.append(case.id)
             if i % 10 == 0:  # interleave reads with the other process's writes
                 kb.search_by_vector(unit(seed), k=3)

@@ -82,9 +82,11 @@ def test_rows_changed_behind_the_index_are_found_and_fixed(tmp_path: Path) -> No
         assert kb.verify().index_count == 9
 
     raw = sqlite3.connect(tmp_path / "kb" / DB_NAME)
-    raw.execute("INSERT INTO cases (line, defect_class, image_path, image_sha256, disposition, created_at, updated_at)"
-                " VALUES ('battery_tab', 'crack', 'images/x.png', 'x', 'scrap', '2025-01-01T00:00:00.000000+00:00',"
-                " '2025-01-01T00:00:00.000000+00:00')")
+    raw.execute(
+        "INSERT INTO cases (line, defect_class, image_path, image_sha256, disposition, created_at, updated_at)"
+        " VALUES ('battery_tab', 'crack', 'images/x.png', 'x', 'scrap', '2025-01-01T00:00:00.000000+00:00',"
+        " '2025-01-01T00:00:00.000000+00:00')"
+    )
     new_id = raw.execute("SELECT MAX(id) FROM cases").fetchone()[0]
     raw.execute("INSERT INTO vectors VALUES (?, 'm1', 32, ?)", (new_id, unit(77).astype("<f4").tobytes()))
     raw.commit()
@@ -121,10 +123,12 @@ def test_migrations_upgrade_an_old_schema(tmp_path: Path) -> None:
     from knowledge_base.images import ImageStore
 
     stored = ImageStore(kb_dir).put(img.read_bytes(), ".png")
-    raw.execute("INSERT INTO cases (line, defect_class, image_path, image_sha256, report, disposition, created_at,"
-                " updated_at) VALUES ('battery_tab', 'spatter', ?, ?, 'old weld spatter report', 'rework',"
-                " '2023-05-01T00:00:00.000000+00:00', '2023-05-01T00:00:00.000000+00:00')",
-                (stored.rel_path, stored.sha256))
+    raw.execute(
+        "INSERT INTO cases (line, defect_class, image_path, image_sha256, report, disposition, created_at,"
+        " updated_at) VALUES ('battery_tab', 'spatter', ?, ?, 'old weld spatter report', 'rework',"
+        " '2023-05-01T00:00:00.000000+00:00', '2023-05-01T00:00:00.000000+00:00')",
+        (stored.rel_path, stored.sha256),
+    )
     raw.execute("INSERT INTO vectors VALUES (1, 'm1', 32, ?)", (unit(5).astype("<f4").tobytes(),))
     raw.execute("INSERT INTO meta VALUES ('dim', '32'), ('model_version', 'm1')")
     raw.close()

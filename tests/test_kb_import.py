@@ -22,16 +22,16 @@ def test_csv_with_bad_rows_imports_the_good_ones(tmp_path: Path) -> None:
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not an image")
     csv = tmp_path / "cases.csv"
     csv.write_text(
-        HEADER
-        + 'imgs/a.png,battery_tab,spatter,rework,"4,4,40,30",spatter on weld,current high,lower current,li,'
-          '"{""offset_mm"": 0.3}",2024-03-01\n'                                       # line 2: good
-        + "imgs/missing.png,battery_tab,spatter,rework,,,,,,,\n"                          # line 3: no such file
-        + "imgs/b.png,battery_tab,crack,maybe,,,,,,,\n"                                   # line 4: bad disposition
-        + "imgs/broken.png,battery_tab,crack,scrap,,,,,,,\n"                              # line 5: not an image
-        + 'imgs/b.png,battery_tab,crack,scrap,"1,2,3",,,,,,\n'                            # line 6: bad box
-        + "imgs/b.png,pcb,crack,scrap,,hairline crack,,,,,\n"                             # line 7: good
-        + ",battery_tab,crack,scrap,,,,,,,\n",                                            # line 8: no image
-        encoding="utf-8")
+        HEADER + 'imgs/a.png,battery_tab,spatter,rework,"4,4,40,30",spatter on weld,current high,lower current,li,'
+        '"{""offset_mm"": 0.3}",2024-03-01\n'  # line 2: good
+        + "imgs/missing.png,battery_tab,spatter,rework,,,,,,,\n"  # line 3: no such file
+        + "imgs/b.png,battery_tab,crack,maybe,,,,,,,\n"  # line 4: bad disposition
+        + "imgs/broken.png,battery_tab,crack,scrap,,,,,,,\n"  # line 5: not an image
+        + 'imgs/b.png,battery_tab,crack,scrap,"1,2,3",,,,,,\n'  # line 6: bad box
+        + "imgs/b.png,pcb,crack,scrap,,hairline crack,,,,,\n"  # line 7: good
+        + ",battery_tab,crack,scrap,,,,,,,\n",  # line 8: no image
+        encoding="utf-8",
+    )
     with KnowledgeBase.open(tmp_path / "kb", embedder=HistogramEmbedder()) as kb:
         report = import_cases(kb, csv, progress=False)
         assert report.rows == 7 and len(report.imported) == 2
@@ -48,9 +48,17 @@ def test_csv_with_bad_rows_imports_the_good_ones(tmp_path: Path) -> None:
 def test_folder_with_jsonl_sidecar(tmp_path: Path) -> None:
     folder = tmp_path / "batch"
     make_image(folder / "x.png", "green")
-    lines = [{"image": "x.png", "line": "battery_tab", "defect_class": "burn", "disposition": "scrap",
-              "box": [2, 2, 30, 30], "report": "burn mark"},
-             {"image": "x.png", "line": "battery_tab", "disposition": "scrap"}]
+    lines = [
+        {
+            "image": "x.png",
+            "line": "battery_tab",
+            "defect_class": "burn",
+            "disposition": "scrap",
+            "box": [2, 2, 30, 30],
+            "report": "burn mark",
+        },
+        {"image": "x.png", "line": "battery_tab", "disposition": "scrap"},
+    ]
     (folder / "cases.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{oops\n", encoding="utf-8")
     with KnowledgeBase.open(tmp_path / "kb", embedder=HistogramEmbedder()) as kb:
         report = import_cases(kb, folder, progress=False)
@@ -80,8 +88,10 @@ def test_export_with_vectors_reimports_without_embedder(tmp_path: Path) -> None:
     make_image(tmp_path / "a.png", "red")
     make_image(tmp_path / "b.png", "blue")
     csv = tmp_path / "c.csv"
-    csv.write_text(HEADER + "a.png,battery_tab,spatter,rework,,weld spatter,,,,,\n"
-                   "b.png,pcb,short,scrap,,copper short,,,,,2023-01-02T03:04:05\n")
+    csv.write_text(
+        HEADER + "a.png,battery_tab,spatter,rework,,weld spatter,,,,,\n"
+        "b.png,pcb,short,scrap,,copper short,,,,,2023-01-02T03:04:05\n"
+    )
     with KnowledgeBase.open(src, embedder=HistogramEmbedder()) as kb:
         import_cases(kb, csv, progress=False)
         kb.export(tmp_path / "all.jsonl", include_vectors=True)

@@ -35,8 +35,11 @@ def test_each_crop_finds_itself_and_its_class(kb):
 
 
 def test_text_search_names_the_class(kb):
-    for text, cls in [("spatter beads around the weld", "spatter"), ("极耳上有细长的暗色裂纹", "crack"),
-                      ("dark burn mark with discoloured edges", "burn")]:
+    for text, cls in [
+        ("spatter beads around the weld", "spatter"),
+        ("极耳上有细长的暗色裂纹", "crack"),
+        ("dark burn mark with discoloured edges", "burn"),
+    ]:
         hits = kb.search_by_text(text, k=3, line="battery_tab")
         assert hits[0].defect_class == cls, (text, [h.defect_class for h in hits])
 

@@ -31,8 +31,14 @@ def _ids(hits) -> list[int]:
 
 
 def test_add_search_edit_remove_are_visible_at_once(kb: KnowledgeBase, tmp_path: Path) -> None:
-    red = kb.add(case_input(make_image(tmp_path / "red.png", "red"), report="spatter on the weld",
-                            root_cause="dirty electrode", corrective_action="clean electrode"))
+    red = kb.add(
+        case_input(
+            make_image(tmp_path / "red.png", "red"),
+            report="spatter on the weld",
+            root_cause="dirty electrode",
+            corrective_action="clean electrode",
+        )
+    )
     blue = kb.add(case_input(make_image(tmp_path / "blue.png", "blue"), defect_class="crack", disposition="scrap"))
     query = cv2.imread(str(make_image(tmp_path / "q.png", "red", seed=9)))
 

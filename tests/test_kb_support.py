@@ -58,8 +58,13 @@ class HistogramEmbedder:
         return out
 
 
-COLOURS = {"red": (30, 30, 220), "green": (40, 200, 40), "blue": (210, 60, 30), "grey": (128, 128, 128),
-           "yellow": (30, 220, 230)}
+COLOURS = {
+    "red": (30, 30, 220),
+    "green": (40, 200, 40),
+    "blue": (210, 60, 30),
+    "grey": (128, 128, 128),
+    "yellow": (30, 220, 230),
+}
 
 
 def make_image(path: Path, colour: str | tuple[int, int, int], seed: int = 0, size: tuple[int, int] = (64, 48)) -> Path:
@@ -73,8 +78,9 @@ def make_image(path: Path, colour: str | tuple[int, int, int], seed: int = 0, si
     return path
 
 
-def case_input(image: Path, line: str = "battery_tab", defect_class: str = "spatter", disposition: str = "rework",
-               **extra) -> CaseInput:
+def case_input(
+    image: Path, line: str = "battery_tab", defect_class: str = "spatter", disposition: str = "rework", **extra
+) -> CaseInput:
     return CaseInput(line=line, defect_class=defect_class, image_path=str(image), disposition=disposition, **extra)
 
 

@@ -28,8 +28,9 @@ def app() -> typer.Typer:
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="models/locator/battery_tab.pt not trained yet")
 def test_eval_generates_a_fresh_test_set_and_reports(app, tmp_path):
     out = tmp_path / "m.json"
-    res = CliRunner().invoke(app, ["eval", "locator", "--line", "battery_tab", "--generate", "12", "--seed", "1001",
-                                   "--json", str(out)])
+    res = CliRunner().invoke(
+        app, ["eval", "locator", "--line", "battery_tab", "--generate", "12", "--seed", "1001", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     for text in ("mAP50", "mAP50-95", "spatter", "weld", "image-level miss rate"):
         assert text in res.output
@@ -47,8 +48,27 @@ def test_train_on_a_tiny_generated_set_writes_weights(app, tmp_path):
 
     data = write_yolo_dataset(tmp_path / "ds", n_train=6, n_val=2, seed=3)
     out = tmp_path / "w" / "bt.pt"
-    res = CliRunner().invoke(app, ["train", "locator", "--line", "battery_tab", "--data", str(data), "--base",
-                                   "yolov8n.yaml", "--epochs", "1", "--imgsz", "128", "--batch", "4", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "locator",
+            "--line",
+            "battery_tab",
+            "--data",
+            str(data),
+            "--base",
+            "yolov8n.yaml",
+            "--epochs",
+            "1",
+            "--imgsz",
+            "128",
+            "--batch",
+            "4",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert out.is_file() and "wrote" in res.output
 

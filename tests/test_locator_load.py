@@ -105,6 +105,7 @@ def test_import_predict_and_val_never_touch_the_network(tmp_path, monkeypatch):
         def _blocked(*args, **kwargs):
             attempts.append(f"{name}{args[:2]}")
             raise OSError("network disabled in tests")
+
         return _blocked
 
     monkeypatch.setattr(socket, "getaddrinfo", spy("getaddrinfo"))

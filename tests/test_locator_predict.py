@@ -51,8 +51,9 @@ def test_tab_and_weld_boxes_match_the_truth(locator, seed):
 
 
 def test_each_planted_defect_class_is_found(locator):
-    images, truths = zip(*(_case(90010 + i, **{f"force_{name}": True})
-                           for i, name in enumerate(("spatter", "crack", "burn"))))
+    images, truths = zip(
+        *(_case(90010 + i, **{f"force_{name}": True}) for i, name in enumerate(("spatter", "crack", "burn")))
+    )
     results = locator.predict(list(images))
     for name, dets, truth in zip(("spatter", "crack", "burn"), results, truths):
         hits = [d for d in dets if d.defect_class == name]

@@ -19,8 +19,9 @@ SHIPPED = resolve("models/locator/battery_tab.pt")
 NAMES = ["square", "disc"]
 
 
-def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, size: int = 128, seed: int = 0,
-                      empty_val: int = 0) -> Path:
+def make_tiny_dataset(
+    root: Path, n_train: int = 8, n_val: int = 4, size: int = 128, seed: int = 0, empty_val: int = 0
+) -> Path:
     """Grey background, one bright square (class 0) and one red disc (class 1) per image; `empty_val` defect-free
     validation images at the end."""
     rng = np.random.default_rng(seed)
@@ -56,8 +57,9 @@ def trained(tiny, tmp_path_factory):
     from vision.locator.train import train_locator
 
     out = tmp_path_factory.mktemp("out") / "tiny.pt"
-    return train_locator(tiny, "yolov8n.yaml", out, epochs=1, imgsz=128, batch=4,
-                         run_dir=tmp_path_factory.mktemp("runs"))
+    return train_locator(
+        tiny, "yolov8n.yaml", out, epochs=1, imgsz=128, batch=4, run_dir=tmp_path_factory.mktemp("runs")
+    )
 
 
 def test_one_epoch_from_scratch_gives_finite_loss_and_a_loadable_file(trained):
@@ -82,13 +84,20 @@ def test_one_epoch_from_scratch_gives_finite_loss_and_a_loadable_file(trained):
 def test_head_only_fine_tuning_keeps_the_backbone(tiny, tmp_path):
     from vision.locator.train import train_locator
 
-    res = train_locator(tiny, SHIPPED, tmp_path / "head.pt", epochs=1, imgsz=128, batch=4, freeze=10,
-                        run_dir=tmp_path / "runs")
+    res = train_locator(
+        tiny, SHIPPED, tmp_path / "head.pt", epochs=1, imgsz=128, batch=4, freeze=10, run_dir=tmp_path / "runs"
+    )
     before = torch.load(SHIPPED, map_location="cpu", weights_only=False)["model"].float().state_dict()
     after = torch.load(res.weights, map_location="cpu", weights_only=False)["model"].float().state_dict()
     backbone = [k for k in after if k.startswith(tuple(f"model.{i}." for i in range(10))) and "num_batches" not in k]
-    head = [k for k in after if k.startswith("model.22.") and k in before and after[k].shape == before[k].shape
-            and after[k].is_floating_point()]
+    head = [
+        k
+        for k in after
+        if k.startswith("model.22.")
+        and k in before
+        and after[k].shape == before[k].shape
+        and after[k].is_floating_point()
+    ]
     assert backbone and head
     # frozen: equal up to the fp16 rounding of the EMA copy; trained: moved well beyond it
     assert all(torch.allclose(before[k], after[k], rtol=1e-3, atol=1e-5) for k in backbone)
@@ -116,8 +125,9 @@ def test_missing_split_is_refused_before_training(tmp_path):
     from vision.locator.train import train_locator
 
     data = tmp_path / "data.yaml"
-    data.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: [a]\n"
-                    "download: https://example.com/data.zip\n")
+    data.write_text(
+        f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: [a]\ndownload: https://example.com/data.zip\n"
+    )
     with pytest.raises(EmptyInput, match="train images not found"):
         train_locator(data, "yolov8n.yaml", tmp_path / "x.pt", epochs=1, imgsz=64, batch=2)
 
@@ -151,11 +161,13 @@ def test_eval_square_protocol_validates_unpadded_input_too(trained, tiny):
     def val_recording_input(**kw):
         # the input tensor shape each validator saw: padded rect batches vs square ones
         from ultralytics.models.yolo.detect import DetectionValidator
+
         original = DetectionValidator.preprocess
 
         def preprocess(self, batch):
             shapes.append(tuple(batch["img"].shape[-2:]))
             return original(self, batch)
+
         DetectionValidator.preprocess = preprocess
         try:
             return real_val(**kw)

@@ -104,8 +104,10 @@ def test_injection_trains_only_lora_and_class_head(base_path):
     assert not any(".dfl" in t for t in targets) and not set(heads) & set(targets)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # folded: statistics cannot move
     rank = 4
-    expected_lora = sum(rank * (convs[t].in_channels * convs[t].kernel_size[0] * convs[t].kernel_size[1]
-                                + convs[t].out_channels) for t in targets)
+    expected_lora = sum(
+        rank * (convs[t].in_channels * convs[t].kernel_size[0] * convs[t].kernel_size[1] + convs[t].out_channels)
+        for t in targets
+    )
     expected_head = sum(convs[h].in_channels * len(PCB_NAMES) + len(PCB_NAMES) for h in heads)
 
     add_lora(model, "pcb", PCB_NAMES, LoraSettings(rank=rank))
@@ -275,18 +277,27 @@ def test_load_adapted_yolo_predicts_and_locator_uses_it(base_path, adapters):
     img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     res = yolo.predict(img, imgsz=64, conf=0.0, iou=0.5, device="cpu", verbose=False)[0]  # no fuse error on LoRA layers
     assert len(res.boxes) > 0 and int(res.boxes.cls.max()) < len(PCB_NAMES)
-    line = LineConfig.model_validate({
-        "name": "pcb", "calibration": {"mm_per_px": 0.02},
-        "classes": [{"name": n} for n in PCB_NAMES],
-        "locator": {"weights": str(base_path), "base": str(base_path), "adapter": str(adapters["pcb"]),
-                    "imgsz": 64, "conf": 0.0},
-    })
+    line = LineConfig.model_validate(
+        {
+            "name": "pcb",
+            "calibration": {"mm_per_px": 0.02},
+            "classes": [{"name": n} for n in PCB_NAMES],
+            "locator": {
+                "weights": str(base_path),
+                "base": str(base_path),
+                "adapter": str(adapters["pcb"]),
+                "imgsz": 64,
+                "conf": 0.0,
+            },
+        }
+    )
     locator = Locator.from_line(line)
     dets = locator.predict([img])[0]
     assert dets and {d.defect_class for d in dets} <= set(PCB_NAMES)
     assert "+pcb.safetensors@" in locator.version
-    np.testing.assert_allclose(sorted(d.confidence for d in dets)[-5:],
-                               sorted(res.boxes.conf.numpy().tolist())[-5:], rtol=1e-5)
+    np.testing.assert_allclose(
+        sorted(d.confidence for d in dets)[-5:], sorted(res.boxes.conf.numpy().tolist())[-5:], rtol=1e-5
+    )
 
 
 def test_adapter_over_another_base_is_refused(adapters, tmp_path):
@@ -335,11 +346,20 @@ def test_pool_shares_one_base_across_lines_with_fresh_detections(base_path, adap
         locator = {"weights": str(base_path), "imgsz": 64, "conf": 0.0}
         if adapter:
             locator.update(base=str(base_path), adapter=str(adapters[adapter]))
-        return LineConfig.model_validate({"name": name, "calibration": {"mm_per_px": 0.02},
-                                          "classes": [{"name": n} for n in names], "locator": locator})
+        return LineConfig.model_validate(
+            {
+                "name": name,
+                "calibration": {"mm_per_px": 0.02},
+                "classes": [{"name": n} for n in names],
+                "locator": locator,
+            }
+        )
 
-    lines = [line("pcb", PCB_NAMES, "pcb"), line("steel", OTHER_NAMES, "steel"),
-             line("plain", model_class_names(load_detection_model(base_path)), None)]
+    lines = [
+        line("pcb", PCB_NAMES, "pcb"),
+        line("steel", OTHER_NAMES, "steel"),
+        line("plain", model_class_names(load_detection_model(base_path)), None),
+    ]
     img = (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)
     fresh = {ln.name: Locator.from_line(ln).predict([img])[0] for ln in lines}
     pool = LocatorPool()
@@ -348,8 +368,9 @@ def test_pool_shares_one_base_across_lines_with_fresh_detections(base_path, adap
     for name in ["steel", "pcb", "plain", "steel", "plain", "pcb"]:
         got = pooled[name].predict([img])[0]
         want = fresh[name]
-        assert [(d.defect_class, d.box, round(d.confidence, 5)) for d in got] == \
-            [(d.defect_class, d.box, round(d.confidence, 5)) for d in want], name
+        assert [(d.defect_class, d.box, round(d.confidence, 5)) for d in got] == [
+            (d.defect_class, d.box, round(d.confidence, 5)) for d in want
+        ], name
     assert pool.locator(lines[0]).version == pooled["pcb"].version and "+pcb.safetensors@" in pooled["pcb"].version
 
 
@@ -476,8 +497,9 @@ def test_dora_magnitudes_are_per_line_saved_switched_and_merged(base_path, tmp_p
     torch.testing.assert_close(_forward(shared), adapted, rtol=1e-4, atol=1e-4)
 
     # ultralytics' AutoBackend makes CPU models channels_last before validating or predicting
-    torch.testing.assert_close(_forward(copy.deepcopy(shared).to(memory_format=torch.channels_last)), adapted,
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        _forward(copy.deepcopy(shared).to(memory_format=torch.channels_last)), adapted, rtol=1e-4, atol=1e-4
+    )
 
     merged = merge_into_base(shared, "pcb")
     _set_head_shape(merged, BASE_NAMES)

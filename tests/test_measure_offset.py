@@ -59,8 +59,12 @@ def test_offset_survives_detector_box_error(samples):
 
 @pytest.mark.parametrize("direction", [0.0, 135.0, 250.0])
 def test_planted_offset_is_measured(direction):
-    img, truth = generate_battery_tab(31, BatteryTabParams(force_offset_mm=0.5, force_offset_angle_deg=direction,
-                                                           force_missing_weld=False, force_spatter=True))
+    img, truth = generate_battery_tab(
+        31,
+        BatteryTabParams(
+            force_offset_mm=0.5, force_offset_angle_deg=direction, force_missing_weld=False, force_spatter=True
+        ),
+    )
     found = measure_findings(img, _dets(truth, 3.0, np.random.default_rng(1)), LINE)
     (off,) = [m for m in found if m.defect_class == "weld_offset"]
     assert off.measurements["offset_mm"] == pytest.approx(0.5, abs=0.05)
@@ -70,11 +74,20 @@ def test_planted_offset_is_measured(direction):
 
 
 def test_planted_offset_under_a_diffuse_light():
-    dome = BatteryTabParams(force_offset_mm=0.35, force_missing_weld=False, force_burn=True,
-                            knurl_directional=(0.1, 0.35), knurl_relief=45.0, supersample=3)
+    dome = BatteryTabParams(
+        force_offset_mm=0.35,
+        force_missing_weld=False,
+        force_burn=True,
+        knurl_directional=(0.1, 0.35),
+        knurl_relief=45.0,
+        supersample=3,
+    )
     img, truth = generate_battery_tab(44, dome)
-    (off,) = [m for m in measure_findings(img, _dets(truth, 3.0, np.random.default_rng(2)), LINE)
-              if m.defect_class == "weld_offset"]
+    (off,) = [
+        m
+        for m in measure_findings(img, _dets(truth, 3.0, np.random.default_rng(2)), LINE)
+        if m.defect_class == "weld_offset"
+    ]
     assert off.measurements["offset_mm"] == pytest.approx(0.35, abs=0.02)
 
 
@@ -105,8 +118,12 @@ def test_weld_outside_the_tab_does_not_pair():
 
 @pytest.mark.parametrize("name", ["burn", "crack"])
 def test_defect_sizes_in_mm(name):
-    img, truth = generate_battery_tab(21, BatteryTabParams(force_burn=name == "burn", force_crack=name == "crack",
-                                                           force_spatter=False, force_missing_weld=False))
+    img, truth = generate_battery_tab(
+        21,
+        BatteryTabParams(
+            force_burn=name == "burn", force_crack=name == "crack", force_spatter=False, force_missing_weld=False
+        ),
+    )
     (m,) = [f.measurements for f in measure_findings(img, _dets(truth), LINE) if f.source == "detector"]
     box = truth.boxes(name)[0]
     assert m["length_mm"] == pytest.approx(max(box.width, box.height) * MM)
@@ -121,8 +138,10 @@ def test_defect_sizes_in_mm(name):
 
 def test_blank_image_falls_back_to_box_centres():
     img = np.full((480, 640, 3), 128, np.uint8)
-    dets = [Detection(defect_class="tab", box=Box(x1=100, y1=100, x2=400, y2=380), confidence=0.9),
-            Detection(defect_class="weld", box=Box(x1=200, y1=180, x2=380, y2=290), confidence=0.7)]
+    dets = [
+        Detection(defect_class="tab", box=Box(x1=100, y1=100, x2=400, y2=380), confidence=0.9),
+        Detection(defect_class="weld", box=Box(x1=200, y1=180, x2=380, y2=290), confidence=0.7),
+    ]
     (off,) = measure_findings(img, dets, LINE)
     assert off.measurements["refined"] == 0.0 and off.confidence == 0.7
     assert off.measurements["offset_mm"] == pytest.approx(math.dist((290, 235), (250, 240)) * MM)
@@ -138,16 +157,24 @@ def test_tab_edges_give_angle_and_size():
 
 
 def test_line_without_derived_defects_gets_sizes_only():
-    line = LineConfig.model_validate({
-        "name": "pcb", "calibration": {"mm_per_px": 0.05}, "locator": {"weights": "models/locator/pcb.pt"},
-        "classes": [{"name": "open"}, {"name": "short"}],
-    })
+    line = LineConfig.model_validate(
+        {
+            "name": "pcb",
+            "calibration": {"mm_per_px": 0.05},
+            "locator": {"weights": "models/locator/pcb.pt"},
+            "classes": [{"name": "open"}, {"name": "short"}],
+        }
+    )
     img = np.full((200, 200, 3), 90, np.uint8)
     img[50:60, 40:100] = 200
-    found = measure_findings(img, [Detection(defect_class="open", box=Box(x1=35, y1=45, x2=105, y2=65),
-                                             confidence=0.6),
-                                   Detection(defect_class="tab", box=Box(x1=0, y1=0, x2=5, y2=5), confidence=0.9)],
-                             line)
+    found = measure_findings(
+        img,
+        [
+            Detection(defect_class="open", box=Box(x1=35, y1=45, x2=105, y2=65), confidence=0.6),
+            Detection(defect_class="tab", box=Box(x1=0, y1=0, x2=5, y2=5), confidence=0.9),
+        ],
+        line,
+    )
     assert len(found) == 1  # the unknown class is dropped
     m = found[0].measurements
     assert m["length_mm"] == pytest.approx(3.5) and m["width_mm"] == pytest.approx(1.0)

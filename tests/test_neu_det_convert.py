@@ -18,8 +18,10 @@ from vision.datasets.yolo import merge_yolo_datasets, parse_label_line, write_da
 
 XML = """<annotation><filename>{name}.jpg</filename><size><width>200</width><height>200</height><depth>1</depth>
 </size>{objects}</annotation>"""
-OBJ = "<object><name>{cls}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>" \
-      "</bndbox></object>"
+OBJ = (
+    "<object><name>{cls}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+    "</bndbox></object>"
+)
 
 
 def _neu_tree(root: Path, per_class: int = 5, image_px: int = 416) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -44,12 +46,15 @@ def test_parse_voc_reads_size_and_boxes() -> None:
     assert [(o.name, o.box.as_list()) for o in ann.objects] == [("scratches", [1.0, 2.0, 30.0, 40.0])]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("<annotation><size>", "not valid XML"),
-    ("<annotation><object><name>x</name></object></annotation>", "<size>"),
-    (XML.format(name="a_1", objects="<object><name>crazing</name></object>"), "<bndbox>"),
-    (XML.format(name="a_1", objects=OBJ.format(cls="crazing", x1="a", y1=1, x2=2, y2=3)), "numeric"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("<annotation><size>", "not valid XML"),
+        ("<annotation><object><name>x</name></object></annotation>", "<size>"),
+        (XML.format(name="a_1", objects="<object><name>crazing</name></object>"), "<bndbox>"),
+        (XML.format(name="a_1", objects=OBJ.format(cls="crazing", x1="a", y1=1, x2=2, y2=3)), "numeric"),
+    ],
+)
 def test_parse_voc_names_the_file_on_malformed_xml(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words) as err:
         parse_voc(text, "ANNOTATIONS/bad.xml")
@@ -65,7 +70,11 @@ def test_class_of_keeps_underscores_and_hyphens() -> None:
 
 def test_stratified_split_is_seeded_and_per_class() -> None:
     stems = [f"{c}_{n}" for c in NEU_CLASSES for n in range(1, 11)]
-    a, b, c = stratified_split(stems, 0.2, seed=0), stratified_split(stems, 0.2, seed=0), stratified_split(stems, 0.2, 1)
+    a, b, c = (
+        stratified_split(stems, 0.2, seed=0),
+        stratified_split(stems, 0.2, seed=0),
+        stratified_split(stems, 0.2, 1),
+    )
     assert a == b and a != c
     for cls in NEU_CLASSES:
         assert sum(1 for s, v in a.items() if v == "val" and class_of(s) == cls) == 2
@@ -91,7 +100,8 @@ def test_convert_rescales_boxes_to_the_jpeg(tmp_path: Path) -> None:
 def test_convert_refuses_an_unknown_class(tmp_path: Path) -> None:
     _neu_tree(tmp_path, per_class=1)
     (tmp_path / "ANNOTATIONS" / "crazing_1.xml").write_text(
-        XML.format(name="crazing_1", objects=OBJ.format(cls="rust", x1=1, y1=1, x2=9, y2=9)))
+        XML.format(name="crazing_1", objects=OBJ.format(cls="rust", x1=1, y1=1, x2=9, y2=9))
+    )
     with pytest.raises(ValueError, match="unknown class 'rust'"):
         convert_neu_det(tmp_path, tmp_path / "out", progress=False)
 

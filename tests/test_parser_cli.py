@@ -58,10 +58,12 @@ def test_eval_parser_reports_accuracy(tmp_path):
 
     register(app, typer.Typer(), eval_app, typer.Typer())
     qs = tmp_path / "q.yaml"
-    qs.write_text('queries:\n  - {q: "cracks", family: class, line: battery_tab, c: ["crack"], logic: c1}\n'
-                  '  - {q: "burns", family: class, line: battery_tab, c: ["crack"], logic: c1}\n'
-                  'errors:\n  - {q: "crak", error: UnknownTermError, unknown: [crak], suggest: {crak: crack}}\n',
-                  encoding="utf-8")
+    qs.write_text(
+        'queries:\n  - {q: "cracks", family: class, line: battery_tab, c: ["crack"], logic: c1}\n'
+        '  - {q: "burns", family: class, line: battery_tab, c: ["crack"], logic: c1}\n'
+        'errors:\n  - {q: "crak", error: UnknownTermError, unknown: [crak], suggest: {crak: crack}}\n',
+        encoding="utf-8",
+    )
     result = CliRunner().invoke(app, ["eval", "parser", "--queries", str(qs), "--json"])
     data = json.loads(result.output)
     assert (data["passed"], data["total"]) == (2, 3) and result.exit_code == 1

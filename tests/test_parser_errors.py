@@ -70,13 +70,16 @@ def test_empty(text):
         parse_instruction(text)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("find cells with a tab weld", "part, not a defect"),
-    ("spatter area above 1 mm", "mm² or px²"),
-    ("missing weld longer than 1 mm", "missing_weld has no length"),
-    ("cracks and", "ends with 'and'"),
-    ("cracks with a length of", "has no number"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("find cells with a tab weld", "part, not a defect"),
+        ("spatter area above 1 mm", "mm² or px²"),
+        ("missing weld longer than 1 mm", "missing_weld has no length"),
+        ("cracks and", "ends with 'and'"),
+        ("cracks with a length of", "has no number"),
+    ],
+)
 def test_unsupported(text, fragment):
     with pytest.raises(UnsupportedQueryError, match=fragment):
         parse_instruction(text)

@@ -37,7 +37,14 @@ def test_seed_zh_full_structure():
     c1, c2 = q.conditions
     assert (c1.id, c1.defect_class, c2.id, c2.defect_class) == ("c1", "weld_offset", "c2", "spatter")
     (k,) = c1.constraints
-    assert (k.measure, k.op, k.value, k.raw_value, k.unit, k.text) == ("offset", Comparator.gt, 0.3, 0.3, "mm", "超0.3mm")
+    assert (k.measure, k.op, k.value, k.raw_value, k.unit, k.text) == (
+        "offset",
+        Comparator.gt,
+        0.3,
+        0.3,
+        "mm",
+        "超0.3mm",
+    )
     assert c1.text == "极耳焊接偏移超0.3mm" and c2.text == "焊渣飞溅"
     assert format_logic(q.logic) == "and(c1,c2)"
     assert q.logic.evaluate({"c1": True, "c2": True}) and not q.logic.evaluate({"c1": True, "c2": False})
@@ -56,20 +63,23 @@ def test_seed_en_and_pcb():
     assert (q.conditions[1].defect_class, k.measure, k.op, k.value) == ("short", "length", Comparator.gt, 2.0)
 
 
-@pytest.mark.parametrize("text, logic", [
-    ("cracks and burns or spatter", "or(and(c1,c2),c3)"),
-    ("cracks or burns and spatter", "or(c1,and(c2,c3))"),
-    ("cracks or burns, but no spatter", "and(or(c1,c2),not(c3))"),  # "but" joins whole clauses
-    ("cracks or burns and no spatter", "or(c1,and(c2,not(c3)))"),
-    ("missing weld or cracks, and no burns", "and(or(c1,c2),not(c3))"),  # a comma + a different op: a clause
-    ("no cracks and no burns, or missing weld", "or(and(not(c1),not(c2)),c3)"),
-    ("without cracks, burns, or spatter", "not(or(c1,c2,c3))"),  # Oxford comma: the same list
-    ("spatter with cracks or burns", "and(c1,or(c2,c3))"),
-    ("without cracks or burns", "not(or(c1,c2))"),  # the negation covers the bare list after it
-    ("without cracks or with burns", "or(not(c1),c2)"),  # a positive word starts a new clause
-    ("without cracks or a burn longer than 1 mm", "or(not(c1),c2)"),  # so does an article
-    ("neither cracks nor burns", "and(not(c1),not(c2))"),
-])
+@pytest.mark.parametrize(
+    "text, logic",
+    [
+        ("cracks and burns or spatter", "or(and(c1,c2),c3)"),
+        ("cracks or burns and spatter", "or(c1,and(c2,c3))"),
+        ("cracks or burns, but no spatter", "and(or(c1,c2),not(c3))"),  # "but" joins whole clauses
+        ("cracks or burns and no spatter", "or(c1,and(c2,not(c3)))"),
+        ("missing weld or cracks, and no burns", "and(or(c1,c2),not(c3))"),  # a comma + a different op: a clause
+        ("no cracks and no burns, or missing weld", "or(and(not(c1),not(c2)),c3)"),
+        ("without cracks, burns, or spatter", "not(or(c1,c2,c3))"),  # Oxford comma: the same list
+        ("spatter with cracks or burns", "and(c1,or(c2,c3))"),
+        ("without cracks or burns", "not(or(c1,c2))"),  # the negation covers the bare list after it
+        ("without cracks or with burns", "or(not(c1),c2)"),  # a positive word starts a new clause
+        ("without cracks or a burn longer than 1 mm", "or(not(c1),c2)"),  # so does an article
+        ("neither cracks nor burns", "and(not(c1),not(c2))"),
+    ],
+)
 def test_precedence_and_negation_scope(text, logic):
     assert _logic(text) == logic
 
@@ -88,23 +98,26 @@ def test_pixels_use_each_lines_calibration():
     assert (bt.value, bt.raw_value, bt.unit) == (1.0, 40.0, "px")  # 0.025 mm/px
     assert pcb.value == pytest.approx(40 * 0.0208) and pcb.unit == "px"
     area = _p("焊渣面积超过1600平方像素").conditions[0].constraints[0]
-    assert area.measure == "area" and area.value == pytest.approx(1600 * 0.025 ** 2) and area.unit == "px2"
+    assert area.measure == "area" and area.value == pytest.approx(1600 * 0.025**2) and area.unit == "px2"
 
 
-@pytest.mark.parametrize("text, measure, value, unit", [
-    ("cracks longer than 300 µm", "length", 0.3, "um"),
-    ("cracks longer than 300um", "length", 0.3, "um"),
-    ("裂纹长度超过300微米", "length", 0.3, "um"),
-    ("cracks longer than 0.2 cm", "length", 2.0, "cm"),
-    ("spatter area above 2 mm²", "area", 2.0, "mm2"),
-    ("焊渣面积超过2平方毫米", "area", 2.0, "mm2"),
-    ("spatter of size 1 mm² or more", "area", 1.0, "mm2"),  # size: the unit picks area
-    ("spatter of size 1 mm or more", "length", 1.0, "mm"),
-    ("offset more than 0.3 millimetres", "offset", 0.3, "mm"),
-    ("burns with confidence above 80%", "confidence", 0.8, "%"),
-    ("burns with confidence above 80", "confidence", 0.8, "%"),  # above 1: only a percentage makes sense
-    ("burns with confidence above 0.8", "confidence", 0.8, ""),
-])
+@pytest.mark.parametrize(
+    "text, measure, value, unit",
+    [
+        ("cracks longer than 300 µm", "length", 0.3, "um"),
+        ("cracks longer than 300um", "length", 0.3, "um"),
+        ("裂纹长度超过300微米", "length", 0.3, "um"),
+        ("cracks longer than 0.2 cm", "length", 2.0, "cm"),
+        ("spatter area above 2 mm²", "area", 2.0, "mm2"),
+        ("焊渣面积超过2平方毫米", "area", 2.0, "mm2"),
+        ("spatter of size 1 mm² or more", "area", 1.0, "mm2"),  # size: the unit picks area
+        ("spatter of size 1 mm or more", "length", 1.0, "mm"),
+        ("offset more than 0.3 millimetres", "offset", 0.3, "mm"),
+        ("burns with confidence above 80%", "confidence", 0.8, "%"),
+        ("burns with confidence above 80", "confidence", 0.8, "%"),  # above 1: only a percentage makes sense
+        ("burns with confidence above 0.8", "confidence", 0.8, ""),
+    ],
+)
 def test_units(text, measure, value, unit):
     (k,) = _p(text).conditions[0].constraints
     assert (k.measure, k.unit) == (measure, unit) and k.value == pytest.approx(value)

@@ -29,15 +29,24 @@ class ToolCallingFake(GenericFakeChatModel):
 
 
 def _model(*drafts: dict) -> ToolCallingFake:
-    msgs = [AIMessage(content="", tool_calls=[{"name": "InspectionQueryDraft", "args": d, "id": f"call_{i}"}])
-            for i, d in enumerate(drafts)]
+    msgs = [
+        AIMessage(content="", tool_calls=[{"name": "InspectionQueryDraft", "args": d, "id": f"call_{i}"}])
+        for i, d in enumerate(drafts)
+    ]
     return ToolCallingFake(messages=iter(msgs), seen=[])
 
 
-SEED = {"conditions": [
-    {"id": "c1", "defect_class": "weld_offset", "constraints": [{"measure": "offset", "op": ">", "value": 0.3,
-                                                                  "unit": "mm"}]},
-    {"id": "c2", "defect_class": "焊渣飞溅"}], "logic": "and(c1,c2)"}
+SEED = {
+    "conditions": [
+        {
+            "id": "c1",
+            "defect_class": "weld_offset",
+            "constraints": [{"measure": "offset", "op": ">", "value": 0.3, "unit": "mm"}],
+        },
+        {"id": "c2", "defect_class": "焊渣飞溅"},
+    ],
+    "logic": "and(c1,c2)",
+}
 
 
 def test_llm_parse_matches_the_deterministic_parse_of_the_seed():
@@ -47,11 +56,12 @@ def test_llm_parse_matches_the_deterministic_parse_of_the_seed():
     ref = parse_instruction(text)
     assert (q.line, q.language, format_logic(q.logic)) == (ref.line, ref.language, format_logic(ref.logic))
     assert [c.defect_class for c in q.conditions] == [c.defect_class for c in ref.conditions]
-    assert [(k.measure, k.op, k.value) for k in q.conditions[0].constraints] == \
-           [(k.measure, k.op, k.value) for k in ref.conditions[0].constraints]
+    assert [(k.measure, k.op, k.value) for k in q.conditions[0].constraints] == [
+        (k.measure, k.op, k.value) for k in ref.conditions[0].constraints
+    ]
     tools = [s for s in model.seen if s[0] == "tools"]
     assert tools and tools[0][1] == ["InspectionQueryDraft"] and tools[0][2] == "any"
-    (_, messages), = [s for s in model.seen if s[0] == "messages"]
+    ((_, messages),) = [s for s in model.seen if s[0] == "messages"]
     system = messages[0].content
     for name in ("spatter", "crack", "burn", "weld_offset", "missing_weld", "焊渣飞溅"):
         assert name in system
@@ -60,10 +70,21 @@ def test_llm_parse_matches_the_deterministic_parse_of_the_seed():
 
 
 def test_llm_units_use_the_lines_calibration_and_scope():
-    draft = {"conditions": [{"id": "c1", "defect_class": "short",
-                             "constraints": [{"measure": "length", "op": ">=", "value": 96, "unit": "px"}],
-                             "count_op": ">", "count_value": 2}],
-             "logic": "c1", "today_only": True, "lot": "L9", "similar_cases": 3}
+    draft = {
+        "conditions": [
+            {
+                "id": "c1",
+                "defect_class": "short",
+                "constraints": [{"measure": "length", "op": ">=", "value": 96, "unit": "px"}],
+                "count_op": ">",
+                "count_value": 2,
+            }
+        ],
+        "logic": "c1",
+        "today_only": True,
+        "lot": "L9",
+        "similar_cases": 3,
+    }
     q = LLMParser(_model(draft), today=dt.date(2025, 1, 2)).parse("boards with more than 2 shorts of 96 px or more")
     (k,) = q.conditions[0].constraints
     assert q.line == "pcb" and k.value == pytest.approx(96 * 0.0208) and (k.raw_value, k.unit) == (96, "px")
@@ -78,15 +99,40 @@ def test_llm_unknown_class_is_rejected_with_suggestions():
     assert err.value.unknown == ["spatterr"] and "spatter" in err.value.suggestions_for("spatterr")
 
 
-@pytest.mark.parametrize("draft, error", [
-    ({"conditions": [{"id": "c1", "defect_class": "crack"}], "logic": "and(c1,c2)"}, QueryParseError),
-    ({"conditions": [{"id": "c1", "defect_class": "crack"}], "logic": "and(c1"}, QueryParseError),
-    ({"conditions": [{"id": "c1", "defect_class": "tab"}], "logic": "c1"}, UnsupportedQueryError),
-    ({"conditions": [{"id": "c1", "defect_class": "crack", "constraints": [
-        {"measure": "area", "op": ">", "value": 1, "unit": "mm"}]}], "logic": "c1"}, UnsupportedQueryError),
-    ({"conditions": [{"id": "c1", "defect_class": "missing_weld", "constraints": [
-        {"measure": "length", "op": ">", "value": 1, "unit": "mm"}]}], "logic": "c1"}, UnsupportedQueryError),
-])
+@pytest.mark.parametrize(
+    "draft, error",
+    [
+        ({"conditions": [{"id": "c1", "defect_class": "crack"}], "logic": "and(c1,c2)"}, QueryParseError),
+        ({"conditions": [{"id": "c1", "defect_class": "crack"}], "logic": "and(c1"}, QueryParseError),
+        ({"conditions": [{"id": "c1", "defect_class": "tab"}], "logic": "c1"}, UnsupportedQueryError),
+        (
+            {
+                "conditions": [
+                    {
+                        "id": "c1",
+                        "defect_class": "crack",
+                        "constraints": [{"measure": "area", "op": ">", "value": 1, "unit": "mm"}],
+                    }
+                ],
+                "logic": "c1",
+            },
+            UnsupportedQueryError,
+        ),
+        (
+            {
+                "conditions": [
+                    {
+                        "id": "c1",
+                        "defect_class": "missing_weld",
+                        "constraints": [{"measure": "length", "op": ">", "value": 1, "unit": "mm"}],
+                    }
+                ],
+                "logic": "c1",
+            },
+            UnsupportedQueryError,
+        ),
+    ],
+)
 def test_llm_inconsistent_answers_are_errors(draft, error):
     with pytest.raises(error):
         LLMParser(_model(draft)).parse("cells with cracks")

@@ -22,8 +22,12 @@ def test_queryset_is_large_and_covers_every_family():
     langs = {"zh" if any("\u4e00" <= ch <= "\u9fff" for ch in q["q"]) else "en" for q in queries}
     assert langs == {"zh", "en"}
     assert {q["line"] for q in queries} == {"battery_tab", "pcb"}
-    assert {e["error"] for e in errors} >= {"UnknownTermError", "AmbiguousQueryError", "EmptyQueryError",
-                                            "UnsupportedQueryError"}
+    assert {e["error"] for e in errors} >= {
+        "UnknownTermError",
+        "AmbiguousQueryError",
+        "EmptyQueryError",
+        "UnsupportedQueryError",
+    }
     keys = [(c["q"], c.get("with_line")) for c in queries + errors]
     assert len(keys) == len(set(keys)), "duplicate instructions in the query set"
 

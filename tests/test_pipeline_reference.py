@@ -31,7 +31,11 @@ def _bare(line) -> Inspector:
 def test_drop_templates_keeps_boards_and_lone_templates():
     paths = ["b/01_test.jpg", "b/01_temp.jpg", "b/02_test.jpg", "c/03_temp.jpg", "b/x.jpg"]
     assert drop_references(paths, load_line("pcb").reference) == [
-        "b/01_test.jpg", "b/02_test.jpg", "c/03_temp.jpg", "b/x.jpg"]
+        "b/01_test.jpg",
+        "b/02_test.jpg",
+        "c/03_temp.jpg",
+        "b/x.jpg",
+    ]
 
 
 def test_reference_rules_a_folder_and_a_fixed_golden_image(tmp_path):

@@ -55,8 +55,11 @@ def test_search_add_remove_keep_ids_right(spec: IndexSpec) -> None:
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_filter_returns_only_allowed_ids(kind: str) -> None:
     x, ids = _data(400, seed=1)
-    spec = {"flat": IndexSpec(kind="flat"), "ivf": IndexSpec(kind="ivf", nlist=4, nprobe=4),
-            "hnsw": IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=64)}[kind]
+    spec = {
+        "flat": IndexSpec(kind="flat"),
+        "ivf": IndexSpec(kind="ivf", nlist=4, nprobe=4),
+        "hnsw": IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=64),
+    }[kind]
     vi = VectorIndex.build(spec, x, ids)
     allowed = IdFilter(ids[::7])
     hits = vi.search(x[3], 10, allowed)[0]
@@ -98,8 +101,11 @@ def test_policy_reads_app_config() -> None:
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_index_file_round_trip_and_corruption(tmp_path: Path, kind: str) -> None:
     x, ids = _data(300, seed=2)
-    spec = {"flat": IndexSpec(kind="flat"), "ivf": IndexSpec(kind="ivf", nlist=4, nprobe=2),
-            "hnsw": IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=32)}[kind]
+    spec = {
+        "flat": IndexSpec(kind="flat"),
+        "ivf": IndexSpec(kind="ivf", nlist=4, nprobe=2),
+        "hnsw": IndexSpec(kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=32),
+    }[kind]
     vi = VectorIndex.build(spec, x, ids)
     f = IndexFile(tmp_path)
     with f.lock(exclusive=True):

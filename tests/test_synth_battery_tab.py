@@ -48,14 +48,18 @@ def test_boxes_inside_image_and_weld_on_tab(seed):
 
 
 def test_weld_is_darker_and_textured_than_bare_tab():
-    img, truth = generate_battery_tab(5, BatteryTabParams(force_offset_mm=0.0, force_missing_weld=False,
-                                                          force_spatter=False, force_crack=False, force_burn=False))
+    img, truth = generate_battery_tab(
+        5,
+        BatteryTabParams(
+            force_offset_mm=0.0, force_missing_weld=False, force_spatter=False, force_crack=False, force_burn=False
+        ),
+    )
     gray = img.mean(axis=2)
     (weld,) = truth.boxes("weld")
     (tab,) = truth.boxes("tab")
     wx, wy = map(int, weld.center)
-    inner = gray[wy - 20:wy + 20, wx - 40:wx + 40]
-    bare = gray[int(tab.y1) + 20:int(tab.y1) + 40, wx - 40:wx + 40]  # tab band above the weld
+    inner = gray[wy - 20 : wy + 20, wx - 40 : wx + 40]
+    bare = gray[int(tab.y1) + 20 : int(tab.y1) + 40, wx - 40 : wx + 40]  # tab band above the weld
     assert inner.mean() < bare.mean() - 20
     assert inner.std() > 2 * bare.std()
 
@@ -69,7 +73,7 @@ def test_planted_defects_are_drawn_where_the_truth_says():
     assert boxes
     inside = np.zeros_like(diff)
     for b in boxes:
-        inside[int(b.y1):int(math.ceil(b.y2)), int(b.x1):int(math.ceil(b.x2))] = True
+        inside[int(b.y1) : int(math.ceil(b.y2)), int(b.x1) : int(math.ceil(b.x2))] = True
     assert diff[inside].sum() > 10
     assert diff[~inside].sum() == 0  # the beads change nothing outside their boxes
 
@@ -86,8 +90,9 @@ def test_forced_offset_is_exact():
 
 
 def test_query_ground_truth_helpers():
-    base = dict(seed=0, width=640, height=480, mm_per_px=0.025, tab_center_px=(0, 0), tab_size_px=(1, 1),
-                tab_angle_deg=0.0)
+    base = dict(
+        seed=0, width=640, height=480, mm_per_px=0.025, tab_center_px=(0, 0), tab_size_px=(1, 1), tab_angle_deg=0.0
+    )
     spatter = [{"name": "spatter", "box": {"x1": 0, "y1": 0, "x2": 5, "y2": 5}}]
     t = BatteryTabTruth(offset_mm=0.45, objects=spatter, **base)
     assert t.seed_query_match and t.matches(0.3, {"spatter"}) and not t.matches(0.5, {"spatter"})

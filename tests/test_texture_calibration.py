@@ -53,8 +53,14 @@ def _unit(v):
 
 def _scorer(**kw) -> TextureScorer:
     e = np.eye(6, dtype=np.float32)
-    return TextureScorer(line="t", normal_anchor=e[0], defect_anchor=e[1],
-                         class_anchors={"a": e[2], "b": e[3], "c": e[4]}, logit_scale=10.0, **kw)
+    return TextureScorer(
+        line="t",
+        normal_anchor=e[0],
+        defect_anchor=e[1],
+        class_anchors={"a": e[2], "b": e[3], "c": e[4]},
+        logit_scale=10.0,
+        **kw,
+    )
 
 
 def test_text_scores_follow_the_anchors():
@@ -65,8 +71,9 @@ def test_text_scores_follow_the_anchors():
     assert sum(out[1].class_probs.values()) == pytest.approx(1.0, abs=1e-5)
     # defect = sigmoid(s * (cos_d - cos_n)), raw cosines kept
     r = out[0]
-    assert r.defect_score == pytest.approx(1 / (1 + np.exp(-10 * (r.defect_similarity - r.normal_similarity))),
-                                           abs=1e-6)
+    assert r.defect_score == pytest.approx(
+        1 / (1 + np.exp(-10 * (r.defect_similarity - r.normal_similarity))), abs=1e-6
+    )
 
 
 def test_defect_only_prototypes_rename_but_do_not_move_the_defect_score():
@@ -90,8 +97,7 @@ def test_a_normal_prototype_moves_the_defect_score():
     near_defect = {NORMAL_KEY: _unit([0, 0, 0, 0, 1, 0]), "a": _unit([0, 0, 0, 0, 0, 1])}
     assert _scorer(prototypes=near_normal).score_vectors(v)[0].defect_score < base
     assert _scorer(prototypes=near_defect).score_vectors(v)[0].defect_score > base
-    assert _scorer(prototypes=near_defect, prototype_weight=0.0).score_vectors(v)[0].defect_score == \
-        pytest.approx(base)
+    assert _scorer(prototypes=near_defect, prototype_weight=0.0).score_vectors(v)[0].defect_score == pytest.approx(base)
 
 
 def test_prototypes_from_examples_average_per_class():
@@ -109,7 +115,7 @@ def test_sliding_windows_cover_the_image():
     for b in boxes:
         assert 0 <= b.x1 < b.x2 <= 640 and 0 <= b.y1 < b.y2 <= 480
         assert b.width == b.height
-        covered[int(b.y1):int(b.y2), int(b.x1):int(b.x2)] = True
+        covered[int(b.y1) : int(b.y2), int(b.x1) : int(b.x2)] = True
     assert covered.all()
     assert {round(b.width) for b in boxes} == {120, 240}
 

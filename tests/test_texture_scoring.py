@@ -25,11 +25,13 @@ def samples():
 
     defects, clean, images = [], [], []
     for seed in range(300, 306):
-        image, truth = generate_battery_tab(seed, BatteryTabParams(force_spatter=True, force_burn=seed % 2 == 0,
-                                                                   force_crack=seed % 2 == 1))
+        image, truth = generate_battery_tab(
+            seed, BatteryTabParams(force_spatter=True, force_burn=seed % 2 == 0, force_crack=seed % 2 == 1)
+        )
         defects.extend(crop_region(image, o.box) for o in truth.objects if o.name in ("spatter", "crack", "burn"))
-        ok, t2 = generate_battery_tab(seed + 500, BatteryTabParams(force_spatter=False, force_crack=False,
-                                                                   force_burn=False))
+        ok, t2 = generate_battery_tab(
+            seed + 500, BatteryTabParams(force_spatter=False, force_crack=False, force_burn=False)
+        )
         tab = t2.boxes("tab")[0]
         for fx, fy in ((0.15, 0.15), (0.85, 0.85)):
             cx, cy = tab.x1 + fx * tab.width, tab.y1 + fy * tab.height
@@ -63,8 +65,11 @@ def test_prototypes_from_examples_are_used(scorer, samples):
 
     defects, clean, _ = samples
     emb = scorer.embedder
-    examples = [(NORMAL_KEY, v) for v in emb.embed_images(clean[:4])] + \
-               [("spatter", v) for v in emb.embed_images(defects[:2])] + [("burn", v) for v in emb.embed_images(defects[2:3])]
+    examples = (
+        [(NORMAL_KEY, v) for v in emb.embed_images(clean[:4])]
+        + [("spatter", v) for v in emb.embed_images(defects[:2])]
+        + [("burn", v) for v in emb.embed_images(defects[2:3])]
+    )
     few = TextureScorer.from_line(load_line("battery_tab"), emb, prototypes=examples)
     assert few.uses_prototypes and few.proto_classes == ["spatter", "burn"]
     out = few.score_crops(clean[4:6] + defects[3:5])

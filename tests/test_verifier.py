@@ -83,9 +83,11 @@ def test_verify_relabels_wrong_classes_and_merges_what_becomes_one_box(trained):
     verifier, (_, _, composites) = trained
     composite, truth = composites[0]
     (_, hole), (_, blob) = truth
-    dets = [Detection(defect_class="copper", class_id=1, box=hole, confidence=0.6),  # wrong class
-            Detection(defect_class="pin_hole", class_id=0, box=hole, confidence=0.3),  # its duplicate
-            Detection(defect_class="copper", class_id=1, box=blob, confidence=0.8)]
+    dets = [
+        Detection(defect_class="copper", class_id=1, box=hole, confidence=0.6),  # wrong class
+        Detection(defect_class="pin_hole", class_id=0, box=hole, confidence=0.3),  # its duplicate
+        Detection(defect_class="copper", class_id=1, box=blob, confidence=0.8),
+    ]
     out = verifier.verify(composite, dets)
     assert [(d.defect_class, d.confidence) for d in out] == [("copper", 0.8), ("pin_hole", 0.6)]
     assert out[1].detector_class == "copper" and out[0].detector_class is None
@@ -107,8 +109,9 @@ def test_file_round_trip_gives_the_same_probabilities(trained, tmp_path):
     path = verifier.save(tmp_path / "v.safetensors")
     loaded = DefectVerifier.from_file(path)
     boxes = [b for _, b in truth]
-    np.testing.assert_allclose(loaded.probabilities(composite, boxes), verifier.probabilities(composite, boxes),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.probabilities(composite, boxes), verifier.probabilities(composite, boxes), atol=1e-6
+    )
     assert loaded.version.startswith("v.safetensors@") and loaded.meta.classes == CLASSES
 
 
@@ -140,18 +143,24 @@ def test_fusion_learns_to_trust_an_informative_verifier():
 def test_detection_scores_count_right_and_wrong_classes():
     names = ["open", "short"]
     truth = [(0, Box(x1=0, y1=0, x2=10, y2=10)), (1, Box(x1=20, y1=20, x2=30, y2=30))]
-    right = [Detection(defect_class="open", box=truth[0][1], confidence=0.9),
-             Detection(defect_class="short", box=truth[1][1], confidence=0.8)]
-    wrong = [Detection(defect_class="short", box=truth[0][1], confidence=0.9),
-             Detection(defect_class="open", box=truth[1][1], confidence=0.8)]
+    right = [
+        Detection(defect_class="open", box=truth[0][1], confidence=0.9),
+        Detection(defect_class="short", box=truth[1][1], confidence=0.8),
+    ]
+    wrong = [
+        Detection(defect_class="short", box=truth[0][1], confidence=0.9),
+        Detection(defect_class="open", box=truth[1][1], confidence=0.8),
+    ]
     good = score_detections([(right, truth)], names, 0.25)
     bad = score_detections([(wrong, truth)], names, 0.25)
     assert good.map50 == pytest.approx(1.0, abs=0.01) and good.class_accuracy == 1.0 and good.located == 2
     assert bad.map50 == pytest.approx(0.0, abs=0.01) and bad.class_accuracy == 0.0
     assert bad.miss_rate == 0.0 and score_detections([([], truth)], names, 0.25).miss_rate == 1.0
     # IoU 0.4 (a box a few pixels wide of the annotation): wrong at 0.5, right under DeepPCB's IoU > 0.33
-    loose = [Detection(defect_class="open", box=Box(x1=0, y1=0, x2=10, y2=4), confidence=0.9),
-             Detection(defect_class="short", box=truth[1][1], confidence=0.8)]
+    loose = [
+        Detection(defect_class="open", box=Box(x1=0, y1=0, x2=10, y2=4), confidence=0.9),
+        Detection(defect_class="short", box=truth[1][1], confidence=0.8),
+    ]
     scored = score_detections([(loose, truth)], names, 0.25)
     assert scored.map33 == pytest.approx(1.0, abs=0.01) and scored.map50 == pytest.approx(0.5, abs=0.01)
 
@@ -162,13 +171,17 @@ def test_a_part_inside_a_whole_of_the_same_class_counts_once():
     whole = Box(x1=300, y1=460, x2=420, y2=494)
     part = Box(x1=370, y1=461, x2=421, y2=492)  # IoU 0.40: NMS keeps both
     assert whole.iou(part) < 0.5
-    dets = [Detection(defect_class="short", box=part, confidence=0.99),
-            Detection(defect_class="short", box=whole, confidence=0.95),
-            Detection(defect_class="open", box=whole, confidence=0.9)]  # another class: untouched
+    dets = [
+        Detection(defect_class="short", box=part, confidence=0.99),
+        Detection(defect_class="short", box=whole, confidence=0.95),
+        Detection(defect_class="open", box=whole, confidence=0.9),
+    ]  # another class: untouched
     merged = _merge_same_class(dets, iou=0.5)
     assert [(d.defect_class, d.box, d.confidence) for d in merged] == [("short", whole, 0.99), ("open", whole, 0.9)]
-    faint = [Detection(defect_class="short", box=part, confidence=0.99),
-             Detection(defect_class="short", box=Box(x1=200, y1=400, x2=500, y2=560), confidence=0.05)]
+    faint = [
+        Detection(defect_class="short", box=part, confidence=0.99),
+        Detection(defect_class="short", box=Box(x1=200, y1=400, x2=500, y2=560), confidence=0.05),
+    ]
     (kept,) = _merge_same_class(faint, iou=0.5)
     assert kept.box == part  # a faint large box does not stretch a confident one
 
@@ -185,15 +198,43 @@ def test_train_and_eval_verifier_on_deeppcb(shared_datasets, tmp_path):
     from agent.cli import app
 
     out = tmp_path / "v.safetensors"
-    result = CliRunner().invoke(app, ["train", "verifier", "--line", "pcb", "--src", str(shared_datasets / "deeppcb"),
-                                      "--epochs", "1", "--max-boards", "4", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "verifier",
+            "--line",
+            "pcb",
+            "--src",
+            str(shared_datasets / "deeppcb"),
+            "--epochs",
+            "1",
+            "--max-boards",
+            "4",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert DefectVerifier.from_file(out).meta.classes == ["open", "short", "mousebite", "spur", "copper", "pin_hole"]
     root = Path(__file__).resolve().parents[1]
     bench = tmp_path / "verifier.json"
-    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_verifier.py"), "--max-boards", "3",
-                    "--src", str(shared_datasets / "deeppcb"), "--out", str(bench)], check=True, cwd=root,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "bench_verifier.py"),
+            "--max-boards",
+            "3",
+            "--src",
+            str(shared_datasets / "deeppcb"),
+            "--out",
+            str(bench),
+        ],
+        check=True,
+        cwd=root,
+        capture_output=True,
+        timeout=600,
+    )
     (record,) = json.loads(bench.read_text())["records"]
     assert record["boards"] == 3 and 0.0 <= record["verified"]["map50"] <= 1.0
     assert record["verified"]["located"] > 0 and "| shipped |" in bench.with_suffix(".md").read_text()
@@ -286,8 +327,9 @@ def test_alternatives_become_extra_labels_ranked_below_the_primary():
     from vision.verifier.model import expand_alternatives, verified_score
 
     box = Box(x1=0, y1=0, x2=10, y2=10)
-    det = Detection(defect_class="pin_hole", box=box, confidence=0.81, verifier_score=0.64,
-                    alternatives={"mousebite": 0.25})
+    det = Detection(
+        defect_class="pin_hole", box=box, confidence=0.81, verifier_score=0.64, alternatives={"mousebite": 0.25}
+    )
     assert verified_score(det) == pytest.approx(0.72)
     assert verified_score(det.model_copy(update={"verifier_score": None})) == 0.81
     primary, extra = expand_alternatives([det])
@@ -311,9 +353,11 @@ def test_locator_proposals_become_positives_negatives_or_nothing():
     from vision.verifier.data import BACKGROUND_LABEL, proposal_samples
 
     truth = [(3, Box(x1=100, y1=100, x2=140, y2=140))]
-    dets = [Detection(defect_class="spur", box=Box(x1=102, y1=98, x2=142, y2=138), confidence=0.9),  # on it
-            Detection(defect_class="open", box=Box(x1=300, y1=300, x2=330, y2=330), confidence=0.2),  # nowhere
-            Detection(defect_class="open", box=Box(x1=110, y1=110, x2=150, y2=150), confidence=0.3)]  # halfway
+    dets = [
+        Detection(defect_class="spur", box=Box(x1=102, y1=98, x2=142, y2=138), confidence=0.9),  # on it
+        Detection(defect_class="open", box=Box(x1=300, y1=300, x2=330, y2=330), confidence=0.2),  # nowhere
+        Detection(defect_class="open", box=Box(x1=110, y1=110, x2=150, y2=150), confidence=0.3),
+    ]  # halfway
     on, off = proposal_samples(7, dets, truth, BACKGROUND_LABEL)
     assert (on.image, on.label, on.box, on.target) == (7, 3, dets[0].box, truth[0][1])
     assert (off.label, off.target) == (BACKGROUND_LABEL, None)
@@ -328,9 +372,22 @@ def test_nms_protocol_benchmark_scores_single_and_multi_label(shared_datasets, t
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "nms.json"
-    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_nms_protocol.py"), "--max-boards", "3",
-                    "--src", str(shared_datasets / "deeppcb"), "--out", str(out)], check=True, cwd=root,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "bench_nms_protocol.py"),
+            "--max-boards",
+            "3",
+            "--src",
+            str(shared_datasets / "deeppcb"),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=root,
+        capture_output=True,
+        timeout=600,
+    )
     records = {(r["multi_label"], r["nms_iou"]): r for r in json.loads(out.read_text())["records"]}
     assert set(records) == {(False, 0.5), (False, 0.7), (True, 0.5), (True, 0.7)}
     assert all(0.0 < r["map50"] <= 1.0 and 0.0 < r["map50_95"] <= r["map50"] for r in records.values())
@@ -341,15 +398,18 @@ def test_demote_keeps_the_part_a_merge_drops_as_a_low_candidate():
 
     whole = Box(x1=300, y1=460, x2=420, y2=494)
     part = Box(x1=370, y1=461, x2=421, y2=492)
-    dets = [Detection(defect_class="short", box=part, confidence=0.99),
-            Detection(defect_class="short", box=whole, confidence=0.95)]
+    dets = [
+        Detection(defect_class="short", box=part, confidence=0.99),
+        Detection(defect_class="short", box=whole, confidence=0.95),
+    ]
     kept, candidate = _merge_same_class(dets, iou=0.5, demote=0.1)
     assert (kept.box, kept.confidence) == (whole, 0.99)  # the whole, counted once at the part's confidence
     assert candidate.box == part and candidate.confidence == pytest.approx(0.095)  # the part, far below
     assert candidate.ranked_only and not kept.ranked_only
     inner = Box(x1=310, y1=465, x2=350, y2=490)  # inside the whole, too faint to stretch anything
-    kept, candidate = _merge_same_class([dets[1], Detection(defect_class="short", box=inner, confidence=0.5)],
-                                        iou=0.5, demote=0.1)
+    kept, candidate = _merge_same_class(
+        [dets[1], Detection(defect_class="short", box=inner, confidence=0.5)], iou=0.5, demote=0.1
+    )
     assert (kept.box, candidate.box, candidate.confidence) == (whole, inner, pytest.approx(0.05))
     assert len(_merge_same_class(dets, iou=0.5)) == 1  # without demote the part is gone
     far = Detection(defect_class="short", box=Box(x1=0, y1=0, x2=20, y2=20), confidence=0.3)
@@ -360,10 +420,13 @@ def test_overlapping_pieces_of_one_defect_region_merge_into_their_union():
     from vision.verifier.model import _merge_same_class
 
     pieces = [Box(x1=608, y1=4, x2=637, y2=40), Box(x1=603, y1=31, x2=639, y2=80), Box(x1=560, y1=1, x2=618, y2=50)]
-    dets = [Detection(defect_class="pin_hole", box=b, confidence=c, verifier_score=v)
-            for b, c, v in zip(pieces, [0.7, 0.61, 0.46], [0.87, 0.9, 0.67])]
-    apart = Detection(defect_class="pin_hole", box=Box(x1=100, y1=100, x2=120, y2=120), confidence=0.9,
-                      verifier_score=0.9)
+    dets = [
+        Detection(defect_class="pin_hole", box=b, confidence=c, verifier_score=v)
+        for b, c, v in zip(pieces, [0.7, 0.61, 0.46], [0.87, 0.9, 0.67])
+    ]
+    apart = Detection(
+        defect_class="pin_hole", box=Box(x1=100, y1=100, x2=120, y2=120), confidence=0.9, verifier_score=0.9
+    )
     assert len(_merge_same_class([apart, *dets], iou=0.5)) == 4  # without union_min: NMS keeps every piece
     alone, whole = _merge_same_class([apart, *dets], iou=0.5, union_min=0.25)
     assert alone.box == apart.box

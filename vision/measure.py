@@ -123,8 +123,9 @@ def _subpixel_peaks(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pos, g[rows, k]
 
 
-def _edge_points(grad: np.ndarray, lo: int, hi: int, a: int, b: int, axis: int, sign: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _edge_points(
+    grad: np.ndarray, lo: int, hi: int, a: int, b: int, axis: int, sign: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edge positions along `axis` (1: along rows, one per row; 0: along columns, one per column) inside the search
     window [a, b), for the lines lo..hi: where `sign * gradient` peaks. Continuous pixel coordinates
     (line coords, edge coords) and the peak strengths."""
@@ -136,8 +137,9 @@ def _edge_points(grad: np.ndarray, lo: int, hi: int, a: int, b: int, axis: int, 
     return lines, pos + a + 0.5, peak
 
 
-def _fit_sides(sides: list[tuple[np.ndarray, np.ndarray]], n_lines: list[int]
-               ) -> list[tuple[float, float, float]] | None:
+def _fit_sides(
+    sides: list[tuple[np.ndarray, np.ndarray]], n_lines: list[int]
+) -> list[tuple[float, float, float]] | None:
     """Robust lines for the four sides (left, right, top, bottom). A side with too few points of its own (mostly
     hidden) takes the slope of the opposite side and only its offset from its points. Each fit carries its support:
     the share of the side's lines whose edge point lies on the line."""
@@ -161,8 +163,9 @@ def _fit_sides(sides: list[tuple[np.ndarray, np.ndarray]], n_lines: list[int]
     return fits  # type: ignore[return-value]
 
 
-def fit_part_edges(gray: np.ndarray, box: Box, search_px: float | None = None, smooth_sigma: float = 1.0
-                   ) -> EdgeFit | None:
+def fit_part_edges(
+    gray: np.ndarray, box: Box, search_px: float | None = None, smooth_sigma: float = 1.0
+) -> EdgeFit | None:
     """Fit a roughly rectangular region (a tab on its pad, a weld in its tab) by its four edges near the sides of
     `box`: per line of pixels the sub-pixel gradient peak, then a robust straight line per side. Whether the
     region is brighter or darker than its surroundings is read from the image. `smooth_sigma` should wash out
@@ -250,8 +253,9 @@ def fit_part_edges(gray: np.ndarray, box: Box, search_px: float | None = None, s
     width = (math.dist(corners[0], corners[1]) + math.dist(corners[3], corners[2])) / 2.0
     height = (math.dist(corners[0], corners[3]) + math.dist(corners[1], corners[2])) / 2.0
     angle = math.degrees((math.atan(at) + math.atan(ab) - math.atan(al) - math.atan(ar)) / 4.0)
-    return EdgeFit(center=(cx, cy), angle_deg=angle, size=(width, height), corners=corners,
-                   inlier_fraction=min(il, ir, it, ib))
+    return EdgeFit(
+        center=(cx, cy), angle_deg=angle, size=(width, height), corners=corners, inlier_fraction=min(il, ir, it, ib)
+    )
 
 
 def measure_offset(image: np.ndarray, inner_box: Box, outer_box: Box, mm_per_px: float) -> OffsetMeasurement:
@@ -271,9 +275,16 @@ def measure_offset(image: np.ndarray, inner_box: Box, outer_box: Box, mm_per_px:
         inner_c, inner_ok = robust_c, robust_ok
     dx, dy = inner_c[0] - outer_c[0], inner_c[1] - outer_c[1]
     off = math.hypot(dx, dy)
-    return OffsetMeasurement(inner_center=inner_c, outer_center=outer_c, offset_px=off, offset_mm=off * mm_per_px,
-                             dx_mm=dx * mm_per_px, dy_mm=dy * mm_per_px, inner_refined=inner_ok,
-                             outer_refined=outer_ok)
+    return OffsetMeasurement(
+        inner_center=inner_c,
+        outer_center=outer_c,
+        offset_px=off,
+        offset_mm=off * mm_per_px,
+        dx_mm=dx * mm_per_px,
+        dy_mm=dy * mm_per_px,
+        inner_refined=inner_ok,
+        outer_refined=outer_ok,
+    )
 
 
 def _refined_center(gray: np.ndarray, box: Box, sigmas: tuple[float, ...]) -> tuple[tuple[float, float], bool]:
@@ -290,8 +301,12 @@ def _consistent(fit: EdgeFit, box: Box) -> bool:
     """A fitted outline agrees with its box: centre within a quarter of the size, size within 20 %."""
     bw, bh = box.width, box.height
     cx, cy = box.center
-    return (abs(fit.center[0] - cx) < 0.25 * bw and abs(fit.center[1] - cy) < 0.25 * bh
-            and 0.8 * min(bw, bh) < min(fit.size) and max(fit.size) < 1.2 * max(bw, bh))
+    return (
+        abs(fit.center[0] - cx) < 0.25 * bw
+        and abs(fit.center[1] - cy) < 0.25 * bh
+        and 0.8 * min(bw, bh) < min(fit.size)
+        and max(fit.size) < 1.2 * max(bw, bh)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- defects
@@ -310,7 +325,7 @@ def blob_area_px(gray: np.ndarray, box: Box) -> float | None:
     rx2, ry2 = min(w_img, x2 + ring_px), min(h_img, y2 + ring_px)
     around = gray[ry1:ry2, rx1:rx2].copy()
     inside = np.zeros(around.shape, bool)
-    inside[y1 - ry1:y2 - ry1, x1 - rx1:x2 - rx1] = True
+    inside[y1 - ry1 : y2 - ry1, x1 - rx1 : x2 - rx1] = True
     ring = around[~inside]
     if ring.size < 8:
         return None
@@ -350,8 +365,9 @@ def _defect_measurements(gray: np.ndarray, box: Box, mm: float, margin_px: float
 # ------------------------------------------------------------------------------------------------- public API
 
 
-def _pairs(detections: list[Detection], spec: DerivedDefect) -> tuple[list[tuple[Detection, Detection]],
-                                                                     list[Detection]]:
+def _pairs(
+    detections: list[Detection], spec: DerivedDefect
+) -> tuple[list[tuple[Detection, Detection]], list[Detection]]:
     """(inner, outer) pairs, each outer part with its most confident inner part whose centre lies in it; and the
     outer parts with no inner part."""
     inner_name, outer_name = spec.parts
@@ -367,8 +383,9 @@ def _pairs(detections: list[Detection], spec: DerivedDefect) -> tuple[list[tuple
     return pairs, lonely
 
 
-def measure_findings(image: np.ndarray, detections: list[Detection], line: LineConfig,
-                     box_margin_px: float = 0.0) -> list[Measured]:
+def measure_findings(
+    image: np.ndarray, detections: list[Detection], line: LineConfig, box_margin_px: float = 0.0
+) -> list[Measured]:
     """Defect findings with measurements (mm from the line's calibration) plus the line's derived defects; parts
     (tab, weld) are used for the derived defects and not returned. `box_margin_px`: how much wider and taller the
     locator's boxes are than the defects they mark (fitted by `defect-agent calibrate --fusion`), taken off the
@@ -384,24 +401,48 @@ def measure_findings(image: np.ndarray, detections: list[Detection], line: LineC
             continue
         if role == "part":
             continue
-        found.append(Measured(defect_class=det.defect_class, box=det.box, source="detector",
-                              confidence=det.confidence, measurements=_defect_measurements(gray, det.box, mm, box_margin_px),
-                              verifier_score=det.verifier_score, detector_class=det.detector_class,
-                              alternatives=det.alternatives))
+        found.append(
+            Measured(
+                defect_class=det.defect_class,
+                box=det.box,
+                source="detector",
+                confidence=det.confidence,
+                measurements=_defect_measurements(gray, det.box, mm, box_margin_px),
+                verifier_score=det.verifier_score,
+                detector_class=det.detector_class,
+                alternatives=det.alternatives,
+            )
+        )
     for spec in line.derived:
         pairs, lonely = _pairs(detections, spec)
         if spec.rule == "offset":
             for inner, outer in pairs:
                 m = measure_offset(image, inner.box, outer.box, mm)
-                found.append(Measured(
-                    defect_class=spec.name, box=inner.box, source="derived",
-                    confidence=min(inner.confidence, outer.confidence),
-                    measurements={"offset_mm": m.offset_mm, "offset_x_mm": m.dx_mm, "offset_y_mm": m.dy_mm,
-                                  "refined": 1.0 if (m.inner_refined and m.outer_refined) else 0.0},
-                    present=m.offset_mm > spec.tolerance_mm,
-                ))
+                found.append(
+                    Measured(
+                        defect_class=spec.name,
+                        box=inner.box,
+                        source="derived",
+                        confidence=min(inner.confidence, outer.confidence),
+                        measurements={
+                            "offset_mm": m.offset_mm,
+                            "offset_x_mm": m.dx_mm,
+                            "offset_y_mm": m.dy_mm,
+                            "refined": 1.0 if (m.inner_refined and m.outer_refined) else 0.0,
+                        },
+                        present=m.offset_mm > spec.tolerance_mm,
+                    )
+                )
         elif spec.rule == "absent":
             for outer in lonely:
-                found.append(Measured(defect_class=spec.name, box=outer.box, source="derived",
-                                      confidence=outer.confidence, measurements={}, present=True))
+                found.append(
+                    Measured(
+                        defect_class=spec.name,
+                        box=outer.box,
+                        source="derived",
+                        confidence=outer.confidence,
+                        measurements={},
+                        present=True,
+                    )
+                )
     return found

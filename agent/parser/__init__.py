@@ -20,7 +20,18 @@ from agent.parser.lexicon import Lexicon, known_terms
 from agent.parser.logic_expr import format_logic, parse_logic_expr
 
 __all__ = [
-    "AmbiguousQueryError", "EmptyQueryError", "InstructionParser", "Lexicon", "QueryParseError",
-    "UnknownTermError", "UnknownWord", "UnsupportedQueryError", "choose_line", "describe_query", "format_logic",
-    "known_terms", "parse_instruction", "parse_logic_expr",
+    "AmbiguousQueryError",
+    "EmptyQueryError",
+    "InstructionParser",
+    "Lexicon",
+    "QueryParseError",
+    "UnknownTermError",
+    "UnknownWord",
+    "UnsupportedQueryError",
+    "choose_line",
+    "describe_query",
+    "format_logic",
+    "known_terms",
+    "parse_instruction",
+    "parse_logic_expr",
 ]

@@ -81,7 +81,7 @@ def _fused_measure(cmps: list[Token]) -> str | None:
 
 def absent_class(parts: list[str], line: LineConfig | None) -> str | None:
     """The derived `absent` defect of one of these parts (weld -> missing_weld)."""
-    for d in (line.derived if line is not None else []):
+    for d in line.derived if line is not None else []:
         if d.rule == "absent" and d.parts[0] in parts:
             return d.name
     return None
@@ -91,8 +91,13 @@ def parse_atom(tokens: list[Token], norm: Normalized, text: str, line: LineConfi
     content = [t for t in tokens if t.kind not in (SCOPE, "de", SUBJECT)]
     if not tokens:
         raise QueryParseError("internal: empty atom", text)
-    atom = Atom(start=tokens[0].start, end=tokens[-1].end, text=norm.span(tokens[0].start, tokens[-1].end),
-                raw_start=tokens[0].start, raw_end=tokens[-1].end)
+    atom = Atom(
+        start=tokens[0].start,
+        end=tokens[-1].end,
+        text=norm.span(tokens[0].start, tokens[-1].end),
+        raw_start=tokens[0].start,
+        raw_end=tokens[-1].end,
+    )
     if content:
         atom.start, atom.end = content[0].start, content[-1].end
         atom.text = norm.span(atom.start, atom.end)
@@ -108,7 +113,9 @@ def parse_atom(tokens: list[Token], norm: Normalized, text: str, line: LineConfi
         raise AmbiguousQueryError(
             norm.span(a.start, b.end),
             [f"{names[0]} AND {names[1]}", f"{names[0]} OR {names[1]}"],
-            "Join two defects with 'and' / 'or' (和 / 或).", text)
+            "Join two defects with 'and' / 'or' (和 / 或).",
+            text,
+        )
     absent = [t for t in content if t.kind == ABSENT]
     if absent and not defects:
         # "the weld is missing" / 焊点缺失: the line's `absent` defect of that part
@@ -118,8 +125,13 @@ def parse_atom(tokens: list[Token], norm: Normalized, text: str, line: LineConfi
             word = norm.span(absent[0].start, absent[0].end)
             raise UnsupportedQueryError(
                 f"'{atom.text}': '{word}' needs a part whose absence the line detects"
-                + (f" ({', '.join(f'{d.parts[0]} -> {d.name}' for d in line.derived if d.rule == 'absent')})"
-                   if line is not None else ""), text)
+                + (
+                    f" ({', '.join(f'{d.parts[0]} -> {d.name}' for d in line.derived if d.rule == 'absent')})"
+                    if line is not None
+                    else ""
+                ),
+                text,
+            )
         defects = [absent[0]]
         absent[0].extra.update(name=target, role="defect")
         names = [target]
@@ -139,7 +151,8 @@ def parse_atom(tokens: list[Token], norm: Normalized, text: str, line: LineConfi
         if bound.is_count:
             if atom.count is not None:
                 raise UnsupportedQueryError(
-                    f"'{atom.text}' gives two counts ('{atom.count.text}' and '{bound.text}'); give one", text)
+                    f"'{atom.text}' gives two counts ('{atom.count.text}' and '{bound.text}'); give one", text
+                )
             atom.count = bound
         else:
             atom.bounds.append(bound)
@@ -164,8 +177,9 @@ def _groups(content: list[Token], norm: Normalized, text: str) -> list[_Group]:
             used.add(i)
             i += 1
             continue
-        starts = t.kind == NUM or (t.kind == CMP and t.get("position") == "prefix") or (
-            t.kind == UNIT and t.get("prefix"))
+        starts = (
+            t.kind == NUM or (t.kind == CMP and t.get("position") == "prefix") or (t.kind == UNIT and t.get("prefix"))
+        )
         if not starts:
             i += 1
             continue
@@ -234,7 +248,8 @@ def _assign_measures(groups: list[_Group], content: list[Token], norm: Normalize
         t = content[min(free)]
         word = norm.span(t.start, t.end)
         raise UnsupportedQueryError(
-            f"'{word}' has no number: say how much, e.g. '{word} more than 0.5 mm' / '{word}超过0.5mm'", text)
+            f"'{word}' has no number: say how much, e.g. '{word} more than 0.5 mm' / '{word}超过0.5mm'", text
+        )
 
 
 def _op_of(g: _Group, norm: Normalized, text: str) -> str | None:
@@ -246,8 +261,15 @@ def _op_of(g: _Group, norm: Normalized, text: str) -> str | None:
     return ops[0] if ops else None
 
 
-def _interpret(g: _Group, content: list[Token], class_idx: int | None, atom: Atom, norm: Normalized,
-               text: str, line: LineConfig | None) -> Bound:
+def _interpret(
+    g: _Group,
+    content: list[Token],
+    class_idx: int | None,
+    atom: Atom,
+    norm: Normalized,
+    text: str,
+    line: LineConfig | None,
+) -> Bound:
     """What one quantity means: a count or a bound (measure still open when no word names it)."""
     span = norm.span(content[g.start].start, content[g.end - 1].end)
     position = "none" if class_idx is None else ("prefix" if g.start < class_idx else "postfix")
@@ -257,13 +279,22 @@ def _interpret(g: _Group, content: list[Token], class_idx: int | None, atom: Ato
         r = g.range_tok
         lo, hi = r.extra["low"], r.extra["high"]
         if r.extra["classifier"] or g.measure == "count":
-            raise UnsupportedQueryError(f"'{span}': a count range is not supported; give one bound "
-                                        "(e.g. 'at least 2 cracks')", text)
+            raise UnsupportedQueryError(
+                f"'{span}': a count range is not supported; give one bound (e.g. 'at least 2 cracks')", text
+            )
         unit = r.extra["unit"]
         if unit is None and g.measure != "confidence":
             raise _missing_unit(span, g.measure, atom, lo.value, text)
-        return Bound("range", (lo.value, hi.value), unit, g.measure, False, position, span,
-                     tuple(u for u in (r.extra["unit_text"],) if u))
+        return Bound(
+            "range",
+            (lo.value, hi.value),
+            unit,
+            g.measure,
+            False,
+            position,
+            span,
+            tuple(u for u in (r.extra["unit_text"],) if u),
+        )
     num = g.num
     assert num is not None
     op = _op_of(g, norm, text)
@@ -272,10 +303,14 @@ def _interpret(g: _Group, content: list[Token], class_idx: int | None, atom: Ato
     if g.unit is not None:
         if op is None:
             raise AmbiguousQueryError(
-                span, [f"at least {span}", f"exactly {span}", f"more than {span}"],
-                "Say which: e.g. 'longer than 2 mm', 'at least 2 mm', '2mm以上'.", text)
-        return Bound(op, (num.value,), g.unit.entry, g.measure, False, position, span,
-                     (norm.span(g.unit.start, g.unit.end),))
+                span,
+                [f"at least {span}", f"exactly {span}", f"more than {span}"],
+                "Say which: e.g. 'longer than 2 mm', 'at least 2 mm', '2mm以上'.",
+                text,
+            )
+        return Bound(
+            op, (num.value,), g.unit.entry, g.measure, False, position, span, (norm.span(g.unit.start, g.unit.end),)
+        )
     if g.measure == "confidence":
         return Bound(op or ">=", (num.value,), None, "confidence", False, position, span)
     if g.measure is not None:
@@ -288,10 +323,14 @@ def _interpret(g: _Group, content: list[Token], class_idx: int | None, atom: Ato
     measure = (natural_measure(atom.defect_class, line) if line is not None else None) or "size"
     raise AmbiguousQueryError(
         f"{atom.text}",
-        [f"{cls} with {measure} {shown_op} {num.value:g} mm",
-         f"{_OP_WORDS[shown_op]} {num.value:g} {cls} findings (count {shown_op} {num.value:g})"],
+        [
+            f"{cls} with {measure} {shown_op} {num.value:g} mm",
+            f"{_OP_WORDS[shown_op]} {num.value:g} {cls} findings (count {shown_op} {num.value:g})",
+        ],
         "Add a unit for a size (mm, µm, px: 'more than 3 mm') or a counting word for a count "
-        "('more than 3 cracks', 超过3处).", text)
+        "('more than 3 cracks', 超过3处).",
+        text,
+    )
 
 
 def _missing_unit(span: str, measure: str | None, atom: Atom, value: float, text: str) -> AmbiguousQueryError:
@@ -299,11 +338,12 @@ def _missing_unit(span: str, measure: str | None, atom: Atom, value: float, text
     unit = "mm²" if m == "area" else "mm"
     pix = "px²" if m == "area" else "px"
     return AmbiguousQueryError(
-        span, [f"{m} {value:g} {unit}", f"{m} {value:g} {pix} (pixels)"],
-        f"Give the unit: e.g. '{span} {unit}'.", text)
+        span, [f"{m} {value:g} {unit}", f"{m} {value:g} {pix} (pixels)"], f"Give the unit: e.g. '{span} {unit}'.", text
+    )
 
 
 # ---- atom -> Condition ---------------------------------------------------------------------------------------------
+
 
 def natural_measure(cls: str | None, line: LineConfig) -> str | None:
     """What a bare length-unit number bounds for a class: the offset for an offset-derived defect, None for an
@@ -334,7 +374,8 @@ def finalize(atom: Atom, cid: str, line: LineConfig, text: str) -> Condition:
         if cls is None:
             raise UnsupportedQueryError(
                 f"'{atom.text}': line {line.name!r} measures no offset (its defects: {', '.join(line.defect_names)})",
-                text)
+                text,
+            )
     constraints: list[NumericConstraint] = []
     for b in atom.bounds:
         kind = b.unit.get("kind") if b.unit is not None else ("fraction" if b.measure == "confidence" else None)
@@ -345,12 +386,16 @@ def finalize(atom: Atom, cid: str, line: LineConfig, text: str) -> Condition:
             measure = {"area": "area", "fraction": "confidence"}.get(kind or "") or natural_measure(cls, line)
         if measure is None:
             raise UnsupportedQueryError(
-                f"'{b.text}': {cls} has no size to compare (it is a missing part); ask for it without a number", text)
+                f"'{b.text}': {cls} has no size to compare (it is a missing part); ask for it without a number", text
+            )
         if MEASURE_UNIT_KIND[measure] != kind:
             want = {"length": "mm, µm or px", "area": "mm² or px²", "fraction": "a fraction 0..1 or %"}[
-                MEASURE_UNIT_KIND[measure]]
-            raise UnsupportedQueryError(f"'{b.text}': {measure} is given in {want}, not "
-                                        f"{b.units_text[0] if b.units_text else 'this unit'}", text)
+                MEASURE_UNIT_KIND[measure]
+            ]
+            raise UnsupportedQueryError(
+                f"'{b.text}': {measure} is given in {want}, not {b.units_text[0] if b.units_text else 'this unit'}",
+                text,
+            )
         if measure not in allowed_measures(cls, line):
             has = ", ".join(sorted(allowed_measures(cls, line)))
             raise UnsupportedQueryError(f"'{atom.text}': {cls or 'any defect'} has no {measure} (it has: {has})", text)
@@ -363,8 +408,11 @@ def finalize(atom: Atom, cid: str, line: LineConfig, text: str) -> Condition:
                 value, unit_name = unitless_confidence(raw, b.text)
             if measure == "confidence" and not 0.0 <= value <= 1.0:
                 raise UnsupportedQueryError(f"'{b.text}': a confidence is between 0 and 1 (0% to 100%)", text)
-            constraints.append(NumericConstraint(measure=measure, op=Comparator(op), value=value, raw_value=raw,
-                                                 unit=unit_name, text=b.text))
+            constraints.append(
+                NumericConstraint(
+                    measure=measure, op=Comparator(op), value=value, raw_value=raw, unit=unit_name, text=b.text
+                )
+            )
     count = CountConstraint()
     if atom.count is not None:
         c = atom.count

@@ -42,27 +42,39 @@ class InstructionParser:
 
     def parse(self, text: str) -> InspectionQuery:
         if text is None or not text.strip():
-            raise EmptyQueryError("the instruction is empty: say what to look for, e.g. "
-                                  "'find cells with weld spatter' / '找出有焊渣飞溅的电芯'", text or "")
+            raise EmptyQueryError(
+                "the instruction is empty: say what to look for, e.g. "
+                "'find cells with weld spatter' / '找出有焊渣飞溅的电芯'",
+                text or "",
+            )
         norm, tokens = self.tokenizer.tokenize(text)
         m = _DECIMAL_COMMA.search(norm.text)
         if m:
             raise UnsupportedQueryError(
                 f"'{norm.span(m.start(), m.end())}': write decimals with a point (2.5) and numbers without thousands "
-                "separators; put a space after a comma that separates items", text)
+                "separators; put a space after a comma that separates items",
+                text,
+            )
         unknown = [t for t in tokens if t.kind == UNKNOWN]
         if unknown:
             raise UnknownTermError([self._explain_unknown(t, tokens, norm) for t in unknown], text, self.line.name)
         if all(t.kind in (FILLER, PUNCT, SEP, SUBJECT) for t in tokens):
-            raise EmptyQueryError("the instruction asks for nothing: name a defect, e.g. "
-                                  f"{', '.join(self.line.defect_names[:3])}", text)
+            raise EmptyQueryError(
+                f"the instruction asks for nothing: name a defect, e.g. {', '.join(self.line.defect_names[:3])}", text
+            )
         today = self.today or dt.date.today()
         scope, want = extract_scope(tokens, norm, today, text)
         parsed = parse_clauses(tokens, norm, self.line, text)
         return InspectionQuery(
-            instruction=text, language="zh" if has_cjk(text) else "en", line=self.line.name,
-            conditions=parsed.conditions, logic=parsed.logic, min_confidence=parsed.min_confidence,
-            scope=scope, want=want)
+            instruction=text,
+            language="zh" if has_cjk(text) else "en",
+            line=self.line.name,
+            conditions=parsed.conditions,
+            logic=parsed.logic,
+            min_confidence=parsed.min_confidence,
+            scope=scope,
+            want=want,
+        )
 
     # -- unknown words --------------------------------------------------------------------------------------------
     def _explain_unknown(self, tok: Token, tokens: list[Token], norm: Normalized) -> UnknownWord:
@@ -138,8 +150,11 @@ def parse_instruction(text: str, line: str | None = None, today: dt.date | None 
     whose words cover it completely ("shorts longer than 2 mm" -> pcb). Raises EmptyQueryError, UnknownTermError
     (with suggestions), AmbiguousQueryError (naming the readings) or UnsupportedQueryError."""
     if text is None or not str(text).strip():
-        raise EmptyQueryError("the instruction is empty: say what to look for, e.g. "
-                              "'find cells with weld spatter' / '找出有焊渣飞溅的电芯'", text or "")
+        raise EmptyQueryError(
+            "the instruction is empty: say what to look for, e.g. "
+            "'find cells with weld spatter' / '找出有焊渣飞溅的电芯'",
+            text or "",
+        )
     if line:
         named = subject_lines(text, line)
         if named and line not in named:

@@ -7,8 +7,13 @@ from agent.query import Comparator, Condition, InspectionQuery, Logic, NumericCo
 from defect_agent.config import LineConfig, load_line
 from defect_agent.errors import ConfigError
 
-_OP = {Comparator.gt: "more than", Comparator.ge: "at least", Comparator.lt: "less than",
-       Comparator.le: "at most", Comparator.eq: "exactly"}
+_OP = {
+    Comparator.gt: "more than",
+    Comparator.ge: "at least",
+    Comparator.lt: "less than",
+    Comparator.le: "at most",
+    Comparator.eq: "exactly",
+}
 _UNIT = {"offset": "mm", "length": "mm", "width": "mm", "area": "mm²", "confidence": ""}
 
 

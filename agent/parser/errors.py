@@ -72,9 +72,7 @@ class AmbiguousQueryError(QueryParseError):
         self.readings = list(readings)
         self.hint = hint
         listed = "; ".join(f"({chr(ord('a') + i)}) {r}" for i, r in enumerate(self.readings))
-        super().__init__(
-            f"ambiguous: '{phrase}' can mean {listed}." + (f" {hint}" if hint else ""), text
-        )
+        super().__init__(f"ambiguous: '{phrase}' can mean {listed}." + (f" {hint}" if hint else ""), text)
 
 
 class UnsupportedQueryError(QueryParseError):

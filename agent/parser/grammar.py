@@ -90,6 +90,7 @@ class Parsed:
 
 # ---- pre-passes ----------------------------------------------------------------------------------------------------
 
+
 def _invert_negated_comparators(tokens: list[Token]) -> list[Token]:
     """`偏移没有超过0.3mm`, `offset not over 0.3 mm`: a negation between a defect / measure word and a comparator
     negates the comparator (offset <= 0.3). At the start of a clause (没有超过0.3mm的偏移) it negates the clause."""
@@ -98,8 +99,15 @@ def _invert_negated_comparators(tokens: list[Token]) -> list[Token]:
     while i < len(tokens):
         t = tokens[i]
         nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-        if (t.kind == NOT and nxt is not None and nxt.kind == CMP and nxt.get("position") == "prefix"
-                and nxt.get("op") in _INVERT and out and out[-1].kind in (CLASS, MEASURE, ANY)):
+        if (
+            t.kind == NOT
+            and nxt is not None
+            and nxt.kind == CMP
+            and nxt.get("position") == "prefix"
+            and nxt.get("op") in _INVERT
+            and out
+            and out[-1].kind in (CLASS, MEASURE, ANY)
+        ):
             nxt.extra["op"] = _INVERT[nxt.get("op")]
             i += 1
             continue
@@ -138,18 +146,30 @@ def _collapse_ranges(tokens: list[Token], norm: Normalized, text: str) -> list[T
                 classifier = unit_tok is not None and unit_tok.kind == CLASSIFIER
                 if lo.value is not None and hi.value is not None and lo.value > hi.value:
                     raise UnsupportedQueryError(
-                        f"'{norm.span(t.start, tokens[m - 1].end)}': the first number of a range is the smaller", text)
-                out.append(Token(RANGE, t.start, tokens[m - 1].end, norm.text[t.start: tokens[m - 1].end], extra={
-                    "low": lo, "high": hi, "classifier": classifier,
-                    "unit": unit_tok.entry if unit_tok is not None and not classifier else None,
-                    "unit_text": norm.span(unit_tok.start, unit_tok.end) if unit_tok is not None else "",
-                }))
+                        f"'{norm.span(t.start, tokens[m - 1].end)}': the first number of a range is the smaller", text
+                    )
+                out.append(
+                    Token(
+                        RANGE,
+                        t.start,
+                        tokens[m - 1].end,
+                        norm.text[t.start : tokens[m - 1].end],
+                        extra={
+                            "low": lo,
+                            "high": hi,
+                            "classifier": classifier,
+                            "unit": unit_tok.entry if unit_tok is not None and not classifier else None,
+                            "unit_text": norm.span(unit_tok.start, unit_tok.end) if unit_tok is not None else "",
+                        },
+                    )
+                )
                 i = m
                 continue
         if between:
             raise UnsupportedQueryError(
                 f"'{norm.span(t.start, t.end)}' needs two numbers: e.g. 'between 0.3 and 0.5 mm' / 介于0.3和0.5毫米之间",
-                text)
+                text,
+            )
         if t.kind not in (RANGE_TO, RANGE_END):  # a lone "to" / 之间 carries nothing
             out.append(t)
         i += 1
@@ -157,6 +177,7 @@ def _collapse_ranges(tokens: list[Token], norm: Normalized, text: str) -> list[T
 
 
 # ---- split ---------------------------------------------------------------------------------------------------------
+
 
 def _has_defect(tokens: list[Token]) -> bool:
     return any(t.kind == ANY or (t.kind == CLASS and t.get("role") == "defect") for t in tokens)
@@ -184,7 +205,7 @@ def _split(tokens: list[Token], text: str) -> tuple[list[Group], list[list[Token
                 groups[-1].tokens.append(t)
                 continue
             rest: list[Token] = []
-            for u in tokens[idx + 1:]:
+            for u in tokens[idx + 1 :]:
                 if u.kind in CONNECTORS:
                     break
                 rest.append(u)
@@ -237,6 +258,7 @@ def _reduce(group: Group, norm: Normalized, text: str) -> Group:
 
 # ---- helpers on atoms ----------------------------------------------------------------------------------------------
 
+
 def _bound_measure(b: Bound, cls: str | None, line: LineConfig) -> str | None:
     kind = b.unit.get("kind") if b.unit is not None else ("fraction" if b.measure == "confidence" else None)
     m = b.measure
@@ -257,9 +279,17 @@ def _applies(q: Bound, cls: str | None, own: str | None, line: LineConfig) -> bo
 
 
 def _is_confidence_only(atom: Atom) -> bool:
-    return (not atom.class_word and not atom.parts and atom.count is None and bool(atom.bounds)
-            and all((b.measure == "confidence" or (b.unit is not None and b.unit.get("kind") == "fraction"))
-                    and b.op in (">", ">=") for b in atom.bounds))
+    return (
+        not atom.class_word
+        and not atom.parts
+        and atom.count is None
+        and bool(atom.bounds)
+        and all(
+            (b.measure == "confidence" or (b.unit is not None and b.unit.get("kind") == "fraction"))
+            and b.op in (">", ">=")
+            for b in atom.bounds
+        )
+    )
 
 
 def _confidence_value(b: Bound, line: LineConfig) -> float:
@@ -268,22 +298,31 @@ def _confidence_value(b: Bound, line: LineConfig) -> float:
     return unitless_confidence(b.values[0], b.text)[0]
 
 
-def _spread_error(bound_atom: Atom, other: Atom, joiner: str, quantities: list[Bound], zh: bool,
-                  text: str) -> AmbiguousQueryError:
+def _spread_error(
+    bound_atom: Atom, other: Atom, joiner: str, quantities: list[Bound], zh: bool, text: str
+) -> AmbiguousQueryError:
     q = " ".join(b.text for b in quantities)
     a, b = other.defect_class or "any defect", bound_atom.defect_class or "any defect"
     op = joiner.upper()
-    hint = ("把数量条件写在它所限定的缺陷后面，或对每个缺陷分别写出，例如「裂纹长度超过1mm或烧伤长度超过1mm」。" if zh else
-            "Repeat the bound for each defect it applies to ('cracks longer than 1 mm or burns longer than 1 mm'), "
-            "or mark the defect it belongs to with an article ('cracks or a burn longer than 1 mm').")
-    phrase = f"{other.text} … {bound_atom.text}" if other.start < bound_atom.start else f"{bound_atom.text} … {other.text}"
+    hint = (
+        "把数量条件写在它所限定的缺陷后面，或对每个缺陷分别写出，例如「裂纹长度超过1mm或烧伤长度超过1mm」。"
+        if zh
+        else "Repeat the bound for each defect it applies to ('cracks longer than 1 mm or burns longer than 1 mm'), "
+        "or mark the defect it belongs to with an article ('cracks or a burn longer than 1 mm')."
+    )
+    phrase = (
+        f"{other.text} … {bound_atom.text}" if other.start < bound_atom.start else f"{bound_atom.text} … {other.text}"
+    )
     return AmbiguousQueryError(
         phrase,
         [f"'{q}' bounds only {b}: {a} {op} ({b} {q})", f"'{q}' bounds both: ({a} {q}) {op} ({b} {q})"],
-        hint, text)
+        hint,
+        text,
+    )
 
 
 # ---- main ----------------------------------------------------------------------------------------------------------
+
 
 def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text: str) -> Parsed:
     zh = any("\u4e00" <= c <= "\u9fff" for c in norm.text)
@@ -291,8 +330,9 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
     # "any of: crack, burn, spatter" / "all of ...": how a list without and/or combines
     markers = {t.kind for t in toks if t.kind in (LIST_ANY, LIST_ALL)}
     if len(markers) > 1:
-        raise AmbiguousQueryError(text, ["any of them (OR)", "all of them (AND)"],
-                                  "Say either 'any of' or 'all of'.", text)
+        raise AmbiguousQueryError(
+            text, ["any of them (OR)", "all of them (AND)"], "Say either 'any of' or 'all of'.", text
+        )
     list_op = {LIST_ANY: "or", LIST_ALL: "and"}[markers.pop()] if markers else None
     toks = [t for t in toks if t.kind not in (LIST_ANY, LIST_ALL)]
     toks = _invert_negated_comparators(toks)
@@ -301,7 +341,9 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
     if not raw_atoms:
         raise EmptyQueryError(
             "the instruction names no defect: say what to look for, e.g. 'find cells with weld spatter' / "
-            "'找出有焊渣飞溅的电芯'", text)
+            "'找出有焊渣飞溅的电芯'",
+            text,
+        )
     if any(t.kind not in (SEP, POSITIVE) and not t.get("closing") for t in trailing.tokens):
         raise UnsupportedQueryError(f"the instruction ends with '{trailing.words(norm)}': say what follows it", text)
     groups = [_reduce(g, norm, text) for g in groups]
@@ -317,7 +359,9 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
     if not pairs:
         raise EmptyQueryError(
             "the instruction names no defect, only which images: say what to look for, e.g. "
-            "'cracks in today's images' / '今天的电芯中有裂纹的'", text)
+            "'cracks in today's images' / '今天的电芯中有裂纹的'",
+            text,
+        )
     pairs[0][0].binop = None  # "either", "both" before the first clause join nothing
 
     # rule 1: a separator takes the next explicit and/or
@@ -325,7 +369,7 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
         g = pairs[k][0]
         if g.binop is None:
             if g.sep and not g.neg and not g.positive:
-                adopted = next((p[0].binop for p in pairs[k + 1:] if p[0].binop is not None), None) or list_op
+                adopted = next((p[0].binop for p in pairs[k + 1 :] if p[0].binop is not None), None) or list_op
                 g.binop = adopted or "and"
                 g.defaulted = adopted is None
             else:
@@ -353,7 +397,9 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
             raise UnsupportedQueryError(
                 f"'{a.text}': {part} is a part, not a defect; ask for a defect"
                 + (f" of it ({', '.join(uses)})" if uses else "")
-                + f" or one of: {', '.join(n for n in line.defect_names if n not in uses)}", text)
+                + f" or one of: {', '.join(n for n in line.defect_names if n not in uses)}",
+                text,
+            )
         if _is_confidence_only(a) and len(pairs) > 1 and not g.neg and (k == 0 or g.binop == "and"):
             value = max(_confidence_value(b, line) for b in a.bounds)
             if not 0.0 <= value <= 1.0:
@@ -363,8 +409,11 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
                 pairs[k + 1][0].binop = None
             continue
         prev = kept[-1][1] if kept else None
-        if prev is not None and (prev.class_word or prev.inherited_from) and not any(
-                b.measure == "offset" for b in a.bounds):
+        if (
+            prev is not None
+            and (prev.class_word or prev.inherited_from)
+            and not any(b.measure == "offset" for b in a.bounds)
+        ):
             if g.binop == "and" and not g.neg:
                 if a.count is not None and prev.count is not None:
                     raise UnsupportedQueryError(f"'{prev.text} … {a.text}' gives two counts; give one", text)
@@ -398,10 +447,15 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
         if g.defaulted and cur.class_word and prev.class_word:
             raise AmbiguousQueryError(
                 norm.span(prev.start, cur.end),
-                [f"all of them: {prev.defect_class or 'any defect'} AND {cur.defect_class or 'any defect'}",
-                 f"any of them: {prev.defect_class or 'any defect'} OR {cur.defect_class or 'any defect'}"],
-                "用「和/且」表示都要有，用「或」表示任一即可。" if zh else
-                "Write 'and' if every one must be present, 'or' if any one is enough.", text)
+                [
+                    f"all of them: {prev.defect_class or 'any defect'} AND {cur.defect_class or 'any defect'}",
+                    f"any of them: {prev.defect_class or 'any defect'} OR {cur.defect_class or 'any defect'}",
+                ],
+                "用「和/且」表示都要有，用「或」表示任一即可。"
+                if zh
+                else "Write 'and' if every one must be present, 'or' if any one is enough.",
+                text,
+            )
 
     # "cells with cracks and cells with burns" / 有裂纹的电芯和有烧伤的电芯: two sets of items (OR), or items with both?
     for k in range(1, len(kept)):
@@ -412,8 +466,11 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
             raise AmbiguousQueryError(
                 norm.span(prev.raw_start, cur.raw_end),
                 [f"items that have both: {a} AND {b}", f"both groups of items: {a} OR {b}"],
-                "说「有裂纹或有烧伤的电芯」(任一) 或「同时有裂纹和烧伤的电芯」(都有)。" if zh else
-                "Say 'cells with cracks or burns' (either) or 'cells with both cracks and burns' (both).", text)
+                "说「有裂纹或有烧伤的电芯」(任一) 或「同时有裂纹和烧伤的电芯」(都有)。"
+                if zh
+                else "Say 'cells with cracks or burns' (either) or 'cells with both cracks and burns' (both).",
+                text,
+            )
 
     # rule 5: a number at either end of a bare list
     for k in range(1, len(kept)):
@@ -423,12 +480,24 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
         if not noun_level:
             continue
         post = cur.quantities("postfix")
-        if (post and cur.class_word and not cur.det_before_class and not cur.quantities("prefix") and prev.bare
-                and all(_applies(q, prev.defect_class, cur.defect_class, line) for q in post)):
+        if (
+            post
+            and cur.class_word
+            and not cur.det_before_class
+            and not cur.quantities("prefix")
+            and prev.bare
+            and all(_applies(q, prev.defect_class, cur.defect_class, line) for q in post)
+        ):
             raise _spread_error(cur, prev, g.binop, post, zh, text)
         pre = prev.quantities("prefix")
-        if (pre and prev.class_word and not prev.quantities("postfix") and cur.bare and not cur.det_before_class
-                and all(_applies(q, cur.defect_class, prev.defect_class, line) for q in pre)):
+        if (
+            pre
+            and prev.class_word
+            and not prev.quantities("postfix")
+            and cur.bare
+            and not cur.det_before_class
+            and all(_applies(q, cur.defect_class, prev.defect_class, line) for q in pre)
+        ):
             raise _spread_error(prev, cur, g.binop, pre, zh, text)
 
     conditions = []
@@ -439,8 +508,14 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
 
 
 def _absorbable(g: Group, a: Atom) -> bool:
-    return (not g.neg and not g.positive and not g.clause and g.binop in ("and", "or") and not a.det_before_class
-            and not a.quantities("prefix"))
+    return (
+        not g.neg
+        and not g.positive
+        and not g.clause
+        and g.binop in ("and", "or")
+        and not a.det_before_class
+        and not a.quantities("prefix")
+    )
 
 
 def _build_logic(groups: list[Group], atoms: list[Atom], conditions: list[Condition]) -> Logic:

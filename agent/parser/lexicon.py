@@ -135,9 +135,26 @@ def _load_lexicon(path: str) -> Lexicon:
 
 # Entry kinds
 CLASS, SUBJECT, ANY, MEASURE, CMP, UNIT, CLASSIFIER, QUANT, NUMWORD = (
-    "class", "subject", "any", "measure", "cmp", "unit", "classifier", "quant", "numword")
+    "class",
+    "subject",
+    "any",
+    "measure",
+    "cmp",
+    "unit",
+    "classifier",
+    "quant",
+    "numword",
+)
 AND, AND_CLAUSE, OR, NOT, BUT_NOT, NOR, POSITIVE, SEP = (
-    "and", "and_clause", "or", "not", "but_not", "nor", "positive", "sep")
+    "and",
+    "and_clause",
+    "or",
+    "not",
+    "but_not",
+    "nor",
+    "positive",
+    "sep",
+)
 NOT_AFTER, ABSENT, AND_NOT = "not_after", "absent", "and_not"
 LIST_ANY, LIST_ALL = "list_any", "list_all"
 BETWEEN, RANGE_TO, RANGE_END = "between", "range_to", "range_end"
@@ -199,9 +216,12 @@ class Vocabulary:
                 if old.kind == entry.kind == CLASS:
                     raise ConfigError(
                         f"line {self.line.name!r}: the word {surface!r} names two classes "
-                        f"({old.get('name')} and {entry.get('name')}); keep it in one class's synonyms")
-                raise ConfigError(f"the word {surface!r} is listed twice with different meanings "
-                                  f"({old.kind} {dict(old.data)} and {entry.kind} {dict(entry.data)})")
+                        f"({old.get('name')} and {entry.get('name')}); keep it in one class's synonyms"
+                    )
+                raise ConfigError(
+                    f"the word {surface!r} is listed twice with different meanings "
+                    f"({old.kind} {dict(old.data)} and {entry.kind} {dict(entry.data)})"
+                )
             return
         self.table[key] = entry
         self.max_len = max(self.max_len, len(key))
@@ -222,7 +242,7 @@ class Vocabulary:
 
 
 def _add_words(vocab: Vocabulary, words: Words | list[str], entry_kind: str, **data: Any) -> None:
-    for w in (words.all() if isinstance(words, Words) else words):
+    for w in words.all() if isinstance(words, Words) else words:
         vocab.add(w, _entry(entry_kind, w, **data))
 
 
@@ -236,8 +256,9 @@ def build_vocabulary(line: LineConfig, lexicon: Lexicon, subjects: dict[str, lis
     _add_words(vocab, lx.ranges.to, RANGE_TO)
     _add_words(vocab, lx.ranges.end, RANGE_END)
     for u in lx.units:
-        _add_words(vocab, u, UNIT, unit=u.unit, kind=u.kind, factor=u.factor, calibration=u.calibration,
-                   prefix=u.prefix)
+        _add_words(
+            vocab, u, UNIT, unit=u.unit, kind=u.kind, factor=u.factor, calibration=u.calibration, prefix=u.prefix
+        )
     for measure, words in lx.measures.items():
         _add_words(vocab, words, MEASURE, measure=measure)
     for word, value in lx.counts.en.items():
@@ -276,7 +297,9 @@ def build_vocabulary(line: LineConfig, lexicon: Lexicon, subjects: dict[str, lis
         for w in words:
             vocab.add(w, _entry(SUBJECT, w, line=line_name))
     # the line's classes: canonical names, synonyms, regular plurals and spellings without spaces
-    specs = [(c.name, c.role, c.synonyms) for c in line.classes] + [(d.name, "defect", d.synonyms) for d in line.derived]
+    specs = [(c.name, c.role, c.synonyms) for c in line.classes] + [
+        (d.name, "defect", d.synonyms) for d in line.derived
+    ]
     for name, role, syn in specs:
         explicit = [name, name.replace("_", " "), *syn.en, *syn.zh]
         for w in explicit:

@@ -145,12 +145,19 @@ def _constraint(c: DraftConstraint, cls: str | None, line: LineConfig, text: str
         raise UnsupportedQueryError(f"{c.measure} {c.op} {c.value:g} has no unit", text)
     if c.measure not in allowed_measures(cls, line):
         raise UnsupportedQueryError(f"{cls or 'any defect'} has no {c.measure}", text)
-    return NumericConstraint(measure=c.measure, op=Comparator(c.op), value=value, raw_value=c.value, unit=unit,
-                             text=f"{c.measure} {c.op} {c.value:g}{unit_word}")
+    return NumericConstraint(
+        measure=c.measure,
+        op=Comparator(c.op),
+        value=value,
+        raw_value=c.value,
+        unit=unit,
+        text=f"{c.measure} {c.op} {c.value:g}{unit_word}",
+    )
 
 
-def draft_to_query(draft: InspectionQueryDraft, text: str, line: LineConfig,
-                   today: dt.date | None = None) -> InspectionQuery:
+def draft_to_query(
+    draft: InspectionQueryDraft, text: str, line: LineConfig, today: dt.date | None = None
+) -> InspectionQuery:
     conditions: list[Condition] = []
     unknown: list[UnknownWord] = []
     for d in draft.conditions:
@@ -158,9 +165,15 @@ def draft_to_query(draft: InspectionQueryDraft, text: str, line: LineConfig,
         if problem is not None:
             unknown.append(problem)
             continue
-        conditions.append(Condition(
-            id=d.id, defect_class=cls, constraints=[_constraint(c, cls, line, text) for c in d.constraints],
-            count=CountConstraint(op=Comparator(d.count_op), value=d.count_value), text=""))
+        conditions.append(
+            Condition(
+                id=d.id,
+                defect_class=cls,
+                constraints=[_constraint(c, cls, line, text) for c in d.constraints],
+                count=CountConstraint(op=Comparator(d.count_op), value=d.count_value),
+                text="",
+            )
+        )
     if unknown:
         raise UnknownTermError(unknown, text, line.name)
     if not conditions:
@@ -168,10 +181,16 @@ def draft_to_query(draft: InspectionQueryDraft, text: str, line: LineConfig,
     try:
         logic = parse_logic_expr(draft.logic)
         return InspectionQuery(
-            instruction=text, language="zh" if has_cjk(text) else "en", line=line.name, conditions=conditions,
-            logic=logic, min_confidence=draft.min_confidence,
-            scope=Scope(date=(today or dt.date.today()) if draft.today_only else None, folder=draft.folder,
-                        lot=draft.lot),
-            want=ReturnSpec(similar_cases=draft.similar_cases, overlays=draft.overlays))
+            instruction=text,
+            language="zh" if has_cjk(text) else "en",
+            line=line.name,
+            conditions=conditions,
+            logic=logic,
+            min_confidence=draft.min_confidence,
+            scope=Scope(
+                date=(today or dt.date.today()) if draft.today_only else None, folder=draft.folder, lot=draft.lot
+            ),
+            want=ReturnSpec(similar_cases=draft.similar_cases, overlays=draft.overlays),
+        )
     except (ValueError, ValidationError) as exc:
         raise QueryParseError(f"the language model's query is inconsistent: {exc}", text) from exc

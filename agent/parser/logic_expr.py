@@ -23,7 +23,7 @@ def parse_logic_expr(text: str) -> Logic:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m:
-            raise ValueError(f"logic {text!r}: unexpected {text[pos:pos + 10]!r} at {pos}")
+            raise ValueError(f"logic {text!r}: unexpected {text[pos : pos + 10]!r} at {pos}")
         tokens.append(m.group(1))
         pos = m.end()
     if not tokens:

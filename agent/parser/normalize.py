@@ -8,8 +8,20 @@ from dataclasses import dataclass
 
 # Characters NFKC leaves alone but operators type interchangeably with ASCII ones.
 _EXTRA = {
-    "\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u300c": '"', "\u300d": '"', "\u300e": '"',
-    "\u300f": '"', "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u301c": "~", "\u3002": ".", "\uff61": ".",
+    "\u2019": "'",
+    "\u2018": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u300c": '"',
+    "\u300d": '"',
+    "\u300e": '"',
+    "\u300f": '"',
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2212": "-",
+    "\u301c": "~",
+    "\u3002": ".",
+    "\uff61": ".",
     "\u00d7": "x",
 }
 
@@ -41,7 +53,7 @@ class Normalized:
         """The original characters behind normalised positions [start, end)."""
         if start >= end:
             return ""
-        return self.original[self.origin[start]: self.origin[end - 1] + 1].strip()
+        return self.original[self.origin[start] : self.origin[end - 1] + 1].strip()
 
 
 def normalize(original: str) -> Normalized:

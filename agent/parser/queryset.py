@@ -81,8 +81,13 @@ def load_queryset(path: str | Path | None = None) -> dict[str, list[dict[str, An
 def parse_condition_spec(spec: str) -> dict[str, Any]:
     """`crack #>=2 length>1 @tab raw:40px` -> {class, count, bounds, region, raw}."""
     words = spec.split()
-    out: dict[str, Any] = {"class": None if words[0] == "any" else words[0], "count": (">=", 1), "bounds": [],
-                           "region": None, "raw": None}
+    out: dict[str, Any] = {
+        "class": None if words[0] == "any" else words[0],
+        "count": (">=", 1),
+        "bounds": [],
+        "region": None,
+        "raw": None,
+    }
     for w in words[1:]:
         if m := _COUNT.match(w):
             out["count"] = (m.group(1), int(m.group(2)))
@@ -109,8 +114,9 @@ def compare(query: InspectionQuery, case: dict[str, Any], today: dt.date = QUERY
         problems.append(f"line {query.line} != {case['line']}")
     specs = [parse_condition_spec(s) for s in case["c"]]
     if len(query.conditions) != len(specs):
-        problems.append(f"{len(query.conditions)} conditions != {len(specs)}: "
-                        f"{[c.defect_class for c in query.conditions]}")
+        problems.append(
+            f"{len(query.conditions)} conditions != {len(specs)}: {[c.defect_class for c in query.conditions]}"
+        )
     for cond, spec in zip(query.conditions, specs):
         if cond.defect_class != spec["class"]:
             problems.append(f"{cond.id} class {cond.defect_class} != {spec['class']}")
@@ -132,7 +138,8 @@ def compare(query: InspectionQuery, case: dict[str, Any], today: dt.date = QUERY
         problems.append(f"logic {logic} != {case['logic']}")
     want_conf = case.get("min_conf")
     if (query.min_confidence is None) != (want_conf is None) or (
-            want_conf is not None and abs(query.min_confidence - want_conf) > 1e-9):  # type: ignore[operator]
+        want_conf is not None and abs(query.min_confidence - want_conf) > 1e-9
+    ):  # type: ignore[operator]
         problems.append(f"min_confidence {query.min_confidence} != {want_conf}")
     scope = case.get("scope") or {}
     want_date = {"today": today, "yesterday": today - dt.timedelta(days=1), None: None}[scope.get("date")]
@@ -179,9 +186,16 @@ def check_error(case: dict[str, Any], today: dt.date = QUERYSET_TODAY) -> CaseRe
             if len(exc.readings) < int(case.get("readings", 2)):
                 problems.append(f"only {len(exc.readings)} readings named: {exc.readings}")
         return CaseResult(case["q"], "error", family, not problems, problems)
-    return CaseResult(case["q"], "error", family, False,
-                      [f"parsed without error: {format_logic(query.logic)} "
-                       f"{[c.defect_class for c in query.conditions]}, expected {case['error']}"])
+    return CaseResult(
+        case["q"],
+        "error",
+        family,
+        False,
+        [
+            f"parsed without error: {format_logic(query.logic)} "
+            f"{[c.defect_class for c in query.conditions]}, expected {case['error']}"
+        ],
+    )
 
 
 def evaluate_queryset(path: str | Path | None = None, today: dt.date = QUERYSET_TODAY) -> QuerySetReport:

@@ -29,7 +29,9 @@ def extract_scope(tokens: list[Token], norm: Normalized, today: dt.date, text: s
             field = "folder" if tok.kind == FOLDER else "lot"
             old = getattr(scope, field)
             if old is not None and old != tok.capture:
-                raise UnsupportedQueryError(f"the instruction names two {field}s ({old}, {tok.capture}); give one", text)
+                raise UnsupportedQueryError(
+                    f"the instruction names two {field}s ({old}, {tok.capture}); give one", text
+                )
             setattr(scope, field, tok.capture)
             tok.kind = SCOPE
         elif tok.kind == SIMILAR:
@@ -40,8 +42,9 @@ def extract_scope(tokens: list[Token], norm: Normalized, today: dt.date, text: s
             if j >= 0 and tokens[j].kind == NUM and tokens[j].value is not None:
                 value = tokens[j].value
                 if not float(value).is_integer() or value < 1:
-                    raise UnsupportedQueryError(f"'{norm.span(tokens[j].start, tok.end)}': give a whole number of cases",
-                                                text)
+                    raise UnsupportedQueryError(
+                        f"'{norm.span(tokens[j].start, tok.end)}': give a whole number of cases", text
+                    )
                 want.similar_cases = int(value)
                 for m in range(j, k):
                     if tokens[m].kind in (NUM, CLASSIFIER):

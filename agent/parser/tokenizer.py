@@ -104,7 +104,7 @@ class Tokenizer:
         n = len(text)
         left_ok = i == 0 or not is_ascii_letter(text[i - 1])
         for length in range(min(self.vocab.max_len, n - i), 0, -1):
-            surface = text[i: i + length]
+            surface = text[i : i + length]
             entry = self.vocab.table.get(surface)
             if entry is None:
                 continue
@@ -175,10 +175,11 @@ class Tokenizer:
                 hit = self._plural_fallback(text, i)
             if hit is not None:
                 length, entry = hit
-                tok = Token(entry.kind, i, i + length, text[i: i + length], entry=entry)
+                tok = Token(entry.kind, i, i + length, text[i : i + length], entry=entry)
                 if entry.kind == "numword":
-                    tok = Token(NUM, i, i + length, tok.surface, entry=entry, value=float(entry.get("value")),
-                                is_word=True)
+                    tok = Token(
+                        NUM, i, i + length, tok.surface, entry=entry, value=float(entry.get("value")), is_word=True
+                    )
                 tokens.append(tok)
                 i += length
                 if entry.kind in (FOLDER, LOT):
@@ -233,7 +234,7 @@ class Tokenizer:
                 if prev.kind == UNKNOWN and is_ascii_alnum(prev.surface[0]) or (prev.kind == NUM and not prev.is_word):
                     if tok.kind == LOT and not any(c.isdigit() for c in prev.surface):
                         continue
-                    tok.capture = norm.cased[prev.start: prev.end]
+                    tok.capture = norm.cased[prev.start : prev.end]
                     tok.start = prev.start
                     prev.kind = "captured"
         tokens[:] = [t for t in tokens if t.kind != "captured"]

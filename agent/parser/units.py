@@ -8,15 +8,20 @@ from agent.parser.lexicon import Entry
 from defect_agent.config import LineConfig
 
 # measure -> the kind of unit it takes
-MEASURE_UNIT_KIND = {"offset": "length", "length": "length", "width": "length", "area": "area",
-                     "confidence": "fraction"}
+MEASURE_UNIT_KIND = {
+    "offset": "length",
+    "length": "length",
+    "width": "length",
+    "area": "area",
+    "confidence": "fraction",
+}
 
 
 def convert(raw_value: float, unit: Entry, line: LineConfig) -> float:
     """Value in the canonical unit of the unit's kind."""
     if unit.get("calibration"):
         mm_per_px = line.calibration.mm_per_px
-        factor = mm_per_px if unit.get("kind") == "length" else mm_per_px ** 2
+        factor = mm_per_px if unit.get("kind") == "length" else mm_per_px**2
     else:
         factor = float(unit.get("factor", 1.0))
     return round(raw_value * factor, 10)

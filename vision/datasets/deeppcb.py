@@ -72,13 +72,16 @@ def pcb_root(src: Path | str) -> Path:
     for cand in (src, src / "PCBData"):
         if cand.is_dir() and any(p.is_dir() and p.name.startswith("group") for p in cand.iterdir()):
             return cand
-    raise EmptyInput(f"no DeepPCB group folders (groupNNNNN) under {src} or {src / 'PCBData'}; pass the folder "
-                     "that holds PCBData (e.g. ../shared/datasets/deeppcb)")
+    raise EmptyInput(
+        f"no DeepPCB group folders (groupNNNNN) under {src} or {src / 'PCBData'}; pass the folder "
+        "that holds PCBData (e.g. ../shared/datasets/deeppcb)"
+    )
 
 
 def find_template(test_path: Path | str) -> Path | None:
     """The aligned template of `<id>_test.<ext>`: `<id>_temp.<any image ext>` in the same folder, else None."""
     return find_reference(test_path, DEEPPCB_REFERENCE)
+
 
 def scan_deeppcb(src: Path | str) -> list[DeepPCBPair]:
     """Every `<id>_test.*` image that has an annotation file, sorted by id."""
@@ -96,8 +99,11 @@ def scan_deeppcb(src: Path | str) -> list[DeepPCBPair]:
                 if not ann.is_file():
                     missing += 1
                     continue
-                pairs.append(DeepPCBPair(id=m.group("id"), group=group.name, test=test,
-                                         template=find_template(test), annotation=ann))
+                pairs.append(
+                    DeepPCBPair(
+                        id=m.group("id"), group=group.name, test=test, template=find_template(test), annotation=ann
+                    )
+                )
     if missing:
         log.warning("%d DeepPCB test images under %s have no annotation file and were skipped", missing, root)
     if not pairs:
@@ -127,8 +133,10 @@ def reference_input(test_path: Path | str, template_path: Path | str | None = No
     """The composite for an image file; the template defaults to `find_template(test_path)`."""
     template_path = template_path or find_template(test_path)
     if template_path is None:
-        raise ImageReadError(f"no template for {test_path}: expected <id>_temp.<ext> beside <id>_test.<ext>, "
-                             "or pass the template explicitly")
+        raise ImageReadError(
+            f"no template for {test_path}: expected <id>_temp.<ext> beside <id>_test.<ext>, "
+            "or pass the template explicitly"
+        )
     return reference_composite(read_grey(test_path), read_grey(template_path))
 
 
@@ -142,9 +150,14 @@ def template_pairs(src: Path | str, split: str, max_boards: int | None = None) -
     return [p for p in scan_deeppcb(src) if split_of(p.group) == split and p.template is not None][:max_boards]
 
 
-def convert_deeppcb(src: Path | str, out: Path | str, reference: bool = False,
-                    val_groups: tuple[str, ...] = VAL_GROUPS, progress: bool = True,
-                    negatives: bool = True) -> ConversionSummary:
+def convert_deeppcb(
+    src: Path | str,
+    out: Path | str,
+    reference: bool = False,
+    val_groups: tuple[str, ...] = VAL_GROUPS,
+    progress: bool = True,
+    negatives: bool = True,
+) -> ConversionSummary:
     """Write `out/images/{train,val}`, `out/labels/{train,val}`, `out/data.yaml`, `out/split.json`.
 
     Without `reference`, images are byte-for-byte copies of the `_test` files (no re-encoding); with it, PNG
@@ -205,12 +218,28 @@ def convert_deeppcb(src: Path | str, out: Path | str, reference: bool = False,
         data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     groups = {s: sorted({p.group for p in pairs if split_of(p.group, val_groups) == s}) for s in ("train", "val")}
     split_json = out / "split.json"
-    split_json.write_text(json.dumps({
-        "source": str(pcb_root(src)), "rule": "by group folder; val = fixed groups", "reference": reference,
-        "groups": groups, "images": dict(images), "ids": ids,
-    }, indent=1), encoding="utf-8")
-    summary = ConversionSummary(data_yaml=data_yaml, split_json=split_json, reference=reference, images=dict(images),
-                                boxes={s: dict(sorted(c.items())) for s, c in boxes.items()}, groups=groups)
+    split_json.write_text(
+        json.dumps(
+            {
+                "source": str(pcb_root(src)),
+                "rule": "by group folder; val = fixed groups",
+                "reference": reference,
+                "groups": groups,
+                "images": dict(images),
+                "ids": ids,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
+    summary = ConversionSummary(
+        data_yaml=data_yaml,
+        split_json=split_json,
+        reference=reference,
+        images=dict(images),
+        boxes={s: dict(sorted(c.items())) for s, c in boxes.items()},
+        groups=groups,
+    )
     log.info("DeepPCB -> %s: %s", out, summary.images)
     return summary
 
@@ -236,8 +265,9 @@ def subset_data_yaml(data_yaml: Path | str, n_train: int, seed: int = 0, name: s
     return out
 
 
-def write_compact_source(src: Path | str, out: Path | str, progress: bool = True,
-                         keep_templates: tuple[str, ...] = VAL_GROUPS) -> Path:
+def write_compact_source(
+    src: Path | str, out: Path | str, progress: bool = True, keep_templates: tuple[str, ...] = VAL_GROUPS
+) -> Path:
     """A small copy of DeepPCB in its own layout for moving it between machines: test images byte-for-byte,
     templates of the `keep_templates` groups byte-for-byte (they become the validation negatives), the other
     templates as binarised PNGs (all that `reference_composite` uses of them), annotations as they are.
@@ -251,8 +281,11 @@ def write_compact_source(src: Path | str, out: Path | str, progress: bool = True
         if pair.template is not None and pair.group in keep_templates:
             shutil.copyfile(pair.template, out / rel / pair.template.name)
         elif pair.template is not None:
-            cv2.imwrite(str(out / rel / f"{pair.id}_temp.png"), binarize(read_grey(pair.template)),
-                        [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            cv2.imwrite(
+                str(out / rel / f"{pair.id}_temp.png"),
+                binarize(read_grey(pair.template)),
+                [cv2.IMWRITE_PNG_COMPRESSION, 9],
+            )
         ann_rel = pair.annotation.parent.relative_to(root)
         (out / ann_rel).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pair.annotation, out / ann_rel / pair.annotation.name)

@@ -85,8 +85,9 @@ def parse_voc(text: str, source: str = "<xml>") -> NeuAnnotation:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: a <bndbox> without numeric xmin/ymin/xmax/ymax") from exc
         objects.append(NeuObject(name=name, box=Box(x1=coords[0], y1=coords[1], x2=coords[2], y2=coords[3])))
-    return NeuAnnotation(filename=(root.findtext("filename") or "").strip(), width=width, height=height,
-                         objects=tuple(objects))
+    return NeuAnnotation(
+        filename=(root.findtext("filename") or "").strip(), width=width, height=height, objects=tuple(objects)
+    )
 
 
 def class_of(stem: str) -> str:
@@ -113,8 +114,9 @@ def stratified_split(stems: list[str], val_fraction: float = VAL_FRACTION, seed:
     return split
 
 
-def convert_neu_det(src: Path | str, out: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0,
-                    progress: bool = True) -> NeuConversionSummary:
+def convert_neu_det(
+    src: Path | str, out: Path | str, val_fraction: float = VAL_FRACTION, seed: int = 0, progress: bool = True
+) -> NeuConversionSummary:
     """Write `out/images/{train,val}` (byte-for-byte copies), `out/labels/{train,val}`, `out/data.yaml`,
     `out/split.json`."""
     from vision.datasets.yolo import prepare_split_dirs, write_data_yaml, yolo_label_line
@@ -127,8 +129,9 @@ def convert_neu_det(src: Path | str, out: Path | str, val_fraction: float = VAL_
         raise EmptyInput(f"{root}: no image with an annotation of the same name")
     missing = sorted(set(images) ^ set(xmls))
     if missing:
-        log.warning("NEU-DET: %d files without their image / annotation pair skipped (e.g. %s)", len(missing),
-                    missing[:3])
+        log.warning(
+            "NEU-DET: %d files without their image / annotation pair skipped (e.g. %s)", len(missing), missing[:3]
+        )
     split = stratified_split(stems, val_fraction, seed)
     out = Path(out)
     dirs = prepare_split_dirs(out, empty=True)
@@ -156,12 +159,24 @@ def convert_neu_det(src: Path | str, out: Path | str, val_fraction: float = VAL_
         counts[split[stem]] += 1
     data_yaml = write_data_yaml(out, NEU_CLASSES)
     split_json = out / "split.json"
-    split_json.write_text(json.dumps({
-        "source": str(root), "rule": f"stratified by class, {val_fraction:.0%} of each class to val",
-        "seed": seed, "images": dict(counts),
-        "ids": {s: sorted(k for k, v in split.items() if v == s) for s in ("train", "val")},
-    }, indent=1), encoding="utf-8")
-    summary = NeuConversionSummary(data_yaml=data_yaml, split_json=split_json, images=dict(counts),
-                                   boxes={s: dict(sorted(c.items())) for s, c in boxes.items()})
+    split_json.write_text(
+        json.dumps(
+            {
+                "source": str(root),
+                "rule": f"stratified by class, {val_fraction:.0%} of each class to val",
+                "seed": seed,
+                "images": dict(counts),
+                "ids": {s: sorted(k for k, v in split.items() if v == s) for s in ("train", "val")},
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
+    summary = NeuConversionSummary(
+        data_yaml=data_yaml,
+        split_json=split_json,
+        images=dict(counts),
+        boxes={s: dict(sorted(c.items())) for s, c in boxes.items()},
+    )
     log.info("NEU-DET -> %s: %s", out, summary.images)
     return summary

@@ -42,12 +42,14 @@ def parse_label_line(line: str, width: int, height: int) -> tuple[int, Box]:
     if len(parts) != 5:
         raise ValueError(f"YOLO label line needs 5 fields, got {line!r}")
     cid, cx, cy, w, h = int(parts[0]), *map(float, parts[1:])
-    return cid, Box(x1=(cx - w / 2) * width, y1=(cy - h / 2) * height,
-                    x2=(cx + w / 2) * width, y2=(cy + h / 2) * height)
+    return cid, Box(
+        x1=(cx - w / 2) * width, y1=(cy - h / 2) * height, x2=(cx + w / 2) * width, y2=(cy + h / 2) * height
+    )
 
 
-def write_data_yaml(out_dir: Path | str, names: list[str], train: str = "images/train",
-                    val: str = "images/val", test: str | None = None) -> Path:
+def write_data_yaml(
+    out_dir: Path | str, names: list[str], train: str = "images/train", val: str = "images/val", test: str | None = None
+) -> Path:
     """Write an ultralytics data.yaml (absolute `path`, class ids in the order of `names`)."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -77,12 +79,14 @@ def require_line_classes(data_yaml: Path | str, line: str, expected: list[str]) 
     check_data_yaml(Path(data_yaml))  # a missing file or a YAML without names: the trainers' own message
     names = data_yaml_names(data_yaml)
     if names != expected:
-        raise ConfigError(f"{data_yaml} classes {names} differ from the line {line!r}: {expected} "
-                          "(same names, same order)")
+        raise ConfigError(
+            f"{data_yaml} classes {names} differ from the line {line!r}: {expected} (same names, same order)"
+        )
 
 
-def prepare_split_dirs(out_dir: Path | str, splits: tuple[str, ...] = SPLITS,
-                       empty: bool = False) -> dict[str, tuple[Path, Path]]:
+def prepare_split_dirs(
+    out_dir: Path | str, splits: tuple[str, ...] = SPLITS, empty: bool = False
+) -> dict[str, tuple[Path, Path]]:
     """Create images/<split> and labels/<split>; returns split -> (images dir, labels dir). `empty`: remove what
     they already hold, so that a converter's re-run (another mode, seed or mix) leaves no file of the earlier one."""
     out = Path(out_dir)
@@ -126,8 +130,9 @@ def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progr
         names.extend(f"{prefix}/{n}" for n in part_names)
         for split in SPLITS:
             img_dir, lbl_dir = dirs[split]
-            for image in tqdm(split_images(data_yaml, split), desc=f"merge {prefix} {split}",
-                              disable=not progress, unit="img"):
+            for image in tqdm(
+                split_images(data_yaml, split), desc=f"merge {prefix} {split}", disable=not progress, unit="img"
+            ):
                 stem = f"{prefix}__{image.stem}"
                 (img_dir / f"{stem}{image.suffix.lower()}").symlink_to(image.resolve())
                 label = _label_of(image)

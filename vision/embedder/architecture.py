@@ -78,8 +78,9 @@ def build_model(cfg: dict, added_tokens: list[str] | None = None):
     register(cfg)
     with _quiet_loading():
         # pretrained_text=True: AutoModel.from_pretrained(<local dir>); no CLIP checkpoint, no hub.
-        model = open_clip.create_model(MODEL_NAME, pretrained=None, pretrained_image=False, pretrained_text=True,
-                                       device="cpu")
+        model = open_clip.create_model(
+            MODEL_NAME, pretrained=None, pretrained_image=False, pretrained_text=True, device="cpu"
+        )
     towers.load_image_tower_weights(model.visual.trunk)
     tokenizer = HFTokenizer(str(towers.text_tower_dir()), context_length=cfg["text_cfg"]["context_length"])
     if added_tokens:

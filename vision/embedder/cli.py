@@ -13,11 +13,13 @@ from defect_agent.errors import EmptyInput
 
 log = logging.getLogger(__name__)
 
+
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
     @train.command("embedder")
     def train_embedder_cmd(
-        out: Path | None = typer.Option(None, help="checkpoint to write (default "
-                                           "models/embedder/defect-lite-minilm.pt)"),
+        out: Path | None = typer.Option(
+            None, help="checkpoint to write (default models/embedder/defect-lite-minilm.pt)"
+        ),
         seed: int = typer.Option(0, help="seed of data sampling, initialisation and batches"),
         steps: int = typer.Option(1500, help="projection training steps"),
         batch: int = typer.Option(256, help="crops per contrastive batch"),
@@ -36,19 +38,31 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
         if threads:
             os.environ["DEFECT_AGENT_THREADS"] = str(threads)
-        st = TrainSettings(seed=seed, steps=steps, batch=batch, zh_steps=zh_steps, battery_train_images=battery_images,
-                           pcb_train_per_class=pcb_per_class, deeppcb=deeppcb,
-                           lines=[s.strip() for s in lines.split(",") if s.strip()],
-                           unlock_image_stage=unlock_image_stage, **({"out": out} if out else {}))
+        st = TrainSettings(
+            seed=seed,
+            steps=steps,
+            batch=batch,
+            zh_steps=zh_steps,
+            battery_train_images=battery_images,
+            pcb_train_per_class=pcb_per_class,
+            deeppcb=deeppcb,
+            lines=[s.strip() for s in lines.split(",") if s.strip()],
+            unlock_image_stage=unlock_image_stage,
+            **({"out": out} if out else {}),
+        )
         report = train_embedder(st)
-        typer.echo(f"wrote {report.out} ({report.size_bytes / 1e6:.2f} MB, sha256 {report.sha256[:12]}), "
-                   f"{report.trainable_params} trained parameters, {report.added_tokens} added characters, "
-                   f"logit scale {report.logit_scale}")
+        typer.echo(
+            f"wrote {report.out} ({report.size_bytes / 1e6:.2f} MB, sha256 {report.sha256[:12]}), "
+            f"{report.trainable_params} trained parameters, {report.added_tokens} added characters, "
+            f"logit scale {report.logit_scale}"
+        )
         typer.echo(f"time: {report.seconds}")
         for split, by_line in report.metrics.items():
             for line, m in by_line.items():
-                typer.echo(f"{split:<5} {line:<12} n={m.n:<5} top1 en {m.top1_en:.3f}  zh {m.top1_zh:.3f}  "
-                           f"both {m.top1_both:.3f}  defect AUROC {m.defect_auroc}")
+                typer.echo(
+                    f"{split:<5} {line:<12} n={m.n:<5} top1 en {m.top1_en:.3f}  zh {m.top1_zh:.3f}  "
+                    f"both {m.top1_both:.3f}  defect AUROC {m.defect_auroc}"
+                )
 
     @eval.command("fewshot")
     def eval_fewshot(
@@ -66,8 +80,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         root = deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():
             raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
-        result = run_fewshot(load_embedder(load_app_config().embedder), root,
-                             ks=tuple(int(k) for k in ks.split(",")), seeds=tuple(range(seeds)))
+        result = run_fewshot(
+            load_embedder(load_app_config().embedder),
+            root,
+            ks=tuple(int(k) for k in ks.split(",")),
+            seeds=tuple(range(seeds)),
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.model_dump(), indent=1, ensure_ascii=False), encoding="utf-8")
         md = out.with_suffix(".md")

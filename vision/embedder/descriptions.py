@@ -31,28 +31,44 @@ ZH_CLASS_TEMPLATES = (
     "有{syn}的{obj}",
     "缺陷：{syn}",
 )
-EN_NORMAL_TEMPLATES = ("a defect-free {obj}", "a {obj} with no defects", "a normal section of a {obj}",
-                       "no defect on the {obj}")
+EN_NORMAL_TEMPLATES = (
+    "a defect-free {obj}",
+    "a {obj} with no defects",
+    "a normal section of a {obj}",
+    "no defect on the {obj}",
+)
 ZH_NORMAL_TEMPLATES = ("无缺陷的{obj}", "{obj}没有缺陷", "{obj}的正常区域", "正常的{obj}")
 
 # Normal crop kinds that a line's generator or dataset yields beyond a generic "normal": kind -> (en, zh) sentences.
 NORMAL_KINDS: dict[str, dict[str, dict[str, list[str]]]] = {
     "battery_tab": {
         "normal_weld": {
-            "en": ["a normal weld zone with an even knurled pattern", "a good ultrasonic weld with regular dimples",
-                   "an intact weld nugget on the tab", "a clean tab weld"],
+            "en": [
+                "a normal weld zone with an even knurled pattern",
+                "a good ultrasonic weld with regular dimples",
+                "an intact weld nugget on the tab",
+                "a clean tab weld",
+            ],
             "zh": ["正常的焊接区，纹路均匀", "焊点完好，压花规则", "极耳上完好的焊点", "干净的极耳焊接区"],
         },
         "normal_tab": {
-            "en": ["a clean brushed metal tab surface", "a smooth and undamaged tab", "a flawless electrode tab",
-                   "bare tab metal with no marks"],
+            "en": [
+                "a clean brushed metal tab surface",
+                "a smooth and undamaged tab",
+                "a flawless electrode tab",
+                "bare tab metal with no marks",
+            ],
             "zh": ["干净的极耳金属表面", "光滑无损的极耳", "完好的极耳", "没有痕迹的极耳表面"],
         },
     },
     "pcb": {
         NORMAL: {
-            "en": ["a defect-free pcb crop with intact copper traces", "clean copper traces on a circuit board",
-                   "a good section of a printed circuit board", "traces and pads without defects"],
+            "en": [
+                "a defect-free pcb crop with intact copper traces",
+                "clean copper traces on a circuit board",
+                "a good section of a printed circuit board",
+                "traces and pads without defects",
+            ],
             "zh": ["完好的电路板局部", "铜线完整无缺陷的电路板", "正常的印刷电路板区域", "没有缺陷的线路和焊盘"],
         },
     },
@@ -92,7 +108,9 @@ def state_prompts(line: LineConfig, normal: bool) -> dict[str, list[str]]:
     for lang in ("en", "zh"):
         templates = getattr(p.templates, lang)
         objects = getattr(p.object_name, lang) or getattr(line.subject, lang)[:1]
-        texts = [t.format(state=s, object=o) for t, s, o in itertools.product(templates, getattr(states, lang), objects)]
+        texts = [
+            t.format(state=s, object=o) for t, s, o in itertools.product(templates, getattr(states, lang), objects)
+        ]
         out[lang] = list(dict.fromkeys(" ".join(t.split()) if lang == "en" else t for t in texts))
     return out
 

@@ -33,11 +33,15 @@ def cache_dir() -> Path:
 
 def _key(crops: CropSet, image_size: int) -> str:
     ident = {
-        "v": FEATURE_VERSION, "set": crops.name, "n": len(crops), "size": image_size,
+        "v": FEATURE_VERSION,
+        "set": crops.name,
+        "n": len(crops),
+        "size": image_size,
         "tower": towers.tower_files()["image"].sha256,
         "labels": hashlib.sha1(json.dumps([crops.kinds, crops.sources]).encode()).hexdigest(),
-        "pixels": hashlib.sha1(b"".join(c.tobytes()[:4096] for c in crops.crops[:: max(1, len(crops) // 64)]))
-        .hexdigest(),
+        "pixels": hashlib.sha1(
+            b"".join(c.tobytes()[:4096] for c in crops.crops[:: max(1, len(crops) // 64)])
+        ).hexdigest(),
     }
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -59,8 +63,9 @@ def trunk_head(trunk, maps):
     return trunk.global_pool(x)
 
 
-def image_features(model, crops: CropSet, image_size: int = 224, batch_size: int = 48,
-                   progress: bool = True, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def image_features(
+    model, crops: CropSet, image_size: int = 224, batch_size: int = 48, progress: bool = True, use_cache: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(maps fp16 (n, 192, s, s), pooled fp32 (n, 1280)) of the frozen image trunk, cached by content."""
     import torch
 
@@ -73,9 +78,10 @@ def image_features(model, crops: CropSet, image_size: int = 224, batch_size: int
     trunk = model.visual.trunk.eval()
     maps, pooled = [], []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(crops), batch_size), desc=f"features {crops.name}", unit="batch",
-                          disable=not progress):
-            batch = to_batch(crops.crops[start:start + batch_size], transform)
+        for start in tqdm(
+            range(0, len(crops), batch_size), desc=f"features {crops.name}", unit="batch", disable=not progress
+        ):
+            batch = to_batch(crops.crops[start : start + batch_size], transform)
             m = trunk_stem(trunk, batch)
             maps.append(m.to(torch.float16).numpy())
             pooled.append(trunk_head(trunk, m).float().numpy())

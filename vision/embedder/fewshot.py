@@ -51,14 +51,18 @@ class FewshotResult(BaseModel):
     results: dict[str, dict[str, MethodResult]]  # str(k) -> method -> result
 
     def markdown(self) -> str:
-        rows = ["| support k / class | method | 7-way acc (normal + 6) | 6-way naming acc | defect-vs-normal AUROC |",
-                "|---|---|---|---|---|"]
+        rows = [
+            "| support k / class | method | 7-way acc (normal + 6) | 6-way naming acc | defect-vs-normal AUROC |",
+            "|---|---|---|---|---|",
+        ]
         z = self.zero_shot
         rows.append(f"| 0 | zero-shot prompts | {z.acc7:.3f} | {z.acc6:.3f} | {z.auroc:.3f} |")
         for k in self.ks:
             for method, r in self.results[str(k)].items():
-                rows.append(f"| {k} | {method} | {r.acc7:.3f} ± {r.acc7_std:.3f} | {r.acc6:.3f} | "
-                            f"{r.auroc:.3f} ± {r.auroc_std:.3f} |")
+                rows.append(
+                    f"| {k} | {method} | {r.acc7:.3f} ± {r.acc7_std:.3f} | {r.acc6:.3f} | "
+                    f"{r.auroc:.3f} ± {r.auroc_std:.3f} |"
+                )
         return "\n".join(rows)
 
 
@@ -99,9 +103,17 @@ def _prototypes(vecs: np.ndarray, labels: np.ndarray, classes: list[str], k: int
     return protos
 
 
-def run_fewshot(embedder, deeppcb_root: Path | str, ks: tuple[int, ...] = (1, 5, 20),
-                seeds: tuple[int, ...] = (0, 1, 2, 3, 4), val_per_class: int = 150, val_normal: int = 300,
-                train_per_class: int = 200, train_normal: int = 300, progress: bool = True) -> FewshotResult:
+def run_fewshot(
+    embedder,
+    deeppcb_root: Path | str,
+    ks: tuple[int, ...] = (1, 5, 20),
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    val_per_class: int = 150,
+    val_normal: int = 300,
+    train_per_class: int = 200,
+    train_normal: int = 300,
+    progress: bool = True,
+) -> FewshotResult:
     line = load_line("pcb")
     classes = [c.name for c in line.classes if c.role == "defect"]
     names = [*classes, NORMAL_KEY]
@@ -116,10 +128,16 @@ def run_fewshot(embedder, deeppcb_root: Path | str, ks: tuple[int, ...] = (1, 5,
     base = TextureScorer.from_line(line, embedder, prototype_weight=0.0)
 
     def scorer(protos, weight, scale) -> TextureScorer:
-        return TextureScorer(line=line.name, normal_anchor=base.normal_anchor, defect_anchor=base.defect_anchor,
-                             class_anchors=dict(zip(base.class_names, base.class_matrix)),
-                             logit_scale=base.logit_scale, prototypes=protos, prototype_weight=weight,
-                             prototype_scale=scale)
+        return TextureScorer(
+            line=line.name,
+            normal_anchor=base.normal_anchor,
+            defect_anchor=base.defect_anchor,
+            class_anchors=dict(zip(base.class_names, base.class_matrix)),
+            logit_scale=base.logit_scale,
+            prototypes=protos,
+            prototype_weight=weight,
+            prototype_scale=scale,
+        )
 
     # tune (weight, scale) on train: support and queries both from the train pool, disjoint, k = 5
     grid = []
@@ -147,13 +165,26 @@ def run_fewshot(embedder, deeppcb_root: Path | str, ks: tuple[int, ...] = (1, 5,
             protos = _prototypes(sv, sl, classes, k, rng)
             per_method["prototypes only"].append(_evaluate(scorer(protos, 1.0, tuned["scale"]), qv, ql, classes))
             per_method["combined (tuned mix)"].append(
-                _evaluate(scorer(protos, tuned["weight"], tuned["scale"]), qv, ql, classes))
+                _evaluate(scorer(protos, tuned["weight"], tuned["scale"]), qv, ql, classes)
+            )
         results[str(k)] = {
-            m: MethodResult(acc7=round(float(np.mean([r[0] for r in rs])), 4),
-                            acc6=round(float(np.mean([r[1] for r in rs])), 4),
-                            auroc=round(float(np.mean([r[2] for r in rs])), 4),
-                            acc7_std=round(float(np.std([r[0] for r in rs])), 4),
-                            auroc_std=round(float(np.std([r[2] for r in rs])), 4))
-            for m, rs in per_method.items()}
-    return FewshotResult(embedder=embedder.version, queries=qset.counts(), support_pool=sset.counts(), ks=list(ks),
-                         seeds=list(seeds), tuned=tuned, tuning_grid=grid, zero_shot=zero, results=results)
+            m: MethodResult(
+                acc7=round(float(np.mean([r[0] for r in rs])), 4),
+                acc6=round(float(np.mean([r[1] for r in rs])), 4),
+                auroc=round(float(np.mean([r[2] for r in rs])), 4),
+                acc7_std=round(float(np.std([r[0] for r in rs])), 4),
+                auroc_std=round(float(np.std([r[2] for r in rs])), 4),
+            )
+            for m, rs in per_method.items()
+        }
+    return FewshotResult(
+        embedder=embedder.version,
+        queries=qset.counts(),
+        support_pool=sset.counts(),
+        ks=list(ks),
+        seeds=list(seeds),
+        tuned=tuned,
+        tuning_grid=grid,
+        zero_shot=zero,
+        results=results,
+    )

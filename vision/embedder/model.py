@@ -20,16 +20,27 @@ from vision.embedder.preprocess import open_clip_transform, to_batch
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = architecture.MODEL_NAME
-FOREIGN_CHECKPOINT_HELP = ("copy an open_clip checkpoint (.bin / .pt / .safetensors, e.g. LAION or OpenAI ViT-B-32) "
-                           "to that path, or point embedder.pretrained in configs/default.yaml at one "
-                           "(see models/embedder/README.md)")
+FOREIGN_CHECKPOINT_HELP = (
+    "copy an open_clip checkpoint (.bin / .pt / .safetensors, e.g. LAION or OpenAI ViT-B-32) "
+    "to that path, or point embedder.pretrained in configs/default.yaml at one "
+    "(see models/embedder/README.md)"
+)
 
 
 class Embedder:
     """Images and texts into one L2-normalised space (float32 rows). Thread-safe for concurrent calls."""
 
-    def __init__(self, model, tokenizer: Callable, transform: Callable, *, name: str, version: str,
-                 device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer: Callable,
+        transform: Callable,
+        *,
+        name: str,
+        version: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.transform = transform
@@ -65,7 +76,7 @@ class Embedder:
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                batch = to_batch(images[start:start + self.batch_size], self.transform).to(self.device)
+                batch = to_batch(images[start : start + self.batch_size], self.transform).to(self.device)
                 out.append(self.model.encode_image(batch, normalize=True).float().cpu().numpy())
         return _renorm(np.concatenate(out))
 
@@ -80,7 +91,7 @@ class Embedder:
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(texts), 256):
-                ids = self.tokenizer(list(texts[start:start + 256])).to(self.device)
+                ids = self.tokenizer(list(texts[start : start + 256])).to(self.device)
                 out.append(self.model.encode_text(ids, normalize=True).float().cpu().numpy())
         return _renorm(np.concatenate(out))
 
@@ -145,13 +156,15 @@ def _load_default(cfg: EmbedderConfig, device: str) -> Embedder:
     checkpoint.apply_state(model, payload, first)
     trained_size = int(model_cfg["vision_cfg"].get("image_size", 224))
     if cfg.image_size != trained_size:
-        log.warning("embedder trained at %d px, configured image_size %d: embeddings will shift", trained_size,
-                    cfg.image_size)
+        log.warning(
+            "embedder trained at %d px, configured image_size %d: embeddings will shift", trained_size, cfg.image_size
+        )
     pre = payload["preprocess"]
     transform = open_clip_transform(cfg.image_size, tuple(pre["mean"]), tuple(pre["std"]))
     model.to(device)
-    return Embedder(model, tokenizer, transform, name=DEFAULT_MODEL, version=f"{DEFAULT_MODEL}@{short_sha(path)}",
-                    device=device)
+    return Embedder(
+        model, tokenizer, transform, name=DEFAULT_MODEL, version=f"{DEFAULT_MODEL}@{short_sha(path)}", device=device
+    )
 
 
 def _load_open_clip(cfg: EmbedderConfig, device: str) -> Embedder:
@@ -163,22 +176,27 @@ def _load_open_clip(cfg: EmbedderConfig, device: str) -> Embedder:
     import open_clip
 
     if cfg.model not in open_clip.list_models():
-        raise DefectAgentError(f"unknown open_clip architecture {cfg.model!r} in embedder.model; use "
-                               f"{DEFAULT_MODEL!r} or one of open_clip.list_models() (e.g. ViT-B-32)")
+        raise DefectAgentError(
+            f"unknown open_clip architecture {cfg.model!r} in embedder.model; use "
+            f"{DEFAULT_MODEL!r} or one of open_clip.list_models() (e.g. ViT-B-32)"
+        )
     path = _weights_path(cfg)
     if cfg.pretrained is None:
-        raise DefectAgentError(f"embedder.model {cfg.model!r} needs embedder.pretrained: a local checkpoint file "
-                               "(random weights would embed nothing useful)")
+        raise DefectAgentError(
+            f"embedder.model {cfg.model!r} needs embedder.pretrained: a local checkpoint file "
+            "(random weights would embed nothing useful)"
+        )
     if path is not None and not path.is_file():
         raise ModelFileMissing(path, FOREIGN_CHECKPOINT_HELP, what=f"{cfg.model} checkpoint")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.model, pretrained=str(path) if path else cfg.pretrained, device=device,
-            force_image_size=cfg.image_size)
+            cfg.model, pretrained=str(path) if path else cfg.pretrained, device=device, force_image_size=cfg.image_size
+        )
     except Exception as exc:
         where = path or f"open_clip tag {cfg.pretrained!r}"
-        raise ModelFileMissing(where, FOREIGN_CHECKPOINT_HELP, what=f"{cfg.model} checkpoint (load failed: {exc})") \
-            from exc
+        raise ModelFileMissing(
+            where, FOREIGN_CHECKPOINT_HELP, what=f"{cfg.model} checkpoint (load failed: {exc})"
+        ) from exc
     tokenizer = open_clip.get_tokenizer(cfg.model)
     version = f"{cfg.model}@{short_sha(path)}" if path else f"{cfg.model}@{cfg.pretrained}"
     return Embedder(model, tokenizer, preprocess, name=cfg.model, version=version, device=device)

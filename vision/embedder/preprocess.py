@@ -43,8 +43,9 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
 def open_clip_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
     from open_clip.transform import image_transform
 
-    return image_transform(image_size, is_train=False, mean=mean, std=std, interpolation="bicubic",
-                           resize_mode="shortest")
+    return image_transform(
+        image_size, is_train=False, mean=mean, std=std, interpolation="bicubic", resize_mode="shortest"
+    )
 
 
 def to_batch(crops: list[np.ndarray], transform: Callable):

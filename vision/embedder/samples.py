@@ -61,19 +61,28 @@ def _crop_box(box: Box, image_shape: tuple[int, ...]) -> Box:
     h, w = image_shape[:2]
     side = max(max(box.width, box.height) * 1.5, 32.0)
     cx, cy = box.center
-    return Box(x1=max(0.0, cx - side / 2), y1=max(0.0, cy - side / 2), x2=min(float(w), cx + side / 2),
-               y2=min(float(h), cy + side / 2))
+    return Box(
+        x1=max(0.0, cx - side / 2),
+        y1=max(0.0, cy - side / 2),
+        x2=min(float(w), cx + side / 2),
+        y2=min(float(h), cy + side / 2),
+    )
 
 
 def _battery_cycle():
     from vision.datasets.synth import BatteryTabParams
 
-    return (BatteryTabParams(force_spatter=False, force_crack=False, force_burn=False),
-            BatteryTabParams(force_crack=True), BatteryTabParams(force_burn=True), BatteryTabParams())
+    return (
+        BatteryTabParams(force_spatter=False, force_crack=False, force_burn=False),
+        BatteryTabParams(force_crack=True),
+        BatteryTabParams(force_burn=True),
+        BatteryTabParams(),
+    )
 
 
-def battery_tab_crops(n_images: int, seed: int, stream: int, tab_crops_per_image: int = 1,
-                      progress: bool = True) -> CropSet:
+def battery_tab_crops(
+    n_images: int, seed: int, stream: int, tab_crops_per_image: int = 1, progress: bool = True
+) -> CropSet:
     """Crops of `n_images` generated images, in a cycle of four: a defect-free image (its weld is rarely free of
     nearby spatter otherwise), one with a crack forced, one with a burn forced (the generator's own mix has each in
     15 % of images), one with the generator's own mix."""
@@ -139,8 +148,9 @@ def deeppcb_boxes(root: Path | str, split: str) -> list[PcbBox]:
     return out
 
 
-def deeppcb_crops(root: Path | str, split: str, per_class: int, normal: int, seed: int,
-                  progress: bool = True) -> CropSet:
+def deeppcb_crops(
+    root: Path | str, split: str, per_class: int, normal: int, seed: int, progress: bool = True
+) -> CropSet:
     """Up to `per_class` defect crops per class (seeded sample over the split's boxes) and `normal` template crops
     (half at sampled defect boxes, half at random places of a box size drawn from the defects')."""
     from vision.reference import read_grey

@@ -95,10 +95,20 @@ def prototypes_from_examples(examples: Iterable[tuple[str, np.ndarray]]) -> dict
 
 
 class TextureScorer:
-    def __init__(self, *, line: str, normal_anchor: np.ndarray, defect_anchor: np.ndarray,
-                 class_anchors: dict[str, np.ndarray], logit_scale: float,
-                 prototypes: dict[str, np.ndarray] | None = None, prototype_weight: float = PROTOTYPE_WEIGHT,
-                 prototype_scale: float = PROTOTYPE_SCALE, embedder=None, threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        line: str,
+        normal_anchor: np.ndarray,
+        defect_anchor: np.ndarray,
+        class_anchors: dict[str, np.ndarray],
+        logit_scale: float,
+        prototypes: dict[str, np.ndarray] | None = None,
+        prototype_weight: float = PROTOTYPE_WEIGHT,
+        prototype_scale: float = PROTOTYPE_SCALE,
+        embedder=None,
+        threshold: float | None = None,
+    ) -> None:
         if not class_anchors:
             raise ValueError(f"line {line!r} has no defect classes to score")
         if not 0.0 <= prototype_weight <= 1.0:
@@ -117,8 +127,9 @@ class TextureScorer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_line(cls, line: LineConfig, embedder, prototypes: dict[str, np.ndarray] | None = None,
-                  **kwargs) -> TextureScorer:
+    def from_line(
+        cls, line: LineConfig, embedder, prototypes: dict[str, np.ndarray] | None = None, **kwargs
+    ) -> TextureScorer:
         """Anchors from the line's prompts (zh + en) and classes; `prototypes` class -> vector (e.g.
         `kb.class_prototypes(line)`), optionally with a `normal` entry."""
         from vision.embedder.descriptions import class_texts, state_prompts
@@ -134,8 +145,16 @@ class TextureScorer:
             texts = class_texts(line, spec.name)
             anchors[spec.name] = _ensemble(embedder, texts["en"] + texts["zh"])
         kwargs.setdefault("threshold", line.texture.threshold)
-        return cls(line=line.name, normal_anchor=normal_anchor, defect_anchor=defect_anchor, class_anchors=anchors,
-                   logit_scale=embedder.logit_scale, prototypes=prototypes, embedder=embedder, **kwargs)
+        return cls(
+            line=line.name,
+            normal_anchor=normal_anchor,
+            defect_anchor=defect_anchor,
+            class_anchors=anchors,
+            logit_scale=embedder.logit_scale,
+            prototypes=prototypes,
+            embedder=embedder,
+            **kwargs,
+        )
 
     def set_prototypes(self, prototypes: dict[str, np.ndarray] | list[tuple[str, np.ndarray]] | None) -> None:
         """Replace the few-shot prototypes: a class -> vector dict, or (class, vector) example pairs (averaged)."""
@@ -151,8 +170,9 @@ class TextureScorer:
 
     @property
     def uses_prototypes(self) -> bool:
-        return self.prototype_weight > 0 and (len(self.proto_classes) >= 2 or
-                                              (self.normal_proto is not None and len(self.proto_classes) >= 1))
+        return self.prototype_weight > 0 and (
+            len(self.proto_classes) >= 2 or (self.normal_proto is not None and len(self.proto_classes) >= 1)
+        )
 
     # ------------------------------------------------------------------ scoring
     def score_arrays(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
@@ -191,18 +211,24 @@ class TextureScorer:
         source = "text+prototypes" if self.uses_prototypes else "text"
         out = []
         for i in range(len(a["defect"])):
-            protos = {c: float(a["proto_sim"][i, j]) for j, c in enumerate(self.proto_classes)} if "proto_sim" in a \
-                else {}
+            protos = (
+                {c: float(a["proto_sim"][i, j]) for j, c in enumerate(self.proto_classes)} if "proto_sim" in a else {}
+            )
             if "normal_proto_sim" in a:
                 protos[NORMAL_KEY] = float(a["normal_proto_sim"][i])
             probs = a["class_probs"][i]
-            out.append(TextureScore(
-                defect_score=float(np.clip(a["defect"][i], 0.0, 1.0)),
-                best_class=self.class_names[int(probs.argmax())],
-                class_probs={c: float(p) for c, p in zip(self.class_names, probs)},
-                normal_similarity=float(a["normal_sim"][i]), defect_similarity=float(a["defect_sim"][i]),
-                class_similarities={c: float(x) for c, x in zip(self.class_names, a["class_sim"][i])},
-                prototype_similarities=protos, source=source))
+            out.append(
+                TextureScore(
+                    defect_score=float(np.clip(a["defect"][i], 0.0, 1.0)),
+                    best_class=self.class_names[int(probs.argmax())],
+                    class_probs={c: float(p) for c, p in zip(self.class_names, probs)},
+                    normal_similarity=float(a["normal_sim"][i]),
+                    defect_similarity=float(a["defect_sim"][i]),
+                    class_similarities={c: float(x) for c, x in zip(self.class_names, a["class_sim"][i])},
+                    prototype_similarities=protos,
+                    source=source,
+                )
+            )
         return out
 
     def _need_embedder(self):
@@ -216,15 +242,17 @@ class TextureScorer:
             return []
         return self.score_vectors(self._need_embedder().embed_images(crops))
 
-    def score_image(self, image: np.ndarray, window_fracs: tuple[float, ...] = (0.25, 0.5),
-                    stride_frac: float = 0.5) -> ImageTextureScore:
+    def score_image(
+        self, image: np.ndarray, window_fracs: tuple[float, ...] = (0.25, 0.5), stride_frac: float = 0.5
+    ) -> ImageTextureScore:
         """Whole-image texture score from square sliding windows (sides = fractions of the shorter image side,
         stride = stride_frac x side), averaged per cell where windows overlap; the maximum cell is the score."""
         boxes = sliding_windows(image.shape[1], image.shape[0], window_fracs, stride_frac)
-        crops = [image[int(b.y1):int(b.y2), int(b.x1):int(b.x2)] for b in boxes]
+        crops = [image[int(b.y1) : int(b.y2), int(b.x1) : int(b.x2)] for b in boxes]
         scores = self.score_crops(crops)
-        windows = [WindowScore(box=b, defect_score=s.defect_score, best_class=s.best_class)
-                   for b, s in zip(boxes, scores)]
+        windows = [
+            WindowScore(box=b, defect_score=s.defect_score, best_class=s.best_class) for b, s in zip(boxes, scores)
+        ]
         cell = max(4, int(min(image.shape[:2]) * min(window_fracs) * stride_frac / 2))
         gh, gw = math.ceil(image.shape[0] / cell), math.ceil(image.shape[1] / cell)
         total, count = np.zeros((gh, gw)), np.zeros((gh, gw))
@@ -242,8 +270,9 @@ class TextureScorer:
         return None if self.threshold is None else score > self.threshold
 
 
-def sliding_windows(width: int, height: int, window_fracs: tuple[float, ...] = (0.25, 0.5),
-                    stride_frac: float = 0.5) -> list[Box]:
+def sliding_windows(
+    width: int, height: int, window_fracs: tuple[float, ...] = (0.25, 0.5), stride_frac: float = 0.5
+) -> list[Box]:
     """Square windows covering the image at each scale; the last row / column is flush with the border."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -274,6 +303,11 @@ def calibrate_threshold(scores_of_normal_images: Iterable[float], max_false_alar
         raise ValueError(f"max_false_alarm must lie in [0, 1), got {max_false_alarm}")
     allowed = int(math.floor(max_false_alarm * s.size + 1e-9))  # normal images allowed above the threshold
     if max_false_alarm > 0 and s.size < math.ceil(1.0 / max_false_alarm):
-        log.warning("%d normal images cannot resolve a %.3g false-alarm rate (need >= %d); the threshold is the "
-                    "maximum normal score", s.size, max_false_alarm, math.ceil(1.0 / max_false_alarm))
+        log.warning(
+            "%d normal images cannot resolve a %.3g false-alarm rate (need >= %d); the threshold is the "
+            "maximum normal score",
+            s.size,
+            max_false_alarm,
+            math.ceil(1.0 / max_false_alarm),
+        )
     return float(s[s.size - 1 - allowed])

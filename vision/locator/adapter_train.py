@@ -101,8 +101,14 @@ class AdapterTrainResult(BaseModel):
 class LoraDetectionTrainer(DetectionTrainer):
     """DetectionTrainer whose model is the frozen base plus one trainable LoRA adapter."""
 
-    def __init__(self, lora: LoraSettings, overrides: dict[str, Any], _callbacks: dict | None = None,
-                 init_adapter: Path | None = None, head_lr0: float | None = None) -> None:
+    def __init__(
+        self,
+        lora: LoraSettings,
+        overrides: dict[str, Any],
+        _callbacks: dict | None = None,
+        init_adapter: Path | None = None,
+        head_lr0: float | None = None,
+    ) -> None:
         self.lora = lora
         self.head_lr0 = head_lr0  # None: the class convs train at lr0 like the LoRA matrices
         self.init_adapter = init_adapter  # warm start: continue training this adapter instead of a fresh one
@@ -121,8 +127,10 @@ class LoraDetectionTrainer(DetectionTrainer):
         else:
             self.adapter_meta = load_adapter(model, self.init_adapter, ADAPTER_NAME, file_sha256(self.args.model))
             if self.adapter_meta.names != names:
-                raise ConfigError(f"{self.init_adapter} holds classes {self.adapter_meta.names}, the data "
-                                  f"{names}: warm start needs the same classes")
+                raise ConfigError(
+                    f"{self.init_adapter} holds classes {self.adapter_meta.names}, the data "
+                    f"{names}: warm start needs the same classes"
+                )
             activate(model, ADAPTER_NAME, names, trainable=True)
         self.trainable = mark_trainable(model, ADAPTER_NAME)
         log.info("LoRA r=%d over %s: %s", self.lora.rank, self.args.model, self.trainable)
@@ -199,8 +207,9 @@ def train_adapter(
         rank, alpha, lora_bias, dora = init_meta.rank, init_meta.alpha, init_meta.bias, init_meta.dora
         head_rank, rank_pattern = init_meta.head_rank, init_meta.rank_pattern
     try:
-        settings = LoraSettings(rank=rank, alpha=alpha, bias=lora_bias, dora=dora, head_rank=head_rank,
-                                rank_pattern=rank_pattern or {})
+        settings = LoraSettings(
+            rank=rank, alpha=alpha, bias=lora_bias, dora=dora, head_rank=head_rank, rank_pattern=rank_pattern or {}
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     run_root = Path(run_dir) if run_dir else data_dir() / "runs" / "adapter"
@@ -234,22 +243,60 @@ def train_adapter(
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     if keep == "last":  # ultralytics' closing validation scored best.pt; the last epoch's row is the kept file's
         metrics = {k: float(v[-1]) for k, v in trainer.read_results_csv().items() if k.startswith("metrics/") and v}
-    meta = make_meta(trainer.adapter_meta, base, line=line, imgsz=imgsz, reference=reference, provenance={
-        "data": str(data_yaml), "train_images": n_train, "epochs": epochs, "batch": batch, "seed": seed,
-        "lr0": args.get("lr0"), "head_lr0": head_lr0, "optimizer": args.get("optimizer"), "final_metrics": metrics,
-        "checkpoint": keep,
-        "trained": time.strftime("%Y-%m-%d"),
-        **({"continued_from": {"file": init_adapter.name, "sha256": file_sha256(init_adapter),
-                               "provenance": init_meta.provenance}} if init_meta is not None else {}),
-    })
+    meta = make_meta(
+        trainer.adapter_meta,
+        base,
+        line=line,
+        imgsz=imgsz,
+        reference=reference,
+        provenance={
+            "data": str(data_yaml),
+            "train_images": n_train,
+            "epochs": epochs,
+            "batch": batch,
+            "seed": seed,
+            "lr0": args.get("lr0"),
+            "head_lr0": head_lr0,
+            "optimizer": args.get("optimizer"),
+            "final_metrics": metrics,
+            "checkpoint": keep,
+            "trained": time.strftime("%Y-%m-%d"),
+            **(
+                {
+                    "continued_from": {
+                        "file": init_adapter.name,
+                        "sha256": file_sha256(init_adapter),
+                        "provenance": init_meta.provenance,
+                    }
+                }
+                if init_meta is not None
+                else {}
+            ),
+        },
+    )
     # the checkpoint keeps the adapter under the training name; the file stores it name-free
     adapter_state_dict(adapted, ADAPTER_NAME)
     save_adapter(adapted, ADAPTER_NAME, out, meta)
     return AdapterTrainResult(
-        adapter=out.resolve(), base=base, base_sha256=file_sha256(base), data_yaml=data_yaml,
-        run_dir=Path(trainer.save_dir), rank=rank, alpha=settings.lora_alpha, epochs=epochs, epochs_run=len(losses),
-        imgsz=imgsz, batch=batch, device=device, seed=seed, train_images=n_train, train_seconds=round(seconds, 2),
-        trainable=trainer.trainable, adapter_bytes=out.stat().st_size, base_bytes=base.stat().st_size,
-        epoch_losses=losses, final_metrics=metrics, args={k: (str(v) if isinstance(v, Path) else v)
-                                                          for k, v in args.items()},
+        adapter=out.resolve(),
+        base=base,
+        base_sha256=file_sha256(base),
+        data_yaml=data_yaml,
+        run_dir=Path(trainer.save_dir),
+        rank=rank,
+        alpha=settings.lora_alpha,
+        epochs=epochs,
+        epochs_run=len(losses),
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        seed=seed,
+        train_images=n_train,
+        train_seconds=round(seconds, 2),
+        trainable=trainer.trainable,
+        adapter_bytes=out.stat().st_size,
+        base_bytes=base.stat().st_size,
+        epoch_losses=losses,
+        final_metrics=metrics,
+        args={k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
     )

@@ -122,12 +122,17 @@ def read_truth(image: Path, names: Sequence[str], shape: tuple[int, int]) -> lis
         cx, cy, bw, bh = (float(v) for v in fields[1:5])
         x1, y1 = max(0.0, (cx - bw / 2) * w), max(0.0, (cy - bh / 2) * h)
         x2, y2 = min(float(w), (cx + bw / 2) * w), min(float(h), (cy + bh / 2) * h)
-        out.append(Detection(defect_class=names[k], class_id=k, box=Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2)),
-                             confidence=1.0))
+        out.append(
+            Detection(
+                defect_class=names[k], class_id=k, box=Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2)), confidence=1.0
+            )
+        )
     return out
 
 
-def match_class(preds: list[Detection], truth: list[Detection], iou: float = MATCH_IOU) -> list[tuple[Detection, Detection]]:
+def match_class(
+    preds: list[Detection], truth: list[Detection], iou: float = MATCH_IOU
+) -> list[tuple[Detection, Detection]]:
     """Greedy one-to-one matching by confidence (the VOC / COCO rule) of one class's boxes in one image."""
     used: set[int] = set()
     pairs = []
@@ -145,14 +150,26 @@ def match_class(preds: list[Detection], truth: list[Detection], iou: float = MAT
     return pairs
 
 
-def _ultralytics_val(locator: Locator, data_yaml: Path, split: str, imgsz: int, device: str, batch: int,
-                     rect: bool = True):
+def _ultralytics_val(
+    locator: Locator, data_yaml: Path, split: str, imgsz: int, device: str, batch: int, rect: bool = True
+):
     from defect_agent.paths import data_dir
 
     project = Path(tempfile.mkdtemp(prefix="val-", dir=_ensure(data_dir() / "runs" / "locator-eval")))
     return locator.model.val(
-        data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
-        save_json=False, project=str(project), name="val", exist_ok=True, workers=0, rect=rect,
+        data=str(data_yaml),
+        split=split,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        plots=False,
+        verbose=False,
+        save_json=False,
+        project=str(project),
+        name="val",
+        exist_ok=True,
+        workers=0,
+        rect=rect,
     )
 
 
@@ -189,8 +206,10 @@ def evaluate_locator(
         locator = weights_or_locator
     else:
         locator = Locator.from_weights(
-            weights_or_locator, line.class_names if line else None,
-            imgsz=imgsz or (line.locator.imgsz if line else 640), device=device,
+            weights_or_locator,
+            line.class_names if line else None,
+            imgsz=imgsz or (line.locator.imgsz if line else 640),
+            device=device,
         )
     if locator.class_names != data_names:
         raise ConfigError(f"{data_yaml} names {data_names} differ from the locator's {locator.class_names}")
@@ -216,7 +235,7 @@ def evaluate_locator(
     missed_examples: list[str] = []
     step = 16
     for start in tqdm(range(0, len(images), step), desc="locator eval", unit="batch", leave=False):
-        paths = images[start:start + step]
+        paths = images[start : start + step]
         arrays = []
         for p in paths:
             img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -251,8 +270,12 @@ def evaluate_locator(
 
     per_class = [
         ClassMetrics(
-            name=name, role="part" if name in parts else "defect", instances=int(n_gt[k]), images=int(n_img[k]),
-            ap50=ap50_by_id.get(k), ap50_95=ap_by_id.get(k),
+            name=name,
+            role="part" if name in parts else "defect",
+            instances=int(n_gt[k]),
+            images=int(n_img[k]),
+            ap50=ap50_by_id.get(k),
+            ap50_95=ap_by_id.get(k),
             precision=float(tp[k] / n_pred[k]) if n_pred[k] else (1.0 if n_gt[k] == 0 else 0.0),
             recall=float(tp[k] / n_gt[k]) if n_gt[k] else 1.0,
             mean_iou=float(np.mean(ious[k])) if ious[k] else None,
@@ -261,16 +284,27 @@ def evaluate_locator(
         for k, name in enumerate(data_names)
     ]
     metrics = LocatorMetrics(
-        locator_version=locator.version, data_yaml=str(data_yaml), split=split, imgsz=imgsz, conf_operating=conf,
-        n_images=len(images), n_instances=int(n_gt.sum()), map50=float(box.map50), map50_95=float(box.map),
+        locator_version=locator.version,
+        data_yaml=str(data_yaml),
+        split=split,
+        imgsz=imgsz,
+        conf_operating=conf,
+        n_images=len(images),
+        n_instances=int(n_gt.sum()),
+        map50=float(box.map50),
+        map50_95=float(box.map),
         map50_square=float(square_box.map50) if square_box is not None else None,
         map50_95_square=float(square_box.map) if square_box is not None else None,
-        per_class=per_class, defect_classes=defect_names,
-        images_with_defects=with_defects, missed_images=missed,
+        per_class=per_class,
+        defect_classes=defect_names,
+        images_with_defects=with_defects,
+        missed_images=missed,
         miss_rate=missed / with_defects if with_defects else 0.0,
-        images_without_defects=without_defects, false_alarm_images=int(false_alarms),
+        images_without_defects=without_defects,
+        false_alarm_images=int(false_alarms),
         false_alarm_rate=false_alarms / without_defects if without_defects else 0.0,
-        missed_examples=missed_examples, seconds=round(time.perf_counter() - started, 2),
+        missed_examples=missed_examples,
+        seconds=round(time.perf_counter() - started, 2),
     )
     if json_out is not None:
         metrics.write_json(json_out)

@@ -285,8 +285,14 @@ def adapter_names(model: nn.Module) -> list[str]:
     return []
 
 
-def add_lora(model: DetectionModel, adapter_name: str, names: list[str], settings: LoraSettings,
-             target_modules: list[str] | None = None, trainable: bool = True) -> AdapterMeta:
+def add_lora(
+    model: DetectionModel,
+    adapter_name: str,
+    names: list[str],
+    settings: LoraSettings,
+    target_modules: list[str] | None = None,
+    trainable: bool = True,
+) -> AdapterMeta:
     """Inject a new LoRA adapter (and its own class convolutions for `names`) into a prepared base; activates it.
     Returns the metadata to save with it (base fields left for the caller)."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -302,10 +308,19 @@ def add_lora(model: DetectionModel, adapter_name: str, names: list[str], setting
     if settings.dora:
         _dora_tolerates_channels_last()
     rank_pattern, alpha_pattern = settings.patterns(targets, f"model.{len(model.model) - 1}.")
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, modules_to_save=heads, bias="none", lora_bias=settings.bias,
-                        use_dora=settings.dora, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-                        init_lora_weights=True)
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        modules_to_save=heads,
+        bias="none",
+        lora_bias=settings.bias,
+        use_dora=settings.dora,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        init_lora_weights=True,
+    )
     with warnings.catch_warnings():  # a second adapter on the same model is what the bank is for
         warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
         inject_adapter_in_model(config, model, adapter_name=adapter_name)
@@ -319,17 +334,29 @@ def add_lora(model: DetectionModel, adapter_name: str, names: list[str], setting
         if list(names) != list(base_names):  # other classes: a fresh classifier, not the base's one relabelled
             level = int(name.split(".")[-2])
             wrapper.modules_to_save[adapter_name] = _new_class_conv(
-                wrapper.original_module, len(names), float(det.stride[level]))
+                wrapper.original_module, len(names), float(det.stride[level])
+            )
     activate(model, adapter_name, names, trainable=trainable)
-    return AdapterMeta(names=list(names), rank=settings.rank, alpha=settings.lora_alpha, dropout=settings.dropout,
-                       bias=settings.bias, dora=settings.dora, head_rank=settings.head_rank,
-                       rank_pattern=dict(settings.rank_pattern),
-                       target_modules=targets, head_modules=heads,
-                       base_file="", base_sha256="", base_names=list(base_names))
+    return AdapterMeta(
+        names=list(names),
+        rank=settings.rank,
+        alpha=settings.lora_alpha,
+        dropout=settings.dropout,
+        bias=settings.bias,
+        dora=settings.dora,
+        head_rank=settings.head_rank,
+        rank_pattern=dict(settings.rank_pattern),
+        target_modules=targets,
+        head_modules=heads,
+        base_file="",
+        base_sha256="",
+        base_names=list(base_names),
+    )
 
 
-def activate(model: DetectionModel, adapter_name: str | None, names: list[str] | None = None,
-             trainable: bool = False) -> None:
+def activate(
+    model: DetectionModel, adapter_name: str | None, names: list[str] | None = None, trainable: bool = False
+) -> None:
     """Make `adapter_name` the active adapter (None: the plain base with its own head) and size the Detect head for
     its classes. `trainable` marks the adapter's weights as requiring gradients (training), else all frozen."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -387,8 +414,10 @@ def assert_adapter_only(model: nn.Module, adapter_name: str) -> dict[str, int]:
     counts = trainable_counts(model, adapter_name)
     if counts["other"] or counts["lora"] == 0:
         offenders = [k for k, p in model.named_parameters() if p.requires_grad and not _adapter_param(k, adapter_name)]
-        raise RuntimeError(f"adapter training would update weights outside the adapter: {offenders[:5]} "
-                           f"({counts['other']} parameters); LoRA parameters trainable: {counts['lora']}")
+        raise RuntimeError(
+            f"adapter training would update weights outside the adapter: {offenders[:5]} "
+            f"({counts['other']} parameters); LoRA parameters trainable: {counts['lora']}"
+        )
     return counts
 
 
@@ -406,8 +435,9 @@ def adapter_state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.T
     return out
 
 
-def save_adapter(model: nn.Module, adapter_name: str, path: Path | str, meta: AdapterMeta,
-                 dtype: torch.dtype = torch.float16) -> Path:
+def save_adapter(
+    model: nn.Module, adapter_name: str, path: Path | str, meta: AdapterMeta, dtype: torch.dtype = torch.float16
+) -> Path:
     """Write the adapter as safetensors (fp16 by default) with its metadata."""
     from safetensors.torch import save_file
 
@@ -442,19 +472,29 @@ def read_adapter_meta(path: Path | str) -> AdapterMeta:
     return read_adapter(path)[0]
 
 
-def load_adapter(model: DetectionModel, path: Path | str, adapter_name: str,
-                 base_sha256: str | None = None) -> AdapterMeta:
+def load_adapter(
+    model: DetectionModel, path: Path | str, adapter_name: str, base_sha256: str | None = None
+) -> AdapterMeta:
     """Inject the adapter stored at `path` under `adapter_name` and load its weights; activates it (frozen)."""
     meta, tensors = read_adapter(path)
     if base_sha256 is not None and meta.base_sha256 and meta.base_sha256 != base_sha256:
         raise ConfigError(
             f"adapter {path} was trained over base {meta.base_file} (sha256 {meta.base_sha256[:12]}), but the base "
-            f"given has sha256 {base_sha256[:12]}; retrain it: defect-agent train adapter --line {meta.line or '<line>'}")
-    settings = LoraSettings(rank=meta.rank, alpha=meta.alpha, dropout=meta.dropout, bias=meta.bias, dora=meta.dora,
-                            head_rank=meta.head_rank, rank_pattern=meta.rank_pattern)
+            f"given has sha256 {base_sha256[:12]}; retrain it: defect-agent train adapter --line {meta.line or '<line>'}"
+        )
+    settings = LoraSettings(
+        rank=meta.rank,
+        alpha=meta.alpha,
+        dropout=meta.dropout,
+        bias=meta.bias,
+        dora=meta.dora,
+        head_rank=meta.head_rank,
+        rank_pattern=meta.rank_pattern,
+    )
     if class_head_modules(model) != meta.head_modules:
-        raise ConfigError(f"adapter {path} was made for heads {meta.head_modules}, the base has "
-                          f"{class_head_modules(model)}")
+        raise ConfigError(
+            f"adapter {path} was made for heads {meta.head_modules}, the base has {class_head_modules(model)}"
+        )
     add_lora(model, adapter_name, meta.names, settings, target_modules=meta.target_modules, trainable=False)
     state = model.state_dict()
     update = {}
@@ -464,14 +504,16 @@ def load_adapter(model: DetectionModel, path: Path | str, adapter_name: str,
         if full not in state:
             raise ConfigError(f"adapter {path}: tensor {key} has no place in the base model")
         if state[full].shape != t.shape:
-            raise ConfigError(f"adapter {path}: {key} has shape {tuple(t.shape)}, the model expects "
-                              f"{tuple(state[full].shape)}")
+            raise ConfigError(
+                f"adapter {path}: {key} has shape {tuple(t.shape)}, the model expects {tuple(state[full].shape)}"
+            )
         update[full] = t.to(state[full].dtype)
     expected = set(adapter_state_dict(model, adapter_name))
     got = {k.replace(f".{adapter_name}.", ".") for k in update}
     if expected != got:
-        raise ConfigError(f"adapter {path} lacks {len(expected - got)} tensors the model needs "
-                          f"(e.g. {sorted(expected - got)[:3]})")
+        raise ConfigError(
+            f"adapter {path} lacks {len(expected - got)} tensors the model needs (e.g. {sorted(expected - got)[:3]})"
+        )
     model.load_state_dict(update, strict=False)
     activate(model, adapter_name, meta.names)
     return meta
@@ -480,8 +522,9 @@ def load_adapter(model: DetectionModel, path: Path | str, adapter_name: str,
 def make_meta(meta: AdapterMeta, base_path: Path | str, line: str | None = None, **fields: Any) -> AdapterMeta:
     """Fill the base fields (file name, sha256) and anything else."""
     base_path = Path(base_path)
-    return meta.model_copy(update={"base_file": base_path.name, "base_sha256": file_sha256(base_path), "line": line,
-                                   **fields})
+    return meta.model_copy(
+        update={"base_file": base_path.name, "base_sha256": file_sha256(base_path), "line": line, **fields}
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------- loading
@@ -540,14 +583,17 @@ def merge_adapter(base_path: Path | str, adapter_path: Path | str, out: Path | s
     out.parent.mkdir(parents=True, exist_ok=True)
     train_args = dict(getattr(model, "args", {}) or {})
     train_args.update({"imgsz": meta.imgsz or train_args.get("imgsz", 640), "task": "detect"})
-    torch.save({
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "version": __version__,
-        "license": "AGPL-3.0 (ultralytics); data: see the model card",
-        "model": copy.deepcopy(model).half(),
-        "train_args": train_args,
-        META_KEY: json.loads(meta.model_dump_json()) | {"merged_from": adapter_path.name},
-    }, out)
+    torch.save(
+        {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "version": __version__,
+            "license": "AGPL-3.0 (ultralytics); data: see the model card",
+            "model": copy.deepcopy(model).half(),
+            "train_args": train_args,
+            META_KEY: json.loads(meta.model_dump_json()) | {"merged_from": adapter_path.name},
+        },
+        out,
+    )
     return out
 
 
@@ -560,8 +606,7 @@ class AdapterBank:
     def __init__(self, base_path: Path | str) -> None:
         self.base_path = Path(base_path)
         if not self.base_path.is_file():
-            raise ModelFileMissing(self.base_path, BASE_COMMAND,
-                                   what="locator base weights")
+            raise ModelFileMissing(self.base_path, BASE_COMMAND, what="locator base weights")
         self.base_sha256 = file_sha256(self.base_path)
         YOLO = _import_yolo()
         self.yolo: YOLO = YOLO(str(self.base_path), task="detect")

@@ -73,7 +73,9 @@ class Locator:
         bank_line: str | None = None,
     ) -> None:
         self.model = model
-        self._bank = bank  # shared base (vision.locator.lora.AdapterBank) and this locator's adapter in it (None: the base)
+        self._bank = (
+            bank  # shared base (vision.locator.lora.AdapterBank) and this locator's adapter in it (None: the base)
+        )
         self._bank_line = bank_line
         self._version = version
         self._class_names = list(class_names)
@@ -113,7 +115,12 @@ class Locator:
         make = train_command(line.name)
         if cfg.adapter is None:
             return cls.from_weights(
-                cfg.weights, line.class_names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device,
+                cfg.weights,
+                line.class_names,
+                imgsz=cfg.imgsz,
+                conf=cfg.conf,
+                iou=cfg.iou,
+                device=device,
                 make_command=make,
             )
         base_path = resolve(cfg.base or cfg.weights)
@@ -137,8 +144,9 @@ class Locator:
         model = load_adapted_yolo(base_path, adapter_path)
         names = _checked_names(line, checkpoint_class_names(model), f"{base_path} + {adapter_path}")
         version = f"{_version_of(base_path)}+{_version_of(adapter_path)}"
-        return cls(model, version, names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device,
-                   weights_path=base_path)
+        return cls(
+            model, version, names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device, weights_path=base_path
+        )
 
     @property
     def version(self) -> str:
@@ -162,9 +170,14 @@ class Locator:
         bgr = [_as_bgr(img, i) for i, img in enumerate(images)]
         out: list[list[Detection]] = []
         for start in range(0, len(bgr), PREDICT_BATCH):
-            chunk = bgr[start:start + PREDICT_BATCH]
+            chunk = bgr[start : start + PREDICT_BATCH]
             results = self.model.predict(
-                chunk, conf=conf, iou=self.iou, imgsz=self.imgsz, device=self.device, verbose=False,
+                chunk,
+                conf=conf,
+                iou=self.iou,
+                imgsz=self.imgsz,
+                device=self.device,
+                verbose=False,
                 batch=len(chunk),
             )
             out.extend(self._to_detections(r, img.shape) for r, img in zip(results, chunk))
@@ -182,11 +195,14 @@ class Locator:
         for (x1, y1, x2, y2), c, k in zip(xyxy, confs, cls_ids):
             x1, x2 = float(np.clip(x1, 0, w)), float(np.clip(x2, 0, w))
             y1, y2 = float(np.clip(y1, 0, h)), float(np.clip(y2, 0, h))
-            dets.append(Detection(
-                defect_class=self._class_names[k], class_id=int(k),
-                box=Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2)),
-                confidence=float(np.clip(c, 0.0, 1.0)),
-            ))
+            dets.append(
+                Detection(
+                    defect_class=self._class_names[k],
+                    class_id=int(k),
+                    box=Box(x1=x1, y1=y1, x2=max(x1, x2), y2=max(y1, y2)),
+                    confidence=float(np.clip(c, 0.0, 1.0)),
+                )
+            )
         dets.sort(key=lambda d: -d.confidence)
         return dets
 
@@ -236,8 +252,11 @@ class LocatorPool:
         cfg = line.locator
         base_path = resolve(cfg.base or cfg.weights) if cfg.adapter else resolve(cfg.weights)
         if not base_path.is_file():
-            raise ModelFileMissing(base_path, BASE_COMMAND if cfg.adapter and cfg.base else train_command(line.name),
-                                   what="locator base weights")
+            raise ModelFileMissing(
+                base_path,
+                BASE_COMMAND if cfg.adapter and cfg.base else train_command(line.name),
+                what="locator base weights",
+            )
         adapter_path = resolve(cfg.adapter) if cfg.adapter else None
         if adapter_path is not None and not adapter_path.exists():
             raise ModelFileMissing(adapter_path, adapter_command(line.name), what="LoRA adapter")
@@ -254,11 +273,22 @@ class LocatorPool:
                     with bank.lock:
                         bank.add(line.name, adapter_path)
         adapter = line.name if adapter_path is not None else None
-        names = _checked_names(line, bank.class_names(adapter),
-                               f"{base_path}" + (f" + {adapter_path}" if adapter_path else ""))
+        names = _checked_names(
+            line, bank.class_names(adapter), f"{base_path}" + (f" + {adapter_path}" if adapter_path else "")
+        )
         version = _version_of(base_path) + (f"+{_version_of(adapter_path)}" if adapter_path else "")
-        return Locator(bank.yolo, version, names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device,
-                       weights_path=base_path, bank=bank, bank_line=adapter)
+        return Locator(
+            bank.yolo,
+            version,
+            names,
+            imgsz=cfg.imgsz,
+            conf=cfg.conf,
+            iou=cfg.iou,
+            device=device,
+            weights_path=base_path,
+            bank=bank,
+            bank_line=adapter,
+        )
 
 
 _POOL: LocatorPool | None = None
@@ -270,4 +300,3 @@ def shared_pool() -> LocatorPool:
     if _POOL is None:
         _POOL = LocatorPool()
     return _POOL
-

@@ -87,17 +87,36 @@ def default_workers(device: str) -> int:
 
 
 def train_overrides(
-    n_train: int, epochs: int, imgsz: int, batch: int, device: str, freeze: int | None, seed: int,
-    project: Path, name: str,
+    n_train: int,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str,
+    freeze: int | None,
+    seed: int,
+    project: Path,
+    name: str,
 ) -> dict[str, Any]:
     """Trainer settings for small product-line datasets; every entry can be overridden by the caller."""
     args: dict[str, Any] = dict(
-        epochs=epochs, imgsz=imgsz, batch=batch, device=device, seed=seed, deterministic=True,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        seed=seed,
+        deterministic=True,
         nbs=batch,  # the default nominal batch 64 accumulates gradients, leaving few real steps on small sets
         warmup_epochs=0.0 if (n_train < FEW_IMAGES or epochs <= 3) else 3.0,
         amp=False,  # CPU has no AMP; on GPU amp=True runs a check that downloads yolo26n.pt
-        plots=False, workers=default_workers(device), project=str(project), name=name, exist_ok=True,
-        verbose=False, val=True, cache=False, patience=max(epochs, 100),
+        plots=False,
+        workers=default_workers(device),
+        project=str(project),
+        name=name,
+        exist_ok=True,
+        verbose=False,
+        val=True,
+        cache=False,
+        patience=max(epochs, 100),
     )
     if freeze is not None:
         args["freeze"] = int(freeze)
@@ -179,8 +198,20 @@ def train_locator(
     shutil.copyfile(best, weights_out)
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     return TrainResult(
-        weights=weights_out.resolve(), base=str(base), data_yaml=data_yaml, run_dir=Path(trainer.save_dir),
-        epochs=epochs, epochs_run=len(losses), imgsz=imgsz, batch=batch, device=device, freeze=freeze, seed=seed,
-        train_images=n_train, train_seconds=round(seconds, 2), epoch_losses=losses, final_metrics=metrics,
+        weights=weights_out.resolve(),
+        base=str(base),
+        data_yaml=data_yaml,
+        run_dir=Path(trainer.save_dir),
+        epochs=epochs,
+        epochs_run=len(losses),
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        freeze=freeze,
+        seed=seed,
+        train_images=n_train,
+        train_seconds=round(seconds, 2),
+        epoch_losses=losses,
+        final_metrics=metrics,
         args={**args, "freeze_bn_stats": freeze_bn_stats},
     )

@@ -71,8 +71,10 @@ def _place_fonts() -> None:
         target = Path(USER_CONFIG_DIR) / name
         if target.exists():
             continue
-        source = next((p for p in (yolo_config_dir() / name, Path(os.environ.get("YOLO_CONFIG_DIR", "")) / name)
-                       if p.is_file()), None)
+        source = next(
+            (p for p in (yolo_config_dir() / name, Path(os.environ.get("YOLO_CONFIG_DIR", "")) / name) if p.is_file()),
+            None,
+        )
         if source is None:
             try:
                 import matplotlib
@@ -83,7 +85,6 @@ def _place_fonts() -> None:
         if source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
-
 
 
 def load_yolo(path: Path, make_command: str) -> YOLO:

@@ -34,15 +34,23 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         seed: int = typer.Option(0),
         max_boards: int | None = typer.Option(None, help="use only the first N boards of each split (smoke runs)"),
         out: Path | None = typer.Option(None, help="weights file (default: the line's locator.verifier)"),
-        proposals: bool = typer.Option(True, help="also train on the line's locator's own detections on the train "
-                                                  "boards (hard negatives, real box errors)"),
+        proposals: bool = typer.Option(
+            True,
+            help="also train on the line's locator's own detections on the train "
+            "boards (hard negatives, real box errors)",
+        ),
         proposal_conf: float = typer.Option(0.05, help="confidence floor of those detections"),
-        positive_iou: float = typer.Option(0.3, help="a detection overlapping an annotation this much is a sample of "
-                                                     "its class (and a box to refine to it)"),
+        positive_iou: float = typer.Option(
+            0.3,
+            help="a detection overlapping an annotation this much is a sample of its class (and a box to refine to it)",
+        ),
         box_head: bool = typer.Option(True, help="learn to refine each box to the annotation"),
         crop: int = typer.Option(48, help="side in pixels the crops are resized to"),
-        partial: float = typer.Option(0.0, help="share of the defect samples shown as a piece of their annotation "
-                                                "(long defects the detector cuts in two), to be refined to the whole"),
+        partial: float = typer.Option(
+            0.0,
+            help="share of the defect samples shown as a piece of their annotation "
+            "(long defects the detector cuts in two), to be refined to the whole",
+        ),
     ) -> None:
         """Train the line's class verifier on the annotated boxes of the DeepPCB train groups; reports its crop
         accuracy on the validation groups."""
@@ -53,8 +61,10 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
         cfg = load_line(line)
         if cfg.locator.reference != "template":
-            raise ConfigError(f"line {line!r} has no golden templates (locator.reference is "
-                              f"{cfg.locator.reference!r}): the verifier reads (test, template) crops")
+            raise ConfigError(
+                f"line {line!r} has no golden templates (locator.reference is "
+                f"{cfg.locator.reference!r}): the verifier reads (test, template) crops"
+            )
         target = resolve(out or cfg.locator.verifier or f"models/locator/{line}_verifier.safetensors")
         root = _deeppcb_src(src)
         locator = None
@@ -64,27 +74,54 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
 
             configure_offline()
             locator = shared_pool().locator(cfg)
-        channels, samples, _ = deeppcb_verifier_samples(root, "train", background, seed, max_boards,
-                                                        locator=locator, proposal_conf=proposal_conf,
-                                                        proposal_on_defect=positive_iou)
+        channels, samples, _ = deeppcb_verifier_samples(
+            root,
+            "train",
+            background,
+            seed,
+            max_boards,
+            locator=locator,
+            proposal_conf=proposal_conf,
+            proposal_on_defect=positive_iou,
+        )
         val = deeppcb_verifier_samples(root, "val", background, seed + 1, max_boards)[:2]
-        source = (f", with {getattr(locator, 'version', '?')} proposals at conf {proposal_conf}, positives from IoU "
-                  f"{positive_iou}" if locator else "")
-        verifier = train_verifier(channels, samples, cfg.class_names, epochs=epochs, batch=batch, lr=lr, seed=seed,
-                                  val=val, box_regression=box_head, crop=crop,
-                                  partial_share=partial,
-                                  trained_on=f"DeepPCB train groups ({len(channels)} boards, {len(samples)} crops"
-                                  f"{source}), {epochs} epochs, seed {seed}"
-                                  + (f", partial boxes {partial}" if partial else ""))
+        source = (
+            f", with {getattr(locator, 'version', '?')} proposals at conf {proposal_conf}, positives from IoU "
+            f"{positive_iou}"
+            if locator
+            else ""
+        )
+        verifier = train_verifier(
+            channels,
+            samples,
+            cfg.class_names,
+            epochs=epochs,
+            batch=batch,
+            lr=lr,
+            seed=seed,
+            val=val,
+            box_regression=box_head,
+            crop=crop,
+            partial_share=partial,
+            trained_on=f"DeepPCB train groups ({len(channels)} boards, {len(samples)} crops"
+            f"{source}), {epochs} epochs, seed {seed}" + (f", partial boxes {partial}" if partial else ""),
+        )
         verifier.save(target)
-        typer.echo(f"wrote {target} ({target.stat().st_size / 1e3:.0f} kB): validation crop accuracy "
-                   f"{verifier.meta.val_accuracy:.4f}, {verifier.meta.train_seconds:.0f} s")
+        typer.echo(
+            f"wrote {target} ({target.stat().st_size / 1e3:.0f} kB): validation crop accuracy "
+            f"{verifier.meta.val_accuracy:.4f}, {verifier.meta.train_seconds:.0f} s"
+        )
         if verifier.meta.val_box_iou is not None:
-            typer.echo(f"box head: validation jittered-box IoU {verifier.meta.val_box_iou_before:.4f} -> "
-                       f"{verifier.meta.val_box_iou:.4f}")
+            typer.echo(
+                f"box head: validation jittered-box IoU {verifier.meta.val_box_iou_before:.4f} -> "
+                f"{verifier.meta.val_box_iou:.4f}"
+            )
         names = verifier.outputs
-        typer.echo("validation confusion (rows: annotated, columns: verifier)\n" + " " * 11
-                   + "".join(f"{n[:9]:>10}" for n in names))
+        typer.echo(
+            "validation confusion (rows: annotated, columns: verifier)\n"
+            + " " * 11
+            + "".join(f"{n[:9]:>10}" for n in names)
+        )
         for name, row in zip(names, verifier.meta.val_confusion or []):
             typer.echo(f"{name[:10]:<11}" + "".join(f"{v:>10}" for v in row))
 
@@ -106,16 +143,24 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         configure_offline()
         cfg = load_line(line)
         verifier = DefectVerifier.for_line(cfg)
-        report = evaluate_verifier(shared_pool().locator(cfg), verifier, _deeppcb_src(src), split,
-                                   conf_operating=cfg.locator.conf, max_boards=max_boards)
+        report = evaluate_verifier(
+            shared_pool().locator(cfg),
+            verifier,
+            _deeppcb_src(src),
+            split,
+            conf_operating=cfg.locator.conf,
+            max_boards=max_boards,
+        )
         rows = [("detector", report.detector), ("verified", report.verified)]
         if report.verified_multilabel is not None:
             rows.append(("+alternatives", report.verified_multilabel))
         for name, score in rows:
-            typer.echo(f"{name:13s} mAP50 {score.map50:.4f}  mAP50-95 {score.map50_95:.4f}  mAP@0.33 (DeepPCB's "
-                       f"protocol) {score.map33:.4f}  miss {score.miss_rate:.4f}"
-                       f"  class accuracy {score.class_accuracy:.4f} ({score.located} boxes)  "
-                       + "  ".join(f"{c.name} {c.ap50:.3f}/{c.precision:.2f}/{c.recall:.2f}" for c in score.per_class))
+            typer.echo(
+                f"{name:13s} mAP50 {score.map50:.4f}  mAP50-95 {score.map50_95:.4f}  mAP@0.33 (DeepPCB's "
+                f"protocol) {score.map33:.4f}  miss {score.miss_rate:.4f}"
+                f"  class accuracy {score.class_accuracy:.4f} ({score.located} boxes)  "
+                + "  ".join(f"{c.name} {c.ap50:.3f}/{c.precision:.2f}/{c.recall:.2f}" for c in score.per_class)
+            )
         if json_out:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(report.model_dump(), indent=1), encoding="utf-8")

@@ -20,8 +20,14 @@ from vision.verifier.train import VerifierSample, background_boxes
 BACKGROUND_LABEL = 6  # after DeepPCB's six defect classes
 
 
-def proposal_samples(image: int, detections: Sequence[Detection], truth: Sequence[tuple[int, Box]],
-                     background: int, on_defect: float = 0.5, off_defect: float = 0.2) -> list[VerifierSample]:
+def proposal_samples(
+    image: int,
+    detections: Sequence[Detection],
+    truth: Sequence[tuple[int, Box]],
+    background: int,
+    on_defect: float = 0.5,
+    off_defect: float = 0.2,
+) -> list[VerifierSample]:
     """A locator's detections on one board as samples: IoU >= `on_defect` with an annotation -> that class, to be
     refined to it; IoU < `off_defect` with every annotation and centre outside all -> background; between: left
     out (neither a clean positive nor a clean negative)."""
@@ -37,8 +43,15 @@ def proposal_samples(image: int, detections: Sequence[Detection], truth: Sequenc
 
 
 def deeppcb_verifier_samples(
-    src: Path | str, split: str, background_per_image: int = 2, seed: int = 0, max_boards: int | None = None,
-    progress: bool = True, locator: Any = None, proposal_conf: float = 0.05, proposal_on_defect: float = 0.5,
+    src: Path | str,
+    split: str,
+    background_per_image: int = 2,
+    seed: int = 0,
+    max_boards: int | None = None,
+    progress: bool = True,
+    locator: Any = None,
+    proposal_conf: float = 0.05,
+    proposal_on_defect: float = 0.5,
 ) -> tuple[list[np.ndarray], list[VerifierSample], list[str]]:
     """(channel images, samples, test image paths) for the boards of one part of the fixed group split. Labels are
     DeepPCB's class ids (0-5 = open, short, mousebite, spur, copper, pin-hole); background is 6. `locator`: also
@@ -57,8 +70,15 @@ def deeppcb_verifier_samples(
         truth_by_image.append([b for _, b in boxes])
         samples.extend(VerifierSample(image=i, box=b, label=c) for c, b in boxes)
         if locator is not None:
-            samples.extend(proposal_samples(i, locator.predict([composite], conf=proposal_conf)[0], boxes,
-                                            BACKGROUND_LABEL, on_defect=proposal_on_defect))
+            samples.extend(
+                proposal_samples(
+                    i,
+                    locator.predict([composite], conf=proposal_conf)[0],
+                    boxes,
+                    BACKGROUND_LABEL,
+                    on_defect=proposal_on_defect,
+                )
+            )
     sizes = [(s.box.width, s.box.height) for s in samples if s.label != BACKGROUND_LABEL] or [(32.0, 32.0)]
     for i, truth in enumerate(truth_by_image):
         for b in background_boxes(truth, channels[i].shape[:2], background_per_image, rng, sizes):

@@ -50,16 +50,16 @@ class VerifierEvaluation(BaseModel):
     verified_multilabel: DetectionScore | None = None  # + each alternative class as one more detection
 
 
-def match_tp(preds: Sequence[Detection], truth: Truth, class_names: list[str],
-             thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
+def match_tp(
+    preds: Sequence[Detection], truth: Truth, class_names: list[str], thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> np.ndarray:
     """(len(preds), len(thresholds)) true-positive flags at each IoU threshold (0.5 ... 0.95), matched one to one
     as ultralytics' validator does: at each threshold the same-class (prediction, truth) pairs above it, highest
     IoU first."""
     out = np.zeros((len(preds), len(thresholds)), bool)
     if not preds or not truth:
         return out
-    iou = np.array([[p.box.iou(b) if class_names.index(p.defect_class) == k else 0.0 for k, b in truth]
-                    for p in preds])
+    iou = np.array([[p.box.iou(b) if class_names.index(p.defect_class) == k else 0.0 for k, b in truth] for p in preds])
     for t, thr in enumerate(thresholds):
         pi, tj = np.nonzero(iou >= thr)
         order = np.argsort(-iou[pi, tj], kind="stable")
@@ -72,8 +72,9 @@ def match_tp(preds: Sequence[Detection], truth: Truth, class_names: list[str],
     return out
 
 
-def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_names: list[str],
-                     conf_operating: float) -> DetectionScore:
+def score_detections(
+    per_image: Sequence[tuple[list[Detection], Truth]], class_names: list[str], conf_operating: float
+) -> DetectionScore:
     from ultralytics.utils.metrics import ap_per_class
 
     tps, confs, classes, targets = [], [], [], []
@@ -108,22 +109,39 @@ def score_detections(per_image: Sequence[tuple[list[Detection], Truth]], class_n
                 right += class_names.index(p.defect_class) == best[0]
     tp_all = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS) + 1), bool)
     result = ap_per_class(tp_all, np.asarray(confs), np.asarray(classes), np.asarray(targets))
-    ap, present = result[5][:, :len(IOU_THRESHOLDS)], result[6]
-    ap33 = result[5][:, len(IOU_THRESHOLDS):]
+    ap, present = result[5][:, : len(IOU_THRESHOLDS)], result[6]
+    ap33 = result[5][:, len(IOU_THRESHOLDS) :]
     ap50 = {int(k): float(ap[i, 0]) for i, k in enumerate(present)}
-    per_class = [ClassScore(name=name, ap50=ap50.get(k, 0.0),
-                            precision=float(tp_op[k] / pred_op[k]) if pred_op[k] else 0.0,
-                            recall=float(tp_op[k] / gt[k]) if gt[k] else 1.0) for k, name in enumerate(class_names)]
-    return DetectionScore(map50=float(ap[:, 0].mean()) if len(ap) else 0.0,
-                          map50_95=float(ap.mean()) if len(ap) else 0.0,
-                          map33=float(ap33[:, 0].mean()) if len(ap33) else 0.0, per_class=per_class,
-                          miss_rate=missed / with_defect if with_defect else 0.0,
-                          class_accuracy=right / located if located else 0.0, located=located)
+    per_class = [
+        ClassScore(
+            name=name,
+            ap50=ap50.get(k, 0.0),
+            precision=float(tp_op[k] / pred_op[k]) if pred_op[k] else 0.0,
+            recall=float(tp_op[k] / gt[k]) if gt[k] else 1.0,
+        )
+        for k, name in enumerate(class_names)
+    ]
+    return DetectionScore(
+        map50=float(ap[:, 0].mean()) if len(ap) else 0.0,
+        map50_95=float(ap.mean()) if len(ap) else 0.0,
+        map33=float(ap33[:, 0].mean()) if len(ap33) else 0.0,
+        per_class=per_class,
+        miss_rate=missed / with_defect if with_defect else 0.0,
+        class_accuracy=right / located if located else 0.0,
+        located=located,
+    )
 
 
-def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", conf_eval: float = 0.001,
-                      conf_operating: float = 0.25, max_boards: int | None = None,
-                      progress: bool = True) -> VerifierEvaluation:
+def evaluate_verifier(
+    locator,
+    verifier,
+    src: Path | str,
+    split: str = "val",
+    conf_eval: float = 0.001,
+    conf_operating: float = 0.25,
+    max_boards: int | None = None,
+    progress: bool = True,
+) -> VerifierEvaluation:
     """Both scores over the same detections: the locator at `conf_eval` (as ultralytics' mAP), the verifier on
     every box of every board."""
     from vision.datasets.deeppcb import parse_annotation, reference_input, template_pairs
@@ -141,7 +159,12 @@ def evaluate_verifier(locator, verifier, src: Path | str, split: str = "val", co
         verified.append(([d.model_copy(update={"confidence": verified_score(d)}) for d in checked], truth))
         multi.append((expand_alternatives(checked), truth))
     return VerifierEvaluation(
-        split=split, boards=len(pairs), locator=str(getattr(locator, "version", "?")), verifier=verifier.version,
-        conf_operating=conf_operating, detector=score_detections(raw, names, conf_operating),
+        split=split,
+        boards=len(pairs),
+        locator=str(getattr(locator, "version", "?")),
+        verifier=verifier.version,
+        conf_operating=conf_operating,
+        detector=score_detections(raw, names, conf_operating),
         verified=score_detections(verified, names, conf_operating),
-        verified_multilabel=score_detections(multi, names, conf_operating))
+        verified_multilabel=score_detections(multi, names, conf_operating),
+    )

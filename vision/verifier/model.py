@@ -83,9 +83,12 @@ def encode_box(source: Box, target: Box, meta: VerifierMeta) -> np.ndarray:
     """Where `target` lies relative to `source`, in the units of source's crop (what the box head predicts)."""
     side = crop_side(source, meta)
     (sx, sy), (tx, ty) = source.center, target.center
-    raw = ((tx - sx) / side, (ty - sy) / side,
-           math.log(max(target.width, 1.0) / max(source.width, 1.0)),
-           math.log(max(target.height, 1.0) / max(source.height, 1.0)))
+    raw = (
+        (tx - sx) / side,
+        (ty - sy) / side,
+        math.log(max(target.width, 1.0) / max(source.width, 1.0)),
+        math.log(max(target.height, 1.0) / max(source.height, 1.0)),
+    )
     return np.array([r / s for r, s in zip(raw, BOX_SCALE)], np.float32)
 
 
@@ -111,7 +114,7 @@ def crop_box(channels: np.ndarray, box: Box, meta: VerifierMeta) -> np.ndarray:
     s = max(2, int(round(side)))
     h, w = channels.shape[:2]
     pad = ((max(0, -y1), max(0, y1 + s - h)), (max(0, -x1), max(0, x1 + s - w)))
-    patch = channels[max(0, y1):min(h, y1 + s), max(0, x1):min(w, x1 + s)]
+    patch = channels[max(0, y1) : min(h, y1 + s), max(0, x1) : min(w, x1 + s)]
     (top, bottom), (left, right) = pad
     if top or bottom or left or right:  # bare board, template bare, no difference
         patch = cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(0, 0, 128))
@@ -122,16 +125,28 @@ def _net(n_out: int, channels: int = 3, widths: Sequence[int] = (16, 32, 64, 96)
     import torch.nn as nn
 
     def block(cin: int, cout: int) -> list:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        return [
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        ]
 
     a, b, c, d = widths
     return nn.Sequential(
-        *block(channels, a), nn.MaxPool2d(2),
-        *block(a, b), nn.MaxPool2d(2),
-        *block(b, c), nn.MaxPool2d(2),
-        *block(c, d), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Dropout(0.2), nn.Linear(d, n_out),
+        *block(channels, a),
+        nn.MaxPool2d(2),
+        *block(a, b),
+        nn.MaxPool2d(2),
+        *block(b, c),
+        nn.MaxPool2d(2),
+        *block(c, d),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(d, n_out),
     )
 
 
@@ -154,9 +169,18 @@ class DefectVerifier:
     """Class distribution (and, with a box head, a refined box) for detected boxes, from full-resolution crops.
     Load with `from_file`. `tta`: average the eight rotations / flips of every crop, as the training augments."""
 
-    def __init__(self, model, meta: VerifierMeta, version: str = "unsaved", relabel_min: float = 0.5,
-                 nms_iou: float = 0.5, tta: bool = False, alternative_min: float = 0.05,
-                 union_min: float | None = None, demote: float | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        meta: VerifierMeta,
+        version: str = "unsaved",
+        relabel_min: float = 0.5,
+        nms_iou: float = 0.5,
+        tta: bool = False,
+        alternative_min: float = 0.05,
+        union_min: float | None = None,
+        demote: float | None = None,
+    ) -> None:
         self.model = model.eval()
         self.meta = meta
         self.version = version
@@ -172,9 +196,16 @@ class DefectVerifier:
         return [*self.meta.classes, BACKGROUND]
 
     @classmethod
-    def from_file(cls, path: str | Path, relabel_min: float = 0.5, nms_iou: float = 0.5, tta: bool = False,
-                  alternative_min: float = 0.05, union_min: float | None = None,
-                  demote: float | None = None) -> DefectVerifier:
+    def from_file(
+        cls,
+        path: str | Path,
+        relabel_min: float = 0.5,
+        nms_iou: float = 0.5,
+        tta: bool = False,
+        alternative_min: float = 0.05,
+        union_min: float | None = None,
+        demote: float | None = None,
+    ) -> DefectVerifier:
         from safetensors.torch import load_file
 
         from defect_agent.files import file_sha256
@@ -193,8 +224,17 @@ class DefectVerifier:
             model.load_state_dict(load_file(str(path)))
         except Exception as exc:  # a truncated or foreign file: say which
             raise ConfigError(f"cannot load verifier weights {path}: {exc}") from exc
-        return cls(model, meta, f"{path.name}@{file_sha256(path)[:12]}", relabel_min=relabel_min, nms_iou=nms_iou,
-                   tta=tta, alternative_min=alternative_min, union_min=union_min, demote=demote)
+        return cls(
+            model,
+            meta,
+            f"{path.name}@{file_sha256(path)[:12]}",
+            relabel_min=relabel_min,
+            nms_iou=nms_iou,
+            tta=tta,
+            alternative_min=alternative_min,
+            union_min=union_min,
+            demote=demote,
+        )
 
     @classmethod
     def for_line(cls, line: LineConfig) -> DefectVerifier:
@@ -203,14 +243,20 @@ class DefectVerifier:
 
         if not line.locator.verifier:
             raise ConfigError(f"line {line.name!r} has no locator.verifier in configs/lines/{line.name}.yaml")
-        verifier = cls.from_file(resolve(line.locator.verifier), relabel_min=line.locator.verifier_relabel_min,
-                                 tta=line.locator.verifier_tta, union_min=line.locator.verifier_union_min,
-                                 demote=line.locator.verifier_demote)
+        verifier = cls.from_file(
+            resolve(line.locator.verifier),
+            relabel_min=line.locator.verifier_relabel_min,
+            tta=line.locator.verifier_tta,
+            union_min=line.locator.verifier_union_min,
+            demote=line.locator.verifier_demote,
+        )
         defects = [c.name for c in line.classes if c.role == "defect"]
         if sorted(verifier.meta.classes) != sorted(defects):
-            raise ConfigError(f"{line.locator.verifier} was trained for classes {verifier.meta.classes}, line "
-                              f"{line.name!r} has {defects}: retrain it with `defect-agent train verifier --line "
-                              f"{line.name}`")
+            raise ConfigError(
+                f"{line.locator.verifier} was trained for classes {verifier.meta.classes}, line "
+                f"{line.name!r} has {defects}: retrain it with `defect-agent train verifier --line "
+                f"{line.name}`"
+            )
         return verifier
 
     def save(self, path: str | Path) -> Path:
@@ -249,15 +295,15 @@ class DefectVerifier:
             return VerifierReading(probabilities=probs, boxes=list(boxes))
         deltas = (deltas / len(views)).numpy()
         h, w = channels.shape[:2]
-        return VerifierReading(probabilities=probs,
-                               boxes=[decode_box(b, d, self.meta).clip(w, h) for b, d in zip(boxes, deltas)])
+        return VerifierReading(
+            probabilities=probs, boxes=[decode_box(b, d, self.meta).clip(w, h) for b, d in zip(boxes, deltas)]
+        )
 
     def probabilities(self, composite: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """(len(boxes), classes + 1) softmax over the line's defect classes and background."""
         return self.read(composite, boxes).probabilities
 
-    def verify(self, composite: np.ndarray, detections: list[Detection],
-               candidates: bool = False) -> list[Detection]:
+    def verify(self, composite: np.ndarray, detections: list[Detection], candidates: bool = False) -> list[Detection]:
         """Each detection relabelled to the verifier's most likely defect class where that class holds at least
         `relabel_min`, its `verifier_score` set to the verifier's probability of the class it ends with, the other
         classes holding at least `alternative_min` kept as its `alternatives`, its box replaced by the box head's
@@ -270,19 +316,38 @@ class DefectVerifier:
         for det, p, box in zip(detections, reading.probabilities, reading.boxes):
             best = int(np.argmax(p[:n]))
             name = det.defect_class
-            if det.defect_class in self.meta.classes and best != self.meta.classes.index(det.defect_class) \
-                    and p[best] >= self.relabel_min:
+            if (
+                det.defect_class in self.meta.classes
+                and best != self.meta.classes.index(det.defect_class)
+                and p[best] >= self.relabel_min
+            ):
                 name = self.meta.classes[best]
             k = self.meta.classes.index(name) if name in self.meta.classes else -1
             score = float(p[k]) if k >= 0 else None
-            alternatives = {c: round(float(p[j]), 4) for j, c in enumerate(self.meta.classes)
-                            if j != k and p[j] >= self.alternative_min}
-            out.append(det.model_copy(update={
-                "defect_class": name, "class_id": k if k >= 0 else det.class_id, "verifier_score": score,
-                "detector_class": det.detector_class or (det.defect_class if name != det.defect_class else None),
-                "box": box, "alternatives": alternatives}))
-        return _merge_same_class(sorted(out, key=lambda d: -d.confidence), self.nms_iou, union_min=self.union_min,
-                                 demote=self.demote if candidates else None)
+            alternatives = {
+                c: round(float(p[j]), 4)
+                for j, c in enumerate(self.meta.classes)
+                if j != k and p[j] >= self.alternative_min
+            }
+            out.append(
+                det.model_copy(
+                    update={
+                        "defect_class": name,
+                        "class_id": k if k >= 0 else det.class_id,
+                        "verifier_score": score,
+                        "detector_class": det.detector_class
+                        or (det.defect_class if name != det.defect_class else None),
+                        "box": box,
+                        "alternatives": alternatives,
+                    }
+                )
+            )
+        return _merge_same_class(
+            sorted(out, key=lambda d: -d.confidence),
+            self.nms_iou,
+            union_min=self.union_min,
+            demote=self.demote if candidates else None,
+        )
 
 
 def _n_outputs(meta: VerifierMeta) -> int:
@@ -312,8 +377,14 @@ def expand_alternatives(detections: Sequence[Detection]) -> list[Detection]:
     return sorted(out, key=lambda d: -d.confidence)
 
 
-def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8, enlarge: float = 0.8,
-                      union_min: float | None = None, demote: float | None = None) -> list[Detection]:
+def _merge_same_class(
+    dets: list[Detection],
+    iou: float,
+    contained: float = 0.8,
+    enlarge: float = 0.8,
+    union_min: float | None = None,
+    demote: float | None = None,
+) -> list[Detection]:
     """Most confident first, a box of the same class as a kept one is dropped when it overlaps it by `iou`
     (NMS), or when one of the two lies within the other (`contained` of the smaller box's area): the detector cuts
     a long short or open into a whole and a part, and counting both would count one defect twice. Where the
@@ -329,8 +400,15 @@ def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8,
 
     def keep_as_candidate(det: Detection, box: Box | None = None) -> None:
         if demote is not None:
-            demoted.append(det.model_copy(update={"confidence": det.confidence * demote, "ranked_only": True,
-                                                  "box": box if box is not None else det.box}))
+            demoted.append(
+                det.model_copy(
+                    update={
+                        "confidence": det.confidence * demote,
+                        "ranked_only": True,
+                        "box": box if box is not None else det.box,
+                    }
+                )
+            )
 
     for d in dets:
         for i, k in enumerate(kept):
@@ -345,8 +423,11 @@ def _merge_same_class(dets: list[Detection], iou: float, contained: float = 0.8,
                 else:
                     keep_as_candidate(d)
                 break
-            if union_min is not None and k.box.intersection(d.box) > 0 \
-                    and min(verified_score(k), verified_score(d)) >= union_min:
+            if (
+                union_min is not None
+                and k.box.intersection(d.box) > 0
+                and min(verified_score(k), verified_score(d)) >= union_min
+            ):
                 kept[i] = k.model_copy(update={"box": _union(k.box, d.box)})
                 keep_as_candidate(k)
                 break

@@ -70,8 +70,9 @@ def shown_box(sample: VerifierSample, rng: np.random.Generator, n_classes: int, 
     return jitter_box(sample.box, rng)
 
 
-def background_boxes(truth: Sequence[Box], shape: tuple[int, int], n: int, rng: np.random.Generator,
-                     sizes: Sequence[tuple[float, float]]) -> list[Box]:
+def background_boxes(
+    truth: Sequence[Box], shape: tuple[int, int], n: int, rng: np.random.Generator, sizes: Sequence[tuple[float, float]]
+) -> list[Box]:
     """Boxes of defect-like sizes whose centre lies in no true box and that overlap none by more than 0.1."""
     h, w = shape
     out: list[Box] = []
@@ -112,8 +113,14 @@ def train_verifier(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    meta = VerifierMeta(classes=list(classes), trained_on=trained_on, box_regression=box_regression, crop=crop,
-                        partial_share=partial_share, max_log_scale=0.7 if partial_share > 0 else 0.5)
+    meta = VerifierMeta(
+        classes=list(classes),
+        trained_on=trained_on,
+        box_regression=box_regression,
+        crop=crop,
+        partial_share=partial_share,
+        max_log_scale=0.7 if partial_share > 0 else 0.5,
+    )
     model = _net(_n_outputs(meta), meta.channels, meta.widths)
     n_cls = len(classes) + 1
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -128,7 +135,7 @@ def train_verifier(
         order = rng.permutation(len(samples))
         total = 0.0
         for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             shown = [shown_box(samples[i], rng, len(classes), partial_share) for i in idx]
             crops = [crop_box(channels[samples[i].image], b, meta) for i, b in zip(idx, shown)]
             k = int(rng.integers(8))
@@ -137,10 +144,14 @@ def train_verifier(
             if box_regression:
                 fg = [j for j, i in enumerate(idx) if samples[i].label < len(classes)]
                 if fg:
-                    target = torch.from_numpy(np.stack([
-                        encode_box(shown[j], samples[idx[j]].target or samples[idx[j]].box, meta) for j in fg]))
+                    target = torch.from_numpy(
+                        np.stack(
+                            [encode_box(shown[j], samples[idx[j]].target or samples[idx[j]].box, meta) for j in fg]
+                        )
+                    )
                     loss = loss + box_weight * torch.nn.functional.smooth_l1_loss(
-                        out[fg, n_cls:], dihedral_deltas(target, k), beta=0.1)
+                        out[fg, n_cls:], dihedral_deltas(target, k), beta=0.1
+                    )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -157,8 +168,9 @@ def train_verifier(
     return verifier
 
 
-def box_iou_gain(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample],
-                 seed: int = 0) -> tuple[float, float]:
+def box_iou_gain(
+    verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample], seed: int = 0
+) -> tuple[float, float]:
     """Mean IoU with the annotation of jittered defect boxes, before and after the box head refines them."""
     rng = np.random.default_rng(seed + 7)
     by_image: dict[int, list[Box]] = {}
@@ -174,8 +186,9 @@ def box_iou_gain(verifier: DefectVerifier, channels: Sequence[np.ndarray], sampl
     return (round(float(np.mean(before)), 4), round(float(np.mean(after)), 4)) if before else (0.0, 0.0)
 
 
-def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample],
-              batch: int = 256) -> list[list[int]]:
+def confusion(
+    verifier: DefectVerifier, channels: Sequence[np.ndarray], samples: Sequence[VerifierSample], batch: int = 256
+) -> list[list[int]]:
     """Counts [true label][predicted output] over unjittered crops."""
     import torch
 
@@ -183,7 +196,7 @@ def confusion(verifier: DefectVerifier, channels: Sequence[np.ndarray], samples:
     n = len(verifier.outputs)
     mat = [[0] * n for _ in range(n)]
     for start in range(0, len(samples), batch):
-        chunk = samples[start:start + batch]
+        chunk = samples[start : start + batch]
         x = _to_tensor([crop_box(channels[s.image], s.box, verifier.meta) for s in chunk])
         with torch.inference_mode():
             pred = verifier.model(x)[:, :n].argmax(1).numpy()

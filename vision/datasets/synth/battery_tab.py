@@ -169,8 +169,12 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.nda
 
 
 def _clip_box(box: Box, w: int, h: int) -> Box:
-    return Box(x1=min(max(box.x1, 0.0), w), y1=min(max(box.y1, 0.0), h),
-               x2=min(max(box.x2, 0.0), w), y2=min(max(box.y2, 0.0), h))
+    return Box(
+        x1=min(max(box.x1, 0.0), w),
+        y1=min(max(box.y1, 0.0), h),
+        x2=min(max(box.x2, 0.0), w),
+        y2=min(max(box.y2, 0.0), h),
+    )
 
 
 def _sample_offset_mm(rng: np.random.Generator, p: BatteryTabParams) -> float:
@@ -248,16 +252,24 @@ def generate_battery_tab(seed: int, rng_params: BatteryTabParams | None = None) 
     img *= (1.0 - 0.25 * shadow)[..., None]
     tab_cov = _coverage(tab_sdf)
     tab_level = float(rng.uniform(175, 215))
-    brushed = np.interp(u, np.arange(-600, 600, dtype=np.float32),
-                        cv2.GaussianBlur(rng.standard_normal((1, 1200)).astype(np.float32), (0, 0), 0.8)[0])
-    sheen = 12.0 * np.exp(-((u - rng.uniform(-tab_hw, tab_hw)) / (tab_hw * 0.8)) ** 2)  # broad specular band
+    brushed = np.interp(
+        u,
+        np.arange(-600, 600, dtype=np.float32),
+        cv2.GaussianBlur(rng.standard_normal((1, 1200)).astype(np.float32), (0, 0), 0.8)[0],
+    )
+    sheen = 12.0 * np.exp(-(((u - rng.uniform(-tab_hw, tab_hw)) / (tab_hw * 0.8)) ** 2))  # broad specular band
     tab_val = tab_level + 4.0 * brushed + 3.0 * _smooth_noise(rng, H, W, 40) + sheen
     tab_colour = np.array([1.0 - rng.uniform(0.02, 0.08), 1.0, 1.0 + rng.uniform(0.0, 0.04)], np.float32)  # nickel
     tab_img = tab_val[..., None] * tab_colour
     img = img * (1 - tab_cov[..., None]) + tab_img * tab_cov[..., None]
 
-    objects = [TruthObject(name="tab", box=_clip_box(_rotated_rect_box(tcx, tcy, tab_hw, tab_hh, tab_r, angle), W, H),
-                           area_px=_rounded_rect_area(tab_hw, tab_hh, tab_r))]
+    objects = [
+        TruthObject(
+            name="tab",
+            box=_clip_box(_rotated_rect_box(tcx, tcy, tab_hw, tab_hh, tab_r, angle), W, H),
+            area_px=_rounded_rect_area(tab_hw, tab_hh, tab_r),
+        )
+    ]
 
     # --- the weld: darker, knurled field of pyramid dimples; pattern phase anchored at the weld centre (the sonotrode
     # footprint is symmetric about its centre)
@@ -269,14 +281,16 @@ def generate_battery_tab(seed: int, rng_params: BatteryTabParams | None = None) 
         rx1, rx2 = max(0, int(wbox.x1) - 32), min(W, int(wbox.x2) + 33)
         roi = (slice(ry1, ry2), slice(rx1, rx2))
         weld_sdf_lo, weld_cov, weld_sum = _render_weld(
-            cv, roi, tab_val, wcx, wcy, angle, weld_hw, weld_hh, weld_r, scale, rng, p)
+            cv, roi, tab_val, wcx, wcy, angle, weld_hw, weld_hh, weld_r, scale, rng, p
+        )
         weld_img_sum = weld_sum[..., None] * tab_colour * np.array([0.97, 0.98, 1.02], np.float32)
         # heat-affected halo: a faint symmetric darkening just outside the weld
         halo = np.exp(-np.maximum(weld_sdf_lo, 0) / 6.0) * (1 - weld_cov) * 0.08
         patch = img[roi] * (1.0 - halo * tab_cov[roi])[..., None]
         img[roi] = patch * (1 - weld_cov[..., None]) + weld_img_sum
-        objects.append(TruthObject(name="weld", box=_clip_box(wbox, W, H),
-                                   area_px=_rounded_rect_area(weld_hw, weld_hh, weld_r)))
+        objects.append(
+            TruthObject(name="weld", box=_clip_box(wbox, W, H), area_px=_rounded_rect_area(weld_hw, weld_hh, weld_r))
+        )
 
     # defects gather around the weld footprint (or where it should have been)
     fcx, fcy = (wcx, wcy) if not missing else (tcx, tcy)
@@ -285,8 +299,12 @@ def generate_battery_tab(seed: int, rng_params: BatteryTabParams | None = None) 
         """A point on the weld rectangle's outline pushed `outward` px, and the outward normal's angle (image)."""
         side = rng.integers(0, 4)
         t = rng.uniform(-0.9, 0.9)
-        lu, lv, nu, nv = [(t * weld_hw, -weld_hh, 0, -1), (t * weld_hw, weld_hh, 0, 1),
-                          (-weld_hw, t * weld_hh, -1, 0), (weld_hw, t * weld_hh, 1, 0)][side]
+        lu, lv, nu, nv = [
+            (t * weld_hw, -weld_hh, 0, -1),
+            (t * weld_hw, weld_hh, 0, 1),
+            (-weld_hw, t * weld_hh, -1, 0),
+            (weld_hw, t * weld_hh, 1, 0),
+        ][side]
         lu, lv = lu + nu * outward, lv + nv * outward
         a = math.radians(angle)
         x = fcx + lu * math.cos(a) - lv * math.sin(a)
@@ -320,21 +338,37 @@ def generate_battery_tab(seed: int, rng_params: BatteryTabParams | None = None) 
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     truth = BatteryTabTruth(
-        seed=int(seed), width=W, height=H, mm_per_px=p.mm_per_px,
-        tab_center_px=(tcx, tcy), tab_size_px=(2 * tab_hw, 2 * tab_hh), tab_angle_deg=angle,
+        seed=int(seed),
+        width=W,
+        height=H,
+        mm_per_px=p.mm_per_px,
+        tab_center_px=(tcx, tcy),
+        tab_size_px=(2 * tab_hw, 2 * tab_hh),
+        tab_angle_deg=angle,
         weld_center_px=None if missing else (wcx, wcy),
         weld_size_px=None if missing else (2 * weld_hw, 2 * weld_hh),
         offset_mm=None if missing else math.hypot(wcx - tcx, wcy - tcy) * p.mm_per_px,
         offset_vector_mm=None if missing else ((wcx - tcx) * p.mm_per_px, (wcy - tcy) * p.mm_per_px),
-        missing_weld=missing, objects=objects,
+        missing_weld=missing,
+        objects=objects,
     )
     return out, truth
 
 
-def _render_weld(cv: _Canvas, roi: tuple[slice, slice], tab_val: np.ndarray, wcx: float, wcy: float, angle: float,
-                 half_w: float, half_h: float, radius: float, scale: float, rng: np.random.Generator,
-                 p: BatteryTabParams
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _render_weld(
+    cv: _Canvas,
+    roi: tuple[slice, slice],
+    tab_val: np.ndarray,
+    wcx: float,
+    wcy: float,
+    angle: float,
+    half_w: float,
+    half_h: float,
+    radius: float,
+    scale: float,
+    rng: np.random.Generator,
+    p: BatteryTabParams,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The knurled weld inside `roi`, sampled ss x ss times per pixel (ss > 1 integrates each pixel as a sensor
     does, so the sharp facet ridges do not alias). Returns the signed distance at pixel centres, the coverage and
     the coverage-weighted grey value (to blend: img * (1 - coverage) + value)."""
@@ -368,8 +402,9 @@ def _render_weld(cv: _Canvas, roi: tuple[slice, slice], tab_val: np.ndarray, wcx
     return sdf_lo, cov, val
 
 
-def _render_spatter_cluster(img: np.ndarray, rng: np.random.Generator, perimeter_point
-                            ) -> tuple[np.ndarray, Box, float]:
+def _render_spatter_cluster(
+    img: np.ndarray, rng: np.random.Generator, perimeter_point
+) -> tuple[np.ndarray, Box, float]:
     """A group of solidified weld beads: dark oxidised spheres with a specular highlight, some with a short splash
     tail pointing away from the weld."""
     cx, cy, normal = perimeter_point(rng, float(rng.uniform(6, 34)))
@@ -395,13 +430,13 @@ def _render_spatter_cluster(img: np.ndarray, rng: np.random.Generator, perimeter
         along = dx * math.cos(normal) + dy * math.sin(normal)
         across = -dx * math.sin(normal) + dy * math.cos(normal)
         stretch = np.where(along > 0, 1.0 + tail / r, 1.0)
-        d = np.sqrt((along / stretch) ** 2 + across ** 2)
+        d = np.sqrt((along / stretch) ** 2 + across**2)
         cov = np.clip(r + 0.5 - d, 0, 1)
         np.maximum(covered[iy1:iy2, ix1:ix2], cov, out=covered[iy1:iy2, ix1:ix2])
         z = np.sqrt(np.clip(1 - (d / r) ** 2, 0, 1))
         nx, ny = dx / r, dy / r
         lit = np.clip(-0.55 * nx - 0.65 * ny + 0.5 * z, 0, 1)
-        spec = lit ** 6
+        spec = lit**6
         dark = float(rng.uniform(35, 80))
         val = dark + 60 * lit + 150 * spec
         colour = np.array([0.95, 1.0, 1.08], np.float32)  # slightly warm oxide
@@ -416,8 +451,9 @@ def _render_spatter_cluster(img: np.ndarray, rng: np.random.Generator, perimeter
     return img, Box(x1=x1, y1=y1, x2=x2, y2=y2), float(covered.sum())
 
 
-def _render_crack(img: np.ndarray, rng: np.random.Generator, perimeter_point, tab_sdf: np.ndarray
-                  ) -> tuple[np.ndarray, Box, float]:
+def _render_crack(
+    img: np.ndarray, rng: np.random.Generator, perimeter_point, tab_sdf: np.ndarray
+) -> tuple[np.ndarray, Box, float]:
     """A thin dark jagged polyline starting at the weld edge and running outward across the tab."""
     x, y, normal = perimeter_point(rng, float(rng.uniform(-2, 6)))
     heading = normal + rng.uniform(-0.7, 0.7)
@@ -446,8 +482,15 @@ def _render_crack(img: np.ndarray, rng: np.random.Generator, perimeter_point, ta
         bx, by = pts[k]
         b_heading = heading + rng.choice([-1, 1]) * rng.uniform(0.5, 1.1)
         bpts = [(bx, by), (bx + 14 * math.cos(b_heading), by + 14 * math.sin(b_heading))]
-        cv2.polylines(mask, [np.array([[int(px * 16 - 8), int(py * 16 - 8)] for px, py in bpts], np.int32)],
-                      False, 200, 1, cv2.LINE_AA, shift)
+        cv2.polylines(
+            mask,
+            [np.array([[int(px * 16 - 8), int(py * 16 - 8)] for px, py in bpts], np.int32)],
+            False,
+            200,
+            1,
+            cv2.LINE_AA,
+            shift,
+        )
         pts += bpts
     m = mask.astype(np.float32) / 255.0
     depth = float(rng.uniform(0.55, 0.75))
@@ -457,8 +500,9 @@ def _render_crack(img: np.ndarray, rng: np.random.Generator, perimeter_point, ta
     return img, Box(x1=min(xs) - pad, y1=min(ys) - pad, x2=max(xs) + pad, y2=max(ys) + pad), float(m.sum())
 
 
-def _render_burn(img: np.ndarray, rng: np.random.Generator, perimeter_point, cv: _Canvas
-                 ) -> tuple[np.ndarray, Box | None, float]:
+def _render_burn(
+    img: np.ndarray, rng: np.random.Generator, perimeter_point, cv: _Canvas
+) -> tuple[np.ndarray, Box | None, float]:
     """A scorch: an irregular dark-brown blob with a straw / blue heat-tint fringe, beside the weld edge."""
     radius = float(rng.uniform(13, 30))
     x, y, _ = perimeter_point(rng, radius * float(rng.uniform(0.6, 1.4)))
@@ -473,14 +517,18 @@ def _render_burn(img: np.ndarray, rng: np.random.Generator, perimeter_point, cv:
     rr = np.full_like(theta, radius)
     for k in range(2, 6):
         rr += radius * rng.uniform(0.03, 0.12) * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
-    d = np.sqrt(dx ** 2 + dy ** 2) - rr
+    d = np.sqrt(dx**2 + dy**2) - rr
     core = 1.0 / (1.0 + np.exp(d / 3.0))  # soft scorch edge
-    fringe = np.exp(-((d - 4.0) / 6.0) ** 2) * (1 - core)
-    mottle = 1.0 + 0.15 * cv2.resize(rng.standard_normal((8, 8)).astype(np.float32), (ix2 - ix1, iy2 - iy1),
-                                     interpolation=cv2.INTER_CUBIC)
+    fringe = np.exp(-(((d - 4.0) / 6.0) ** 2)) * (1 - core)
+    mottle = 1.0 + 0.15 * cv2.resize(
+        rng.standard_normal((8, 8)).astype(np.float32), (ix2 - ix1, iy2 - iy1), interpolation=cv2.INTER_CUBIC
+    )
     dark = np.array([rng.uniform(20, 35), rng.uniform(32, 48), rng.uniform(50, 75)], np.float32)  # brown (BGR)
-    tint = (np.array([80, 150, 190], np.float32) if rng.random() < 0.5  # straw
-            else np.array([170, 120, 90], np.float32))  # blue
+    tint = (
+        np.array([80, 150, 190], np.float32)
+        if rng.random() < 0.5  # straw
+        else np.array([170, 120, 90], np.float32)
+    )  # blue
     patch = img[iy1:iy2, ix1:ix2]
     a_core = (0.88 * core)[..., None]
     patch[:] = patch * (1 - a_core) + (dark * mottle[..., None]) * a_core
@@ -490,8 +538,16 @@ def _render_burn(img: np.ndarray, rng: np.random.Generator, perimeter_point, cv:
     if not on.any():
         return img, None, 0.0
     ys, xs = np.nonzero(on)
-    return img, Box(x1=ix1 + float(xs.min()), y1=iy1 + float(ys.min()),
-                    x2=ix1 + float(xs.max()) + 1, y2=iy1 + float(ys.max()) + 1), float(core.sum())
+    return (
+        img,
+        Box(
+            x1=ix1 + float(xs.min()),
+            y1=iy1 + float(ys.min()),
+            x2=ix1 + float(xs.max()) + 1,
+            y2=iy1 + float(ys.max()) + 1,
+        ),
+        float(core.sum()),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- batch writer
@@ -502,8 +558,14 @@ def image_seed(seed: int, index: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stream, index]).generate_state(1)[0])
 
 
-def generate_batch(out_dir: Path | str, n: int, seed: int, params: BatteryTabParams | None = None,
-                   stream: int = 0, progress: bool = True) -> list[Path]:
+def generate_batch(
+    out_dir: Path | str,
+    n: int,
+    seed: int,
+    params: BatteryTabParams | None = None,
+    stream: int = 0,
+    progress: bool = True,
+) -> list[Path]:
     """Write n PNG images to out_dir and their truth, one JSON line each, to out_dir/truth.jsonl."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

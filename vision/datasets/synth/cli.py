@@ -32,5 +32,7 @@ def battery_tab(
     n_match = sum(t.seed_query_match for t in truths)
     n_offset = sum(t.offset_mm is not None and t.offset_mm > 0.3 for t in truths)
     n_spatter = sum(t.has("spatter") for t in truths)
-    typer.echo(f"{len(paths)} images + truth.jsonl -> {out} (offset > 0.3 mm: {n_offset}, spatter: {n_spatter}, "
-               f"both: {n_match})")
+    typer.echo(
+        f"{len(paths)} images + truth.jsonl -> {out} (offset > 0.3 mm: {n_offset}, spatter: {n_spatter}, "
+        f"both: {n_match})"
+    )

@@ -16,8 +16,7 @@ from vision.datasets.yolo import prepare_split_dirs, write_data_yaml, yolo_label
 log = logging.getLogger(__name__)
 
 
-def write_battery_tab_dataset(out_dir: Path | str, n_train: int, n_val: int, seed: int,
-                              progress: bool = True) -> Path:
+def write_battery_tab_dataset(out_dir: Path | str, n_train: int, n_val: int, seed: int, progress: bool = True) -> Path:
     """Generate the battery_tab line's detection dataset; returns the data.yaml path. Train and val images come
     from disjoint seed streams of `seed`, so they never repeat each other."""
     line = load_line("battery_tab")
