@@ -3,7 +3,9 @@
 Each finding carries a fused probability p_i that it is real; a measurement bound holds with probability
 Phi((m - v) / sigma) (sigma = the measurement's uncertainty). The number of findings meeting a clause is then a
 Poisson-binomial variable, so count clauses ("at least two") get an exact probability; AND / OR / NOT combine
-clause probabilities as independent events. The image score falls in pass / review / fail by the review band."""
+clause probabilities as independent events. The image score answers the instruction (`matches_query`, uncertain
+inside the review band); the part's own verdict comes from the line's acceptance rules (`agent.acceptance`) in the
+same decision, never from the instruction."""
 
 from __future__ import annotations
 
@@ -12,17 +14,23 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from agent.acceptance import judge_part
+from agent.messages import class_label, measurement_text, pick_lang, say
 from agent.query import MEASUREMENT_KEYS, Comparator, Condition, InspectionQuery, Logic, NumericConstraint
 from agent.verdict import ClauseResult, DefectFinding
 from defect_agent.config import DerivedDefect, FusionConfig, LineConfig
 
 
 class Decision(BaseModel):
-    matches_query: bool
-    verdict: Literal["pass", "fail", "review"]
-    score: float
+    """Both answers for one image: the part's verdict under the line's rules and the instruction's answer."""
+
+    verdict: Literal["pass", "fail", "review"]  # the part, under the line's acceptance rules
+    verdict_reasons: list[str]
+    matches_query: bool  # the instruction's answer
+    match_uncertain: bool  # the instruction's score lies in the review band
+    score: float  # probability that the image satisfies the instruction
     clauses: list[ClauseResult]
-    reasons: list[str]
+    query_reasons: list[str]  # clause by clause, then the logic
 
 
 def _phi(z: float) -> float:
@@ -124,13 +132,22 @@ def clause_label(cond: Condition) -> str:
     return " ".join(parts) + count
 
 
-def _evidence(finding: DefectFinding) -> str:
-    shown = {k: round(v, 3) for k, v in finding.measurements.items()}
-    return f"{finding.defect_class} p={finding.probability:.2f} {shown}"
+def _evidence(finding: DefectFinding, line: LineConfig, lang: str) -> str:
+    shown = ", ".join(measurement_text(k, v, lang) for k, v in finding.measurements.items())
+    name = class_label(finding.defect_class, line, lang)
+    return f"{name} p={finding.probability:.2f}" + (f" ({shown})" if shown else "")
 
 
-def decide(query: InspectionQuery, findings: list[DefectFinding], line: LineConfig, fusion: FusionConfig) -> Decision:
-    """Evaluate every clause, mark which findings matched which clause, and decide pass / review / fail."""
+def decide(
+    query: InspectionQuery,
+    findings: list[DefectFinding],
+    line: LineConfig,
+    fusion: FusionConfig,
+    lang: str | None = None,
+) -> Decision:
+    """Evaluate every clause (marking which findings matched which clause) for `matches_query`, and judge the part
+    by the line's acceptance rules for `verdict`. Reasons are in `lang` (default: the instruction's language)."""
+    lang = pick_lang(lang or query.language)
     low, high = fusion.review_band
     sigma = fusion.measurement_margin_mm
     clause_p: dict[str, float] = {}
@@ -154,12 +171,17 @@ def decide(query: InspectionQuery, findings: list[DefectFinding], line: LineConf
             )
         )
         near = sorted(zip(per, findings), key=lambda t: -t[0])[:3]
-        detail = "; ".join(_evidence(f) for q, f in near if q > 0.01) or f"no {cond.defect_class or 'defect'} found"
-        state = "met" if p >= high else ("uncertain" if p >= low else "not met")
-        reasons.append(f"{cond.id} [{clause_label(cond)}] {state} (p={p:.2f}): {detail}")
+        what = class_label(cond.defect_class, line, lang) if cond.defect_class else say("any_defect", lang)
+        detail = "; ".join(_evidence(f, line, lang) for q, f in near if q > 0.01) or say("none_found", lang, what=what)
+        state = say("met" if p >= high else ("uncertain" if p >= low else "not_met"), lang)
+        label = cond.text if (lang == "zh" and cond.text) else clause_label(cond)
+        reasons.append(say("clause", lang, id=cond.id, label=label, state=state, p=p, detail=detail))
     score = logic_probability(query.logic, clause_p)
-    verdict: Literal["pass", "fail", "review"] = "fail" if score >= high else ("review" if score >= low else "pass")
-    reasons.append(f"{query.logic.describe()} -> score {score:.2f} (review band {low:g}-{high:g}): {verdict}")
+    matches = score >= 0.5
+    answer = say("yes" if matches else "no", lang) + (say("uncertain_suffix", lang) if low <= score < high else "")
+    reasons.append(
+        say("query_result", lang, logic=query.logic.describe(), score=score, low=low, high=high, answer=answer)
+    )
     asked = {c.defect_class for c in query.conditions}
     others = [
         f
@@ -172,9 +194,21 @@ def decide(query: InspectionQuery, findings: list[DefectFinding], line: LineConf
     if others and None not in asked:
         counts: dict[str, int] = {}
         for f in others:
-            counts[f.defect_class] = counts.get(f.defect_class, 0) + 1
-        reasons.append("also found, not asked: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
-    return Decision(matches_query=score >= 0.5, verdict=verdict, score=score, clauses=results, reasons=reasons)
+            name = class_label(f.defect_class, line, lang)
+            counts[name] = counts.get(name, 0) + 1
+        reasons.append(say("also_found", lang, items=", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))))
+    acceptance = judge_part(findings, line, fusion, lang)
+    for finding, outcome in zip(findings, acceptance.finding_verdicts):
+        finding.verdict = outcome
+    return Decision(
+        verdict=acceptance.verdict,
+        verdict_reasons=acceptance.reasons,
+        matches_query=matches,
+        match_uncertain=low <= score < high,
+        score=score,
+        clauses=results,
+        query_reasons=reasons,
+    )
 
 
 def _implicit_absent(finding: DefectFinding, line: LineConfig) -> bool:

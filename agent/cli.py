@@ -90,6 +90,9 @@ def inspect(
     kb: Path | None = typer.Option(None, help="knowledge base folder (default: configs/default.yaml kb_dir)"),
     k: int | None = typer.Option(None, help="similar past cases per defect"),
     no_kb: bool = typer.Option(False, help="skip retrieval of similar cases"),
+    lang: str | None = typer.Option(
+        None, help="language of reasons, table and overlays: zh | en (default: the instruction's)"
+    ),
 ) -> None:
     """Run an instruction over images; one JSON verdict per image. Exit 0 all inspected, 3 some images unreadable."""
     from agent.images import collect_images
@@ -100,10 +103,10 @@ def inspect(
     query = parse_instruction(instruction, line=line)
     paths = collect_images(images)
     inspector = Inspector.from_config(line=query.line, kb_dir=kb, use_kb=not no_kb)
-    with VerdictWriter(out, overlays=overlays) as writer:
-        for verdict in inspector.inspect(query, paths, k=k):
+    with VerdictWriter(out, overlays=overlays, lang=lang) as writer:
+        for verdict in inspector.inspect(query, paths, k=k, lang=lang):
             writer.write(verdict)
-    typer.echo(summary_table(writer.verdicts), err=out is None)
+    typer.echo(summary_table(writer.verdicts, lang=lang), err=out is None)
     raise typer.Exit(EXIT_PARTIAL if writer.errors else EXIT_OK)
 
 
@@ -125,11 +128,14 @@ def demo(
     n: int = typer.Option(24, help="images to generate"),
     seed: int = typer.Option(2026, help="generator seed of the demo batch"),
     out: Path = typer.Option(Path("var/demo"), help="output folder"),
+    kb: Path | None = typer.Option(
+        None, help="knowledge base to fill with the sample cases when empty (default: kb_dir)"
+    ),
 ) -> None:
     """Generate a battery_tab batch, build the sample knowledge base, run the seed instruction, write JSONL + overlays."""
     from agent.demo import run_demo
 
-    result = run_demo(n=n, seed=seed, out=out)
+    result = run_demo(n=n, seed=seed, out=out, kb_dir=kb)
     typer.echo(result.table)
     typer.echo(f"\nverdicts: {result.verdicts_path}\noverlays: {result.overlays_dir}\n{result.accuracy_line}")
 
@@ -138,12 +144,13 @@ def demo(
 def shell(
     images: list[str] | None = typer.Argument(None, help="images to start with"),
     line: str | None = typer.Option(None),
+    kb: Path | None = typer.Option(None, help="knowledge base folder (default: kb_dir in configs/default.yaml)"),
 ) -> None:
     """Interactive shell: instructions, follow-up questions, tab completion of defect terms, history."""
     from agent.images import collect_images
     from agent.shell import InspectionShell
 
-    InspectionShell(line=line, images=collect_images(images) if images else None).cmdloop()
+    InspectionShell(line=line, images=collect_images(images) if images else None, kb_dir=kb).cmdloop()
 
 
 def _register_all() -> None:

@@ -59,7 +59,7 @@ def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, 
             )
             if d.matches_query:
                 returned.add(p)
-            review += d.verdict == "review"
+            review += d.match_uncertain
             if expected_match(query, battery_tab_findings(truths[Path(p).name], inspector.line), inspector.line):
                 expected.add(p)
         precision, recall = precision_recall(returned, expected)
@@ -203,7 +203,7 @@ def evaluate_pcb(
             d = decide(query, [f.model_copy(deep=True) for f in found], line, inspector.app.fusion)
             if d.matches_query:
                 returned.add(path)
-            review += d.verdict == "review"
+            review += d.match_uncertain
             if expected_match(query, truth[path], line):
                 expected.add(path)
         precision, recall = precision_recall(returned, expected)

@@ -42,6 +42,13 @@ def expected_match(query: InspectionQuery, findings: list[DefectFinding], line: 
     return decide(query, [f.model_copy(deep=True) for f in findings], line, _EXACT).matches_query
 
 
+def expected_part_verdict(findings: list[DefectFinding], line: LineConfig) -> str:
+    """The part's verdict the line's acceptance rules give exact ground-truth findings (no measurement margin)."""
+    from agent.acceptance import judge_part
+
+    return judge_part([f.model_copy(deep=True) for f in findings], line, _EXACT).verdict
+
+
 def precision_recall(predicted: set[str], expected: set[str]) -> tuple[float, float]:
     tp = len(predicted & expected)
     precision = tp / len(predicted) if predicted else (1.0 if not expected else 0.0)

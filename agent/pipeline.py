@@ -112,9 +112,14 @@ class Inspector:
         return parse_instruction(instruction, line=self.line.name)
 
     def inspect(
-        self, instruction: str | InspectionQuery, images: Iterable[str], k: int | None = None
+        self,
+        instruction: str | InspectionQuery,
+        images: Iterable[str],
+        k: int | None = None,
+        lang: str | None = None,
     ) -> Iterator[Verdict]:
-        """One verdict per image, in order. Unreadable images yield a 'review' verdict with `error` set."""
+        """One verdict per image, in order. Unreadable images yield a 'review' verdict with `error` set. Reasons are
+        in `lang` (`zh` / `en`; default: the instruction's language)."""
         query = self.parse(instruction) if isinstance(instruction, str) else instruction
         if query.line != self.line.name:
             raise DefectAgentError(
@@ -128,11 +133,19 @@ class Inspector:
             paths = drop_references(paths, self.line.reference)
         versions = self.versions()
         for path in paths:
-            yield self.inspect_image(query, path, versions, k=k)
+            yield self.inspect_image(query, path, versions, k=k, lang=lang)
 
     def inspect_image(
-        self, query: InspectionQuery, path: str, versions: ModelVersions | None = None, k: int | None = None
+        self,
+        query: InspectionQuery,
+        path: str,
+        versions: ModelVersions | None = None,
+        k: int | None = None,
+        lang: str | None = None,
     ) -> Verdict:
+        """The verdict of one image file (an unreadable one gets `review` with `error` set)."""
+        from agent.messages import pick_lang, say
+
         versions = versions or self.versions()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -144,10 +157,11 @@ class Inspector:
             return Verdict(
                 image=path,
                 line=self.line.name,
-                matches_query=False,
                 verdict="review",
+                verdict_reasons=[say("not_inspected", pick_lang(lang or query.language), error=exc)],
+                matches_query=False,
                 score=0.0,
-                reasons=[f"image not inspected: {exc}"],
+                query_reasons=[],
                 query=query,
                 models=versions,
                 error=str(exc),
@@ -157,16 +171,18 @@ class Inspector:
             image, timings, k=k or query.want.similar_cases or self.app.retrieval.k, locator_input=locator_input
         )
         t = time.perf_counter()
-        decision = decide(query, findings, self.line, self.app.fusion)
+        decision = decide(query, findings, self.line, self.app.fusion, lang=lang)
         timings["decide"] = _ms(t)
         timings["total"] = _ms(t0)
         return Verdict(
             image=path,
             line=self.line.name,
-            matches_query=decision.matches_query,
             verdict=decision.verdict,
+            verdict_reasons=decision.verdict_reasons,
+            matches_query=decision.matches_query,
+            match_uncertain=decision.match_uncertain,
             score=round(decision.score, 4),
-            reasons=decision.reasons,
+            query_reasons=decision.query_reasons,
             clauses=decision.clauses,
             defects=findings,
             query=query,

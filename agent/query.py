@@ -21,6 +21,8 @@ MEASUREMENT_KEYS: dict[str, str] = {
 
 
 class Comparator(str, Enum):
+    """A comparison in a bound or a count."""
+
     gt = ">"
     ge = ">="
     lt = "<"
@@ -40,36 +42,38 @@ class Comparator(str, Enum):
 class NumericConstraint(BaseModel):
     """A size / offset / confidence bound on each defect a condition counts."""
 
-    measure: Literal["offset", "length", "width", "area", "confidence"]
-    op: Comparator
-    value: float  # canonical unit: mm for offset/length/width, mm² for area, 0..1 for confidence
-    raw_value: float  # as typed
-    unit: str  # as typed, normalised spelling: mm, um, px, mm2, %, (none)
-    text: str = ""  # the words it came from
+    measure: Literal["offset", "length", "width", "area", "confidence"] = Field(description="What is bounded.")
+    op: Comparator = Field(description="Comparison: >, >=, <, <=, ==.")
+    value: float = Field(description="Bound in the canonical unit: mm (offset, length, width), mm² (area), 0..1.")
+    raw_value: float = Field(description="The bound as typed.")
+    unit: str = Field(description="The unit as typed, normalised spelling: mm, um, px, mm2, %, or empty.")
+    text: str = Field("", description="The words the bound came from.")
 
 
 class CountConstraint(BaseModel):
-    op: Comparator = Comparator.ge
-    value: int = 1
+    """How many matching defects a condition needs (default: at least one)."""
+
+    op: Comparator = Field(Comparator.ge, description="Comparison of the number of matching defects.")
+    value: int = Field(1, description="The number compared with.")
 
 
 class Condition(BaseModel):
     """One clause: how many defects of a class (with constraints) an image must have."""
 
-    id: str
-    defect_class: str | None  # canonical class name of the line; None = any defect
-    constraints: list[NumericConstraint] = Field(default_factory=list)
-    count: CountConstraint = Field(default_factory=CountConstraint)
-    region: str | None = None
-    text: str = ""
+    id: str = Field(description="Clause id (c1, c2, ...), cited by reasons and by each finding's matched_clauses.")
+    defect_class: str | None = Field(description="Canonical class name of the line; null = any defect.")
+    constraints: list[NumericConstraint] = Field(default_factory=list, description="Bounds each counted defect meets.")
+    count: CountConstraint = Field(default_factory=CountConstraint, description="How many such defects are needed.")
+    region: str | None = Field(None, description="Part region the clause is limited to, if any.")
+    text: str = Field("", description="The clause as the operator wrote it.")
 
 
 class Logic(BaseModel):
     """Boolean combination of conditions. `op == "cond"` is a leaf naming a condition id."""
 
-    op: Literal["cond", "and", "or", "not"]
-    cond: str | None = None
-    args: list[Logic] = Field(default_factory=list)
+    op: Literal["cond", "and", "or", "not"] = Field(description="A leaf (`cond`) or an operator.")
+    cond: str | None = Field(None, description="The condition id of a leaf.")
+    args: list[Logic] = Field(default_factory=list, description="Operands of and / or / not.")
 
     @model_validator(mode="after")
     def _shape(self) -> Logic:
@@ -85,6 +89,16 @@ class Logic(BaseModel):
         if self.op == "cond":
             return [self.cond]  # type: ignore[list-item]
         return [cid for arg in self.args for cid in arg.condition_ids()]
+
+    def deciding(self, truth: dict[str, bool]) -> str | None:
+        """The condition id whose value decided this node's value (the first false one of a false AND, the first
+        true one of a true OR, ...): what the summary table shows as the reason of a row."""
+        if self.op == "cond":
+            return self.cond
+        if self.op == "not":
+            return self.args[0].deciding(truth)
+        value = self.evaluate(truth)  # AND / OR: the first argument that has the node's own value decided it
+        return next(arg.deciding(truth) for arg in self.args if arg.evaluate(truth) == value)
 
     def evaluate(self, truth: dict[str, bool]) -> bool:
         if self.op == "cond":
@@ -105,26 +119,30 @@ class Logic(BaseModel):
 class Scope(BaseModel):
     """Which images the instruction is about, on top of the images given."""
 
-    date: dt.date | None = None  # "today's images" -> file modification date
-    folder: str | None = None
-    lot: str | None = None  # lot id that must appear in the file name
+    date: dt.date | None = Field(None, description='Only images modified that day ("today\'s images").')
+    folder: str | None = Field(None, description="Only images under this folder.")
+    lot: str | None = Field(None, description="Only images whose file name holds this lot id.")
 
 
 class ReturnSpec(BaseModel):
-    similar_cases: int | None = None  # k; None = config default
-    overlays: bool = False
+    """What the operator asked to get back besides the verdicts."""
+
+    similar_cases: int | None = Field(None, description="Similar past cases per defect; null = the config default.")
+    overlays: bool = Field(False, description="Whether annotated images were asked for.")
 
 
 class InspectionQuery(BaseModel):
-    schema_version: str = QUERY_SCHEMA_VERSION
-    instruction: str
-    language: Literal["en", "zh"]
-    line: str
-    conditions: list[Condition]
-    logic: Logic
-    min_confidence: float | None = None
-    scope: Scope = Field(default_factory=Scope)
-    want: ReturnSpec = Field(default_factory=ReturnSpec)
+    """The structured form of an operator's instruction: conditions, their logic, scope and what to return."""
+
+    schema_version: str = Field(QUERY_SCHEMA_VERSION, description="Version of the query schema.")
+    instruction: str = Field(description="The instruction as typed.")
+    language: Literal["en", "zh"] = Field(description="Language of the instruction; reasons are written in it.")
+    line: str = Field(description="Product line the instruction is about.")
+    conditions: list[Condition] = Field(description="The clauses, each about one defect class.")
+    logic: Logic = Field(description="How the clauses combine (AND / OR / NOT).")
+    min_confidence: float | None = Field(None, description="Findings below this probability are not counted.")
+    scope: Scope = Field(default_factory=Scope, description="Which of the given images the instruction is about.")
+    want: ReturnSpec = Field(default_factory=ReturnSpec, description="What to return besides verdicts.")
 
     @model_validator(mode="after")
     def _logic_names_known_conditions(self) -> InspectionQuery:

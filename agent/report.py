@@ -10,16 +10,22 @@ from typing import IO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent.images import read_image
+from agent.messages import class_label, measurement_text, pick_lang, say
 from agent.overlay import write_overlay
 from agent.verdict import Verdict
+from defect_agent.errors import DefectAgentError
 
 
 class VerdictWriter:
-    def __init__(self, out: Path | None, overlays: Path | None = None) -> None:
+    """Writes verdicts as JSONL (flushed per image) and, optionally, an overlay image per verdict."""
+
+    def __init__(self, out: Path | None, overlays: Path | None = None, lang: str | None = None) -> None:
         self.out = out
         self.overlays = overlays
+        self.lang = lang
         self.verdicts: list[Verdict] = []
         self._fh: IO[str] | None = None
 
@@ -41,45 +47,89 @@ class VerdictWriter:
         self._fh.flush()
         self.verdicts.append(verdict)
         if self.overlays is not None and not verdict.error:
-            write_overlay(read_image(verdict.image), verdict, self.overlays)
+            write_overlay(read_image(verdict.image), verdict, self.overlays, lang=self.lang)
 
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None and self._fh is not sys.stdout:
             self._fh.close()
 
 
-def summary_table(verdicts: list[Verdict]) -> str:
-    table = Table(title=f"{len(verdicts)} images")
-    for col in ("image", "verdict", "match", "score", "defects", "first reason"):
-        table.add_column(col, overflow="fold")
+def _lang_of(verdicts: list[Verdict], lang: str | None) -> str:
+    if lang:
+        return pick_lang(lang)
+    query = next((v.query for v in verdicts if v.query is not None), None)
+    return pick_lang(query.language if query else None)
+
+
+def deciding_clause(verdict: Verdict, lang: str) -> str:
+    """The clause that decided `matches_query`, as the operator wrote it, with the measurement of the finding
+    that met it (e.g. `c1 极耳焊接偏移超0.3mm: 偏移 0.37 mm`)."""
+    query = verdict.query
+    if query is None or not verdict.clauses:
+        return ""
+    truth = {c.id: c.satisfied for c in verdict.clauses}
+    cid = query.logic.deciding(truth)
+    clause = next((c for c in verdict.clauses if c.id == cid), None)
+    if clause is None:
+        return ""
+    found = [d for d in verdict.defects if cid in d.matched_clauses]
+    shown = ""
+    if found:
+        best = max(found, key=lambda d: d.probability)
+        shown = ", ".join(measurement_text(k, v, lang) for k, v in best.measurements.items())
+    state = say("met" if clause.satisfied else "not_met", lang)
+    return f"{clause.id} {clause.text} ({state})" + (f": {shown}" if shown else "")
+
+
+def defect_names(verdict: Verdict, lang: str) -> str:
+    """Classes of the findings that count (real, and asked for or detected), in the line's words."""
+    from defect_agent.config import load_line
+
+    try:
+        line = load_line(verdict.line)
+    except DefectAgentError:
+        line = None
+    names = {
+        class_label(d.defect_class, line, lang)
+        for d in verdict.defects
+        if d.probability >= 0.5 and (d.matched_clauses or d.source == "detector" or d.verdict != "pass")
+    }
+    return ", ".join(sorted(names)) or "-"
+
+
+def summary_table(verdicts: list[Verdict], lang: str | None = None) -> str:
+    """The operator's table: per image the part's verdict with its first reason, the instruction's answer with the
+    clause that decided it, and the defects in the line's words; counts below. Plain text, never markup."""
+    lang = _lang_of(verdicts, lang)
+    table = Table(title=say("table_title", lang, n=len(verdicts)))
+    for key in ("col_image", "col_verdict", "col_why", "col_match", "col_clause", "col_defects"):
+        table.add_column(say(key, lang), overflow="fold")
     for v in verdicts:
-        defects = (
-            ", ".join(
-                sorted(
-                    {
-                        d.defect_class
-                        for d in v.defects
-                        if d.probability >= 0.5 and (d.matched_clauses or d.source == "detector")
-                    }
-                )
-            )
-            or "-"
-        )
+        why = v.error or (v.verdict_reasons[0] if v.verdict_reasons else "")
+        match = say("match_yes" if v.matches_query else "match_no", lang) + ("?" if v.match_uncertain else "")
         table.add_row(
-            Path(v.image).name,
-            v.verdict,
-            "yes" if v.matches_query else "no",
-            f"{v.score:.2f}",
-            defects,
-            (v.error or v.reasons[0])[:90] if (v.error or v.reasons) else "",
+            Text(Path(v.image).name),
+            Text(say(f"verdict_{v.verdict}", lang)),
+            Text(why[:120]),
+            Text(f"{match} {v.score:.2f}"),
+            Text(deciding_clause(v, lang)[:120]),
+            Text(defect_names(v, lang)),
         )
     counts = {k: sum(v.verdict == k for v in verdicts) for k in ("fail", "review", "pass")}
     buf = io.StringIO()
-    console = Console(file=buf, width=140, force_terminal=False)
+    console = Console(file=buf, width=160, force_terminal=False)
     console.print(table)
     console.print(
-        f"fail {counts['fail']}  review {counts['review']}  pass {counts['pass']}  "
-        f"matching the instruction: {sum(v.matches_query for v in verdicts)}  unreadable: "
-        f"{sum(bool(v.error) for v in verdicts)}"
+        Text(
+            say(
+                "table_counts",
+                lang,
+                fail=counts["fail"],
+                review=counts["review"],
+                ok=counts["pass"],
+                matching=sum(v.matches_query for v in verdicts),
+                unreadable=sum(bool(v.error) for v in verdicts),
+            )
+        )
     )
     return buf.getvalue()

@@ -4,9 +4,10 @@ Commands (anything else is taken as an instruction and run on the current images
   :images PATH...     set the images (files, folders, globs)
   :line NAME          switch product line
   :show N             the verdict of image N of the last result (1-based) as JSON
-  :help, :quit
+  help, :help         this help;  :quit (or Ctrl-D) leaves
 Follow-ups on the last result, in words:
   "show the 5 most similar past cases of image 3" / "显示第3张图的5个最相似案例"
+  "why is image 3 fail" / "为什么第3张不合格"   -> that image's verdict and answer, explained in a few lines
   "only those on line 2" / "only those in lot L123" / "only failed" -> filter the last result by file name or verdict
 Tab completes defect terms of the current line and the commands; history persists in var/shell_history."""
 
@@ -23,15 +24,26 @@ from defect_agent.paths import data_dir
 
 _SIMILAR = re.compile(r"(?:(\d+)\s*(?:most\s+)?similar.*?image\s*(\d+))|(?:第\s*(\d+)\s*张.*?(\d+)\s*个)", re.I)
 _ONLY_LINE = re.compile(r"only\s+(?:those\s+)?(?:on|in|from)\s+(line|lot|folder)\s*([\w-]+)", re.I)
+_WHY = re.compile(r"(?:\bwhy\b.*?\bimage\s*(\d+))|(?:为什么.*?第\s*(\d+)\s*张)|(?:第\s*(\d+)\s*张.*?为什么)", re.I)
+_CJK = re.compile(r"[\u4e00-\u9fff]")
 _ONLY_VERDICT = re.compile(r"only\s+(?:the\s+)?(failed|fail|review|passed|pass|matching)", re.I)
 
 
 class InspectionShell(cmd.Cmd):
+    """The operator's interactive shell: instructions, follow-up questions, tab completion, history."""
+
     intro = "defect-agent shell — type an instruction, :images PATH to choose images, :help for more."
     prompt = "inspect> "
 
-    def __init__(self, line: str | None = None, images: list[str] | None = None, inspector_factory=None) -> None:
+    def __init__(
+        self,
+        line: str | None = None,
+        images: list[str] | None = None,
+        inspector_factory=None,
+        kb_dir: Path | None = None,
+    ) -> None:
         super().__init__()
+        self.kb_dir = kb_dir
         from defect_agent.config import load_app_config
 
         self.line = line or load_app_config().default_line
@@ -80,7 +92,7 @@ class InspectionShell(cmd.Cmd):
             else:
                 from agent.pipeline import Inspector
 
-                self._inspectors[self.line] = Inspector.from_config(line=self.line)
+                self._inspectors[self.line] = Inspector.from_config(line=self.line, kb_dir=self.kb_dir)
         return self._inspectors[self.line]
 
     def say(self, text: str) -> None:
@@ -99,6 +111,9 @@ class InspectionShell(cmd.Cmd):
 
     def do_EOF(self, arg: str) -> bool:
         return True
+
+    def do_help(self, arg: str) -> None:  # cmd's own help lists do_* methods, which are not this shell's commands
+        self.say(__doc__ or "")
 
     def _dispatch(self, text: str) -> bool:
         if text.startswith(":images"):
@@ -128,7 +143,35 @@ class InspectionShell(cmd.Cmd):
             raise DefectAgentError(f"image {number} is not in the last result (1..{len(self.last)})")
         return self.last[number - 1]
 
+    def explain(self, number: int, lang: str) -> list[str]:
+        """A few lines on why image `number` of the last result got its verdict and its answer."""
+        from agent.messages import say
+        from agent.report import deciding_clause, defect_names
+
+        v = self._verdict(number)
+        reasons = [v.error] if v.error else v.verdict_reasons
+        if not v.error and v.defects:  # the rules re-read in the language of the question
+            from agent.acceptance import judge_part
+            from defect_agent.config import load_app_config, load_line
+
+            reasons = judge_part(v.defects, load_line(v.line), load_app_config().fusion, lang).reasons
+        lines = [
+            f"{number}. {Path(v.image).name}: {say('col_verdict', lang)} {say('verdict_' + v.verdict, lang)}",
+            *(f"   - {r}" for r in reasons[:4]),
+        ]
+        answer = say("match_yes" if v.matches_query else "match_no", lang) + ("?" if v.match_uncertain else "")
+        clause = deciding_clause(v, lang)
+        lines.append(f"   {say('col_match', lang)}: {answer} ({v.score:.2f})" + (f" — {clause}" if clause else ""))
+        lines.append(f"   {say('col_defects', lang)}: {defect_names(v, lang)}")
+        return lines
+
     def _follow_up(self, text: str) -> bool:
+        m = _WHY.search(text)
+        if m:
+            number = int(next(g for g in m.groups() if g))
+            for row in self.explain(number, "zh" if _CJK.search(text) else "en"):
+                self.say(row)
+            return True
         m = _SIMILAR.search(text)
         if m:
             k, n = (int(m.group(1)), int(m.group(2))) if m.group(1) else (int(m.group(4)), int(m.group(3)))

@@ -20,6 +20,8 @@ class _Strict(BaseModel):
 
 
 class Synonyms(_Strict):
+    """Words or sentences in English (`en`) and Chinese (`zh`)."""
+
     en: list[str] = Field(default_factory=list)
     zh: list[str] = Field(default_factory=list)
 
@@ -51,6 +53,8 @@ class DerivedDefect(_Strict):
 
 
 class Calibration(_Strict):
+    """The line's image scale: millimetres per pixel, to turn pixel sizes into mm."""
+
     mm_per_px: float = Field(gt=0)
 
 
@@ -91,6 +95,9 @@ class ReferenceConfig(_Strict):
 
 
 class LocatorConfig(_Strict):
+    """The line's detector (locator): weights or LoRA adapter, input size, thresholds, template mode and the
+    optional second-stage verifier."""
+
     weights: str  # shipped base or merged model, relative to the project root
     adapter: str | None = None  # peft LoRA adapter for this line over `base`
     base: str | None = None
@@ -124,6 +131,9 @@ class LocatorConfig(_Strict):
 
 
 class PromptConfig(_Strict):
+    """Zero-shot texture prompts (WinCLIP): sentence templates filled with normal / defect states and object
+    names, per language."""
+
     templates: Synonyms = Field(default_factory=Synonyms)  # "a photo of {state} {object}"
     normal_states: Synonyms = Field(default_factory=Synonyms)
     defect_states: Synonyms = Field(default_factory=Synonyms)
@@ -131,11 +141,47 @@ class PromptConfig(_Strict):
 
 
 class TextureConfig(_Strict):
+    """The texture score's decision threshold, set by `defect-agent calibrate --normal`, and the false-alarm
+    rate it was set for."""
+
     threshold: float | None = None  # set by `defect-agent calibrate`
     max_false_alarm: float | None = None
 
 
+class AcceptanceRule(_Strict):
+    """How findings of one defect class judge the part. With no `limits`, any real finding of the class rejects;
+    with limits, a finding rejects only when one of its measurements exceeds its limit."""
+
+    reject: bool = True  # False: the class is recorded (cosmetic, informational) but never rejects the part
+    limits: dict[str, float] = Field(default_factory=dict)  # measurement key (length_mm, offset_mm, ...) -> max OK
+
+    @field_validator("limits")
+    @classmethod
+    def _finite_limits(cls, value: dict[str, float]) -> dict[str, float]:
+        import math
+
+        bad = {k: v for k, v in value.items() if not math.isfinite(v) or v < 0}
+        if bad:
+            raise ValueError(f"acceptance limits must be finite and >= 0, got {bad}")
+        return value
+
+
+class AcceptanceConfig(_Strict):
+    """The line's acceptance rules: what makes a part `fail` or `review`, whatever the instruction asked.
+
+    Defaults: every defect class rejects; a derived offset defect rejects beyond its `tolerance_mm`; a finding whose
+    fused probability lies in `review_band` (default: the app's fusion band) or whose measurement lies within
+    `measurement_margin_mm` of a limit sends the part to review."""
+
+    rules: dict[str, AcceptanceRule] = Field(default_factory=dict)  # defect class -> rule; unlisted: defaults
+    review_band: tuple[float, float] | None = None
+    measurement_margin_mm: float | None = Field(None, ge=0.0)
+
+
 class LineConfig(_Strict):
+    """One product line (`configs/lines/<line>.yaml`): its detector classes and derived defects, image scale,
+    locator and the settings of its other stages."""
+
     name: str
     title: Synonyms = Field(default_factory=Synonyms)
     subject: Synonyms = Field(default_factory=Synonyms)  # words for the inspected item: cell / 电芯, board / 板
@@ -147,6 +193,15 @@ class LineConfig(_Strict):
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     texture: TextureConfig = Field(default_factory=TextureConfig)
     reference: ReferenceConfig | None = None  # each part's golden reference image, for template locators
+    acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)  # the part's verdict rules
+
+    @model_validator(mode="after")
+    def _acceptance_names_known_classes(self) -> LineConfig:
+        known = {c.name for c in self.classes if c.role == "defect"} | {d.name for d in self.derived}
+        unknown = sorted(set(self.acceptance.rules) - known)
+        if unknown:
+            raise ValueError(f"acceptance.rules name classes the line does not have: {unknown}; known: {sorted(known)}")
+        return self
 
     @model_validator(mode="after")
     def _template_needs_reference(self) -> LineConfig:
@@ -167,18 +222,25 @@ class LineConfig(_Strict):
         return [c.name for c in self.classes if c.role == "defect"] + [d.name for d in self.derived]
 
     def class_spec(self, name: str) -> ClassSpec | DerivedDefect:
-        for spec in [*self.classes, *self.derived]:
+        specs: list[ClassSpec | DerivedDefect] = [*self.classes, *self.derived]
+        for spec in specs:
             if spec.name == name:
                 return spec
         raise ConfigError(f"line {self.name!r} has no class {name!r}; known: {', '.join(self.class_names)}")
 
 
 class FusionConfig(_Strict):
+    """When a finding goes to review: fused probability inside `review_band`, or a measurement within
+    `measurement_margin_mm` of a query threshold."""
+
     review_band: tuple[float, float] = (0.35, 0.65)  # fused probability inside the band -> review
     measurement_margin_mm: float = 0.02  # a measurement this close to a query threshold -> review
 
 
 class RetrievalConfig(_Strict):
+    """Similar-case search: how many cases to return (`k`) and the knowledge-base size below which the
+    search is exact."""
+
     k: int = 5
     exact_below: int = 50_000  # exact search below this many cases; IVF / HNSW above
 
@@ -195,6 +257,9 @@ class EmbedderConfig(_Strict):
 
 
 class AppConfig(_Strict):
+    """The application config (`configs/default.yaml`): default line, threads, knowledge-base folder, and the
+    embedder, fusion and retrieval settings."""
+
     default_line: str = "battery_tab"
     threads: int | None = None
     kb_dir: str = "var/kb"

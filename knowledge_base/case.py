@@ -13,6 +13,8 @@ from vision.detection import Box
 
 
 class Disposition(str, Enum):
+    """What was done with the defective part: scrapped, reworked or accepted as is."""
+
     scrap = "scrap"
     rework = "rework"
     accept = "accept"

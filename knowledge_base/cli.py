@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -236,6 +236,7 @@ def search_cmd(
         elif case is not None:
             hits = base.search_by_case(case, k=k, **filters)
         else:
+            assert text is not None  # exactly one of image / text / case was given
             if keyword_weight is None or keyword_weight < 1.0:
                 try:
                     _ = base.embedder
@@ -265,7 +266,7 @@ def show_cmd(
                 raise
             case = None
     if as_json:
-        out = {"case": None if case is None else case.model_dump(mode="json")}
+        out: dict[str, Any] = {"case": None if case is None else case.model_dump(mode="json")}
         if history:
             out["history"] = [e.model_dump(mode="json") for e in entries]
         typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
@@ -313,7 +314,7 @@ def edit_cmd(
     kb: Path | None = KB_OPTION,
 ) -> None:
     """Change fields of a case; the previous version stays in its history."""
-    changes = {
+    changes: dict[str, Any] = {
         "line": line,
         "defect_class": defect_class,
         "disposition": disposition,

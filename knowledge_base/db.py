@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -159,7 +160,7 @@ def insert_case(conn: sqlite3.Connection, values: dict, case_id: int | None = No
         cols.insert(0, "id")
         params.insert(0, case_id)
     cur = conn.execute(f"INSERT INTO cases ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", params)
-    return int(case_id if case_id is not None else cur.lastrowid)
+    return int(case_id if case_id is not None else cast(int, cur.lastrowid))
 
 
 def update_case(conn: sqlite3.Connection, case_id: int, values: dict) -> None:

@@ -20,6 +20,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 @dataclass(frozen=True)
 class StoredImage:
+    """An image in the store: its sha256, its path relative to the knowledge base folder, and whether this
+    `put` created the file."""
+
     sha256: str
     rel_path: str  # relative to the knowledge base folder, with forward slashes
     created: bool  # False when the same bytes were already stored
@@ -36,6 +39,8 @@ def decode_image(data: bytes, source: str | Path) -> np.ndarray:
 
 
 class ImageStore:
+    """The knowledge base's content-addressed image folder (`<kb_dir>/images`), keyed by sha256."""
+
     def __init__(self, kb_dir: Path) -> None:
         self.kb_dir = Path(kb_dir)
         self.root = self.kb_dir / "images"

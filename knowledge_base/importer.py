@@ -40,6 +40,9 @@ SIDECARS = ("cases.csv", "cases.jsonl")
 
 @dataclass
 class SourceRow:
+    """One parsed row of an import file: its line number, the case, and its optional vector, embedder
+    version and creation time."""
+
     row: int
     case: CaseInput
     vector: list[float] | None = None

@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -33,6 +34,9 @@ PERSIST_EVERY_OPS = 1000  # larger ones every this many history entries, on rebu
 
 
 class IndexSync:
+    """Keeps one knowledge base's FAISS index in step with its SQLite history: load, replay, rebuild and
+    persist."""
+
     def __init__(self, conn: sqlite3.Connection, kb_dir: Path, policy: IndexPolicy) -> None:
         self.conn = conn
         self.files = IndexFile(kb_dir)
@@ -179,7 +183,7 @@ class IndexSync:
             self._dirty = True
         if self.vindex is not None and self.vindex.spec.kind == "ivf" and n:
             # lists fill up as the base grows: keep the number of scanned vectors (hence recall) steady
-            self.vindex.set_nprobe(self.policy.nprobe_for(int(self.vindex.spec.nlist), self.vindex.ntotal))
+            self.vindex.set_nprobe(self.policy.nprobe_for(int(cast(int, self.vindex.spec.nlist)), self.vindex.ntotal))
         if self.vindex is not None and self.policy.needs_rebuild(self.vindex.spec, self.vindex.ntotal):
             log.info(
                 "knowledge base grew to %d vectors: rebuilding as %s",

@@ -15,6 +15,7 @@ over-fetch to find k hits, and silently return fewer."""
 
 from __future__ import annotations
 
+import builtins
 import getpass
 import hashlib
 import json
@@ -22,10 +23,11 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydantic import ValidationError
@@ -64,10 +66,14 @@ EMBED_BATCH = 32
 
 
 class CaseNotFound(DefectAgentError):
+    """No case with the requested id in the knowledge base (it may have been removed)."""
+
     pass
 
 
 class ModelVersionMismatch(DefectAgentError):
+    """Vectors from different embedder versions would be mixed in, or searched against, one knowledge base."""
+
     pass
 
 
@@ -100,6 +106,9 @@ def _crop(image: np.ndarray, box: Box | None, source: str) -> np.ndarray:
 
 
 class KnowledgeBase:
+    """The knowledge base in one folder: cases in SQLite, their images in an `ImageStore`, and the FAISS
+    index that `IndexSync` keeps in step. Open it with `KnowledgeBase.open`."""
+
     def __init__(
         self,
         kb_dir: Path,
@@ -247,7 +256,7 @@ class KnowledgeBase:
         todo = [p for p in prepared if p.vector is None]
         if not todo:
             return
-        vectors, version = self._embed_crops([p.crop for p in todo], progress=progress)
+        vectors, version = self._embed_crops([cast(np.ndarray, p.crop) for p in todo], progress=progress)
         for p, v in zip(todo, vectors):
             p.vector, p.model_version, p.crop = v, version, None
 
@@ -288,7 +297,7 @@ class KnowledgeBase:
         return version
 
     def _claim_for(self, prepared: Sequence[PreparedCase]) -> str:
-        dims = {int(p.vector.shape[0]) for p in prepared}
+        dims = {int(cast(np.ndarray, p.vector).shape[0]) for p in prepared}
         versions = {p.model_version for p in prepared if p.model_version}
         if len(dims) > 1 or len(versions) > 1:
             raise DefectAgentError(f"cases mix vector dimensions {sorted(dims)} / embedder versions {sorted(versions)}")
@@ -312,7 +321,7 @@ class KnowledgeBase:
             updated_at=utcnow(),
         )
         case_id = db.insert_case(self.conn, values)
-        self._write_vector(case_id, p.vector, version)
+        self._write_vector(case_id, cast(np.ndarray, p.vector), version)
         self._write_fts(case_id, values)
         self._log(case_id, "add", None, {"id": case_id, **values}, vector_changed=True, actor=actor)
         return case_id
@@ -470,7 +479,7 @@ class KnowledgeBase:
         with self._lock:
             return int(self.conn.execute(f"SELECT COUNT(*) FROM cases c WHERE {where}", params).fetchone()[0])
 
-    def history(self, case_id: int) -> list[HistoryEntry]:
+    def history(self, case_id: int) -> builtins.list[HistoryEntry]:
         """Every recorded change of a case, oldest first (also for removed cases)."""
         with self._lock:
             rows = self.conn.execute("SELECT * FROM history WHERE case_id = ? ORDER BY seq", (case_id,)).fetchall()
@@ -667,7 +676,7 @@ class KnowledgeBase:
             self._allowed_cache.popitem(last=False)
         return allowed
 
-    def _exact_scan(self, query: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[int, float]]:
+    def _exact_scan(self, query: np.ndarray, ids: np.ndarray, k: int) -> builtins.list[tuple[int, float]]:
         found_ids, vectors = self.index.live_vectors([int(i) for i in ids])
         if len(found_ids) == 0:
             return []
@@ -676,8 +685,8 @@ class KnowledgeBase:
         return [(int(found_ids[i]), float(scores[i])) for i in order]
 
     def _search_vector(
-        self, query: np.ndarray, k: int, flt: CaseFilter, exclude: set[int] = frozenset()
-    ) -> list[tuple[int, float]]:
+        self, query: np.ndarray, k: int, flt: CaseFilter, exclude: AbstractSet[int] = frozenset()
+    ) -> builtins.list[tuple[int, float]]:
         vindex = self.index.ready()
         if vindex is None or vindex.ntotal == 0 or k <= 0:
             return []
@@ -695,7 +704,9 @@ class KnowledgeBase:
                 hits = self._exact_scan(query, allowed.ids, want)  # approximate index ran dry under the filter
         return [h for h in hits if h[0] not in exclude][:k]
 
-    def _hydrate(self, hits: Sequence[tuple[int, float]], extra: dict[int, dict] | None = None) -> list[SimilarCase]:
+    def _hydrate(
+        self, hits: Sequence[tuple[int, float]], extra: dict[int, dict] | None = None
+    ) -> builtins.list[SimilarCase]:
         cases = {c.id: c for c in self._get_many([h[0] for h in hits])}
         out = []
         for case_id, sim in hits:
@@ -730,7 +741,7 @@ class KnowledgeBase:
         until: datetime | None = None,
         filters: CaseFilter | None = None,
         exclude: Iterable[int] = (),
-    ) -> list[SimilarCase]:
+    ) -> builtins.list[SimilarCase]:
         """The k cases whose vectors are most similar (cosine) to `vector`, best first, within the filters."""
         flt = self._filter(
             filters,
@@ -747,14 +758,14 @@ class KnowledgeBase:
 
     def search_by_image(
         self, image: np.ndarray | str | Path, box: Box | None = None, k: int = 5, **filters: Any
-    ) -> list[SimilarCase]:
+    ) -> builtins.list[SimilarCase]:
         """Embed the box region of an image (BGR array or file) and search with it."""
         if not isinstance(image, np.ndarray):
             image = decode_image(self.images.read_source(image), image)
         vectors, _ = self._embed_crops([_crop(image, box, "query image")])
         return self.search_by_vector(vectors[0], k, **filters)
 
-    def search_by_case(self, case_id: int, k: int = 5, **filters: Any) -> list[SimilarCase]:
+    def search_by_case(self, case_id: int, k: int = 5, **filters: Any) -> builtins.list[SimilarCase]:
         """Cases similar to a stored one (itself excluded), using its stored vector."""
         with self._lock:
             self.get(case_id)
@@ -767,7 +778,7 @@ class KnowledgeBase:
 
     def search_by_text(
         self, text: str, k: int = 5, keyword_weight: float | None = None, **filters: Any
-    ) -> list[SimilarCase]:
+    ) -> builtins.list[SimilarCase]:
         """Hybrid search: the text's embedding against case vectors, blended with BM25 over the engineers' words
         (retrieval.ranking.hybrid_rank). Without an embedder the order is by keywords alone (similarity 0)."""
         weight = self.ranking.keyword_weight if keyword_weight is None else float(keyword_weight)
@@ -872,7 +883,7 @@ class KnowledgeBase:
             self.index.rebuild(progress=progress)
             return self.verify()
 
-    def _reembed(self, ids: list[int] | None, progress: bool) -> None:
+    def _reembed(self, ids: builtins.list[int] | None, progress: bool) -> None:
         rows = self.conn.execute("SELECT * FROM cases ORDER BY id").fetchall()
         if ids is not None:
             wanted = set(ids)
@@ -897,6 +908,7 @@ class KnowledgeBase:
                 crops.append(_crop(self.images.read(r["image_path"]), box, r["image_path"]))
             vectors, version = self._embed_crops(crops)
             new += [(r["id"], v) for r, v in zip(chunk, vectors)]
+        assert version is not None  # rows is not empty, so the loop above ran and set it
         with db.write_txn(self.conn):
             if ids is None:  # a full re-embed may change embedder and dimension
                 db.set_meta(self.conn, "dim", str(new[0][1].shape[0]))

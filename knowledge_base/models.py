@@ -72,6 +72,8 @@ def iso(value: datetime) -> str:
 
 
 class HistoryEntry(BaseModel):
+    """One recorded change of a case (add, edit, remove or restore), with the case before and after it."""
+
     seq: int
     case_id: int
     op: str  # add | edit | remove | restore
@@ -119,6 +121,9 @@ class VerifyReport(BaseModel):
 
 
 class KBStats(BaseModel):
+    """Counts and sizes of a knowledge base (`kb stats`): cases by line / class / disposition, history,
+    images, database and index."""
+
     cases: int
     by_line: dict[str, int]
     by_class: dict[str, int]
@@ -137,11 +142,15 @@ class KBStats(BaseModel):
 
 
 class RowError(BaseModel):
+    """An import row that was skipped: its line number in the source file and why."""
+
     row: int  # line number in the source file (CSV: the header is line 1)
     message: str
 
 
 class ImportReport(BaseModel):
+    """The result of a bulk import: the source, its row count, the new case ids and the rows that failed."""
+
     source: str
     rows: int
     imported: list[int] = Field(default_factory=list)  # new case ids

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -90,6 +91,7 @@ class VectorIndex:
         """An empty index; IVF needs `train` (normalised vectors) for its quantizer."""
         import faiss
 
+        index: faiss.Index
         if spec.kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         elif spec.kind == "hnsw":
@@ -101,7 +103,8 @@ class VectorIndex:
             if train is None or len(train) < (spec.nlist or 1):
                 raise ValueError(f"an IVF index with {spec.nlist} lists needs at least that many training vectors")
             quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, int(spec.nlist), faiss.METRIC_INNER_PRODUCT)
+            # the cast only informs the type checker: a spec without nlist still fails in int() as before
+            index = faiss.IndexIVFFlat(quantizer, dim, int(cast(int, spec.nlist)), faiss.METRIC_INNER_PRODUCT)
             index.cp.spherical = True  # centroids on the unit sphere: the right k-means for cosine similarity
             index.cp.niter = 12  # beyond ~10 iterations recall barely moves while training time grows linearly
             index.cp.max_points_per_centroid = (
@@ -170,15 +173,19 @@ class VectorIndex:
         if self.ntotal == 0 or k <= 0:
             return [[] for _ in range(len(queries))]
         k = min(k, self.ntotal)
-        params = None
+        params: faiss.SearchParameters | None = None
         if allowed is not None:
             sel = allowed.selector()
             if self.spec.kind == "ivf":
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=int(self.index.nprobe))
+                # faiss' bundled stubs declare SearchParameters* without the keyword constructor its Python layer adds
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=int(self.index.nprobe))  # type: ignore[call-arg]
             elif self.spec.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(int(self.spec.ef_search or 128), k))
+                # missing from faiss' stubs, present in the compiled module
+                params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+                    sel=sel, efSearch=max(int(self.spec.ef_search or 128), k)
+                )
             else:
-                params = faiss.SearchParameters(sel=sel)
+                params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
         if len(queries) == 1 and SINGLE_QUERY_THREADS:
             # omp_set_num_threads changes the calling thread's setting only: restore it for later batch work
             previous = faiss.omp_get_max_threads()
@@ -219,7 +226,8 @@ class VectorIndex:
         import faiss
 
         if self.spec.kind == "hnsw":
-            faiss.downcast_index(self.index.index).hnsw.efSearch = int(ef)
+            hnsw = cast("faiss.IndexHNSW", faiss.downcast_index(self.index.index))  # stubs: downcast returns Index
+            hnsw.hnsw.efSearch = int(ef)
             self.spec = self.spec.model_copy(update={"ef_search": int(ef)})
 
     # persistence ----------------------------------------------------------------------------------------------

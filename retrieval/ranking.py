@@ -68,6 +68,8 @@ class RankingConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Ranked:
+    """One candidate of a hybrid text search with the blended score that orders it and both of its parts."""
+
     case_id: int
     score: float  # blended score used for the order
     similarity: float | None  # cosine similarity of the case vector to the query vector (None: no vector used)

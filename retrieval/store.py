@@ -41,6 +41,9 @@ class IndexUnavailable(DefectAgentError):
 
 
 class Manifest(BaseModel):
+    """The sidecar `vectors.json`: what the index file must match (checksum, size, id set, embedder version,
+    history position) to be trusted."""
+
     format: int = MANIFEST_FORMAT
     spec: IndexSpec
     dim: int
@@ -68,6 +71,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 class IndexFile:
+    """The knowledge base's index on disk (`<kb_dir>/index/`): locking, atomic writes and verified reads of the
+    FAISS file and its manifest."""
+
     def __init__(self, kb_dir: Path) -> None:
         self.dir = Path(kb_dir) / "index"
         self.index_path = self.dir / "vectors.faiss"

@@ -52,26 +52,34 @@ def test_offset_and_spatter_fails_the_cell():
     assert all(c.satisfied for c in d.clauses)
 
 
-def test_offset_below_threshold_passes_even_with_spatter():
+def test_offset_below_the_query_bound_does_not_match_but_spatter_still_fails_the_part():
     d = decide(seed_query(), [finding("weld_offset", 0.95, offset_mm=0.12), finding("spatter", 0.9)], LINE, FUSION)
-    assert not d.matches_query and d.verdict == "pass"
+    assert not d.matches_query and d.verdict == "fail"
+    assert any("spatter" in r for r in d.verdict_reasons)
     assert not d.clauses[0].satisfied and d.clauses[1].satisfied
 
 
-def test_missing_spatter_passes():
+def test_missing_spatter_does_not_match_but_the_offset_beyond_tolerance_fails_the_part():
     d = decide(seed_query(), [finding("weld_offset", 0.95, offset_mm=0.6)], LINE, FUSION)
-    assert d.verdict == "pass" and not d.matches_query
-    assert "no spatter found" in d.reasons[1]
+    assert d.verdict == "fail" and not d.matches_query
+    assert "no weld spatter found" in d.query_reasons[1]
+    assert "offset 0.60 mm > limit 0.2 mm" in d.verdict_reasons[0]
 
 
-def test_offset_at_the_threshold_goes_to_review():
+def test_offset_at_the_query_bound_makes_the_answer_uncertain():
     d = decide(seed_query(), [finding("weld_offset", 0.95, offset_mm=0.305), finding("spatter", 0.95)], LINE, FUSION)
-    assert d.verdict == "review"
+    assert d.match_uncertain and d.verdict == "fail"
 
 
-def test_low_confidence_spatter_goes_to_review_not_fail():
+def test_low_confidence_spatter_makes_the_answer_uncertain():
     d = decide(seed_query(), [finding("weld_offset", 0.95, offset_mm=0.6), finding("spatter", 0.55)], LINE, FUSION)
-    assert d.verdict == "review"
+    assert d.match_uncertain
+    assert d.verdict == "fail"  # the offset alone rejects the cell
+
+
+def test_low_confidence_spatter_alone_sends_the_part_to_review():
+    d = decide(seed_query(), [finding("weld_offset", 0.95, offset_mm=0.05), finding("spatter", 0.55)], LINE, FUSION)
+    assert d.verdict == "review" and not d.matches_query
 
 
 def test_count_clause_uses_the_count_distribution():
@@ -84,7 +92,8 @@ def test_count_clause_uses_the_count_distribution():
     )
     one = decide(q, [finding("spatter", 0.99)], LINE, FUSION)
     two = decide(q, [finding("spatter", 0.99), finding("spatter", 0.99)], LINE, FUSION)
-    assert one.verdict == "pass" and two.verdict == "fail"
+    assert not one.matches_query and two.matches_query
+    assert one.verdict == two.verdict == "fail"  # any real spatter rejects the cell, however many were asked for
 
 
 def test_not_clause_inverts():
@@ -95,15 +104,15 @@ def test_not_clause_inverts():
         conditions=[Condition(id="c1", defect_class="spatter"), Condition(id="c2", defect_class="crack")],
         logic=Logic(op="and", args=[Logic(op="cond", cond="c1"), Logic(op="not", args=[Logic(op="cond", cond="c2")])]),
     )
-    assert decide(q, [finding("spatter", 0.99)], LINE, FUSION).verdict == "fail"
-    assert decide(q, [finding("spatter", 0.99), finding("crack", 0.99)], LINE, FUSION).verdict == "pass"
+    assert decide(q, [finding("spatter", 0.99)], LINE, FUSION).matches_query
+    assert not decide(q, [finding("spatter", 0.99), finding("crack", 0.99)], LINE, FUSION).matches_query
 
 
 def test_matched_clauses_are_recorded_on_findings():
     fs = [finding("weld_offset", 0.95, offset_mm=0.45), finding("spatter", 0.9), finding("crack", 0.9)]
     d = decide(seed_query(), fs, LINE, FUSION)
     assert fs[0].matched_clauses == ["c1"] and fs[1].matched_clauses == ["c2"] and fs[2].matched_clauses == []
-    assert any("crack x1" in r for r in d.reasons)
+    assert any("crack x1" in r for r in d.query_reasons)
 
 
 def test_count_distribution_is_poisson_binomial():

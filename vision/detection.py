@@ -10,10 +10,10 @@ class Box(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+    x1: float = Field(description="Left edge, pixels.")
+    y1: float = Field(description="Top edge, pixels.")
+    x2: float = Field(description="Right edge, pixels.")
+    y2: float = Field(description="Bottom edge, pixels.")
 
     @model_validator(mode="after")
     def _ordered(self) -> Box:

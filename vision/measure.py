@@ -68,6 +68,9 @@ class EdgeFit(BaseModel):
 
 
 class OffsetMeasurement(BaseModel):
+    """The offset of an inner part's centre (weld) from its outer part's (tab), in pixels and mm, and which
+    centres the edge fit refined."""
+
     inner_center: tuple[float, float]
     outer_center: tuple[float, float]
     offset_px: float
@@ -151,9 +154,10 @@ def _fit_sides(
         if fits[i] is not None:
             continue
         t, e = sides[i]
-        if fits[opposite] is None or len(t) < 4:
+        opposite_fit = fits[opposite]
+        if opposite_fit is None or len(t) < 4:
             return None
-        slope = fits[opposite][0]
+        slope = opposite_fit[0]
         r = e - slope * t
         keep = np.ones(len(r), bool)
         for _ in range(4):  # trimmed median offset
@@ -207,7 +211,7 @@ def fit_part_edges(
             return None
         votes += float(np.median((inward * win).max(axis=1)) - np.median((-inward * win).max(axis=1)))
     sgn = 1.0 if votes >= 0 else -1.0
-    sides = [_edge_points(grad, lo, hi, a, b, axis, sgn * inward) for grad, lo, hi, a, b, axis, inward in windows]
+    peaks = [_edge_points(grad, lo, hi, a, b, axis, sgn * inward) for grad, lo, hi, a, b, axis, inward in windows]
     # a burn or a bead lying on an edge shows its own outline there: drop points whose inside does not look like
     # the region's inside along the other edges (the level a few px inward, median over all four sides), or whose
     # outside differs from the rest of that side
@@ -221,8 +225,8 @@ def fit_part_edges(
 
     # the region's true outline is about equally strong all round; weaker peaks on a side are texture or clutter
     # standing in for an edge hidden there
-    strength = float(np.median(np.concatenate([pk for _, _, pk in sides])))
-    sides = [(t[pk > 0.5 * strength], e[pk > 0.5 * strength]) for t, e, pk in sides]
+    strength = float(np.median(np.concatenate([pk for _, _, pk in peaks])))
+    sides = [(t[pk > 0.5 * strength], e[pk > 0.5 * strength]) for t, e, pk in peaks]
     inside = [sample(t, e, w_[5], w_[6] * d) for (t, e), w_ in zip(sides, windows)]
     outside = [sample(t, e, w_[5], -w_[6] * d) for (t, e), w_ in zip(sides, windows)]
     all_in = np.concatenate(inside)

@@ -58,6 +58,8 @@ class DeepPCBPair:
 
 
 class ConversionSummary(BaseModel):
+    """What `convert_deeppcb` wrote: the YOLO dataset files and its image, box and group counts per split."""
+
     data_yaml: Path
     split_json: Path
     reference: bool
@@ -184,6 +186,7 @@ def convert_deeppcb(
     for pair in tqdm(pairs, desc="deeppcb", unit="img", disable=not progress):
         split = split_of(pair.group, val_groups)
         img_dir, lbl_dir = dirs[split]
+        image: np.ndarray | None  # cv2.imread's result may be None
         if reference:
             if pair.template is None:
                 raise ImageReadError(f"no template beside {pair.test} (needed for --reference)")

@@ -35,12 +35,16 @@ VAL_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class NeuObject:
+    """One annotated defect of a NEU-DET image: class name and box."""
+
     name: str
     box: Box  # in the recorded (XML) coordinates
 
 
 @dataclass(frozen=True)
 class NeuAnnotation:
+    """One parsed Pascal-VOC annotation file of NEU-DET: image name, recorded size and its objects."""
+
     filename: str
     width: int  # the size the XML records, i.e. the frame of the boxes
     height: int
@@ -48,6 +52,8 @@ class NeuAnnotation:
 
 
 class NeuConversionSummary(BaseModel):
+    """What `convert_neu_det` wrote: the YOLO dataset files and its image and box counts per split."""
+
     data_yaml: Path
     split_json: Path
     images: dict[str, int]  # split -> images

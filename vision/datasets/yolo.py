@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def _label_of(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def merge_yolo_datasets(parts: dict[str, Path | str], out_dir: Path | str, progress: bool = True) -> Path:
+def merge_yolo_datasets(parts: Mapping[str, Path | str], out_dir: Path | str, progress: bool = True) -> Path:
     """One YOLO dataset from several (e.g. the training mix of a multi-line base detector): class `c` of part `p`
     becomes `p/c` with ids offset part after part; images are symlinked as `<p>__<name>`, labels rewritten.
     Returns the merged data.yaml."""

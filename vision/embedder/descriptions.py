@@ -77,6 +77,8 @@ NORMAL_KINDS: dict[str, dict[str, dict[str, list[str]]]] = {
 
 @dataclass(frozen=True)
 class TextItem:
+    """One training sentence for the embedder: its language, line, the crop kinds it describes and its role."""
+
     text: str
     lang: str  # "en" | "zh"
     line: str
@@ -86,6 +88,8 @@ class TextItem:
 
 @dataclass
 class LineTexts:
+    """A line's crop kinds (defect and normal) and all training texts describing them."""
+
     line: str
     defect_kinds: list[str]
     normal_kinds: list[str]

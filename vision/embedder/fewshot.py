@@ -32,6 +32,8 @@ SCALE_GRID = (10.0, 25.0, 50.0, 100.0)
 
 
 class MethodResult(BaseModel):
+    """Few-shot figures of one method: 7-way and 6-way accuracy, defect-vs-normal AUROC, spread over seeds."""
+
     acc7: float
     acc6: float
     auroc: float
@@ -40,6 +42,8 @@ class MethodResult(BaseModel):
 
 
 class FewshotResult(BaseModel):
+    """A whole few-shot run on DeepPCB: query and support counts, the tuned mix and every method's results per k."""
+
     embedder: str
     queries: dict[str, int]
     support_pool: dict[str, int]

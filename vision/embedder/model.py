@@ -34,7 +34,7 @@ class Embedder:
         self,
         model,
         tokenizer: Callable,
-        transform: Callable,
+        transform: Callable | None,  # None: a text-only embedder (training's evaluation builds one)
         *,
         name: str,
         version: str,
@@ -73,6 +73,7 @@ class Embedder:
 
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
+        assert self.transform is not None, "a text-only embedder (no image transform) cannot embed images"
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
@@ -146,6 +147,7 @@ def short_sha(path: Path) -> str:
 
 def _load_default(cfg: EmbedderConfig, device: str) -> Embedder:
     path = _weights_path(cfg)
+    assert path is not None  # the default model always has a weights path
     payload = checkpoint.read_checkpoint(path)
     checkpoint.check_towers(payload, path)
     model_cfg = payload["model_cfg"]

@@ -128,6 +128,8 @@ def battery_tab_crops(
 
 @dataclass
 class PcbBox:
+    """One annotated DeepPCB defect: its board images (test and template), class name and box."""
+
     pair_id: str
     test: Path
     template: Path | None

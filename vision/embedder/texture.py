@@ -57,12 +57,16 @@ class TextureScore(BaseModel):
 
 
 class WindowScore(BaseModel):
+    """The texture score of one sliding window of a whole-image scan."""
+
     box: Box
     defect_score: float
     best_class: str | None
 
 
 class ImageTextureScore(BaseModel):
+    """Whole-image texture score: the maximum of the window scores averaged per cell, with every window kept."""
+
     defect_score: float = Field(ge=0.0, le=1.0)  # max over cells of the window-averaged score
     best_window: WindowScore
     windows: list[WindowScore]
@@ -95,6 +99,9 @@ def prototypes_from_examples(examples: Iterable[tuple[str, np.ndarray]]) -> dict
 
 
 class TextureScorer:
+    """Scores crops of one line as defect vs normal and by class: cosines to the line's text anchors, mixed with
+    image prototypes when there are any."""
+
     def __init__(
         self,
         *,

@@ -36,6 +36,8 @@ IMAGE_STD = (0.5, 0.5, 0.5)
 
 
 class TowerFile(BaseModel):
+    """A pretrained tower weights file inside its pip package, with its sha256."""
+
     package: str
     path: Path
     sha256: str

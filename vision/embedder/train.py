@@ -17,6 +17,7 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -37,6 +38,8 @@ HEAD_PREFIXES = ["visual.head", "text.proj", "logit_scale"]
 
 
 class TrainSettings(BaseModel):
+    """Everything `train_embedder` needs: output path, data sizes per line and split, and the optimisation schedule."""
+
     out: Path = Field(default_factory=lambda: models_dir() / "embedder" / "defect-lite-minilm.pt")
     seed: int = 0
     embed_dim: int = architecture.EMBED_DIM
@@ -64,6 +67,8 @@ class TrainSettings(BaseModel):
 
 
 class SplitMetrics(BaseModel):
+    """Embedder quality on one line's crops of a split: image->text top-1 per prompt language and defect AUROC."""
+
     n: int
     top1_en: float
     top1_zh: float
@@ -72,6 +77,8 @@ class SplitMetrics(BaseModel):
 
 
 class TrainReport(BaseModel):
+    """What an embedder training run produced: the checkpoint, its size and hash, timings, data counts and metrics."""
+
     out: Path
     sha256: str
     size_bytes: int
@@ -158,6 +165,7 @@ def _image_embed(model, feats: _Features, idx, train: bool, st: TrainSettings):
     import torch.nn.functional as F
 
     if st.unlock_image_stage:
+        assert feats.maps is not None  # _Features keeps the maps under the same settings
         x = trunk_head(model.visual.trunk, torch.from_numpy(feats.maps[idx]).float())
     else:
         x = torch.from_numpy(feats.pooled[idx])
@@ -196,8 +204,8 @@ def _train_heads(
     if missing:
         raise ValueError(f"crop kinds without texts: {missing}")
     pos_table = np.zeros((len(kind_index), len(en)), dtype=bool)
-    for j, ks in enumerate(text_kinds):
-        for k in ks:
+    for j, text_ks in enumerate(text_kinds):
+        for k in text_ks:
             pos_table[k, j] = True
 
     head_params = [
@@ -430,6 +438,7 @@ def train_embedder(st: TrainSettings | None = None) -> TrainReport:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def quick_val() -> float:
+        assert val_feats is not None  # only handed to training when there is a val split
         m = evaluate(model, tokenizer, val_feats, st)
         return round(float(np.mean([x.top1_en for x in m.values()])), 4)
 
@@ -510,7 +519,7 @@ def _source_fingerprints() -> dict[str, str]:
     import vision.embedder.samples
 
     return {
-        m.__name__: towers.file_sha256(m.__file__)[:16]
+        m.__name__: towers.file_sha256(cast(str, m.__file__))[:16]  # source modules: __file__ is set
         for m in (vision.datasets.synth.battery_tab, vision.crops, vision.embedder.samples)
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal, cast
 
 import typer
 
@@ -117,7 +118,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             reference=cfg.locator.reference,
             init_adapter=init,
             head_lr0=head_lr0,
-            keep=keep,
+            keep=cast(Literal["best", "last"], keep),  # train_adapter rejects other values
             **extra,
         )
         summary = Path(result.run_dir) / "adapter_result.json"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel
 
@@ -75,6 +75,8 @@ def split_head_group(optimizer: Any, model: Any, adapter_name: str, head_lr0: fl
 
 
 class AdapterTrainResult(BaseModel):
+    """What a LoRA adapter training run produced: the adapter file, its base, settings, losses and final metrics."""
+
     adapter: Path
     base: Path
     base_sha256: str
@@ -240,7 +242,10 @@ def train_adapter(
         raise RuntimeError(f"training finished without a checkpoint in {trainer.save_dir}")
     adapted = load_detection_model(chosen)  # the pickled adapted model (EMA weights of that epoch)
     assert trainer.adapter_meta is not None
-    metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
+    # ultralytics declares the trainer's metrics None; training leaves a dict there
+    metrics = {
+        k: float(v) for k, v in cast("dict[str, Any]", trainer.metrics or {}).items() if isinstance(v, (int, float))
+    }
     if keep == "last":  # ultralytics' closing validation scored best.pt; the last epoch's row is the kept file's
         metrics = {k: float(v[-1]) for k, v in trainer.read_results_csv().items() if k.startswith("metrics/") and v}
     meta = make_meta(
@@ -264,8 +269,9 @@ def train_adapter(
             **(
                 {
                     "continued_from": {
-                        "file": init_adapter.name,
-                        "sha256": file_sha256(init_adapter),
+                        # a Path whenever init_meta was read from it
+                        "file": cast(Path, init_adapter).name,
+                        "sha256": file_sha256(cast(Path, init_adapter)),
                         "provenance": init_meta.provenance,
                     }
                 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -165,7 +166,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         from defect_agent.paths import resolve
         from vision.locator.train import train_locator
 
-        extra = {"cache": "ram"} if cache else {}
+        extra: dict[str, Any] = {"cache": "ram"} if cache else {}
         result = train_locator(
             data_yaml,
             base or default_base(),

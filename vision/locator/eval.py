@@ -27,6 +27,8 @@ MATCH_IOU = 0.5  # a prediction counts as a hit when it overlaps a same-class tr
 
 
 class ClassMetrics(BaseModel):
+    """The locator's figures for one class of a split: AP, precision / recall at the operating confidence, box fit."""
+
     name: str
     role: str  # 'defect' or 'part'
     instances: int  # truth boxes in the split
@@ -40,6 +42,8 @@ class ClassMetrics(BaseModel):
 
 
 class LocatorMetrics(BaseModel):
+    """A locator's evaluation on one split of a YOLO dataset: mAP, per-class figures and image-level defect rates."""
+
     locator_version: str
     data_yaml: str
     split: str
@@ -237,10 +241,10 @@ def evaluate_locator(
     for start in tqdm(range(0, len(images), step), desc="locator eval", unit="batch", leave=False):
         paths = images[start : start + step]
         arrays = []
-        for p in paths:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        for image_path in paths:
+            img = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
             if img is None:
-                raise ImageReadError(f"cannot read {p}")
+                raise ImageReadError(f"cannot read {image_path}")
             arrays.append(img)
         preds_all = locator.predict(arrays, conf=conf)
         for path, img, preds in zip(paths, arrays, preds_all):

@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -39,6 +39,7 @@ from vision.locator.yolo import BASE_COMMAND
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
+    from ultralytics.nn.modules.head import Detect
     from ultralytics.nn.tasks import DetectionModel
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ _PEFT_PARTS = (*_LORA_PARTS, "modules_to_save")
 
 
 class LoraSettings(BaseModel):
+    """How a line's LoRA adapter is built: rank (overall, in the head, per module), alpha, dropout, and the
+    optional output bias or DoRA."""
+
     rank: int = Field(8, ge=1)
     alpha: float | None = None  # default 2 * rank (LoRA scale 2)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -148,8 +152,9 @@ def _dora_tolerates_channels_last() -> None:
         r = lora_A.weight.shape[0]
         return torch.mm(lora_B.weight.reshape(-1, r), lora_A.weight.reshape(r, -1))
 
-    layer.get_lora_weight = get_lora_weight
-    layer._defect_agent_reshape = True
+    # a deliberate patch of a peft class: outside what its declared type allows
+    layer.get_lora_weight = get_lora_weight  # type: ignore[method-assign]
+    layer._defect_agent_reshape = True  # type: ignore[attr-defined]
 
 
 def _check_adapter_name(name: str) -> str:
@@ -175,11 +180,11 @@ def load_detection_model(path: Path | str) -> DetectionModel:
     return model
 
 
-def _detect(model: nn.Module) -> nn.Module:
-    head = model.model[-1]
+def _detect(model: nn.Module) -> Detect:
+    head = cast(nn.Sequential, model.model)[-1]
     if not hasattr(head, "cv3") or not hasattr(head, "reg_max"):
         raise ConfigError(f"the last layer of the model is {type(head).__name__}, not a YOLO Detect head")
-    return head
+    return cast("Detect", head)
 
 
 def prepare_base(model: DetectionModel) -> DetectionModel:
@@ -203,7 +208,7 @@ def model_class_names(model: nn.Module) -> list[str]:
 def class_head_modules(model: nn.Module) -> list[str]:
     """Names of the final class-score convolutions of the Detect head (one per scale, both heads if end-to-end)."""
     det = _detect(model)
-    idx = len(model.model) - 1
+    idx = len(cast(nn.Sequential, model.model)) - 1
     names = []
     for attr in ("cv3", "one2one_cv3"):
         branches = getattr(det, attr, None)
@@ -223,7 +228,8 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     from peft.utils.other import ModulesToSaveWrapper
 
     heads = set(class_head_modules(model))
-    targets, inside = [], ()
+    targets: list[str] = []
+    inside: tuple[str, ...] = ()
     for name, m in model.named_modules():
         if inside and name.startswith(inside):
             continue  # the inner modules of a LoRA layer or of a class-head wrapper
@@ -240,19 +246,20 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     return targets
 
 
-def _set_head_shape(model: nn.Module, names: list[str]) -> None:
+def _set_head_shape(model: DetectionModel, names: list[str]) -> None:
     det = _detect(model)
     nc = len(names)
     det.nc = nc
     det.no = nc + det.reg_max * 4
     model.names = dict(enumerate(names))
     if isinstance(getattr(model, "yaml", None), dict):
-        model.yaml["nc"] = nc
-    model.nc = nc
+        cast("dict[str, Any]", model.yaml)["nc"] = nc
+    model.nc = nc  # type: ignore[assignment]  # torch types nn.Module attributes as Tensor | Module
 
 
 def _new_class_conv(like: nn.Conv2d, nc: int, stride: float) -> nn.Conv2d:
-    conv = nn.Conv2d(like.in_channels, nc, like.kernel_size, like.stride, like.padding, bias=True)
+    # torch's stubs type these attributes tuple[int, ...], its constructor asks for pairs
+    conv = nn.Conv2d(like.in_channels, nc, like.kernel_size, like.stride, like.padding, bias=True)  # type: ignore[arg-type]
     with torch.no_grad():
         # Small weights (RetinaNet's N(0, 0.01)): every line starts near the prior whatever the base's feature scale.
         # PyTorch's default init makes the first logits grow with the features (mean |feature| about 4.5 over bases
@@ -260,6 +267,7 @@ def _new_class_conv(like: nn.Conv2d, nc: int, stride: float) -> nn.Conv2d:
         # Zero weights starve the class branch's LoRA of gradient at first (COCO base 0.612 vs 0.787 default);
         # N(0, 0.01): 0.701 over that base, 0.720 over COCO (benchmarks/results/lora_cpu320_*50*.md)
         conv.weight.normal_(0.0, 0.01)
+        assert conv.bias is not None  # built with bias=True
         conv.bias.fill_(math.log(5 / nc / (640 / stride) ** 2))  # ultralytics' Detect.bias_init: ~0.01 objects/cell
     return conv.to(like.weight.device, like.weight.dtype)
 
@@ -307,10 +315,10 @@ def add_lora(
     heads = class_head_modules(model)
     if settings.dora:
         _dora_tolerates_channels_last()
-    rank_pattern, alpha_pattern = settings.patterns(targets, f"model.{len(model.model) - 1}.")
+    rank_pattern, alpha_pattern = settings.patterns(targets, f"model.{len(cast(nn.Sequential, model.model)) - 1}.")
     config = LoraConfig(
         r=settings.rank,
-        lora_alpha=settings.lora_alpha,
+        lora_alpha=settings.lora_alpha,  # type: ignore[arg-type]  # peft declares int; a float scale works
         lora_dropout=settings.dropout,
         target_modules=targets,
         modules_to_save=heads,
@@ -608,8 +616,8 @@ class AdapterBank:
         if not self.base_path.is_file():
             raise ModelFileMissing(self.base_path, BASE_COMMAND, what="locator base weights")
         self.base_sha256 = file_sha256(self.base_path)
-        YOLO = _import_yolo()
-        self.yolo: YOLO = YOLO(str(self.base_path), task="detect")
+        yolo_cls = _import_yolo()
+        self.yolo: YOLO = yolo_cls(str(self.base_path), task="detect")
         prepare_base(self.yolo.model)
         self.base_names = getattr(self.yolo.model, BASE_ATTR)
         self._meta: dict[str, AdapterMeta] = {}
@@ -629,7 +637,9 @@ class AdapterBank:
         return list(self.base_names) if line is None else list(self.meta(line).names)
 
     def add(self, line: str, adapter_path: Path | str) -> AdapterMeta:
-        meta = load_adapter(self.yolo.model, adapter_path, _check_adapter_name(line), self.base_sha256)
+        meta = load_adapter(
+            cast("DetectionModel", self.yolo.model), adapter_path, _check_adapter_name(line), self.base_sha256
+        )
         self._meta[line] = meta
         # ultralytics' predictor runs a copy of the model taken at its first call: that copy lacks the new adapter,
         # so let the next predict set up a fresh one (once per added line)
@@ -640,14 +650,14 @@ class AdapterBank:
     def use(self, line: str | None) -> YOLO:
         """Activate a line's adapter (None: the base) and return the shared YOLO object."""
         names = self.class_names(line)
-        activate(self.yolo.model, line, names)
+        activate(cast("DetectionModel", self.yolo.model), line, names)
         backend = getattr(getattr(self.yolo, "predictor", None), "model", None)
         if backend is not None:
             # ultralytics' predictor runs a deep copy of the model made at its first call (adapters included):
             # switch that copy too, or it keeps predicting with the line that was active back then
             copy_ = getattr(backend, "model", None)
             if isinstance(copy_, nn.Module) and copy_ is not self.yolo.model:
-                activate(copy_, line, names)
+                activate(cast("DetectionModel", copy_), line, names)
             backend.names = dict(enumerate(names))
         self.active = line
         return self.yolo

@@ -190,7 +190,8 @@ def train_locator(
     model.train(data=str(data_yaml), **args)
     seconds = time.perf_counter() - started
 
-    trainer = model.trainer
+    # a BaseTrainer once train() ran; ultralytics declares the attribute (and several of the trainer's) as None
+    trainer: Any = model.trainer
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     if not best.is_file():
         raise RuntimeError(f"training finished without a checkpoint in {trainer.save_dir}")

@@ -23,6 +23,8 @@ Truth = list[tuple[int, Box]]
 
 
 class ClassScore(BaseModel):
+    """One class of a detection score: AP50, and precision / recall at the operating confidence."""
+
     name: str
     ap50: float
     precision: float  # at the operating confidence
@@ -30,6 +32,8 @@ class ClassScore(BaseModel):
 
 
 class DetectionScore(BaseModel):
+    """Detection quality of one way of reading the boxes on a DeepPCB split: mAP, miss rate, class accuracy."""
+
     map50: float
     map50_95: float
     map33: float | None = None  # DeepPCB's protocol: right at IoU > 0.33
@@ -40,6 +44,8 @@ class DetectionScore(BaseModel):
 
 
 class VerifierEvaluation(BaseModel):
+    """The detector's scores on a DeepPCB split next to the same detections after the verifier relabels them."""
+
     split: str
     boards: int
     locator: str
@@ -51,7 +57,10 @@ class VerifierEvaluation(BaseModel):
 
 
 def match_tp(
-    preds: Sequence[Detection], truth: Truth, class_names: list[str], thresholds: Sequence[float] = IOU_THRESHOLDS
+    preds: Sequence[Detection],
+    truth: Truth,
+    class_names: list[str],
+    thresholds: Sequence[float] | np.ndarray = IOU_THRESHOLDS,
 ) -> np.ndarray:
     """(len(preds), len(thresholds)) true-positive flags at each IoU threshold (0.5 ... 0.95), matched one to one
     as ultralytics' validator does: at each threshold the same-class (prediction, truth) pairs above it, highest
@@ -77,7 +86,10 @@ def score_detections(
 ) -> DetectionScore:
     from ultralytics.utils.metrics import ap_per_class
 
-    tps, confs, classes, targets = [], [], [], []
+    tps: list[np.ndarray] = []
+    confs: list[float] = []
+    classes: list[int] = []
+    targets: list[int] = []
     n = len(class_names)
     tp_op = np.zeros(n)
     pred_op = np.zeros(n)

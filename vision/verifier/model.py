@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
@@ -283,17 +283,19 @@ class DefectVerifier:
         x = _to_tensor([crop_box(channels, b, self.meta) for b in boxes])
         n = len(self.outputs)
         views = range(8) if self.tta else range(1)
-        probs, deltas = 0.0, 0.0
+        prob_sum: float | torch.Tensor = 0.0
+        delta_sum: float | torch.Tensor = 0.0
         with torch.inference_mode():
             for k in views:
                 out = self.model(_dihedral(x, k))
-                probs = probs + torch.softmax(out[:, :n], dim=1)
+                prob_sum = prob_sum + torch.softmax(out[:, :n], dim=1)
                 if self.meta.box_regression:
-                    deltas = deltas + undo_dihedral_deltas(out[:, n:], k)
-        probs = (probs / len(views)).numpy()
+                    delta_sum = delta_sum + undo_dihedral_deltas(out[:, n:], k)
+        # at least one view ran, so the sums are tensors
+        probs = cast("torch.Tensor", prob_sum / len(views)).numpy()
         if not self.meta.box_regression:
             return VerifierReading(probabilities=probs, boxes=list(boxes))
-        deltas = (deltas / len(views)).numpy()
+        deltas = cast("torch.Tensor", delta_sum / len(views)).numpy()
         h, w = channels.shape[:2]
         return VerifierReading(
             probabilities=probs, boxes=[decode_box(b, d, self.meta).clip(w, h) for b, d in zip(boxes, deltas)]

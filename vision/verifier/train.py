@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 
 class VerifierSample(BaseModel):
+    """One training example for the verifier: a box on a board image, its class (or background) and the box it
+    should refine to."""
+
     image: int  # index into the channel images
     box: Box  # what the verifier is shown (an annotation, jittered each epoch, or a detector's proposal)
     label: int
@@ -177,7 +180,8 @@ def box_iou_gain(
     for s in samples:
         if s.label < len(verifier.meta.classes):
             by_image.setdefault(s.image, []).append(s.target or s.box)
-    before, after = [], []
+    before: list[float] = []
+    after: list[float] = []
     for image, truths in by_image.items():
         shown = [jitter_box(t, rng) for t in truths]
         refined = verifier.read_channels(channels[image], shown).boxes
