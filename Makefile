@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,lint]'
 	rm -f $(VENV)/.installed-*; touch $@
 
-# Debian packages the optional features use: a CJK font for Chinese overlay labels. Skipped when not root or
+# Debian packages the optional features use: a CJK font for Chinese overlay labels, Chromium for the page's browser
+# tests. Skipped when not root or
 # without apt-get (the features then degrade with a warning, e.g. English labels).
-SYSTEM_PACKAGES := fonts-wqy-microhei
+SYSTEM_PACKAGES := fonts-wqy-microhei chromium
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); }; \

@@ -19,6 +19,9 @@ TruthBoxes = list[tuple[str, Box]]
 
 
 class CalibrationQuality(BaseModel):
+    """How well fused probabilities fit the labels of matched findings: log loss, Brier score and expected
+    calibration error."""
+
     findings: int
     positives: int
     log_loss: float
@@ -27,6 +30,9 @@ class CalibrationQuality(BaseModel):
 
 
 class FusionFit(BaseModel):
+    """What `fit_on` returns: the fitted fusion weights and the calibration quality before (identity fusion)
+    and after the fit."""
+
     weights: FusionWeights
     images: int
     before: CalibrationQuality  # identity fusion (probability = detector confidence)

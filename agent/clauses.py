@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from agent.acceptance import judge_part
-from agent.messages import class_label, measurement_text, pick_lang, say
+from agent.messages import class_label, measurement_text, pick_lang, say, shown_measurements
 from agent.query import MEASUREMENT_KEYS, Comparator, Condition, InspectionQuery, Logic, NumericConstraint
 from agent.verdict import ClauseResult, DefectFinding
 from defect_agent.config import DerivedDefect, FusionConfig, LineConfig
@@ -133,7 +133,7 @@ def clause_label(cond: Condition) -> str:
 
 
 def _evidence(finding: DefectFinding, line: LineConfig, lang: str) -> str:
-    shown = ", ".join(measurement_text(k, v, lang) for k, v in finding.measurements.items())
+    shown = ", ".join(measurement_text(k, v, lang) for k, v in shown_measurements(finding.measurements).items())
     name = class_label(finding.defect_class, line, lang)
     return f"{name} p={finding.probability:.2f}" + (f" ({shown})" if shown else "")
 

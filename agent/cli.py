@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from defect_agent.errors import DefectAgentError
+from defect_agent.errors import DefectAgentError, EmptyInput
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -151,6 +151,87 @@ def shell(
     from agent.shell import InspectionShell
 
     InspectionShell(line=line, images=collect_images(images) if images else None, kb_dir=kb).cmdloop()
+
+
+@app.command()
+def batch(
+    inputs: list[str] = typer.Argument(..., help="image folders, glob patterns or manifests (.txt / .csv / .jsonl)"),
+    profile: Path = typer.Option(
+        ..., help="the line's standing instructions, e.g. configs/profiles/battery_tab_nightly.yaml"
+    ),
+    out: Path = typer.Option(..., help="output folder: verdicts.jsonl, verdicts.csv, report.html, runs/"),
+    line: str | None = typer.Option(None, help="must match the profile's line when given"),
+    kb: Path | None = typer.Option(None, help="knowledge base folder (default: kb_dir)"),
+    no_kb: bool = typer.Option(False, help="skip retrieval of similar cases"),
+    watch: bool = typer.Option(False, help="keep following the inputs for new images (stop with Ctrl-C / SIGTERM)"),
+    interval: float = typer.Option(10.0, min=0.5, help="--watch: seconds between looks at the inputs"),
+) -> None:
+    """Scheduled batch inspection: every standing instruction of a profile over every image, resumable (rerun with
+    the same arguments and it skips what is done, keyed by image content + model versions + instruction).
+
+    Exit codes: 0 no part failed; 1 a part failed the line's rules; 2 error (bad profile, instruction, option,
+    missing model); 3 some images could not be read (and none failed)."""
+    import signal
+    import time
+
+    from agent.batch import load_profile, run_batch
+    from agent.batch.report import write_reports
+    from agent.pipeline import Inspector
+
+    prof = load_profile(profile)
+    if line is not None and line != prof.line:
+        raise typer.BadParameter(f"--line {line} differs from the profile's line {prof.line}")
+    inspector = Inspector.from_config(line=prof.line, kb_dir=kb, use_kb=not no_kb)
+    summary = run_batch(prof, inputs, out, inspector=inspector)
+    stop = {"now": summary.stopped_early}
+    if watch and not stop["now"]:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        try:
+            while not stop["now"]:
+                time.sleep(interval)
+                try:
+                    summary = run_batch(prof, inputs, out, inspector=inspector)
+                except EmptyInput:
+                    continue
+                stop["now"] = stop["now"] or summary.stopped_early
+        except KeyboardInterrupt:
+            pass
+    totals = write_reports(out, prof)
+    v = totals.verdicts
+    typer.echo(
+        f"{totals.images} images: fail {v['fail']}  review {v['review']}  pass {v['pass']}  unreadable "
+        f"{totals.unreadable}; this run inspected {summary.inspected}, skipped {summary.skipped} already done "
+        f"({summary.seconds:.1f} s); report: {out / 'report.html'}",
+        err=True,
+    )
+    raise typer.Exit(totals.exit_code)
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="address to listen on (default: server.host, 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="port (default: server.port, 8000)"),
+    capture_root: Path | None = typer.Option(None, help="folder POST /inspect may read `paths` from"),
+    kb: Path | None = typer.Option(None, help="knowledge base folder (default: kb_dir)"),
+    token: str | None = typer.Option(
+        None, help="API token (default: $DEFECT_AGENT_TOKEN); required beyond 127.0.0.1", show_default=False
+    ),
+) -> None:
+    """The station's web page and HTTP API (FastAPI). Localhost by default; any other address needs a token."""
+    import os
+
+    import uvicorn
+
+    from agent.server import check_bind, create_app
+    from defect_agent.config import load_app_config
+
+    cfg = load_app_config()
+    host = host or cfg.server.host
+    token = token or os.environ.get(cfg.server.token_env) or None
+    check_bind(host, token)
+    api = create_app(cfg, kb_dir=kb, capture_root=capture_root, token=token)
+    typer.echo(f"defect-agent station on http://{host}:{port or cfg.server.port}/ (API docs at /docs)", err=True)
+    uvicorn.run(api, host=host, port=port or cfg.server.port, log_level="warning")
 
 
 def _register_all() -> None:

@@ -28,10 +28,17 @@ def eval_queries(
     battery_tab: a freshly generated test set and the seed's instruction (or --instruction). pcb: the DeepPCB
     validation boards plus their defect-free templates, and every pcb query of tests/data/queries.yaml (or
     --instruction), with figures per query family."""
-    from agent.evaluation import evaluate_battery_tab, evaluate_pcb, pcb_queries
+    from agent.evaluation import (
+        PcbQueryEvalReport,
+        QueryEvalReport,
+        evaluate_battery_tab,
+        evaluate_pcb,
+        pcb_queries,
+    )
     from defect_agent.errors import EmptyInput
     from defect_agent.paths import shared_dataset
 
+    report: PcbQueryEvalReport | QueryEvalReport
     if line == "pcb":
         root = deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():

@@ -15,6 +15,8 @@ from vision.detection import Box
 
 
 class QueryScore(BaseModel):
+    """Precision / recall of one instruction's returned image set against the set implied by ground truth."""
+
     instruction: str
     family: str = ""
     precision: float
@@ -26,6 +28,8 @@ class QueryScore(BaseModel):
 
 
 class QueryEvalReport(BaseModel):
+    """What `evaluate_battery_tab` returns: one score per instruction on a generated battery_tab test set."""
+
     line: str
     images: int
     seed: int
@@ -84,6 +88,9 @@ def _read(path: str, inspector):
 
 
 class FamilyScore(BaseModel):
+    """Scores of one query family (class, count, logic, ...) of the pcb evaluation: mean and minimum over its
+    queries, and pooled over all their decisions."""
+
     family: str
     queries: int
     precision_mean: float  # over the family's queries, each weighted alike (a query expecting one image too)
@@ -96,6 +103,9 @@ class FamilyScore(BaseModel):
 
 
 class PcbQueryEvalReport(BaseModel):
+    """What `evaluate_pcb` returns: per-query and per-family scores over the DeepPCB validation boards and their
+    defect-free templates."""
+
     line: str = "pcb"
     boards: int  # defective validation boards
     clean_boards: int  # their defect-free templates inspected as boards

@@ -32,6 +32,9 @@ def sigmoid(x: float) -> float:
 
 
 class FusionWeights(BaseModel):
+    """A line's fusion weights: logistic coefficients on the logits of detector confidence, texture score, case
+    evidence and verifier probability, plus the fitted box margin (models/fusion/<line>.json)."""
+
     bias: float = 0.0
     detector: float = 1.0
     texture: float = 0.0

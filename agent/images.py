@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import stat
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -15,7 +18,7 @@ from defect_agent.errors import EmptyInput, ImageReadError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def collect_images(inputs: list[str | Path]) -> list[str]:
+def collect_images(inputs: Sequence[str | Path]) -> list[str]:
     """Expand files, folders (recursive) and glob patterns into image paths, keeping the spelling the user gave
     for plain files (verdicts echo it). Raises EmptyInput when nothing is found."""
     found: list[str] = []
@@ -31,7 +34,14 @@ def collect_images(inputs: list[str | Path]) -> list[str]:
         elif path.is_file():
             found.append(text)
         elif any(ch in text for ch in "*?["):
-            found.extend(sorted(p for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES))
+            # only regular files: a FIFO or a device matched by a pattern would block the read forever
+            found.extend(
+                sorted(
+                    p
+                    for p in glob.glob(text, recursive=True)
+                    if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()
+                )
+            )
         else:
             missing.append(text)
     if missing:
@@ -60,14 +70,63 @@ def _contains_run(parts: list[str], run: list[str]) -> bool:
     return any(parts[i : i + len(run)] == run for i in range(len(parts) - len(run) + 1))
 
 
+def header_size(data: bytes | np.ndarray, source: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding its pixels; None when the header is not one
+    Pillow knows (OpenCV may still decode it)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data))) as img:
+                return int(img.size[0]), int(img.size[1])
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # not an image Pillow reads: OpenCV's decode has the last word
+        return None
+
+
+def check_pixels(data: bytes | np.ndarray, source: str | Path, max_pixels: int | None = None) -> None:
+    """Refuse an image whose header promises more than `max_pixels` (default: limits.max_image_pixels) before a
+    byte of it is decoded: a 100 kB PNG can unpack to gigabytes."""
+    from PIL import Image
+
+    limit = max_pixels if max_pixels is not None else _max_pixels()
+    try:
+        size = header_size(data, source)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{source}: refused, the image is far larger than any camera frame ({exc})") from exc
+    if size is not None and size[0] * size[1] > limit:
+        raise ImageReadError(
+            f"{source} is {size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} Mpx), above the limit of "
+            f"{limit / 1e6:.0f} Mpx (limits.max_image_pixels in configs/default.yaml)"
+        )
+
+
+def _max_pixels() -> int:
+    from defect_agent.config import load_app_config
+
+    return load_app_config().limits.max_image_pixels
+
+
 def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """BGR uint8 image. Raises ImageReadError for unreadable files and for a size other than the line's
-    calibrated size (measurements in mm would be wrong)."""
+    """BGR uint8 image. Raises ImageReadError for anything but a regular file, for an image whose header exceeds the
+    pixel limit (checked before decoding), for unreadable files and for a size other than the line's calibrated
+    size (measurements in mm would be wrong)."""
     p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise ImageReadError(f"cannot read {path}: not a regular file (a folder, FIFO or device is never read)")
     try:
         data = np.fromfile(p, dtype=np.uint8)  # np.fromfile + imdecode handles non-ASCII paths, unlike imread
     except OSError as exc:
         raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    check_pixels(data, path)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ImageReadError(f"cannot decode {path}: not an image or the file is damaged ({data.size} bytes)")

@@ -5,7 +5,7 @@ English; class names come from the line's own synonyms (what the operators of th
 
 from __future__ import annotations
 
-from defect_agent.config import LineConfig
+from defect_agent.config import ClassSpec, DerivedDefect, LineConfig
 
 LANGS = ("en", "zh")
 
@@ -101,12 +101,18 @@ def say(key: str, lang: str, **fields: object) -> str:
 def class_label(name: str, line: LineConfig | None, lang: str) -> str:
     """What the line's operators call a class in `lang` (its first synonym), else the class name."""
     if line is not None:
-        for spec in [*line.classes, *line.derived]:
+        specs: list[ClassSpec | DerivedDefect] = [*line.classes, *line.derived]
+        for spec in specs:
             if spec.name == name:
                 words = spec.synonyms.zh if pick_lang(lang) == "zh" else spec.synonyms.en
                 if words:
                     return words[0]
     return name.replace("_", " ")
+
+
+def shown_measurements(measurements: dict[str, float]) -> dict[str, float]:
+    """The measurements an operator reads (offset, length, width, area), without internal components."""
+    return {k: v for k, v in measurements.items() if k in _MEASUREMENT_NAMES}
 
 
 def measurement_text(key: str, value: float, lang: str) -> str:

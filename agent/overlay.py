@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.messages import class_label, measurement_text, pick_lang, say
+from agent.messages import class_label, measurement_text, pick_lang, say, shown_measurements
 from agent.verdict import DefectFinding, Verdict
 from defect_agent.config import LineConfig
 
@@ -52,8 +52,8 @@ def font_file(lang: str) -> str | None:
     try:
         import matplotlib
 
-        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-        return str(path) if path.is_file() else None
+        dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return str(dejavu) if dejavu.is_file() else None
     except ImportError:
         return None
 
@@ -80,20 +80,22 @@ def _font(lang: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _label(finding: DefectFinding, line: LineConfig | None, lang: str) -> str:
     name = class_label(finding.defect_class, line, lang)
-    shown = [measurement_text(k, v, lang) for k, v in finding.measurements.items() if k != "area_mm2"][:1]
+    shown = [
+        measurement_text(k, v, lang) for k, v in shown_measurements(finding.measurements).items() if k != "area_mm2"
+    ][:1]
     return " ".join([name, f"{finding.probability:.2f}", *shown])
 
 
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
     return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
 
 
 def _place(
-    size: tuple[int, int],
+    size: tuple[float, float],
     box: tuple[int, int, int, int],
     canvas: tuple[int, int],
-    taken: list[tuple[int, int, int, int]],
-) -> tuple[int, int, int, int]:
+    taken: list[tuple[float, float, float, float]],
+) -> tuple[float, float, float, float]:
     """A free spot for a label of `size`: above the box, else below it, else stepping down; never off the image."""
     w, h = size
     width, height = canvas
@@ -117,7 +119,7 @@ def draw_overlay(image: np.ndarray, verdict: Verdict, line: LineConfig | None = 
     draw = ImageDraw.Draw(canvas)
     font = _font(lang, 13)
     width, height = rgb.shape[1], rgb.shape[0]
-    taken: list[tuple[int, int, int, int]] = [(0, 0, width, 22)]  # the banner
+    taken: list[tuple[float, float, float, float]] = [(0, 0, width, 22)]  # the banner
     ordered = sorted(verdict.defects, key=lambda f: ({"fail": 0, "review": 1, "pass": 2}[f.verdict], -f.probability))
     for finding in ordered:
         b = finding.box
@@ -142,14 +144,14 @@ def draw_overlay(image: np.ndarray, verdict: Verdict, line: LineConfig | None = 
     qw = draw.textbbox((0, 0), query, font=_font(lang, 14))[2]
     draw.text((max(width - qw - 6, width // 2), 3), query, font=_font(lang, 14), fill=(230, 230, 230))
     # legend
-    x = 6
-    for key, colour in (
+    x: float = 6
+    for key, legend_colour in (
         ("legend_fail", "fail"),
         ("legend_review", "review"),
         ("legend_pass", "pass"),
         ("legend_faint", "faint"),
     ):
-        draw.rectangle((x, height + 6, x + 12, height + 16), fill=COLOURS[colour])
+        draw.rectangle((x, height + 6, x + 12, height + 16), fill=COLOURS[legend_colour])
         text = say(key, lang)
         draw.text((x + 16, height + 4), text, font=_font(lang, 12), fill=(230, 230, 230))
         x += 16 + draw.textbbox((0, 0), text, font=_font(lang, 12))[2] + 14

@@ -72,7 +72,10 @@ class Inspector:
         use_embedder: bool = True,
         use_kb: bool = True,
         app: AppConfig | None = None,
+        knowledge_base=None,
     ) -> Inspector:
+        """Load a line's models once. `knowledge_base`: an open KnowledgeBase to share (a server's), instead of
+        opening `kb_dir`."""
         from defect_agent.runtime import configure_offline, set_threads
 
         configure_offline()
@@ -93,7 +96,10 @@ class Inspector:
             from vision.embedder.texture import TextureScorer
 
             embedder = load_embedder(app.embedder)
-            kb = _open_kb(kb_dir or app.kb_dir, embedder) if use_kb else None
+            if knowledge_base is not None:
+                kb = knowledge_base
+            elif use_kb:
+                kb = _open_kb(kb_dir or app.kb_dir, embedder)
             scorer = TextureScorer.from_line(line_cfg, embedder, prototypes=_kb_prototypes(kb, line_cfg.name))
         return cls(app, line_cfg, locator, embedder, scorer, kb, verifier=verifier)
 
@@ -144,51 +150,73 @@ class Inspector:
         lang: str | None = None,
     ) -> Verdict:
         """The verdict of one image file (an unreadable one gets `review` with `error` set)."""
+        return self.inspect_image_many([query], path, versions, k=k, lang=lang)[0]
+
+    def inspect_image_many(
+        self,
+        queries: list[InspectionQuery],
+        path: str,
+        versions: ModelVersions | None = None,
+        k: int | None = None,
+        lang: str | None = None,
+        image: np.ndarray | None = None,
+    ) -> list[Verdict]:
+        """One verdict per instruction for one image, analysed once (locate, measure, embed, retrieve, fuse are
+        query-independent); only the decision runs per instruction. `image`: already decoded (a batch's prefetch)."""
         from agent.messages import pick_lang, say
 
         versions = versions or self.versions()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
-            image = read_image(path, self.line.image_size)
+            if image is None:
+                image = read_image(path, self.line.image_size)
             locator_input = self.locator_input(path, image)
         except DefectAgentError as exc:
             log.warning("%s", exc)
-            return Verdict(
-                image=path,
-                line=self.line.name,
-                verdict="review",
-                verdict_reasons=[say("not_inspected", pick_lang(lang or query.language), error=exc)],
-                matches_query=False,
-                score=0.0,
-                query_reasons=[],
-                query=query,
-                models=versions,
-                error=str(exc),
-            )
+            return [
+                Verdict(
+                    image=path,
+                    line=self.line.name,
+                    verdict="review",
+                    verdict_reasons=[say("not_inspected", pick_lang(lang or q.language), error=exc)],
+                    matches_query=False,
+                    score=0.0,
+                    query_reasons=[],
+                    query=q,
+                    models=versions,
+                    error=str(exc),
+                )
+                for q in queries
+            ]
         timings["read"] = _ms(t0)
-        findings = self.analyse(
-            image, timings, k=k or query.want.similar_cases or self.app.retrieval.k, locator_input=locator_input
-        )
-        t = time.perf_counter()
-        decision = decide(query, findings, self.line, self.app.fusion, lang=lang)
-        timings["decide"] = _ms(t)
-        timings["total"] = _ms(t0)
-        return Verdict(
-            image=path,
-            line=self.line.name,
-            verdict=decision.verdict,
-            verdict_reasons=decision.verdict_reasons,
-            matches_query=decision.matches_query,
-            match_uncertain=decision.match_uncertain,
-            score=round(decision.score, 4),
-            query_reasons=decision.query_reasons,
-            clauses=decision.clauses,
-            defects=findings,
-            query=query,
-            models=versions,
-            timings_ms={k_: round(v, 1) for k_, v in timings.items()},
-        )
+        want = max((q.want.similar_cases or 0 for q in queries), default=0)
+        findings = self.analyse(image, timings, k=k or want or self.app.retrieval.k, locator_input=locator_input)
+        verdicts = []
+        for query in queries:
+            t = time.perf_counter()
+            own = [f.model_copy(deep=True) for f in findings] if len(queries) > 1 else findings
+            decision = decide(query, own, self.line, self.app.fusion, lang=lang)
+            timings["decide"] = _ms(t)
+            timings["total"] = _ms(t0)
+            verdicts.append(
+                Verdict(
+                    image=path,
+                    line=self.line.name,
+                    verdict=decision.verdict,
+                    verdict_reasons=decision.verdict_reasons,
+                    matches_query=decision.matches_query,
+                    match_uncertain=decision.match_uncertain,
+                    score=round(decision.score, 4),
+                    query_reasons=decision.query_reasons,
+                    clauses=decision.clauses,
+                    defects=own,
+                    query=query,
+                    models=versions,
+                    timings_ms={k_: round(v, 1) for k_, v in timings.items()},
+                )
+            )
+        return verdicts
 
     @property
     def uses_template(self) -> bool:

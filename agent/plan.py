@@ -11,12 +11,17 @@ from defect_agent.config import load_app_config, load_line
 
 
 class PlanStep(BaseModel):
+    """One stage of the plan: the tool (agent.tools names its tools after these steps), why it runs, and its
+    settings."""
+
     tool: str
     purpose: str
     args: dict[str, object]
 
 
 class Plan(BaseModel):
+    """A parsed query and the stages that would answer it; `render` is what `defect-agent explain` prints."""
+
     query: InspectionQuery
     steps: list[PlanStep]
 

@@ -99,7 +99,8 @@ class InspectionShell(cmd.Cmd):
         self.stdout.write(text + "\n")
 
     # -- input ----------------------------------------------------------------------------------------------------
-    def default(self, line: str) -> bool:
+    # typeshed types Cmd.default as -> None, but Cmd.onecmd returns its result as the stop flag
+    def default(self, line: str) -> bool:  # type: ignore[override]
         text = line.strip()
         if text in (":quit", ":q", "exit", "quit", "EOF"):
             return True

@@ -19,15 +19,21 @@ if TYPE_CHECKING:
 
 
 class ImageArgs(BaseModel):
+    """Arguments of the `locate` and `measure` tools."""
+
     image: str = Field(description="path of the image file to inspect")
 
 
 class RegionArgs(BaseModel):
+    """Arguments of the `embed` tool: an image and optionally a region of it."""
+
     image: str = Field(description="path of the image file")
     box: Box | None = Field(None, description="pixel box of the region (x1, y1, x2, y2); omitted: the whole image")
 
 
 class RetrieveArgs(BaseModel):
+    """Arguments of the `retrieve` tool: an image region or a text to search the knowledge base with."""
+
     image: str | None = Field(None, description="image whose region to search with")
     box: Box | None = Field(None, description="pixel box of the region in that image")
     text: str | None = Field(None, description="or a description of the defect, in English or Chinese")
@@ -85,6 +91,7 @@ def inspection_tools(inspector: Inspector) -> list[BaseTool]:
         if text is not None:
             hits = inspector.kb.search_by_text(text, k=k, line=line.name)
         else:
+            assert image is not None  # exactly one of image / text (checked above)
             pixels = _read(image)  # regions are embedded from the image itself, not the locator's composite
             region = pixels if box is None else crop_region(pixels, box)
             hits = inspector.kb.search_by_vector(_embedder().embed_images([region])[0], k=k, line=line.name)

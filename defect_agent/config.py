@@ -256,6 +256,23 @@ class EmbedderConfig(_Strict):
     image_size: int = 224
 
 
+class LimitsConfig(_Strict):
+    """Bounds on what an input may cost before it is refused (checked on the file header, before decoding)."""
+
+    max_image_pixels: int = Field(60_000_000, gt=0)  # width x height; a 30000 x 30000 PNG bomb is 900 M
+    max_upload_mb: float = Field(25.0, gt=0)  # per uploaded file (serve)
+    max_files_per_request: int = Field(64, gt=0)  # serve: images in one POST /inspect
+
+
+class ServerConfig(_Strict):
+    """`defect-agent serve`: where it listens and which folder `POST /inspect` may read paths from."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    capture_root: str | None = None  # paths given to POST /inspect must lie under it; None: uploads only
+    token_env: str = "DEFECT_AGENT_TOKEN"  # the API token's environment variable (required beyond localhost)
+
+
 class AppConfig(_Strict):
     """The application config (`configs/default.yaml`): default line, threads, knowledge-base folder, and the
     embedder, fusion and retrieval settings."""
@@ -266,6 +283,8 @@ class AppConfig(_Strict):
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 def _load_yaml(path: Path) -> dict:

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-VENV = Path(sys.executable).resolve().parent.parent
+VENV = Path(sys.prefix)  # the virtual environment running the tests (CI: the clone's .venv)
 EXPENSIVE = {"train", "data", "calibrate", "eval", "export"}
 MAKE_TARGETS = {"demo", "test", "lint", "test-all"}
 

@@ -33,6 +33,9 @@ class Bound:
 
 @dataclass
 class Atom:
+    """One clause of the instruction as read: its defect class (or any defect), parts, bounds and count, with
+    its text span."""
+
     start: int
     end: int
     text: str
@@ -297,6 +300,7 @@ def _interpret(
         )
     num = g.num
     assert num is not None
+    assert num.value is not None  # the tokenizer gives every NUM token its value
     op = _op_of(g, norm, text)
     if g.classifier or g.measure == "count":
         return Bound(op or ">=", (num.value,), None, "count", True, position, span)

@@ -97,7 +97,7 @@ class InstructionParser:
     def _suggest(self, candidates: list[tuple[str, str]]) -> tuple[list[str], str]:
         terms = self.vocab.suggestion_terms()
         is_class = {k for k, e in self.vocab.table.items() if e.kind == CLASS}
-        best: list[tuple[float, int, str, str]] = []
+        best: list[tuple[float, int, int, str, str]] = []
         for probe, context in candidates:
             # one wrong character in a two-character Chinese word (裂文 for 裂纹) is a ratio of 0.5
             cutoff = 0.5 if has_cjk(probe) else 0.6

@@ -4,7 +4,7 @@ shell: the operator reads back what the parser understood before any model runs.
 from __future__ import annotations
 
 from agent.query import Comparator, Condition, InspectionQuery, Logic, NumericConstraint
-from defect_agent.config import LineConfig, load_line
+from defect_agent.config import ClassSpec, DerivedDefect, LineConfig, load_line
 from defect_agent.errors import ConfigError
 
 _OP = {
@@ -22,7 +22,8 @@ def _label(cls: str | None, line: LineConfig | None) -> str:
     if cls is None:
         return "defect of any class"
     if line is not None:
-        for spec in [*line.classes, *line.derived]:
+        specs: list[ClassSpec | DerivedDefect] = [*line.classes, *line.derived]
+        for spec in specs:
             if spec.name == cls and spec.synonyms.en:
                 return spec.synonyms.en[0]
     return cls.replace("_", " ")

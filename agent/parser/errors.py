@@ -22,6 +22,8 @@ class EmptyQueryError(QueryParseError):
 
 @dataclass(frozen=True)
 class UnknownWord:
+    """A word of the instruction the parser could not read, with the nearest known terms to suggest."""
+
     word: str  # as written in the instruction
     suggestions: list[str] = field(default_factory=list)  # nearest known terms, best first
     context: str = ""  # the longer span the suggestion was computed for (e.g. 焊渣飞贱 for the unknown 飞贱)

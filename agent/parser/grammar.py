@@ -27,6 +27,7 @@ between two atoms form a connector group (", and", "but no", 且伴随). Rules, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.parser.atoms import Atom, Bound, absent_class, allowed_measures, finalize, natural_measure, parse_atom
 from agent.parser.errors import AmbiguousQueryError, EmptyQueryError, UnsupportedQueryError
@@ -68,6 +69,9 @@ _INVERT = {">": "<=", ">=": "<", "<": ">=", "<=": ">"}
 
 @dataclass
 class Group:
+    """The logic words between two atoms (", and", "but no", 且伴随) and how they join them: and / or, negation,
+    noun or clause level."""
+
     tokens: list[Token] = field(default_factory=list)
     binop: str | None = None  # and | or
     neg: bool = False
@@ -83,6 +87,9 @@ class Group:
 
 @dataclass
 class Parsed:
+    """What `parse_clauses` returns: the conditions, their boolean logic and the min_confidence set by a
+    confidence-only clause."""
+
     conditions: list[Condition]
     logic: Logic
     min_confidence: float | None
@@ -349,7 +356,7 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
     groups = [_reduce(g, norm, text) for g in groups]
     atoms = [parse_atom(a, norm, text, line) for a in raw_atoms]
 
-    pairs = []
+    pairs: list[list[Any]] = []
     for k, (g, a) in enumerate(zip(groups, atoms)):
         if a.empty:
             if k > 0 and g.neg:
@@ -462,10 +469,13 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
         g, cur = kept[k]
         prev = kept[k - 1][1]
         if g.binop == "and" and not g.neg and cur.has_subject and prev.has_subject:
-            a, b = prev.defect_class or "any defect", cur.defect_class or "any defect"
+            prev_name, cur_name = prev.defect_class or "any defect", cur.defect_class or "any defect"
             raise AmbiguousQueryError(
                 norm.span(prev.raw_start, cur.raw_end),
-                [f"items that have both: {a} AND {b}", f"both groups of items: {a} OR {b}"],
+                [
+                    f"items that have both: {prev_name} AND {cur_name}",
+                    f"both groups of items: {prev_name} OR {cur_name}",
+                ],
                 "说「有裂纹或有烧伤的电芯」(任一) 或「同时有裂纹和烧伤的电芯」(都有)。"
                 if zh
                 else "Say 'cells with cracks or burns' (either) or 'cells with both cracks and burns' (both).",
@@ -568,7 +578,7 @@ def _flat(op: str, args: list[Logic]) -> Logic:
     flat: list[Logic] = []
     for a in args:
         flat.extend(a.args if a.op == op else [a])
-    return Logic(op=op, args=flat)  # type: ignore[arg-type]
+    return Logic(op=op, args=flat)
 
 
 def _or_of_ands(units: list[tuple[str | None, Logic]]) -> Logic:

@@ -26,6 +26,8 @@ class _Strict(BaseModel):
 
 
 class Words(_Strict):
+    """English (`en`) and Chinese (`zh`) spellings of one meaning in configs/lexicon.yaml."""
+
     en: list[str] = Field(default_factory=list)
     zh: list[str] = Field(default_factory=list)
 
@@ -34,12 +36,18 @@ class Words(_Strict):
 
 
 class ComparatorSpec(Words):
+    """Comparator words (more than, 以上): the operator, whether they stand before or after the number, and the
+    measure they may also name (longer than = length)."""
+
     op: OpName
     position: Literal["prefix", "postfix"] = "prefix"
     measure: MeasureName | None = None
 
 
 class UnitSpec(Words):
+    """Unit words of a number: the canonical unit, its kind, the factor to it, and whether it needs the line's
+    mm_per_px (pixels)."""
+
     unit: str
     kind: Literal["length", "area", "fraction"]
     factor: float = 1.0
@@ -48,11 +56,16 @@ class UnitSpec(Words):
 
 
 class QuantifierSpec(Words):
+    """Words that are a count bound by themselves (multiple, 多处 = at least two)."""
+
     op: OpName
     value: int
 
 
 class CountsSpec(_Strict):
+    """Number words (English, Chinese digits and multipliers), classifiers counted after a number (3 spots,
+    三处) and quantifiers."""
+
     en: dict[str, int]
     zh_digits: dict[str, int]
     zh_multipliers: dict[str, int]
@@ -62,12 +75,17 @@ class CountsSpec(_Strict):
 
 
 class RangesSpec(_Strict):
+    """Range words: `between`, the word between the two numbers (to, -, 到) and the closing word (之间)."""
+
     between: Words
     to: Words
     end: Words
 
 
 class LogicSpec(_Strict):
+    """Logic words: and / or / not at noun and clause level, list markers, negations, positive words and
+    separators."""
+
     and_: Words = Field(alias="and")
     and_clause: Words
     or_: Words = Field(alias="or")
@@ -85,6 +103,8 @@ class LogicSpec(_Strict):
 
 
 class ScopeSpec(_Strict):
+    """Words that choose the images: today's, yesterday's, a folder, a lot."""
+
     today: Words
     yesterday: Words
     folder: Words
@@ -92,6 +112,8 @@ class ScopeSpec(_Strict):
 
 
 class ReturnsSpec(_Strict):
+    """Words that ask for more than the verdict: similar past cases, overlay images."""
+
     similar_cases: Words
     overlays: Words
 
@@ -168,6 +190,9 @@ _PRIORITY = {CLASS: 0, SUBJECT: 1, ANY: 2}
 
 @dataclass(frozen=True)
 class Entry:
+    """What one vocabulary spelling means: an entry kind (class, cmp, unit, ...) and its data (class name, op,
+    unit, ...)."""
+
     kind: str
     data: tuple[tuple[str, Any], ...] = ()
     display: str = ""  # the spelling as written in the config, for suggestions and messages
@@ -293,8 +318,8 @@ def build_vocabulary(line: LineConfig, lexicon: Lexicon, subjects: dict[str, lis
     _add_words(vocab, lx.punctuation, PUNCT)
     _add_words(vocab, lx.fillers, FILLER)
     # every line's subject words, so that "boards" picks the pcb line even while parsing for another
-    for line_name, words in subjects.items():
-        for w in words:
+    for line_name, subject_words in subjects.items():
+        for w in subject_words:
             vocab.add(w, _entry(SUBJECT, w, line=line_name))
     # the line's classes: canonical names, synonyms, regular plurals and spellings without spaces
     specs = [(c.name, c.role, c.synonyms) for c in line.classes] + [

@@ -33,19 +33,22 @@ from agent.query import (
     ReturnSpec,
     Scope,
 )
-from defect_agent.config import LineConfig, load_line
+from defect_agent.config import ClassSpec, DerivedDefect, LineConfig, load_line
 
 Op = Literal[">", ">=", "<", "<=", "=="]
 
 
-class DraftConstraint(BaseModel):
+# A numeric bound of a draft condition: measure, comparator, and the number and unit as written.
+# (No docstring on the two draft parts: pydantic would add it to the JSON schema the chat model is sent.)
+class DraftConstraint(BaseModel):  # noqa: D101
     measure: Literal["offset", "length", "width", "area", "confidence"]
     op: Op
     value: float = Field(description="the number as written in the instruction")
     unit: str = Field("", description="the unit as written: mm, um, px, mm2, px2, % (empty for a 0..1 confidence)")
 
 
-class DraftCondition(BaseModel):
+# One condition of the LLM's draft: a defect class (or any), its bounds and how many such defects an image needs.
+class DraftCondition(BaseModel):  # noqa: D101
     id: str = Field(description="c1, c2, ... in the order the clauses are written")
     defect_class: str | None = Field(description="a class name of the line, or null for a defect of any class")
     constraints: list[DraftConstraint] = Field(default_factory=list)
@@ -68,7 +71,8 @@ class InspectionQueryDraft(BaseModel):
 
 def build_prompt(text: str, line: LineConfig) -> list[tuple[str, str]]:
     classes = []
-    for spec in [*line.classes, *line.derived]:
+    specs: list[ClassSpec | DerivedDefect] = [*line.classes, *line.derived]
+    for spec in specs:
         role = getattr(spec, "role", "defect")
         if role != "defect":
             continue
@@ -123,7 +127,8 @@ def _resolve_class(word: str | None, line: LineConfig) -> tuple[str | None, Unkn
             raise UnsupportedQueryError(f"'{word}' is a part of line {line.name!r}, not a defect")
         return entry.get("name"), None
     terms = list(line.defect_names)
-    for spec in [*line.classes, *line.derived]:
+    specs: list[ClassSpec | DerivedDefect] = [*line.classes, *line.derived]
+    for spec in specs:
         if getattr(spec, "role", "defect") == "defect":
             terms += spec.synonyms.en + spec.synonyms.zh
     cutoff = 0.5 if has_cjk(word) else 0.6

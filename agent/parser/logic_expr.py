@@ -55,7 +55,7 @@ def _parse(tokens: list[str], i: int, text: str) -> tuple[Logic, int]:
                 break
             raise ValueError(f"logic {text!r}: expected ',' or ')' but got {tokens[j]!r}")
         try:
-            return Logic(op=low, args=args), j  # type: ignore[arg-type]
+            return Logic(op=low, args=args), j
         except ValueError as exc:
             raise ValueError(f"logic {text!r}: {exc}") from exc
     if head in ("(", ")", ","):

@@ -31,6 +31,9 @@ def default_queryset_path() -> Path:
 
 @dataclass
 class CaseResult:
+    """Outcome of one query-set case: whether the parse (or the raised error) was the expected one, and the
+    differences."""
+
     text: str
     kind: str  # query | error
     family: str
@@ -40,6 +43,8 @@ class CaseResult:
 
 @dataclass
 class QuerySetReport:
+    """Results of every case of the query set, with pass counts per family."""
+
     results: list[CaseResult]
 
     @property
@@ -139,7 +144,7 @@ def compare(query: InspectionQuery, case: dict[str, Any], today: dt.date = QUERY
     want_conf = case.get("min_conf")
     if (query.min_confidence is None) != (want_conf is None) or (
         want_conf is not None and abs(query.min_confidence - want_conf) > 1e-9
-    ):  # type: ignore[operator]
+    ):
         problems.append(f"min_confidence {query.min_confidence} != {want_conf}")
     scope = case.get("scope") or {}
     want_date = {"today": today, "yesterday": today - dt.timedelta(days=1), None: None}[scope.get("date")]

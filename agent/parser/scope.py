@@ -41,6 +41,7 @@ def extract_scope(tokens: list[Token], norm: Normalized, today: dt.date, text: s
                 j -= 1
             if j >= 0 and tokens[j].kind == NUM and tokens[j].value is not None:
                 value = tokens[j].value
+                assert value is not None  # checked just above
                 if not float(value).is_integer() or value < 1:
                     raise UnsupportedQueryError(
                         f"'{norm.span(tokens[j].start, tok.end)}': give a whole number of cases", text

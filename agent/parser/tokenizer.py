@@ -39,8 +39,18 @@ _LOT_NUMBER_WORD = re.compile(r"(?:no\.?|nr\.?|number|id)(?=[\s#:.]|\d)")
 _PLURAL_KINDS = {CLASS, FILLER, ANY, MEASURE, CLASSIFIER, SUBJECT}
 
 
+def _skip_end(skip: re.Pattern[str], s: str, pos: int) -> int:
+    """End of the run of `skip` (one of the `_CAPTURE_SKIP*` patterns) at `pos`."""
+    m = skip.match(s, pos)
+    assert m is not None  # a `[...]*` pattern matches the empty string at any position
+    return m.end()
+
+
 @dataclass
 class Token:
+    """One token of the normalised instruction: its kind and span, the vocabulary entry it matched, and the
+    number or folder / lot id it carries."""
+
     kind: str
     start: int  # positions in the normalised text
     end: int
@@ -93,6 +103,9 @@ def parse_zh_numeral(text: str, digits: dict[str, int], mult: dict[str, int], po
 
 
 class Tokenizer:
+    """Cuts an instruction into tokens against one line's vocabulary: longest match first, numbers, unknown
+    words."""
+
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
         c = vocab.lexicon.counts
@@ -207,11 +220,11 @@ class Tokenizer:
     def _capture_after(self, norm: Normalized, tok: Token, i: int) -> int:
         """`folder line2/day1`, `lot L123`, `lot no. L123`, `批次L123`: the id right after the word."""
         skip = _CAPTURE_SKIP_LOT if tok.kind == LOT else _CAPTURE_SKIP
-        j = skip.match(norm.cased, i).end()
+        j = _skip_end(skip, norm.cased, i)
         if tok.kind == LOT:  # "lot no. L123", "batch number 7"
             m = _LOT_NUMBER_WORD.match(norm.text, j)
             if m:
-                j = skip.match(norm.cased, m.end()).end()
+                j = _skip_end(skip, norm.cased, m.end())
         pattern = _FOLDER_ID if tok.kind == FOLDER else _LOT_ID
         m = pattern.match(norm.cased, j)
         if not m:

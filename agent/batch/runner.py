@@ -1,0 +1,238 @@
+"""Running a profile over images: each image is read and hashed ahead of inference (a prefetch thread: decoding
+releases the GIL), analysed once, decided per standing instruction, and appended to the results file; what is
+already there under the same key is skipped. Progress is a bar on a terminal and log lines otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from agent.batch.inputs import expand_inputs
+from agent.batch.ledger import BatchRecord, ResultLog, result_key
+from agent.batch.profile import BatchProfile
+from defect_agent.errors import ConfigError, DefectAgentError
+
+log = logging.getLogger(__name__)
+PREFETCH = 4  # images read and decoded ahead of the one being analysed
+
+
+class BatchSummary(BaseModel):
+    """What one run did (also written to `runs/<run_id>.json` in the output folder for the report's trend)."""
+
+    run_id: str
+    profile: str
+    line: str
+    started: datetime
+    seconds: float
+    images: int = Field(description="Images the inputs named.")
+    inspected: int = Field(description="Images analysed in this run.")
+    skipped: int = Field(description="Images whose every result was already in the results file.")
+    unreadable: int = Field(description="Images that could not be read (their lines carry `error`).")
+    verdicts: dict[str, int] = Field(description="Part verdicts of the images analysed in this run.")
+    stopped_early: bool = Field(False, description="A SIGTERM / SIGINT ended the run before all images were done.")
+
+    @property
+    def exit_code(self) -> int:
+        """0 every part passed or went to review, 1 a part failed, 3 some images could not be read."""
+        if self.verdicts.get("fail", 0):
+            return 1
+        return 3 if self.unreadable else 0
+
+
+def models_key(versions: Any) -> str:
+    """Identity of the models behind a verdict (the knowledge base's snapshot excluded: cases change daily)."""
+    data = versions.model_dump(exclude={"kb_snapshot"})
+    return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
+
+
+def _load(path: str, expected_size: tuple[int, int] | None) -> tuple[str | None, np.ndarray | None, str | None]:
+    """(content sha256, decoded image, error) for one path; never raises on a bad item."""
+    from agent.images import read_image
+
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
+        return digest, read_image(path, expected_size), None
+    except (DefectAgentError, OSError) as exc:
+        return (digest if "digest" in locals() else None), None, str(exc)
+
+
+class _Stop:
+    """SIGTERM / SIGINT end the run after the image in progress; the results file stays whole."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: stopping after the image in progress", signum)
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prefetched(paths: Sequence[str], size: tuple[int, int] | None) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        pending: list[tuple[str, Future[Any]]] = []
+        it = iter(paths)
+        for path in it:
+            pending.append((path, pool.submit(_load, path, size)))
+            if len(pending) >= PREFETCH:
+                break
+        while pending:
+            path, fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_load, nxt, size)))
+            yield path, fut.result()
+
+
+class _Progress:
+    """A tqdm bar (images/s, ETA) on a terminal; a structured log line every 10 s otherwise."""
+
+    def __init__(self, total: int, name: str) -> None:
+        self.total, self.done, self.t0, self.last = total, 0, time.monotonic(), 0.0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=name, unit="img")
+
+    def update(self, verdicts: dict[str, int]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self.last >= 10 or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            log.warning(
+                "batch progress done=%d total=%d rate=%.2f img/s eta=%.0f s fail=%d review=%d pass=%d",
+                self.done,
+                self.total,
+                rate,
+                eta,
+                verdicts["fail"],
+                verdicts["review"],
+                verdicts["pass"],
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_batch(
+    profile: BatchProfile,
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    *,
+    kb_dir: Path | None = None,
+    use_kb: bool = True,
+    inspector: Any = None,
+    report: bool = True,
+) -> BatchSummary:
+    """Inspect every image the inputs name under every standing instruction; resume where an earlier run with
+    the same output folder stopped. Writes verdicts.jsonl, verdicts.csv, report.html and runs/<run_id>.json."""
+    from agent.parser import parse_instruction
+
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    queries = [parse_instruction(i.text, line=profile.line) for i in profile.instructions]
+    if any(q.line != profile.line for q in queries):
+        raise ConfigError(f"profile {profile.name}: every instruction must be about line {profile.line}")
+    if inspector is None:
+        from agent.pipeline import Inspector
+
+        inspector = Inspector.from_config(line=profile.line, kb_dir=kb_dir, use_kb=use_kb)
+    paths = expand_inputs(inputs)
+    if inspector.uses_template and inspector.line.reference is not None:
+        from vision.reference import drop_references
+
+        paths = drop_references(paths, inspector.line.reference)
+    versions = inspector.versions()
+    mkey = models_key(versions)
+    results = ResultLog(out_dir / "verdicts.jsonl")
+    done = results.recover()
+    counts = {"fail": 0, "review": 0, "pass": 0}
+    inspected = skipped = unreadable = 0
+    progress = _Progress(len(paths), profile.name)
+    with _Stop() as stop, results:
+        for path, (digest, image, error) in _prefetched(paths, inspector.line.image_size):
+            if stop.requested:
+                break
+            keys = [result_key(digest, path, mkey, q.instruction, profile.line, profile.lang) for q in queries]
+            todo = [i for i, key in enumerate(keys) if key not in done]
+            if not todo:
+                skipped += 1
+                progress.update(counts)
+                continue
+            if error is not None:
+                verdicts = inspector.inspect_image_many([queries[i] for i in todo], path, versions, lang=profile.lang)
+                for v in verdicts:
+                    v.error = v.error or error
+                unreadable += 1
+            else:
+                verdicts = inspector.inspect_image_many(
+                    [queries[i] for i in todo], path, versions, lang=profile.lang, image=image
+                )
+                inspected += 1
+            counts[verdicts[0].verdict] += 1
+            for i, verdict in zip(todo, verdicts):
+                results.append(
+                    BatchRecord(
+                        key=keys[i],
+                        run_id=run_id,
+                        instruction_id=profile.instructions[i].id,
+                        image_sha256=digest,
+                        verdict=verdict,
+                    )
+                )
+                done.add(keys[i])
+            progress.update(counts)
+        stopped = stop.requested
+    progress.close()
+    summary = BatchSummary(
+        run_id=run_id,
+        profile=profile.name,
+        line=profile.line,
+        started=started,
+        seconds=round(time.monotonic() - t0, 2),
+        images=len(paths),
+        inspected=inspected,
+        skipped=skipped,
+        unreadable=unreadable,
+        verdicts=counts,
+        stopped_early=stopped,
+    )
+    runs = out_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{run_id}.json").write_text(summary.model_dump_json(indent=1), encoding="utf-8")
+    if report:
+        from agent.batch.report import write_reports
+
+        write_reports(out_dir, profile)
+    return summary
