@@ -8,15 +8,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from knowledge_base.db import KnowledgeBaseCorrupt
     from knowledge_base.kb import CaseNotFound, KnowledgeBase, ModelVersionMismatch, PreparedCase
-    from knowledge_base.models import CaseFilter, HistoryEntry, ImportReport, KBStats, VerifyReport
+    from knowledge_base.models import CaseFilter, GcReport, HistoryEntry, ImportReport, KBStats, VerifyReport
 
 _EXPORTS = {
     "KnowledgeBase": "knowledge_base.kb",
+    "KnowledgeBaseCorrupt": "knowledge_base.db",
     "CaseNotFound": "knowledge_base.kb",
     "ModelVersionMismatch": "knowledge_base.kb",
     "PreparedCase": "knowledge_base.kb",
     "CaseFilter": "knowledge_base.models",
+    "GcReport": "knowledge_base.models",
     "HistoryEntry": "knowledge_base.models",
     "ImportReport": "knowledge_base.models",
     "KBStats": "knowledge_base.models",
@@ -26,10 +29,12 @@ _EXPORTS = {
 __all__ = [
     "CaseFilter",
     "CaseNotFound",
+    "GcReport",
     "HistoryEntry",
     "ImportReport",
     "KBStats",
     "KnowledgeBase",
+    "KnowledgeBaseCorrupt",
     "ModelVersionMismatch",
     "PreparedCase",
     "VerifyReport",

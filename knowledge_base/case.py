@@ -4,10 +4,11 @@ SQLite is the source of truth for these; the FAISS index only maps case ids to v
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import Enum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from vision.detection import Box
 
@@ -38,6 +39,15 @@ class CaseInput(BaseModel):
     author: str = ""
     measurements: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("measurements")
+    @classmethod
+    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
+        # NaN / inf would be stored as JSON tokens no standard reader accepts and compared as never out of limits
+        bad = sorted(name for name, v in value.items() if not math.isfinite(v))
+        if bad:
+            raise ValueError(f"measurements must be finite numbers; not: {', '.join(bad)}")
+        return value
+
 
 class Case(CaseInput):
     """A stored case. `image_path` points into the KB's content-addressed store; `image_sha256` is its key."""
@@ -46,3 +56,10 @@ class Case(CaseInput):
     image_sha256: str
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("measurements")
+    @classmethod
+    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
+        # a stored row is read as it is (one written before the check existed must not make the case unreadable);
+        # `kb verify` reports it and `kb export` refuses it
+        return value

@@ -1,5 +1,6 @@
 """`defect-agent kb ...`: manage the knowledge base of past cases (add, import, search, show, edit, rm, restore,
-rebuild, verify, export, stats, list). Every command takes --kb DIR (default: `kb_dir` of configs/default.yaml).
+rebuild, verify, gc, backup, restore-backup, export, stats, list). Every command takes --kb DIR (default: `kb_dir` of
+configs/default.yaml).
 
 Exit codes: 0 done; 1 `verify` found an inconsistency; 2 an error (printed without a traceback by agent.cli);
 3 `import` skipped bad rows (the good ones were imported)."""
@@ -158,11 +159,26 @@ def add_cmd(
     created_at: str | None = typer.Option(None, help="when the case happened (ISO date; default now)"),
     kb: Path | None = KB_OPTION,
 ) -> None:
-    """Add one case; its box region is embedded with the configured embedder."""
+    """Add one case; its box region is embedded with the configured embedder. The class may be given by any zh / en
+    synonym of the line's config and is stored under its name. Adding a case that is already present (same image,
+    box, line and class) adds nothing and names the existing case (exit 0)."""
     from pydantic import ValidationError
 
     from knowledge_base.case import CaseInput
+    from knowledge_base.validate import UnknownName, canonical_names, known_line
 
+    if known_line(line) is None:
+        # the same rule as `kb import`: a case of a line the agent does not know could never be retrieved right
+        from defect_agent.config import available_lines
+
+        raise DefectAgentError(
+            f"unknown product line {line!r}; known: {', '.join(available_lines())} "
+            f"(a line needs configs/lines/{line}.yaml)"
+        )
+    try:
+        line, defect_class = canonical_names(line, defect_class)
+    except UnknownName as exc:
+        raise DefectAgentError(str(exc)) from exc
     try:
         item = CaseInput(
             line=line,
@@ -179,8 +195,14 @@ def add_cmd(
     except ValidationError as exc:
         raise DefectAgentError(f"invalid case: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
     with open_kb(kb, create=True) as base:
-        case = base.add(item, created_at=_date(created_at, "--created-at"))
+        case, added = base.add_unique(item, created_at=_date(created_at, "--created-at"))
+    if added:
         typer.echo(f"added case {case.id} ({case.line}/{case.defect_class}, {case.disposition.value})")
+    else:
+        typer.echo(
+            f"already present as case {case.id} ({case.line}/{case.defect_class}: same image, box, line and class); "
+            f"nothing added (`defect-agent kb edit {case.id}` changes it)"
+        )
 
 
 @kb_app.command("import")
@@ -189,15 +211,23 @@ def import_cmd(
     kb: Path | None = KB_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the import report as JSON"),
 ) -> None:
-    """Import many cases; bad rows are listed with their line numbers and skipped, good rows go in together."""
-    from knowledge_base.importer import import_cases
+    """Import many cases; bad rows are listed with their line numbers and skipped, good rows go in together. Each
+    row's line must have a config and its class be one of the line's defect classes (or a zh / en synonym); rows
+    whose case is already present add nothing, so importing a file twice is harmless."""
+    from knowledge_base.importer import import_cases, read_source
 
+    read_source(source, check_names=True)  # an unreadable file (encoding, no header) fails before a KB is created
     with open_kb(kb, create=True) as base:
-        report = import_cases(base, source)
+        report = import_cases(base, source, check_names=True)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
-        typer.echo(f"imported {len(report.imported)} of {report.rows} rows from {report.source}")
+        line = f"imported {len(report.imported)} of {report.rows} rows from {report.source}"
+        if report.already_present:
+            ids = sorted({p.case_id for p in report.already_present})
+            shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+            line += f"; {len(report.already_present)} already present (cases {shown})"
+        typer.echo(line)
         for err in report.errors:
             typer.echo(f"  line {err.row}: {err.message}", err=True)
     if report.errors:
@@ -347,11 +377,95 @@ def rm_cmd(case_id: int = typer.Argument(...), kb: Path | None = KB_OPTION) -> N
 
 
 @kb_app.command("restore")
-def restore_cmd(case_id: int = typer.Argument(...), kb: Path | None = KB_OPTION) -> None:
-    """Bring back a removed case under its old id."""
+def restore_cmd(
+    case_id: int | None = typer.Argument(None, help="id of a removed case to bring back"),
+    from_backup: Path | None = typer.Option(
+        None, "--from-backup", help="replace the whole knowledge base by this backup (as `kb restore-backup`)"
+    ),
+    kb: Path | None = KB_OPTION,
+) -> None:
+    """Bring back a removed case under its old id, or (--from-backup DIR) the whole knowledge base from a backup."""
+    if (case_id is None) == (from_backup is None):
+        raise typer.BadParameter("give a case id, or --from-backup DIR")
+    if from_backup is not None:
+        _restore_backup(from_backup, kb)
+        return
+    assert case_id is not None  # checked above
     with open_kb(kb) as base:
         case = base.restore(case_id)
     typer.echo(f"restored case {case.id}")
+
+
+def _restore_backup(src: Path, kb: Path | None) -> None:
+    import os
+
+    from defect_agent.config import load_app_config
+    from knowledge_base.backup import restore_backup
+    from retrieval.policy import IndexPolicy
+
+    app = load_app_config()
+    target = kb_path(kb)
+    backup, report = restore_backup(
+        target,
+        src,
+        policy=IndexPolicy.from_config(app.retrieval),
+        embedder_factory=make_embedder,
+        progress=bool(os.isatty(2)),
+    )
+    taken = f" taken {backup.manifest.created_at:%Y-%m-%d %H:%M} UTC" if backup.manifest else ""
+    typer.echo(f"restored {target} from {backup.folder}{taken}: {report.cases} cases; index rebuilt")
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(EXIT_INCONSISTENT)
+
+
+@kb_app.command("restore-backup")
+def restore_backup_cmd(
+    src: Path = typer.Argument(..., help="backup folder made by `kb backup`"),
+    kb: Path | None = KB_OPTION,
+) -> None:
+    """Replace the knowledge base (sound, damaged or missing) by a backup, after checking the backup is whole and
+    sound; the index is rebuilt. A damaged database file is moved aside (kb.sqlite3.damaged-TIME), never deleted.
+    Exit 1 if the restored base does not verify."""
+    _restore_backup(src, kb)
+
+
+@kb_app.command("backup")
+def backup_cmd(
+    dest: Path = typer.Argument(..., help="new (or empty) folder to write the backup into"),
+    kb: Path | None = KB_OPTION,
+) -> None:
+    """Back up the knowledge base while it is in use: a consistent copy of its database (SQLite online backup) and
+    of every image its cases and their history cite. Restore it with `defect-agent kb restore-backup DEST`."""
+    from knowledge_base.backup import make_backup
+
+    with open_kb(kb, lazy_embedder=False) as base:
+        manifest = make_backup(base, dest)
+    typer.echo(
+        f"backed up {manifest.cases} cases ({manifest.history_entries} history entries) and {manifest.images} "
+        f"images ({manifest.image_bytes + manifest.db_bytes} bytes) to {dest}"
+    )
+
+
+@kb_app.command("gc")
+def gc_cmd(
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed, remove nothing"),
+    grace: float = typer.Option(
+        3600.0, "--grace", min=0.0, help="seconds: keep temp files younger than this (copies perhaps in progress)"
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+    kb: Path | None = KB_OPTION,
+) -> None:
+    """Remove image files that no case and no history entry cites (left by adds that were interrupted). A file any
+    case, live or removed, still cites is never removed."""
+    with open_kb(kb, lazy_embedder=False) as base:
+        report = base.gc(dry_run=dry_run, temp_grace_s=grace)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    typer.echo(report.render())
+    for rel in report.removed[:20] if dry_run else []:
+        typer.echo(f"  {rel}")
 
 
 @kb_app.command("rebuild")
@@ -369,7 +483,8 @@ def rebuild_cmd(
 
 @kb_app.command("verify")
 def verify_cmd(as_json: bool = typer.Option(False, "--json"), kb: Path | None = KB_OPTION) -> None:
-    """Check that the index agrees with the database; exit 1 when it does not."""
+    """Check that the index agrees with the database and the database file is sound; report images cited but
+    missing and orphan image files (`kb gc` removes those). Exit 1 when something is inconsistent."""
     with open_kb(kb, lazy_embedder=False) as base:
         report = base.verify()
     typer.echo(report.model_dump_json(indent=2) if as_json else report.render())

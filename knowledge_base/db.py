@@ -7,6 +7,7 @@ taken up front, so two processes adding cases at once queue on the busy timeout 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import sqlite3
@@ -18,6 +19,7 @@ from typing import cast
 
 import numpy as np
 
+from defect_agent.errors import DefectAgentError
 from knowledge_base.case import Case
 from knowledge_base.models import iso
 from vision.detection import Box
@@ -45,7 +47,67 @@ CASE_COLUMNS = (
     "measurements",
     "created_at",
     "updated_at",
+    "content_sha256",
 )
+
+
+class KnowledgeBaseCorrupt(DefectAgentError):
+    """The knowledge base's SQLite file is damaged, truncated or not a database: a backup restores it."""
+
+
+class KnowledgeBaseBusy(DefectAgentError):
+    """Another process held the knowledge base's write lock for longer than the busy timeout."""
+
+
+def repair_hint(kb_dir: Path) -> str:
+    return (
+        f"restore the last backup with `defect-agent kb restore-backup BACKUP_DIR --kb {kb_dir}` "
+        f"(`defect-agent kb backup DEST` makes one)"
+    )
+
+
+def sql_error(exc: sqlite3.Error, db_path: Path) -> DefectAgentError | None:
+    """The user-facing error for a SQLite failure caused by the file (damaged, locked, unreadable); None for the
+    program's own mistakes (constraint violations, a closed connection), which stay tracebacks."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return None
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return KnowledgeBaseBusy(
+            f"knowledge base database {db_path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s "
+            f"({text}): retry when the other writer is done"
+        )
+    if "unable to open" in low or "readonly" in low:
+        return DefectAgentError(
+            f"cannot open the knowledge base database {db_path} for writing ({text}): check that its folder exists "
+            f"and that this user may read and write there"
+        )
+    if "disk i/o" in low:
+        return KnowledgeBaseCorrupt(
+            f"knowledge base database {db_path}: {text} (a full disk shows this way too; free space and retry); "
+            f"if the disk has space, the file is damaged: {repair_hint(db_path.parent)}"
+        )
+    damaged = ("malformed", "not a database", "encrypted", "corrupt")
+    if type(exc) is sqlite3.DatabaseError or any(word in low for word in damaged):
+        return KnowledgeBaseCorrupt(
+            f"knowledge base database {db_path} is damaged or unreadable ({text}): {repair_hint(db_path.parent)}"
+        )
+    return None
+
+
+def content_key(image_sha256: str, box: Box | None, line: str, defect_class: str) -> str:
+    """What makes two cases the same case: the image bytes, the box, the line and the class (not the words an
+    engineer wrote about it). Import and `kb add` use it to add a case once however often it is submitted."""
+    coords = None if box is None else [repr(float(v)) for v in (box.x1, box.y1, box.x2, box.y2)]
+    doc = json.dumps([image_sha256, coords, line, defect_class], ensure_ascii=False)
+    return hashlib.sha256(doc.encode("utf-8")).hexdigest()
+
+
+def row_box(row: Mapping) -> Box | None:
+    if row["box_x1"] is None:
+        return None
+    return Box(x1=row["box_x1"], y1=row["box_y1"], x2=row["box_x2"], y2=row["box_y2"])
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -95,9 +157,7 @@ def row_dict(row: Mapping) -> dict:
 
 
 def case_from_row(row: Mapping, kb_dir: Path) -> Case:
-    box = None
-    if row["box_x1"] is not None:
-        box = Box(x1=row["box_x1"], y1=row["box_y1"], x2=row["box_x2"], y2=row["box_y2"])
+    box = row_box(row)
     return Case(
         id=row["id"],
         line=row["line"],
@@ -134,6 +194,7 @@ def case_values(
 ) -> dict:
     """Column values of a cases row (without id); `image_path` relative to the KB folder."""
     return {
+        "content_sha256": content_key(image_sha256, box, line, defect_class),
         "line": line,
         "defect_class": defect_class,
         "image_path": image_path,
@@ -147,7 +208,8 @@ def case_values(
         "root_cause": root_cause,
         "corrective_action": corrective_action,
         "author": author,
-        "measurements": json.dumps(measurements, sort_keys=True, ensure_ascii=False),
+        # allow_nan=False: NaN / Infinity are not JSON; CaseInput refuses them, this keeps any other path honest
+        "measurements": json.dumps(measurements, sort_keys=True, ensure_ascii=False, allow_nan=False),
         "created_at": iso(created_at),
         "updated_at": iso(updated_at),
     }
@@ -201,3 +263,18 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 def max_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM history").fetchone()[0])
+
+
+def image_refs(conn: sqlite3.Connection) -> dict[str, str]:
+    """Every image file (path relative to the KB folder -> what cites it) that a live case or any history entry
+    cites: the files that must never be deleted, whatever happened to their cases since."""
+    refs: dict[str, str] = {}
+    for (path,) in conn.execute("SELECT DISTINCT image_path FROM cases"):
+        refs[str(path)] = "case"
+    for before, after in conn.execute("SELECT before_json, after_json FROM history"):
+        for doc in (before, after):
+            if doc:
+                path = json.loads(doc).get("image_path")
+                if path and path not in refs:
+                    refs[str(path)] = "history"
+    return refs

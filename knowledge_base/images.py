@@ -2,11 +2,13 @@
 
 Adding the same picture twice stores it once; a case keeps pointing at its picture after the source file is moved
 or deleted; files are never modified in place (a new picture is a new key), so history rows stay valid. Files are
-never deleted by `kb rm` either: the history may still cite them."""
+never deleted by `kb rm` either: the history may still cite them. Only `kb gc` deletes, and only files that no case
+and no history entry cites (copies left by an add that never committed)."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,22 @@ class ImageStore:
     def __init__(self, kb_dir: Path) -> None:
         self.kb_dir = Path(kb_dir)
         self.root = self.kb_dir / "images"
+
+    def files(self) -> Iterator[Path]:
+        """Every regular file in the store, temp files of copies in progress (or interrupted) included."""
+        if self.root.is_dir():
+            yield from (p for p in sorted(self.root.rglob("*")) if p.is_file())
+
+    def has_files(self) -> bool:
+        return self.root.is_dir() and any(p.is_file() for p in self.root.rglob("*"))
+
+    @staticmethod
+    def is_temp(path: Path) -> bool:
+        """A temp file of `atomic_write` (`.<name>.<random><suffix>`): a copy in progress or one a crash cut short."""
+        return path.name.startswith(".")
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.kb_dir).as_posix()
 
     def rel_path(self, sha256: str, suffix: str) -> str:
         return f"images/{sha256[:2]}/{sha256[2:]}{suffix}"

@@ -10,11 +10,17 @@ the ids they touch are removed and their current vectors re-added. So:
 - a rebuild writes a new `generation`; other processes notice it in the manifest and reload instead of replaying.
 
 Writers persist under an exclusive file lock after replaying everything committed so far, so the last writer's file
-always contains every committed case, whichever process wrote last."""
+always contains every committed case, whichever process wrote last.
+
+A process killed while saving (between the swap of the index file and that of its manifest) leaves a pair that does
+not match. Saving is bracketed by a marker file (`index/.writing`), so the next process to load tells that torn pair
+from a damaged file: it rebuilds the index from SQLite (it is derived data) and saves it, instead of refusing every
+search until someone runs `kb rebuild`. A damaged file without the marker is still reported, never papered over."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PERSIST_EVERY_BYTES = 64 * 2**20  # indexes up to this size are rewritten after every write (tens of ms)
 PERSIST_EVERY_OPS = 1000  # larger ones every this many history entries, on rebuild and on close()
+WRITING_MARKER = ".writing"  # present while (or because) a save of the index file and manifest was under way
 
 
 class IndexSync:
@@ -49,6 +56,7 @@ class IndexSync:
         self.loaded = False
         self._stamp: tuple[int, int] | None = None
         self._dirty = False  # the index was rebuilt in memory (new structure): persist at the next chance
+        self._torn = False  # the file on disk is a torn save (see module docstring): replace it at the next chance
 
     # state of the vector space ---------------------------------------------------------------------------------
     def model_version(self) -> str | None:
@@ -66,7 +74,7 @@ class IndexSync:
         """(Re)load from disk; the caller holds the file lock (shared or exclusive)."""
         self._stamp = self.files.manifest_stamp()
         self.vindex, self.problem, self.pending, self._dirty = None, None, 0, False
-        self.applied_seq, self.generation = 0, ""
+        self.applied_seq, self.generation, self._torn = 0, "", False
         self.loaded = True
         if not self.files.exists():
             # never written (a new knowledge base, or a crash before its first index write): built from SQLite by
@@ -77,6 +85,14 @@ class IndexSync:
         try:
             vindex, manifest = self.files.read()
         except IndexUnavailable as exc:
+            if self.interrupted_save():
+                log.warning(
+                    "index %s: a process was killed while saving it (%s); rebuilding it from the database",
+                    self.files.index_path,
+                    exc.problem,
+                )
+                self._torn = True  # vindex None: the next catch_up builds it from SQLite
+                return
             self.problem = exc.problem
             return
         problem = self._manifest_problem(manifest)
@@ -85,17 +101,25 @@ class IndexSync:
             return
         self.vindex, self.applied_seq, self.generation = vindex, manifest.applied_seq, manifest.generation
 
+    @property
+    def marker_path(self) -> Path:
+        return self.files.dir / WRITING_MARKER
+
+    def interrupted_save(self) -> bool:
+        return self.marker_path.exists()
+
     def _manifest_problem(self, manifest: Manifest) -> str | None:
         version, dim = self.model_version(), self.dim()
+        where = self.files.manifest_path
         if manifest.count and version is not None and manifest.model_version != version:
             return (
-                f"index was built from embedder {manifest.model_version!r} vectors, "
+                f"index {where} was built from embedder {manifest.model_version!r} vectors, "
                 f"the database holds {version!r} vectors"
             )
         if manifest.count and dim is not None and manifest.dim != dim:
-            return f"index dimension {manifest.dim} differs from the database's {dim}"
+            return f"index {where}: dimension {manifest.dim} differs from the database's {dim}"
         if manifest.applied_seq > db.max_seq(self.conn):
-            return "index is newer than the database (restored from another knowledge base?)"
+            return f"index {where} is newer than the database (restored from another knowledge base?)"
         return None
 
     def load(self) -> None:
@@ -123,9 +147,10 @@ class IndexSync:
         version, dim = self.model_version(), self.dim()
         if version is None or dim is None:
             return np.empty(0, dtype=np.int64), np.empty((0, dim or 0), dtype=np.float32)
+        # a blob whose length disagrees with its dim would not reshape: left out here, reported by `kb verify`
         sql = (
             "SELECT v.case_id, v.vector FROM vectors v JOIN cases c ON c.id = v.case_id "
-            "WHERE v.model_version = ? AND v.dim = ?"
+            "WHERE v.model_version = ? AND v.dim = ? AND length(v.vector) = 4 * v.dim"
         )
         rows: list = []
         if ids is None:
@@ -201,7 +226,21 @@ class IndexSync:
         if self.problem:
             raise IndexUnavailable(self.problem)
         self.catch_up()
+        if self._torn:
+            self._replace_torn()
         return self.vindex
+
+    def _replace_torn(self) -> None:
+        """Save the index rebuilt after a torn save, unless another process has saved a sound one meanwhile."""
+        try:
+            with self.files.lock(exclusive=True):
+                self._torn = False
+                if not self.interrupted_save():
+                    return  # someone saved since: theirs is sound, and the next search here loads it
+                self.catch_up()
+                self._persist_locked(force=True)
+        except OSError as exc:  # a read-only deployment can still search with the in-memory index
+            log.warning("could not save the rebuilt index %s: %s", self.files.index_path, exc)
 
     def after_write(self) -> None:
         """After a committed write: replay it (and anything else committed) and persist when due."""
@@ -230,7 +269,11 @@ class IndexSync:
         self.pending, self._dirty = 0, False
 
     def _write_file(self) -> Manifest:
+        # not fsync'ed: it guards against a killed process, whose writes the page cache keeps, not a power cut
+        self.marker_path.write_text(f"{os.getpid()} {self.generation}\n", encoding="utf-8")
         manifest = self.files.write(self.vindex, self.applied_seq, self.generation, self.model_version())
+        self.marker_path.unlink(missing_ok=True)
+        self._torn = False
         self._stamp = self.files.manifest_stamp()
         if db.get_meta(self.conn, "index_written") is None:
             with db.write_txn(self.conn):
@@ -278,6 +321,14 @@ class IndexSync:
             try:
                 vindex, manifest = self.files.read()
             except IndexUnavailable as exc:
+                if self.interrupted_save():
+                    return (
+                        None,
+                        None,
+                        f"{exc.problem}: a process was killed while saving the index; the next search or write "
+                        f"rebuilds it from the database",
+                        0,
+                    )
                 return None, None, exc.problem, 0
         if ids_digest(vindex.ids()) != manifest.ids_sha256:
             return None, manifest, "index file's id set differs from its manifest", 0

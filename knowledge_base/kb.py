@@ -7,6 +7,14 @@
 Removal is soft: `remove` deletes the case from `cases` (so no search can return it) but its last row, and its
 vector, stay in `history`; `restore` brings it back under the same id. Edits keep the previous row there too.
 
+Identity: a case is its image bytes, box, line and class (`db.content_key`, stored per case). `add_unique` and
+`commit_unique` (used by `kb add` and `kb import`) return the live case that already has the same key instead of adding
+a second one, checked inside the write transaction so that concurrent writers cannot both add it.
+
+Images: a committed case always has its image file. `gc` removes files that no case and no history entry cites while
+holding the write lock, and every commit checks its images are still there under that same lock (re-copying one from
+its source if a `gc` removed it between the copy and the commit).
+
 Filtering: SQLite selects the allowed ids (indexed columns), FAISS searches with an id-bitmap selector. With the exact
 index this is exact under any filter; with IVF / HNSW a very selective filter can leave fewer than k hits among the
 probed lists, in which case (and directly for small allowed sets) the allowed ids' stored vectors are scanned exactly.
@@ -16,18 +24,22 @@ over-fetch to find k hits, and silently return fewer."""
 from __future__ import annotations
 
 import builtins
+import functools
 import getpass
 import hashlib
 import json
 import logging
+import math
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
 from pydantic import ValidationError
@@ -35,10 +47,12 @@ from pydantic import ValidationError
 from defect_agent.errors import DefectAgentError, ImageReadError
 from knowledge_base import db
 from knowledge_base.case import Case, CaseInput, utcnow
+from knowledge_base.db import KnowledgeBaseCorrupt
 from knowledge_base.images import ImageStore, StoredImage, decode_image
 from knowledge_base.index_sync import IndexSync
-from knowledge_base.models import CaseFilter, HistoryEntry, KBStats, VerifyReport
+from knowledge_base.models import CaseFilter, GcReport, HistoryEntry, KBStats, VerifyReport
 from knowledge_base.schema import LATEST, current_version, migrate
+from knowledge_base.validate import box_problem
 from retrieval.embedding import Embeds
 from retrieval.hits import SimilarCase
 from retrieval.index import IdFilter, normalize
@@ -63,6 +77,11 @@ EDITABLE = {
 }
 EXACT_SCAN_MAX = 4096  # allowed ids up to this many: score their stored vectors directly (exact, a few ms)
 EMBED_BATCH = 32
+# a temp file of an image copy younger than this may belong to a copy in progress in another process: `gc` keeps it
+TEMP_GRACE_S = 3600.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class CaseNotFound(DefectAgentError):
@@ -88,12 +107,35 @@ class PreparedCase:
     vector: np.ndarray | None = field(default=None, repr=False)
     model_version: str | None = None  # of a supplied vector
 
+    @property
+    def content_sha256(self) -> str:
+        """The case's identity (db.content_key): same image bytes, box, line and class = the same case."""
+        return db.content_key(self.stored.sha256, self.item.box, self.item.line, self.item.defect_class)
+
 
 def _actor() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no login name in some containers
         return ""
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn a SQLite failure caused by the file (damaged, truncated, locked) into a one-line DefectAgentError that
+    names the database and the command that repairs it, instead of a traceback from deep inside a search."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            kb = cast("KnowledgeBase", args[0])
+            translated = db.sql_error(exc, kb.kb_dir / db.DB_NAME)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    return wrapper
 
 
 def _crop(image: np.ndarray, box: Box | None, source: str) -> np.ndarray:
@@ -152,11 +194,26 @@ class KnowledgeBase:
                     f"`defect-agent kb import`, or pass --kb DIR"
                 )
             kb_dir.mkdir(parents=True, exist_ok=True)
-        conn = db.connect(db_path)
+        elif db_path.is_file() and db_path.stat().st_size == 0 and ImageStore(kb_dir).has_files():
+            # SQLite would take an empty file for a new database and silently start an empty knowledge base
+            raise KnowledgeBaseCorrupt(
+                f"knowledge base database {db_path} is empty (0 bytes) although {kb_dir / 'images'} holds images: "
+                f"it was truncated; {db.repair_hint(kb_dir)}"
+            )
+        conn = None
         try:
+            conn = db.connect(db_path)
             applied = migrate(conn)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            translated = db.sql_error(exc, db_path)
+            if translated is None:
+                raise
+            raise translated from exc
         except RuntimeError as exc:
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise DefectAgentError(str(exc)) from exc
         if applied:
             log.info("knowledge base %s: schema migrated to version %d (%s)", kb_dir, LATEST, applied)
@@ -164,6 +221,7 @@ class KnowledgeBase:
             kb_dir, conn, embedder, policy or IndexPolicy.from_config(), ranking or RankingConfig(), embedder_factory
         )
 
+    @_guarded
     def close(self) -> None:
         """Persist index changes not yet written and close the database."""
         with self._lock:
@@ -214,14 +272,15 @@ class KnowledgeBase:
         stored = self.index.model_version()
         if embedder is not None and stored is not None and embedder.version != stored and self._has_vectors():
             raise ModelVersionMismatch(
-                f"the knowledge base's vectors were made by embedder {stored!r} but the loaded embedder is "
-                f"{embedder.version!r}: re-embed them with `defect-agent kb rebuild --reembed`"
+                f"the knowledge base's vectors ({self.kb_dir / db.DB_NAME}) were made by embedder {stored!r} but the "
+                f"loaded embedder is {embedder.version!r}: re-embed them with `defect-agent kb rebuild --reembed`"
             )
 
     def _has_vectors(self) -> bool:
         return self.conn.execute("SELECT 1 FROM vectors LIMIT 1").fetchone() is not None
 
     # adding ---------------------------------------------------------------------------------------------------
+    @_guarded
     def prepare_case(
         self,
         item: CaseInput,
@@ -233,6 +292,10 @@ class KnowledgeBase:
         """Validate a case, read its image (must decode; the box must overlap it) and copy it into the store."""
         data = self.images.read_source(item.image_path)
         image = decode_image(data, item.image_path)
+        if item.box is not None:
+            problem = box_problem(item.box, width=image.shape[1], height=image.shape[0])
+            if problem:
+                raise ImageReadError(f"{item.image_path}: {problem}")
         crop = _crop(image, item.box, item.image_path)
         vec = None
         if vector is not None:
@@ -252,6 +315,7 @@ class KnowledgeBase:
             model_version=model_version,
         )
 
+    @_guarded
     def embed_prepared(self, prepared: Sequence[PreparedCase], progress: bool = False) -> None:
         todo = [p for p in prepared if p.vector is None]
         if not todo:
@@ -260,23 +324,77 @@ class KnowledgeBase:
         for p, v in zip(todo, vectors):
             p.vector, p.model_version, p.crop = v, version, None
 
+    @_guarded
     def commit_prepared(self, prepared: Sequence[PreparedCase], actor: str | None = None) -> list[Case]:
         """Write prepared (and embedded) cases in ONE transaction: all of them or none."""
+        results = self._commit(prepared, actor, unique=False)
+        return self._get_many([case_id for case_id, _ in results])
+
+    @_guarded
+    def commit_unique(self, prepared: Sequence[PreparedCase], actor: str | None = None) -> list[tuple[int, bool]]:
+        """Like commit_prepared, but a case whose content key (image bytes + box + line + class) is already live,
+        or came earlier in `prepared`, is not added again. Returns (case id, added) per prepared case, in order;
+        checked inside the write transaction, so two processes submitting the same case add it once."""
+        return self._commit(prepared, actor, unique=True)
+
+    def _commit(self, prepared: Sequence[PreparedCase], actor: str | None, unique: bool) -> list[tuple[int, bool]]:
         if not prepared:
             return []
-        if any(p.vector is None for p in prepared):
+        if not unique and any(p.vector is None for p in prepared):
             raise DefectAgentError("commit_prepared: every case needs a vector (call embed_prepared first)")
         actor = _actor() if actor is None else actor
         with self._lock:
+            results: list[tuple[int, bool]] = []
             try:
                 with db.write_txn(self.conn):
-                    version = self._claim_for(prepared)
-                    ids = [self._insert(p, version, actor) for p in prepared]
+                    with_vector = [p for p in prepared if p.vector is not None]
+                    version = self._claim_for(with_vector) if with_vector else ""
+                    for p in prepared:
+                        # in order, inside the transaction: a repeat later in the batch finds the row added above
+                        existing = self._live_with_key(p.content_sha256) if unique else None
+                        if existing is not None:
+                            results.append((existing, False))
+                            continue
+                        if p.vector is None:
+                            raise DefectAgentError(
+                                f"{p.item.image_path}: no vector to commit (call embed_prepared first)"
+                            )
+                        self._ensure_stored(p)
+                        results.append((self._insert(p, version, actor), True))
             except BaseException:
                 self.discard_images([p.stored for p in prepared])
                 raise
-            self._after_write()
-            return self._get_many(ids)
+            self.discard_images([p.stored for p, (_, added) in zip(prepared, results) if not added])
+            if any(added for _, added in results):
+                self._after_write()
+            return results
+
+    def _live_with_key(self, key: str) -> int | None:
+        row = self.conn.execute("SELECT MIN(id) FROM cases WHERE content_sha256 = ?", (key,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _ensure_stored(self, p: PreparedCase) -> None:
+        """Inside the write transaction: the prepared image is still in the store. A `gc` between the copy and this
+        commit may have removed it (it cited nothing then), so copy it again from its source."""
+        if self.images.absolute(p.stored.rel_path).is_file():
+            return
+        data = self.images.read_source(p.item.image_path)
+        if hashlib.sha256(data).hexdigest() != p.stored.sha256:
+            raise ImageReadError(f"{p.item.image_path} changed while it was being added: add it again")
+        again = self.images.put(data, Path(p.item.image_path).suffix)
+        p.stored = StoredImage(again.sha256, again.rel_path, created=again.created or p.stored.created)
+
+    @_guarded
+    def find_present(self, prepared: Sequence[PreparedCase]) -> dict[int, int]:
+        """{position in `prepared`: id of the live case with the same content key} (before embedding, so a
+        re-import embeds nothing it already holds)."""
+        with self._lock:
+            out = {}
+            for i, p in enumerate(prepared):
+                existing = self._live_with_key(p.content_sha256)
+                if existing is not None:
+                    out[i] = existing
+            return out
 
     def _claim_vector_space(self, dim: int, version: str | None) -> str:
         """Inside a write transaction: check (or, for the first vectors, record) the embedding dimension and the
@@ -286,7 +404,11 @@ class KnowledgeBase:
             version = self._embedder.version if self._embedder is not None else (stored_version or "external")
         if stored_dim is not None and self._has_vectors():
             if dim != stored_dim:
-                raise DefectAgentError(f"vector dimension {dim} differs from the knowledge base's {stored_dim}")
+                raise DefectAgentError(
+                    f"vector dimension {dim} differs from the knowledge base's {stored_dim} "
+                    f"({self.kb_dir / db.DB_NAME}): a different embedder? `defect-agent kb rebuild --reembed` "
+                    f"re-embeds the base with the configured one"
+                )
             if version != stored_version:
                 raise ModelVersionMismatch(
                     f"vectors from embedder {version!r} cannot join a knowledge base embedded with {stored_version!r}: "
@@ -326,6 +448,7 @@ class KnowledgeBase:
         self._log(case_id, "add", None, {"id": case_id, **values}, vector_changed=True, actor=actor)
         return case_id
 
+    @_guarded
     def add(
         self,
         case_input: CaseInput,
@@ -344,6 +467,33 @@ class KnowledgeBase:
             raise
         return self.commit_prepared([prepared], actor=actor)[0]
 
+    @_guarded
+    def add_unique(
+        self,
+        case_input: CaseInput,
+        vector: np.ndarray | Sequence[float] | None = None,
+        *,
+        created_at: datetime | None = None,
+        model_version: str | None = None,
+        actor: str | None = None,
+    ) -> tuple[Case, bool]:
+        """Add one case unless a live case has the same image bytes, box, line and class: then that case and
+        False (nothing embedded, nothing written). Safe to repeat after a crash: a retry never adds it twice."""
+        prepared = self.prepare_case(case_input, vector, created_at=created_at, model_version=model_version)
+        try:
+            existing = self.find_present([prepared]).get(0)
+            if existing is None:
+                self.embed_prepared([prepared])
+        except BaseException:
+            self.discard_images([prepared.stored])
+            raise
+        if existing is not None:
+            self.discard_images([prepared.stored])
+            return self.get(existing), False
+        case_id, added = self.commit_unique([prepared], actor=actor)[0]
+        return self.get(case_id), added
+
+    @_guarded
     def add_many(
         self,
         items: Iterable[CaseInput],
@@ -376,13 +526,30 @@ class KnowledgeBase:
         return self.commit_prepared(prepared, actor=actor)
 
     def discard_images(self, stored: Iterable[StoredImage]) -> None:
-        """Remove images this attempt created, unless a committed case (or history row) now cites them."""
-        for s in stored:
-            if not s.created:
-                continue
-            cited = self.conn.execute("SELECT 1 FROM cases WHERE image_sha256 = ? LIMIT 1", (s.sha256,)).fetchone()
-            if cited is None:
-                self.images.discard(s)
+        """Remove images this attempt created, unless a committed case (or history row) now cites them. Decided
+        and done under the write lock, so a concurrent commit of the same picture either is seen here or finds
+        the file gone and copies it again (`_ensure_stored`). Never raises: it runs while another error unwinds."""
+        created = [s for s in stored if s.created]
+        if not created:
+            return
+        try:
+            with self._lock, db.write_txn(self.conn):
+                for s in created:
+                    if not self._image_cited(s.rel_path):
+                        self.images.discard(s)
+        except Exception as exc:  # the error being unwound matters more; `kb gc` removes what is left
+            log.warning("could not remove %d uncommitted image copy(ies): %s", len(created), exc)
+
+    def _image_cited(self, rel_path: str) -> bool:
+        if self.conn.execute("SELECT 1 FROM cases WHERE image_path = ? LIMIT 1", (rel_path,)).fetchone():
+            return True
+        pattern = f'%"image_path": {json.dumps(rel_path)}%'
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM history WHERE before_json LIKE ? OR after_json LIKE ? LIMIT 1", (pattern, pattern)
+            ).fetchone()
+            is not None
+        )
 
     # rows, vectors, keyword index, history ------------------------------------------------------------------
     def _write_vector(self, case_id: int, vector: np.ndarray, version: str) -> None:
@@ -447,6 +614,7 @@ class KnowledgeBase:
         return CaseNotFound(f"no case {case_id} in the knowledge base at {self.kb_dir} (`defect-agent kb list`)")
 
     # reading --------------------------------------------------------------------------------------------------
+    @_guarded
     def get(self, case_id: int) -> Case:
         with self._lock:
             row = self._row(case_id)
@@ -461,6 +629,7 @@ class KnowledgeBase:
                 rows[row["id"]] = row
         return [db.case_from_row(rows[i], self.kb_dir) for i in ids if i in rows]
 
+    @_guarded
     def list(
         self, filters: CaseFilter | None = None, *, limit: int | None = None, offset: int = 0, **filter_fields: Any
     ) -> list[Case]:
@@ -474,11 +643,13 @@ class KnowledgeBase:
         with self._lock:
             return [db.case_from_row(r, self.kb_dir) for r in self.conn.execute(sql, params)]
 
+    @_guarded
     def count(self, filters: CaseFilter | None = None, **filter_fields: Any) -> int:
         where, params = self._filter(filters, filter_fields).sql("c")
         with self._lock:
             return int(self.conn.execute(f"SELECT COUNT(*) FROM cases c WHERE {where}", params).fetchone()[0])
 
+    @_guarded
     def history(self, case_id: int) -> builtins.list[HistoryEntry]:
         """Every recorded change of a case, oldest first (also for removed cases)."""
         with self._lock:
@@ -511,6 +682,7 @@ class KnowledgeBase:
         return filters.model_copy(update=fields) if fields else filters
 
     # editing --------------------------------------------------------------------------------------------------
+    @_guarded
     def edit(
         self,
         case_id: int,
@@ -540,6 +712,7 @@ class KnowledgeBase:
                 ) from exc
             box_changed = "box" in changes and item.box != current.box
             stored = None
+            prepared: PreparedCase | None = None
             new_vector = None
             version = None
             if new_image or box_changed or vector is not None:
@@ -553,7 +726,13 @@ class KnowledgeBase:
                 new_vector, version = prepared.vector, prepared.model_version
             try:
                 with db.write_txn(self.conn):
-                    before = db.row_dict(self._row(case_id))
+                    if prepared is not None:
+                        self._ensure_stored(prepared)
+                        stored = prepared.stored
+                    row = self._row(case_id)
+                    if row is None:  # removed by another process since `get` above
+                        raise self._not_found(case_id)
+                    before = db.row_dict(row)
                     values = db.case_values(
                         line=item.line,
                         defect_class=item.defect_class,
@@ -589,6 +768,7 @@ class KnowledgeBase:
             self._after_write()
             return self.get(case_id)
 
+    @_guarded
     def remove(self, case_id: int, actor: str | None = None) -> Case:
         """Take a case out of the knowledge base (and every search) at once; the history keeps its row and vector."""
         actor = _actor() if actor is None else actor
@@ -617,6 +797,7 @@ class KnowledgeBase:
             self._after_write()
             return removed
 
+    @_guarded
     def restore(self, case_id: int, actor: str | None = None) -> Case:
         """Bring back a removed case under its old id (re-embedded if the embedder changed since)."""
         actor = _actor() if actor is None else actor
@@ -645,6 +826,10 @@ class KnowledgeBase:
             with db.write_txn(self.conn):
                 values = {k: v for k, v in row.items() if k != "id"}
                 values["updated_at"] = db.iso(utcnow())
+                # history rows written before schema v4 carry no content key
+                values["content_sha256"] = db.content_key(
+                    row["image_sha256"], db.row_box(row), row["line"], row["defect_class"]
+                )
                 db.insert_case(self.conn, values, case_id=case_id)
                 version = self._claim_vector_space(int(vector.shape[0]), version)
                 self._write_vector(case_id, vector, version)
@@ -729,6 +914,7 @@ class KnowledgeBase:
             )
         return out
 
+    @_guarded
     def search_by_vector(
         self,
         vector: np.ndarray | Sequence[float],
@@ -753,9 +939,13 @@ class KnowledgeBase:
             try:
                 query = normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1), dim)[0]
             except ValueError as exc:
-                raise DefectAgentError(f"bad query vector: {exc}") from exc
+                raise DefectAgentError(
+                    f"bad query vector for the knowledge base {self.kb_dir} ({dim}-d vectors): {exc}; "
+                    f"if the embedder changed, `defect-agent kb rebuild --reembed`"
+                ) from exc
             return self._hydrate(self._search_vector(query, k, flt, set(exclude)))
 
+    @_guarded
     def search_by_image(
         self, image: np.ndarray | str | Path, box: Box | None = None, k: int = 5, **filters: Any
     ) -> builtins.list[SimilarCase]:
@@ -765,6 +955,7 @@ class KnowledgeBase:
         vectors, _ = self._embed_crops([_crop(image, box, "query image")])
         return self.search_by_vector(vectors[0], k, **filters)
 
+    @_guarded
     def search_by_case(self, case_id: int, k: int = 5, **filters: Any) -> builtins.list[SimilarCase]:
         """Cases similar to a stored one (itself excluded), using its stored vector."""
         with self._lock:
@@ -776,6 +967,7 @@ class KnowledgeBase:
             query = normalize(db.blob_vector(row[0])[None, :])[0]
             return self._hydrate(self._search_vector(query, k, flt, {case_id}))
 
+    @_guarded
     def search_by_text(
         self, text: str, k: int = 5, keyword_weight: float | None = None, **filters: Any
     ) -> builtins.list[SimilarCase]:
@@ -819,6 +1011,7 @@ class KnowledgeBase:
         return {int(r[0]): float(r[1]) for r in rows if r[1] > 0}
 
     # for the pipeline -----------------------------------------------------------------------------------------
+    @_guarded
     def class_prototypes(self, line: str) -> dict[str, np.ndarray]:
         """defect class -> unit-length mean of the line's case vectors (disposition 'accept' excluded)."""
         with self._lock:
@@ -834,6 +1027,7 @@ class KnowledgeBase:
             sums[cls_name] = sums.get(cls_name, 0) + vec
         return {name: (s / np.linalg.norm(s)).astype(np.float32) for name, s in sums.items() if np.linalg.norm(s) > 0}
 
+    @_guarded
     def snapshot_id(self) -> str:
         """ "<cases>@<12 hex>": changes with any add / edit / remove or a new embedder; recorded in verdicts."""
         with self._lock:
@@ -845,6 +1039,7 @@ class KnowledgeBase:
         return f"{len(ids)}@{tag}"
 
     # maintenance ----------------------------------------------------------------------------------------------
+    @_guarded
     def rebuild(self, reembed: bool = False, progress: bool = True) -> VerifyReport:
         """Re-derive the FAISS index and the keyword index from SQLite (repairs a missing, corrupt or inconsistent
         index). Cases without a vector are embedded when an embedder is available; `reembed` re-embeds every case
@@ -918,23 +1113,46 @@ class KnowledgeBase:
             for case_id, vec in new:
                 self._write_vector(case_id, vec, version)
 
+    @_guarded
     def verify(self) -> VerifyReport:
-        """Compare the index file (replayed to now) with SQLite: ids, counts, embedder versions, file soundness."""
+        """Compare the index file (replayed to now) with SQLite: ids, counts, embedder versions, file soundness;
+        check the database file itself (SQLite's quick_check), that every image a case or its history cites is in
+        the store, and list the image files nothing cites (orphans: reported, not a fault; `gc` removes them)."""
         with self._lock:
+            try:
+                self.index.ready()  # a torn save (a writer killed mid-save, see index_sync) is rebuilt and saved here
+            except IndexUnavailable:
+                pass  # inspect_file below names the problem
+            check = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check(20)")]
             with db.read_txn(self.conn):
                 version = self.index.model_version()
+                dim = self.index.dim()
                 n_cases = int(self.conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
                 db_ids = np.array(
                     [
                         r[0]
                         for r in self.conn.execute(
                             "SELECT c.id FROM cases c JOIN vectors v ON v.case_id = c.id WHERE v.model_version = ? "
-                            "ORDER BY c.id",
-                            (version,),
+                            "AND v.dim = ? AND length(v.vector) = 4 * v.dim ORDER BY c.id",
+                            (version, dim),
                         )
                     ],
                     dtype=np.int64,
                 )
+                wrong_dim = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT v.case_id FROM vectors v JOIN cases c ON c.id = v.case_id "
+                        "WHERE v.dim != ? OR length(v.vector) != 4 * v.dim ORDER BY v.case_id",
+                        (dim,),
+                    )
+                ]
+                non_finite = [
+                    int(r[0])
+                    for r in self.conn.execute("SELECT id, measurements FROM cases WHERE measurements != '{}'")
+                    if not all(isinstance(v, int | float) and math.isfinite(v) for v in json.loads(r[1]).values())
+                ]
+                refs = db.image_refs(self.conn)
                 no_vec = [
                     r[0]
                     for r in self.conn.execute(
@@ -955,6 +1173,14 @@ class KnowledgeBase:
                     "SELECT 1 FROM cases_fts f LEFT JOIN cases c ON c.id = f.rowid WHERE c.id IS NULL)"
                 ).fetchone()[0]
             vindex, manifest, problem, lag = self.index.inspect_file()
+            missing_images = sorted(rel for rel in refs if not self.images.absolute(rel).is_file())
+            orphans = [(self.images.relative(f), f) for f in self.images.files() if self.images.relative(f) not in refs]
+        orphan_bytes = 0
+        for _, f in orphans:
+            try:
+                orphan_bytes += f.stat().st_size
+            except FileNotFoundError:  # a concurrent gc or a temp file renamed into place
+                pass
         report = VerifyReport(
             ok=True,
             cases=n_cases,
@@ -966,8 +1192,28 @@ class KnowledgeBase:
             file_problem=problem,
             pending_ops=lag,
             embedder_version=None if self._embedder is None else self._embedder.version,
+            database_problem=None if check == ["ok"] else f"{self.kb_dir / db.DB_NAME}: " + "; ".join(check[:3]),
+            missing_images=missing_images[:100],
+            n_missing_images=len(missing_images),
+            wrong_dim_vectors=wrong_dim[:100],
+            non_finite_measurements=non_finite[:100],
+            orphan_images=[rel for rel, _ in orphans[:100]],
+            n_orphan_images=len(orphans),
+            orphan_bytes=orphan_bytes,
         )
         problems: list[str] = []
+        if report.database_problem:
+            problems.append(f"database damaged (SQLite quick_check): {report.database_problem}")
+        if wrong_dim:
+            problems.append(
+                f"{len(wrong_dim)} case(s) have vectors that are not of the knowledge base's dimension {dim}: "
+                f"{wrong_dim[:10]} (`defect-agent kb rebuild --reembed`)"
+            )
+        if non_finite:
+            problems.append(
+                f"{len(non_finite)} case(s) have NaN / infinite measurements: {non_finite[:10]} "
+                f"(`defect-agent kb edit ID --measurement NAME=VALUE`)"
+            )
         if manifest is not None:
             report.index_model_version = manifest.model_version
             report.index_kind = manifest.spec.describe()
@@ -1002,6 +1248,7 @@ class KnowledgeBase:
         report.ok = not problems
         return report
 
+    @_guarded
     def export(self, path: Path | str, include_vectors: bool = False, filters: CaseFilter | None = None) -> int:
         """Write cases as JSONL (one Case per line, image paths absolute); `include_vectors` adds each vector and
         the embedder version so `kb import` can restore a knowledge base without re-embedding. Returns the count."""
@@ -1016,15 +1263,59 @@ class KnowledgeBase:
                 vectors = {r[0]: r[1] for r in self.conn.execute("SELECT case_id, vector FROM vectors")}
         lines = []
         for case in cases:
+            bad = sorted(name for name, v in case.measurements.items() if not math.isfinite(v))
+            if bad:  # pydantic would write them as null, which no import reads back as the number it was
+                raise DefectAgentError(
+                    f"case {case.id} has NaN / infinite measurements {bad}: fix them with "
+                    f"`defect-agent kb edit {case.id} --measurement {bad[0]}=VALUE` before exporting"
+                )
             obj = case.model_dump(mode="json")
             if include_vectors and case.id in vectors:
                 obj["vector"] = [round(float(x), 7) for x in db.blob_vector(vectors[case.id])]
                 obj["model_version"] = version
-            lines.append(json.dumps(obj, ensure_ascii=False))
+            try:
+                # allow_nan=False: NaN / Infinity tokens are not JSON; any reader but Python's would reject the file
+                lines.append(json.dumps(obj, ensure_ascii=False, allow_nan=False))
+            except ValueError as exc:
+                raise DefectAgentError(
+                    f"case {case.id} holds a NaN / infinite number ({exc}): `defect-agent kb verify` lists such "
+                    f"cases; `defect-agent kb rebuild --reembed` replaces a broken vector"
+                ) from exc
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
         return len(cases)
 
+    @_guarded
+    def gc(self, *, dry_run: bool = False, temp_grace_s: float = TEMP_GRACE_S) -> GcReport:
+        """Delete image files that no case and no history entry cites (left by adds that never committed) and report
+        the bytes freed. A file any case, live or removed, still cites is never touched: the check and the deletion
+        happen under the write lock, and a commit re-copies an image it finds gone. Temp files younger than
+        `temp_grace_s` may be copies in progress in another process and are kept."""
+        report = GcReport(dry_run=dry_run)
+        candidates = list(self.images.files())  # listed before the lock: a file added later is never a candidate
+        now = time.time()
+        with self._lock, db.write_txn(self.conn):
+            refs = db.image_refs(self.conn)
+            for path in candidates:
+                rel = self.images.relative(path)
+                if rel in refs:
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if self.images.is_temp(path) and now - st.st_mtime < temp_grace_s:
+                    report.kept_recent_temp += 1
+                    continue
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+                report.removed.append(rel)
+                report.bytes_freed += int(st.st_size)
+        if report.removed:
+            log.info("gc: %s in %s", report.render(), self.kb_dir)
+        return report
+
+    @_guarded
     def stats(self) -> KBStats:
         with self._lock:
             q = self.conn.execute

@@ -105,6 +105,17 @@ class VerifyReport(BaseModel):
     keyword_index_mismatch: bool = False
     index_kind: str | None = None
     pending_ops: int = 0  # history entries newer than the index file (replayed on open; not a fault)
+    database_problem: str | None = None  # SQLite's quick_check found damage: only a backup repairs it
+    # cited by a case or its history but not in the store: a warning (search still works; re-embedding or restoring
+    # those cases would fail), not a fault of the index, so `ok` does not depend on it
+    missing_images: list[str] = Field(default_factory=list)
+    n_missing_images: int = 0
+    wrong_dim_vectors: list[int] = Field(default_factory=list)  # case ids whose vector is not of the base's dimension
+    non_finite_measurements: list[int] = Field(default_factory=list)  # case ids (stored before the check existed)
+    # image files no case and no history entry cites (left by an interrupted add): not a fault, `kb gc` frees them
+    orphan_images: list[str] = Field(default_factory=list)  # first 100, relative to the knowledge base folder
+    n_orphan_images: int = 0
+    orphan_bytes: int = 0
     problems: list[str] = Field(default_factory=list)
 
     def render(self) -> str:
@@ -115,9 +126,64 @@ class VerifyReport(BaseModel):
             f"  embedder version {self.model_version}",
         ]
         lines += [f"  - {p}" for p in self.problems]
-        if not self.ok:
+        if self.n_missing_images:
+            lines.append(
+                f"  warning: {self.n_missing_images} image file(s) cited by cases or their history are missing from "
+                f"the store: {self.missing_images[:5]}"
+            )
+        if self.n_orphan_images:
+            lines.append(
+                f"  note: {self.n_orphan_images} orphan image file(s), {self.orphan_bytes} bytes, cited by no case "
+                f"or history entry: `defect-agent kb gc` removes them"
+            )
+        if self.database_problem or self.n_missing_images:
+            lines.append("  restore with: defect-agent kb restore-backup BACKUP_DIR (made by `defect-agent kb backup`)")
+        index_fault = (
+            self.file_problem
+            or self.n_missing
+            or self.n_extra
+            or self.count_mismatch
+            or self.cases_without_vector
+            or self.keyword_index_mismatch
+            or self.model_version_mismatch
+            or self.wrong_dim_vectors
+        )
+        if not self.ok and index_fault:
             lines.append("  repair with: defect-agent kb rebuild")
         return "\n".join(lines)
+
+
+class GcReport(BaseModel):
+    """What `kb gc` removed (or, with dry_run, would remove): image files no case and no history entry cites."""
+
+    removed: list[str] = Field(default_factory=list)  # paths relative to the knowledge base folder
+    bytes_freed: int = 0
+    kept_recent_temp: int = 0  # temp files of copies that may still be in progress (younger than the grace time)
+    dry_run: bool = False
+
+    def render(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        text = f"{verb} {len(self.removed)} orphan image file(s), {self.bytes_freed} bytes"
+        if self.kept_recent_temp:
+            text += f"; kept {self.kept_recent_temp} recent temp file(s) (a copy may be in progress)"
+        return text
+
+
+class BackupManifest(BaseModel):
+    """`backup.json` beside a backup's database copy: what it holds, so a restore can check it is whole."""
+
+    format: int = 1
+    created_at: datetime
+    source: str  # the knowledge base folder it was taken from
+    schema_version: int
+    cases: int
+    history_entries: int
+    images: int
+    image_bytes: int
+    db_bytes: int
+    db_sha256: str
+    model_version: str | None = None
+    dim: int | None = None
 
 
 class KBStats(BaseModel):
@@ -148,12 +214,21 @@ class RowError(BaseModel):
     message: str
 
 
+class PresentRow(BaseModel):
+    """An import row that added nothing: the same case (image bytes, box, line, class) is already live."""
+
+    row: int
+    case_id: int
+
+
 class ImportReport(BaseModel):
-    """The result of a bulk import: the source, its row count, the new case ids and the rows that failed."""
+    """The result of a bulk import: the source, its row count, the new case ids, the rows whose case was
+    already present and the rows that failed."""
 
     source: str
     rows: int
     imported: list[int] = Field(default_factory=list)  # new case ids
+    already_present: list[PresentRow] = Field(default_factory=list)
     errors: list[RowError] = Field(default_factory=list)
 
     @property

@@ -13,6 +13,9 @@ Tables:
 - meta: key/value settings (embedding dimension, embedder version).
 - cases_fts (v2): FTS5 keyword index over report / root cause / corrective action, tokenised by
   retrieval.ranking.fts_document.
+- cases.content_sha256 (v4): the case's identity (image bytes + box + line + class, db.content_key), indexed, so an
+  import or `kb add` of a case already present adds nothing. Not UNIQUE: bases from before v4 may hold duplicates,
+  and the library's plain `add` still accepts them.
 """
 
 from __future__ import annotations
@@ -98,10 +101,25 @@ def _v3_filter_indexes(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v4_content_key(conn: sqlite3.Connection) -> None:
+    from knowledge_base.db import content_key, row_box
+
+    conn.execute("ALTER TABLE cases ADD COLUMN content_sha256 TEXT")
+    rows = conn.execute("SELECT id, image_sha256, box_x1, box_y1, box_x2, box_y2, line, defect_class FROM cases")
+    conn.executemany(
+        "UPDATE cases SET content_sha256 = ? WHERE id = ?",
+        [(content_key(r[1], row_box(dict(zip(_BOX_COLUMNS, r[2:6]))), r[6], r[7]), r[0]) for r in rows.fetchall()],
+    )
+    conn.execute("CREATE INDEX cases_content ON cases(content_sha256)")
+
+
+_BOX_COLUMNS = ("box_x1", "box_y1", "box_x2", "box_y2")
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "cases, vectors, history, meta", _v1_base),
     (2, "FTS5 keyword index over report, root cause and corrective action", _v2_keyword_index),
     (3, "indexes for line / class / disposition / date filters", _v3_filter_indexes),
+    (4, "content key per case (image bytes + box + line + class) for idempotent import", _v4_content_key),
 ]
 LATEST = MIGRATIONS[-1][0]
 
