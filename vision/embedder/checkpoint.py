@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from defect_agent.errors import DefectAgentError, ModelFileMissing
+from defect_agent.errors import DefectAgentError, ModelFileMissing, UnsafeModelFile
+from defect_agent.files import record_model, verify_model_file
 from vision.embedder import towers
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def save_checkpoint(
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+    record_model(path)  # training into models/ accepts the new file in models/MANIFEST.json
     return path
 
 
@@ -73,9 +75,14 @@ def read_checkpoint(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelFileMissing(path, TRAIN_COMMAND, what="embedder weights")
+    verify_model_file(path)  # a file under models/ must match models/MANIFEST.json
     try:
+        # weights_only: torch's restricted unpickler builds tensors and plain containers and refuses any other global
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        blocked = UnsafeModelFile.blocked_by_weights_only(exc)
+        if blocked is not None:
+            raise UnsafeModelFile(path, [blocked], TRAIN_COMMAND) from exc
         raise DefectAgentError(
             f"{path} is not a readable embedder checkpoint ({exc}); recreate it with: {TRAIN_COMMAND}"
         ) from exc

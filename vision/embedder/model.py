@@ -13,6 +13,7 @@ import numpy as np
 
 from defect_agent.config import EmbedderConfig
 from defect_agent.errors import DefectAgentError, ModelFileMissing
+from defect_agent.files import verify_model_file
 from defect_agent.paths import resolve
 from vision.embedder import architecture, checkpoint, towers
 from vision.embedder.preprocess import open_clip_transform, to_batch
@@ -190,6 +191,9 @@ def _load_open_clip(cfg: EmbedderConfig, device: str) -> Embedder:
         )
     if path is not None and not path.is_file():
         raise ModelFileMissing(path, FOREIGN_CHECKPOINT_HELP, what=f"{cfg.model} checkpoint")
+    if path is not None:
+        # open_clip reads it with weights_only=True; a file placed under models/ must also be in models/MANIFEST.json
+        verify_model_file(path)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             cfg.model, pretrained=str(path) if path else cfg.pretrained, device=device, force_image_size=cfg.image_size

@@ -36,7 +36,7 @@ from vision.locator.lora import (
     prepare_base,
     save_adapter,
 )
-from vision.locator.yolo import BASE_COMMAND, import_yolo
+from vision.locator.yolo import BASE_COMMAND, check_checkpoint, import_yolo, restricted_unpickling
 
 import_yolo()  # offline environment before ultralytics' trainer modules load
 
@@ -118,6 +118,11 @@ class LoraDetectionTrainer(DetectionTrainer):
         self.trainable: dict[str, int] = {}
         super().__init__(overrides=overrides, _callbacks=_callbacks)
 
+    def setup_model(self):
+        # the trainer unpickles args.model (the base) here: with the restricted unpickler, like every other load
+        with restricted_unpickling():
+            return super().setup_model()
+
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         # setup_model() has already loaded args.model into `weights`; without it (a YAML), there is no base to adapt
         model = weights if weights is not None else load_detection_model(self.args.model)
@@ -195,6 +200,7 @@ def train_adapter(
         from defect_agent.errors import ModelFileMissing
 
         raise ModelFileMissing(base, BASE_COMMAND, what="locator base weights")
+    check_checkpoint(base, BASE_COMMAND, what="locator base weights")  # manifest digest and pickle globals, early
     n_train = count_split_images(data_yaml, "train")
     count_split_images(data_yaml, "val")
     if n_train == 0:
@@ -240,7 +246,8 @@ def train_adapter(
     chosen = Path(trainer.best) if keep == "best" and Path(trainer.best).is_file() else Path(trainer.last)
     if not chosen.is_file():
         raise RuntimeError(f"training finished without a checkpoint in {trainer.save_dir}")
-    adapted = load_detection_model(chosen)  # the pickled adapted model (EMA weights of that epoch)
+    # the pickled adapted model (EMA weights of that epoch), written by this trainer a moment ago
+    adapted = load_detection_model(chosen, own_checkpoint=True)
     assert trainer.adapter_meta is not None
     # ultralytics declares the trainer's metrics None; training leaves a dict there
     metrics = {

@@ -34,8 +34,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
 
 from defect_agent.errors import ConfigError, ModelFileMissing
-from defect_agent.files import file_sha256
-from vision.locator.yolo import BASE_COMMAND
+from defect_agent.files import file_sha256, record_model, verify_model_file
+from vision.locator.yolo import BASE_COMMAND, load_yolo
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -166,11 +166,19 @@ def _check_adapter_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------- base
 
 
-def load_detection_model(path: Path | str) -> DetectionModel:
-    """An ultralytics checkpoint as an FP32 DetectionModel in eval mode (local file only)."""
+def load_detection_model(path: Path | str, own_checkpoint: bool = False) -> DetectionModel:
+    """An ultralytics checkpoint as an FP32 DetectionModel in eval mode (local file only), loaded without running
+    code from it (vision.locator.yolo.load_detection_model).
+
+    `own_checkpoint`: a checkpoint the adapter trainer of this process has just written to its run folder. It
+    pickles peft's LoRA layers and config, which lie outside the restricted unpickler's allow-list, so it is loaded
+    with ultralytics' full unpickler; never pass it for a file this process did not write."""
     from vision.locator.yolo import import_yolo
+    from vision.locator.yolo import load_detection_model as load_checked
 
     path = Path(path)
+    if not own_checkpoint:
+        return load_checked(path, BASE_COMMAND)
     if not path.is_file():
         raise ModelFileMissing(path, BASE_COMMAND, what="locator base weights")
     import_yolo()  # offline set-up
@@ -453,6 +461,7 @@ def save_adapter(
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.to("cpu", dtype).contiguous() for k, v in adapter_state_dict(model, adapter_name).items()}
     save_file(tensors, str(path), metadata={META_KEY: meta.model_dump_json()})
+    record_model(path)  # a file written into models/ is accepted by writing it
     return path
 
 
@@ -462,6 +471,7 @@ def read_adapter(path: Path | str) -> tuple[AdapterMeta, dict[str, torch.Tensor]
     path = Path(path)
     if not path.is_file():
         raise ModelFileMissing(path, "defect-agent train adapter --line <line> --data DATA_YAML", what="LoRA adapter")
+    verify_model_file(path)  # safetensors runs no code; the manifest still catches a swapped shipped adapter
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(META_KEY)
@@ -538,12 +548,6 @@ def make_meta(meta: AdapterMeta, base_path: Path | str, line: str | None = None,
 # ------------------------------------------------------------------------------------------------------------- loading
 
 
-def _import_yolo():
-    from vision.locator.yolo import import_yolo
-
-    return import_yolo()
-
-
 def load_adapted_yolo(base_path: Path | str, adapter_path: Path | str) -> YOLO:
     """An ultralytics YOLO ready to predict: the base with the adapter injected, active and unmerged (BatchNorm is
     folded beforehand, so ultralytics does not fuse again)."""
@@ -551,10 +555,10 @@ def load_adapted_yolo(base_path: Path | str, adapter_path: Path | str) -> YOLO:
     if not base_path.is_file():
         raise ModelFileMissing(base_path, BASE_COMMAND, what="locator base weights")
     meta = read_adapter_meta(adapter_path)
-    YOLO = _import_yolo()
-    yolo = YOLO(str(base_path), task="detect")
-    prepare_base(yolo.model)
-    load_adapter(yolo.model, adapter_path, _check_adapter_name(meta.line or "adapter"), file_sha256(base_path))
+    yolo = load_yolo(base_path, BASE_COMMAND, what="locator base weights")
+    model = cast("DetectionModel", yolo.model)  # a loaded checkpoint's model, never the name ultralytics types it as
+    prepare_base(model)
+    load_adapter(model, adapter_path, _check_adapter_name(meta.line or "adapter"), file_sha256(base_path))
     return yolo
 
 
@@ -602,6 +606,7 @@ def merge_adapter(base_path: Path | str, adapter_path: Path | str, out: Path | s
         },
         out,
     )
+    record_model(out)
     return out
 
 
@@ -616,9 +621,8 @@ class AdapterBank:
         if not self.base_path.is_file():
             raise ModelFileMissing(self.base_path, BASE_COMMAND, what="locator base weights")
         self.base_sha256 = file_sha256(self.base_path)
-        yolo_cls = _import_yolo()
-        self.yolo: YOLO = yolo_cls(str(self.base_path), task="detect")
-        prepare_base(self.yolo.model)
+        self.yolo: YOLO = load_yolo(self.base_path, BASE_COMMAND, what="locator base weights")
+        prepare_base(cast("DetectionModel", self.yolo.model))
         self.base_names = getattr(self.yolo.model, BASE_ATTR)
         self._meta: dict[str, AdapterMeta] = {}
         self.active: str | None = None

@@ -71,6 +71,7 @@ class Locator:
         weights_path: Path | None = None,
         bank: AdapterBank | None = None,
         bank_line: str | None = None,
+        adapter_version: str | None = None,
     ) -> None:
         self.model = model
         self._bank = (
@@ -78,6 +79,7 @@ class Locator:
         )
         self._bank_line = bank_line
         self._version = version
+        self._adapter_version = adapter_version
         self._class_names = list(class_names)
         self.imgsz = imgsz
         self.conf = conf
@@ -143,15 +145,29 @@ class Locator:
         _check_reference(line, adapter_path)
         model = load_adapted_yolo(base_path, adapter_path)
         names = _checked_names(line, checkpoint_class_names(model), f"{base_path} + {adapter_path}")
-        version = f"{_version_of(base_path)}+{_version_of(adapter_path)}"
+        adapter_version = _version_of(adapter_path)
         return cls(
-            model, version, names, imgsz=cfg.imgsz, conf=cfg.conf, iou=cfg.iou, device=device, weights_path=base_path
+            model,
+            f"{_version_of(base_path)}+{adapter_version}",
+            names,
+            imgsz=cfg.imgsz,
+            conf=cfg.conf,
+            iou=cfg.iou,
+            device=device,
+            weights_path=base_path,
+            adapter_version=adapter_version,
         )
 
     @property
     def version(self) -> str:
         """`<file name>@<first 12 hex of sha256>` (base+adapter for adapted lines): recorded in every verdict."""
         return self._version
+
+    @property
+    def adapter_version(self) -> str | None:
+        """The line's LoRA adapter alone, `<file name>@<first 12 hex of sha256>`; None without one (the verdict's
+        `model_versions.adapter`)."""
+        return self._adapter_version
 
     @property
     def class_names(self) -> list[str]:
@@ -276,7 +292,8 @@ class LocatorPool:
         names = _checked_names(
             line, bank.class_names(adapter), f"{base_path}" + (f" + {adapter_path}" if adapter_path else "")
         )
-        version = _version_of(base_path) + (f"+{_version_of(adapter_path)}" if adapter_path else "")
+        adapter_version = _version_of(adapter_path) if adapter_path else None
+        version = _version_of(base_path) + (f"+{adapter_version}" if adapter_version else "")
         return Locator(
             bank.yolo,
             version,
@@ -288,6 +305,7 @@ class LocatorPool:
             weights_path=base_path,
             bank=bank,
             bank_line=adapter,
+            adapter_version=adapter_version,
         )
 
 

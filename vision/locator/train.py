@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from defect_agent.errors import ConfigError, EmptyInput
+from defect_agent.files import record_model
 from defect_agent.paths import data_dir
 from vision.datasets.yolo import check_data_yaml, count_split_images
 
@@ -152,7 +153,7 @@ def train_locator(
 
     `freeze_bn_stats` keeps every BatchNorm's running mean / variance at the base's values (BatchNorm in eval mode
     while its affine weights still train): a shared base then carries no domain statistics into the adapters."""
-    from vision.locator.yolo import import_yolo
+    from vision.locator.yolo import import_yolo, load_yolo
 
     data_yaml = Path(data_yaml).resolve()
     check_data_yaml(data_yaml)
@@ -169,7 +170,10 @@ def train_locator(
     args.update(overrides)
 
     YOLO = import_yolo()
-    model = YOLO(base_spec, task="detect")
+    if base_spec.endswith(".pt"):  # a checkpoint: loaded without running code from it, like every locator file
+        model = load_yolo(Path(base_spec), "a local ultralytics checkpoint you trust", what="base checkpoint")
+    else:
+        model = YOLO(base_spec, task="detect")
     losses: list[dict[str, float]] = []
 
     def _record_loss(trainer: Any) -> None:
@@ -197,6 +201,7 @@ def train_locator(
         raise RuntimeError(f"training finished without a checkpoint in {trainer.save_dir}")
     weights_out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, weights_out)
+    record_model(weights_out)  # training into models/ accepts the new file in models/MANIFEST.json
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items() if isinstance(v, (int, float))}
     return TrainResult(
         weights=weights_out.resolve(),

@@ -208,13 +208,15 @@ class DefectVerifier:
     ) -> DefectVerifier:
         from safetensors.torch import load_file
 
-        from defect_agent.files import file_sha256
+        from defect_agent.files import file_sha256, verify_model_file
 
         path = Path(path)
         meta_path = path.with_suffix(".json")
         for p in (path, meta_path):
             if not p.is_file():
                 raise ConfigError(f"verifier file not found: {p} (train one with `defect-agent train verifier`)")
+            # safetensors and JSON run no code; the manifest catches a swapped or edited shipped verifier
+            verify_model_file(p)
         try:
             meta = VerifierMeta.model_validate_json(meta_path.read_text(encoding="utf-8"))
         except ValueError as exc:
@@ -264,8 +266,12 @@ class DefectVerifier:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        from defect_agent.files import record_model
+
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path))
         path.with_suffix(".json").write_text(self.meta.model_dump_json(indent=2), encoding="utf-8")
+        for written in (path, path.with_suffix(".json")):
+            record_model(written)  # training into models/ accepts the new files in models/MANIFEST.json
         return path
 
     def read(self, composite: np.ndarray, boxes: Sequence[Box]) -> VerifierReading:
