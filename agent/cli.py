@@ -101,7 +101,7 @@ def inspect(
     from agent.report import VerdictWriter, summary_table
 
     query = parse_instruction(instruction, line=line)
-    paths = collect_images(images)
+    paths = collect_images(images, keep_missing=True)  # a missing path gets its own verdict line, not an abort
     inspector = Inspector.from_config(line=query.line, kb_dir=kb, use_kb=not no_kb)
     with VerdictWriter(out, overlays=overlays, lang=lang) as writer:
         for verdict in inspector.inspect(query, paths, k=k, lang=lang):
@@ -245,8 +245,19 @@ importlib.import_module("agent.eval_cli").register(app, train_app, eval_app, dat
 
 
 def main() -> None:
+    """The console entry point: a user's problem is one line on stderr and exit 2, never a traceback without -v."""
+    verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
     try:
         app()
     except DefectAgentError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a fault of ours, or of the environment: say it in one line unless -v asks for more
+        if verbose:
+            raise
+        typer.echo(
+            f"error: {type(exc).__name__}: {exc} (run `defect-agent -v ...` for the traceback, and report it)", err=True
+        )
         sys.exit(EXIT_USAGE)

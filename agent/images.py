@@ -18,9 +18,10 @@ from defect_agent.errors import EmptyInput, ImageReadError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[str]:
+def collect_images(inputs: Sequence[str | Path], keep_missing: bool = False) -> list[str]:
     """Expand files, folders (recursive) and glob patterns into image paths, keeping the spelling the user gave
-    for plain files (verdicts echo it). Raises EmptyInput when nothing is found."""
+    for plain files (verdicts echo it). Raises EmptyInput when nothing is found. `keep_missing`: a path that does not
+    exist stays in the list (it then gets its own verdict line saying so) as long as some input exists."""
     found: list[str] = []
     missing: list[str] = []
     for item in inputs:
@@ -44,8 +45,9 @@ def collect_images(inputs: Sequence[str | Path]) -> list[str]:
             )
         else:
             missing.append(text)
-    if missing:
+    if missing and not (keep_missing and found):
         raise EmptyInput(f"no such file or folder: {', '.join(missing)}")
+    found.extend(missing if keep_missing else [])
     if not found:
         raise EmptyInput("no images given (files, folders or glob patterns)")
     return list(dict.fromkeys(found))

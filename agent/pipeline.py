@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class Inspector:
         self.kb = knowledge_base
         self.fusion = fusion or load_fusion(line.name)
         self.verifier = verifier  # vision.verifier.model.DefectVerifier for template lines that configure one
+        self.kb_problem: str | None = None  # why similar cases are unavailable, said in every verdict
 
     @classmethod
     def from_config(
@@ -91,6 +93,7 @@ class Inspector:
             verifier = DefectVerifier.for_line(line_cfg)
         set_threads(app.threads)
         embedder = scorer = kb = None
+        kb_problem: str | None = None
         if use_embedder:
             from vision.embedder import load_embedder
             from vision.embedder.texture import TextureScorer
@@ -99,9 +102,16 @@ class Inspector:
             if knowledge_base is not None:
                 kb = knowledge_base
             elif use_kb:
-                kb = _open_kb(kb_dir or app.kb_dir, embedder)
-            scorer = TextureScorer.from_line(line_cfg, embedder, prototypes=_kb_prototypes(kb, line_cfg.name))
-        return cls(app, line_cfg, locator, embedder, scorer, kb, verifier=verifier)
+                kb, kb_problem = _open_kb(kb_dir or app.kb_dir, embedder)
+            try:
+                prototypes = _kb_prototypes(kb, line_cfg.name)
+            except Exception as exc:  # vectors of another model or a damaged store: inspect without the KB
+                kb, kb_problem = None, f"knowledge base unusable ({type(exc).__name__}: {exc})"
+                prototypes = None
+            scorer = TextureScorer.from_line(line_cfg, embedder, prototypes=prototypes)
+        inspector = cls(app, line_cfg, locator, embedder, scorer, kb, verifier=verifier)
+        inspector.kb_problem = kb_problem if use_kb and use_embedder and knowledge_base is None else None
+        return inspector
 
     def versions(self) -> ModelVersions:
         return ModelVersions(
@@ -214,6 +224,7 @@ class Inspector:
                     query=query,
                     models=versions,
                     timings_ms={k_: round(v, 1) for k_, v in timings.items()},
+                    notes=[self.kb_problem] if self.kb_problem else [],
                 )
             )
         return verdicts
@@ -305,24 +316,40 @@ class Inspector:
     def _similar(self, vector: np.ndarray, k: int) -> list[SimilarCase]:
         if self.kb is None or k <= 0:
             return []
-        return self.kb.search_by_vector(vector, k=k, line=self.line.name)
+        try:
+            return self.kb.search_by_vector(vector, k=k, line=self.line.name)
+        except Exception as exc:  # a corrupt index: the verdict goes on without cases and says why
+            self.kb_problem = (
+                f"similar cases unavailable ({type(exc).__name__}: {exc}); run `defect-agent kb verify`, then "
+                "`kb rebuild` or restore a backup"
+            )
+            log.warning("%s", self.kb_problem)
+            self.kb = None
+            return []
 
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def _open_kb(kb_dir: str | Path, embedder):
+def _open_kb(kb_dir: str | Path, embedder) -> tuple[Any, str | None]:
+    """The knowledge base, or None and why not (a damaged one must not stop inspection)."""
     from knowledge_base import KnowledgeBase
 
     path = resolve(kb_dir)
     if not path.exists():
-        log.warning(
-            "no knowledge base at %s: verdicts will carry no similar cases (create one with `defect-agent kb add`)",
-            path,
+        problem = f"no knowledge base at {path} (create one with `defect-agent kb add` or `make demo`)"
+        log.warning("%s: verdicts will carry no similar cases", problem)
+        return None, problem
+    try:
+        return KnowledgeBase.open(path, embedder=embedder), None
+    except Exception as exc:
+        problem = (
+            f"knowledge base at {path} cannot be used ({type(exc).__name__}: {exc}); run `defect-agent kb verify`, "
+            "then `kb rebuild` or restore a backup"
         )
-        return None
-    return KnowledgeBase.open(path, embedder=embedder)
+        log.warning("%s", problem)
+        return None, problem
 
 
 def _kb_prototypes(kb, line: str) -> dict[str, np.ndarray] | None:

@@ -100,6 +100,10 @@ class Verdict(BaseModel):
     error: str | None = Field(
         None, description="Set when the image could not be inspected (verdict is then `review`, no defects)."
     )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the agent could not do for this image and why (e.g. similar cases unavailable).",
+    )
 
 
 def verdict_json_schema() -> dict[str, Any]:

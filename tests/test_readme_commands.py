@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 VENV = Path(sys.prefix)  # the virtual environment running the tests (CI: the clone's .venv)
 EXPENSIVE = {"train", "data", "calibrate", "eval", "export"}
-MAKE_TARGETS = {"demo", "test", "lint", "test-all"}
+MAKE_TARGETS = {"demo", "test", "lint", "test-all", "system-deps"}
+# documented exit codes that are answers, not failures: `batch` exits 1 when a part failed (the demo's cells do)
+ANSWER_CODES = {"batch": {0, 1}}
 
 
 def readme_blocks(kind: str) -> list[str]:
@@ -88,7 +90,7 @@ def test_every_cheap_readme_command_runs_as_printed(home):
             continue
         result = run(command, home)
         ran.append(command)
-        if result.returncode != 0:
+        if result.returncode not in ANSWER_CODES.get(words[1], {0}):
             failures.append(f"{command}\n  exit {result.returncode}: {(result.stderr or result.stdout)[-600:]}")
     assert ran, "no README command ran"
     assert not failures, "\n".join(failures)

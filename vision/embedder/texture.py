@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Literal
@@ -98,6 +99,36 @@ def prototypes_from_examples(examples: Iterable[tuple[str, np.ndarray]]) -> dict
     return {name: _unit(np.mean(vecs, axis=0)) for name, vecs in groups.items()}
 
 
+def _cached_ensembles(embedder, groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Prompt ensembles, cached on disk per embedder version and exact texts: embedding a line's few hundred prompt
+    texts costs seconds at every start, and their vectors only change with the texts or the model."""
+    import hashlib
+    import json
+
+    from defect_agent.paths import data_dir
+
+    version = str(getattr(embedder, "version", ""))
+    key = hashlib.sha256(json.dumps([version, sorted(groups.items())], ensure_ascii=False).encode()).hexdigest()[:24]
+    path = data_dir() / "cache" / "prompt_ensembles" / f"{key}.npz"
+    if version and path.is_file():
+        try:
+            with np.load(path) as data:
+                if set(data.files) == set(groups):
+                    return {name: np.asarray(data[name], dtype=np.float32) for name in groups}
+        except (OSError, ValueError):
+            log.warning("prompt cache %s unreadable: embedding the prompts again", path)
+    out = {name: _ensemble(embedder, texts) for name, texts in groups.items()}
+    if version:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **out)
+            tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
+        except OSError as exc:
+            log.warning("could not cache prompt embeddings in %s: %s", path.parent, exc)
+    return out
+
+
 class TextureScorer:
     """Scores crops of one line as defect vs normal and by class: cosines to the line's text anchors, mixed with
     image prototypes when there are any."""
@@ -143,14 +174,14 @@ class TextureScorer:
 
         normal = state_prompts(line, normal=True)
         defect = state_prompts(line, normal=False)
-        normal_anchor = _ensemble(embedder, normal["en"] + normal["zh"])
-        defect_anchor = _ensemble(embedder, defect["en"] + defect["zh"])
-        anchors = {}
+        groups = {"normal": normal["en"] + normal["zh"], "defect": defect["en"] + defect["zh"]}
         for spec in line.classes:
-            if spec.role != "defect":
-                continue
-            texts = class_texts(line, spec.name)
-            anchors[spec.name] = _ensemble(embedder, texts["en"] + texts["zh"])
+            if spec.role == "defect":
+                texts = class_texts(line, spec.name)
+                groups[f"class:{spec.name}"] = texts["en"] + texts["zh"]
+        ensembles = _cached_ensembles(embedder, groups)
+        normal_anchor, defect_anchor = ensembles["normal"], ensembles["defect"]
+        anchors = {name[len("class:") :]: v for name, v in ensembles.items() if name.startswith("class:")}
         kwargs.setdefault("threshold", line.texture.threshold)
         return cls(
             line=line.name,
