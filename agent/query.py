@@ -4,6 +4,7 @@ consumed by the pipeline and by fusion. Clause ids (c1, c2, ...) are what verdic
 from __future__ import annotations
 
 import datetime as dt
+import math
 from enum import Enum
 from typing import Literal
 
@@ -143,6 +144,10 @@ class InspectionQuery(BaseModel):
     min_confidence: float | None = Field(None, description="Findings below this probability are not counted.")
     scope: Scope = Field(default_factory=Scope, description="Which of the given images the instruction is about.")
     want: ReturnSpec = Field(default_factory=ReturnSpec, description="What to return besides verdicts.")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="How the parser read the words: function words skipped, colloquial forms read as known terms.",
+    )
 
     @model_validator(mode="after")
     def _logic_names_known_conditions(self) -> InspectionQuery:
@@ -151,6 +156,50 @@ class InspectionQuery(BaseModel):
         if missing:
             raise ValueError(f"logic names unknown conditions: {missing}")
         return self
+
+    def contradictions(self) -> list[str]:
+        """Why no image could ever match, if so: a clause whose bounds exclude each other ("offset > 0.5 mm and
+        offset < 0.2 mm"), or logic that asks for a clause and its negation. Empty when the query is satisfiable."""
+        import itertools
+
+        problems = []
+        for cond in self.conditions:
+            by_measure: dict[str, list[NumericConstraint]] = {}
+            for c in cond.constraints:
+                by_measure.setdefault(c.measure, []).append(c)
+            for measure, bounds in by_measure.items():
+                lo, lo_strict, hi, hi_strict = -math.inf, False, math.inf, False
+                for b in bounds:
+                    if b.op in (Comparator.gt, Comparator.ge, Comparator.eq) and (
+                        b.value > lo or (b.value == lo and b.op == Comparator.gt)
+                    ):
+                        lo, lo_strict = b.value, b.op == Comparator.gt
+                    if b.op in (Comparator.lt, Comparator.le, Comparator.eq) and (
+                        b.value < hi or (b.value == hi and b.op == Comparator.lt)
+                    ):
+                        hi, hi_strict = b.value, b.op == Comparator.lt
+                if lo > hi or (lo == hi and (lo_strict or hi_strict)):
+                    shown = " and ".join(f"{measure} {b.op.value} {b.value:g}" for b in bounds)
+                    problems.append(f"{cond.id}: {shown} cannot both hold")
+        # the same clause asked for and negated: no truth assignment of the distinct clauses satisfies the logic
+        same: dict[str, str] = {}
+        signature: dict[tuple, str] = {}
+        for cond in self.conditions:
+            sig = (
+                cond.defect_class,
+                tuple(c.model_dump_json() for c in cond.constraints),
+                cond.count.model_dump_json(),
+            )
+            same[cond.id] = signature.setdefault(sig, cond.id)
+        variables = sorted(set(same.values()))
+        if not problems and len(variables) <= 12:
+            satisfiable = any(
+                self.logic.evaluate({cid: dict(zip(variables, values))[same[cid]] for cid in same})
+                for values in itertools.product((False, True), repeat=len(variables))
+            )
+            if not satisfiable:
+                problems.append(f"{self.logic.describe()} can never hold: it asks for a clause and its negation")
+        return problems
 
     def condition(self, cid: str) -> Condition:
         for c in self.conditions:

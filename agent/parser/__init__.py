@@ -6,7 +6,7 @@ Deterministic by default: the words come from configs/lexicon.yaml (language) an
 
 from __future__ import annotations
 
-from agent.parser.core import InstructionParser, choose_line, parse_instruction
+from agent.parser.core import InstructionParser, ParseResult, choose_line, parse_instruction, read_instruction
 from agent.parser.describe import describe_query
 from agent.parser.errors import (
     AmbiguousQueryError,
@@ -24,6 +24,7 @@ __all__ = [
     "EmptyQueryError",
     "InstructionParser",
     "Lexicon",
+    "ParseResult",
     "QueryParseError",
     "UnknownTermError",
     "UnknownWord",
@@ -34,4 +35,5 @@ __all__ = [
     "known_terms",
     "parse_instruction",
     "parse_logic_expr",
+    "read_instruction",
 ]

@@ -91,7 +91,14 @@ def absent_class(parts: list[str], line: LineConfig | None) -> str | None:
 
 
 def parse_atom(tokens: list[Token], norm: Normalized, text: str, line: LineConfig | None = None) -> Atom:
-    content = [t for t in tokens if t.kind not in (SCOPE, "de", SUBJECT)]
+    # 一个电芯上, 一片板子上: a number counting the inspected item itself, not defects
+    item_count = {
+        k + d
+        for k in range(len(tokens) - 2)
+        if tokens[k].kind == NUM and tokens[k + 1].kind == CLASSIFIER and tokens[k + 2].kind == SUBJECT
+        for d in (0, 1)
+    }
+    content = [t for k, t in enumerate(tokens) if k not in item_count and t.kind not in (SCOPE, "de", SUBJECT)]
     if not tokens:
         raise QueryParseError("internal: empty atom", text)
     atom = Atom(
@@ -109,6 +116,7 @@ def parse_atom(tokens: list[Token], norm: Normalized, text: str, line: LineConfi
         atom.empty = True
         return atom
 
+    _offset_word_as_class(content, line)
     defects = [t for t in content if t.kind == CLASS and t.get("role") == "defect"]
     names = list(dict.fromkeys(t.get("name") for t in defects))
     if len(names) > 1:
@@ -160,6 +168,20 @@ def parse_atom(tokens: list[Token], norm: Normalized, text: str, line: LineConfi
         else:
             atom.bounds.append(bound)
     return atom
+
+
+def _offset_word_as_class(content: list[Token], line: LineConfig | None) -> None:
+    """ "the weld is off center", 焊点偏心: an offset word with no number and no defect word names the line's offset
+    defect (as "offset" itself does)."""
+    if line is None or any(t.kind in (NUM, RANGE, QUANT, ANY) for t in content):
+        return
+    if any(t.kind == CLASS and t.get("role") == "defect" for t in content):
+        return
+    words = [t for t in content if t.kind == MEASURE and t.get("measure") == "offset"]
+    cls = offset_class(line) if words else None
+    if cls is not None:
+        words[0].kind = CLASS
+        words[0].extra.update(name=cls, role="defect")
 
 
 def _groups(content: list[Token], norm: Normalized, text: str) -> list[_Group]:
@@ -258,6 +280,10 @@ def _assign_measures(groups: list[_Group], content: list[Token], norm: Normalize
 def _op_of(g: _Group, norm: Normalized, text: str) -> str | None:
     cmps = g.prefix_cmps + g.postfix_cmps
     ops = [c.get("op") for c in cmps]
+    pre, post = {c.get("op") for c in g.prefix_cmps}, {c.get("op") for c in g.postfix_cmps}
+    if len(pre) == 1 and post and any(pre | post <= side for side in ({">", ">="}, {"<", "<="})):
+        # 超过0.3毫米以上, 不超过3处以下: a pleonasm; the word before the number is the precise one
+        return pre.pop()
     if len(set(ops)) > 1:
         first, last = min(c.start for c in cmps), max(c.end for c in cmps)
         raise UnsupportedQueryError(f"'{norm.span(first, last)}' has two different comparators; use one", text)

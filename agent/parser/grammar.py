@@ -22,7 +22,12 @@ between two atoms form a connector group (", and", "but no", 且伴随). Rules, 
    the item as its own phrase ("an open circuit or a short longer than 2 mm") or the bound cannot mean the same
    quantity for the other items (超0.3mm的偏移和焊渣: an offset for 偏移, a length for 焊渣).
 6. Two clauses that each name the inspected item ("cells with cracks and cells with burns") are ambiguous
-   (items with both, or both groups of items?)."""
+   (items with both, or both groups of items?).
+7. Negations in one connector group cancel in pairs: "not crack-free", 不是没有裂纹 = cracks. A correlative pair reads
+   as its joiner (不是A就是B = A or B); its first word alone has its own meaning (不是A = not A).
+8. 除了X以外的缺陷 / "any defect except X": every defect of the line but X, i.e. the OR of the others (a negation
+   before it covers them all); 除了X还有Y (besides X, also Y) is X and Y.
+9. A part alone before a negated defect belongs to it: 焊点没有偏移, "tabs w/o burns" = the defect not on that part."""
 
 from __future__ import annotations
 
@@ -41,23 +46,33 @@ from agent.parser.lexicon import (
     CLASS,
     CLASSIFIER,
     CMP,
+    CORR_FIRST,
+    CORR_THEN,
+    DE,
+    DET,
+    EXCEPT,
+    EXCEPT_END,
     FILLER,
     LIST_ALL,
     LIST_ANY,
     MEASURE,
+    NONE_AFTER,
     NOR,
     NOT,
     NOT_AFTER,
     OR,
+    OTHERS,
     POSITIVE,
     PUNCT,
+    QUANT,
     RANGE_END,
     RANGE_TO,
     SEP,
     UNIT,
+    Entry,
 )
 from agent.parser.normalize import Normalized
-from agent.parser.tokenizer import NUM, RANGE, Token
+from agent.parser.tokenizer import NUM, RANGE, SCOPE, Token
 from agent.parser.units import convert, unitless_confidence
 from agent.query import Condition, Logic
 from defect_agent.config import LineConfig
@@ -183,6 +198,115 @@ def _collapse_ranges(tokens: list[Token], norm: Normalized, text: str) -> list[T
     return out
 
 
+def _resolve_correlatives(tokens: list[Token]) -> list[Token]:
+    """不是A就是B: the first word of a pair opens the list and the second joins (OR); the first word alone reads as
+    its `alone` meaning (不是A = not A), the second alone as nothing."""
+    out: list[Token] = []
+    paired: set[int] = set()
+    for k, t in enumerate(tokens):
+        if t.kind == CORR_FIRST:
+            partner = next(
+                (
+                    j
+                    for j in range(k + 1, len(tokens))
+                    if tokens[j].kind == CORR_THEN and j not in paired and tokens[j].get("pair") == t.get("pair")
+                ),
+                None,
+            )
+            if partner is not None:
+                paired.add(partner)
+            elif t.get("alone") == "not":
+                out.append(Token(NOT, t.start, t.end, t.surface))
+        elif t.kind == CORR_THEN:
+            if k in paired:
+                out.append(Token(OR if t.get("op") == "or" else AND, t.start, t.end, t.surface))
+        else:
+            out.append(t)
+    return out
+
+
+def _rewrite_exceptions(tokens: list[Token], norm: Normalized, line: LineConfig, text: str) -> list[Token]:
+    """除了X以外的缺陷 / 除了X，其他缺陷 / "any defect except X" -> the line's other defects joined by OR, with the
+    span of the whole phrase; 除了X还有Y -> X and Y."""
+    k = next((i for i, t in enumerate(tokens) if t.kind == EXCEPT), None)
+    if k is None:
+        return tokens
+    t = tokens[k]
+    english = not any("\u4e00" <= c <= "\u9fff" for c in t.surface)
+    # the named defects: class words, joined by and / or / separators
+    j = k + 1
+    named: list[Token] = []
+    while j < len(tokens) and (
+        tokens[j].kind in (AND, OR, SEP, DET) or (tokens[j].kind == CLASS and tokens[j].get("role") == "defect")
+    ):
+        if tokens[j].kind == CLASS:
+            named.append(tokens[j])
+        j += 1
+    while named and j > k + 1 and tokens[j - 1].kind != CLASS:  # a trailing ", and" belongs to what follows
+        j -= 1
+    if not named:
+        raise UnsupportedQueryError(f"'{norm.span(t.start, t.end)}' must name the defects it leaves out", text)
+    start = k
+    if english:
+        # _check_exceptions (core) made sure a word for any defect comes before, maybe after an article
+        start = k - 1
+        while start > 0 and tokens[start].kind != ANY:
+            start -= 1
+        while start > 0 and tokens[start - 1].kind == DET:
+            start -= 1
+        end = j
+    else:
+        end = j
+        while end < len(tokens) and tokens[end].kind == EXCEPT_END:
+            end += 1
+        nxt = end
+        while nxt < len(tokens) and tokens[nxt].kind in (DE, SEP):
+            nxt += 1
+        follow = tokens[nxt] if nxt < len(tokens) else None
+        if follow is not None and follow.kind in (AND_CLAUSE, AND, POSITIVE):
+            # 除了裂纹还有烧伤: besides cracks, also burns
+            kept = [u for i, u in enumerate(tokens) if i != k and not (j <= i < end)]
+            return _rewrite_exceptions(kept, norm, line, text)
+        if follow is not None and follow.kind not in (OTHERS, ANY, SCOPE, CLASS):
+            raise UnsupportedQueryError(
+                f"'{norm.span(t.start, follow.end)}': a bound after an exception is not supported; name the defects "
+                "you want instead",
+                text,
+            )
+        if follow is not None and follow.kind == CLASS:
+            names = ", ".join(dict.fromkeys(n.get("name") for n in named))
+            raise AmbiguousQueryError(
+                norm.span(t.start, follow.end),
+                [f"every defect except {names}", f"{names} and what follows"],
+                "说「除了X以外的缺陷」(X以外的任一缺陷) 或「除了X还有Y」(X和Y都有)。",
+                text,
+            )
+        end = nxt
+        while end < len(tokens) and tokens[end].kind in (OTHERS, DE, ANY):
+            end += 1
+    rest = end
+    while rest < len(tokens) and tokens[rest].kind not in (AND, AND_CLAUSE, OR, SEP, NOT, BUT_NOT, NOR, AND_NOT):
+        if tokens[rest].kind in (NUM, RANGE, CMP, QUANT, MEASURE, UNIT, CLASS, ANY):
+            raise UnsupportedQueryError(
+                f"'{norm.span(tokens[start].start, tokens[rest].end)}': a bound or defect after an exception is not "
+                "supported; name the defects you want instead",
+                text,
+            )
+        rest += 1
+    left_out = {n.get("name") for n in named}
+    others = [name for name in line.defect_names if name not in left_out]
+    if not others:
+        raise UnsupportedQueryError(f"'{norm.span(tokens[start].start, tokens[end - 1].end)}' leaves no defect", text)
+    a, b = tokens[start].start, tokens[end - 1].end
+    phrase: list[Token] = []
+    for idx, name in enumerate(others):
+        if idx:
+            phrase.append(Token(OR, a, a, ""))
+        entry = Entry(CLASS, (("name", name), ("role", "defect")), name)
+        phrase.append(Token(CLASS, a, b, norm.text[a:b], entry=entry))
+    return _rewrite_exceptions([*tokens[:start], *phrase, *tokens[end:]], norm, line, text)
+
+
 # ---- split ---------------------------------------------------------------------------------------------------------
 
 
@@ -207,6 +331,15 @@ def _split(tokens: list[Token], text: str) -> tuple[list[Group], list[list[Token
                 raise UnsupportedQueryError(f"'{t.surface}' must follow a defect word ('crack-free')", text)
             # "crack-free cells": negate the clause being read
             groups[-1].tokens.append(Token(NOT, t.start, t.end, t.surface))
+        elif t.kind == NONE_AFTER:
+            if not _has_defect(cur):
+                raise UnsupportedQueryError(f"'{t.surface}' must follow defect words (毛刺和残铜都没有)", text)
+            # 毛刺和残铜都没有: negate the list joined by and / or that ends here (a comma ends it: 有焊渣，裂纹和
+            # 烧伤都没有 = spatter and none of crack, burn); rule 4 then spreads the negation over the list
+            k = len(groups) - 1
+            while k > 0 and groups[k].tokens and all(u.kind in (AND, OR) for u in groups[k].tokens):
+                k -= 1
+            groups[k].tokens.append(Token(NOT, t.start, t.end, t.surface))
         elif t.kind == POSITIVE:
             if not cur:
                 groups[-1].tokens.append(t)
@@ -237,25 +370,28 @@ def _reduce(group: Group, norm: Normalized, text: str) -> Group:
         group.binop = op
         group.explicit = True
 
+    # negations toggle: two in one group cancel ("not crack-free", 不是没有, "not without")
     for t in group.tokens:
         if t.kind == AND:
             set_op("and")
         elif t.kind == AND_NOT:
             set_op("and")
-            group.neg = True
+            group.neg = not group.neg
         elif t.kind == AND_CLAUSE:
             set_op("and")
             group.clause = True
         elif t.kind == OR:
             set_op("or")
         elif t.kind == NOT:
-            group.neg = True
+            group.neg = not group.neg
         elif t.kind == BUT_NOT:
             set_op("and")
-            group.neg = group.clause = True
+            group.clause = True
+            group.neg = not group.neg
         elif t.kind == NOR:
             set_op("and")
-            group.neg = group.clause = True
+            group.clause = True
+            group.neg = not group.neg
         elif t.kind == POSITIVE:
             group.positive = True
         elif t.kind == SEP:
@@ -342,6 +478,8 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
         )
     list_op = {LIST_ANY: "or", LIST_ALL: "and"}[markers.pop()] if markers else None
     toks = [t for t in toks if t.kind not in (LIST_ANY, LIST_ALL)]
+    toks = _resolve_correlatives(toks)
+    toks = _rewrite_exceptions(toks, norm, line, text)
     toks = _invert_negated_comparators(toks)
     toks = _collapse_ranges(toks, norm, text)
     groups, raw_atoms, trailing = _split(toks, text)
@@ -369,6 +507,7 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
             "'cracks in today's images' / '今天的电芯中有裂纹的'",
             text,
         )
+    pairs = _attach_parts_to_negated(pairs, norm, text)
     pairs[0][0].binop = None  # "either", "both" before the first clause join nothing
 
     # rule 1: a separator takes the next explicit and/or
@@ -515,6 +654,33 @@ def parse_clauses(tokens: list[Token], norm: Normalized, line: LineConfig, text:
         conditions.append(finalize(a, f"c{idx + 1}", line, text))
     logic = _build_logic([g for g, _ in kept], [a for _, a in kept], conditions)
     return Parsed(conditions=conditions, logic=logic, min_confidence=min_confidence)
+
+
+def _attach_parts_to_negated(pairs: list[list[Any]], norm: Normalized, text: str) -> list[list[Any]]:
+    """焊点没有偏移, "tabs w/o burns": a part alone before a negated defect is where that defect is not."""
+    out: list[list[Any]] = []
+    k = 0
+    while k < len(pairs):
+        g, a = pairs[k]
+        nxt = pairs[k + 1] if k + 1 < len(pairs) else None
+        if (
+            nxt is not None
+            and a.parts
+            and not a.class_word
+            and not a.bounds
+            and a.count is None
+            and not g.neg
+            and nxt[0].neg
+            and nxt[1].class_word
+            and not nxt[1].parts
+        ):
+            nxt[1].parts = list(a.parts)
+            pairs[k + 1] = [_reduce(Group(tokens=g.tokens + nxt[0].tokens), norm, text), nxt[1]]
+            k += 1
+            continue
+        out.append([g, a])
+        k += 1
+    return out
 
 
 def _absorbable(g: Group, a: Atom) -> bool:

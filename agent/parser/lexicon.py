@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.parser import segment
 from agent.parser.normalize import normalize_term
 from defect_agent.config import LineConfig, available_lines, load_line
 from defect_agent.errors import ConfigError
@@ -96,10 +97,23 @@ class LogicSpec(_Strict):
     nor: Words
     and_not: Words
     not_after: Words
+    none_after: Words = Field(default_factory=Words)
     absent: Words
     together: Words
     positive: Words
     separators: list[str]
+    except_: Words = Field(default_factory=Words, alias="except")
+    except_end: Words = Field(default_factory=Words)
+    others: Words = Field(default_factory=Words)
+
+
+class CorrelativeSpec(_Strict):
+    """A pair of words whose first one reads differently alone: 不是A就是B = A or B (`op`), 不是A = not A (`alone`)."""
+
+    first: Words
+    then: Words
+    op: Literal["and", "or"]
+    alone: Literal["not", "none"] = "none"
 
 
 class ScopeSpec(_Strict):
@@ -135,6 +149,9 @@ class Lexicon(_Strict):
     attributive: Words
     punctuation: list[str]
     fillers: Words
+    correlatives: list[CorrelativeSpec] = Field(default_factory=list)
+    suffixes: Words = Field(default_factory=Words)
+    meaning_chars: Words = Field(default_factory=Words)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Lexicon:
@@ -177,11 +194,12 @@ AND, AND_CLAUSE, OR, NOT, BUT_NOT, NOR, POSITIVE, SEP = (
     "positive",
     "sep",
 )
-NOT_AFTER, ABSENT, AND_NOT = "not_after", "absent", "and_not"
+NOT_AFTER, ABSENT, AND_NOT, NONE_AFTER = "not_after", "absent", "and_not", "none_after"
 LIST_ANY, LIST_ALL = "list_any", "list_all"
 BETWEEN, RANGE_TO, RANGE_END = "between", "range_to", "range_end"
 TODAY, FOLDER, LOT, SIMILAR, OVERLAY = "date", "folder", "lot", "similar", "overlay"
 DET, DE, FILLER, PUNCT = "det", "de", "filler", "punct"
+EXCEPT, EXCEPT_END, OTHERS, CORR_FIRST, CORR_THEN = "except", "except_end", "others", "corr_first", "corr_then"
 
 # On an identical spelling the line's words win over the language words ("offset" is weld_offset on battery_tab,
 # a measure on a line without that class).
@@ -227,11 +245,14 @@ class Vocabulary:
     lexicon: Lexicon
     table: dict[str, Entry] = field(default_factory=dict)
     max_len: int = 1
+    # tables derived from `table` once it is built (suggestion terms, class stems): computed on first use
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, surface: str, entry: Entry, generated: bool = False) -> None:
         key = normalize_term(surface)
         if not key:
             return
+        self.memo.clear()
         old = self.table.get(key)
         if old is not None and old != entry:
             p_old, p_new = _PRIORITY.get(old.kind, 9), _PRIORITY.get(entry.kind, 9)
@@ -256,6 +277,11 @@ class Vocabulary:
 
     def suggestion_terms(self) -> dict[str, str]:
         """normalised -> display spelling of every term worth suggesting (no punctuation, no generated plurals)."""
+        if "suggestions" not in self.memo:
+            self.memo["suggestions"] = self._suggestion_terms()
+        return self.memo["suggestions"]  # shared: callers read it, never change it
+
+    def _suggestion_terms(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for key, entry in self.table.items():
             if entry.kind in (PUNCT, SEP) or not any(c.isalnum() for c in key) or not entry.display:
@@ -302,10 +328,17 @@ def build_vocabulary(line: LineConfig, lexicon: Lexicon, subjects: dict[str, lis
     _add_words(vocab, lg.nor, NOR)
     _add_words(vocab, lg.and_not, AND_NOT)
     _add_words(vocab, lg.not_after, NOT_AFTER)
+    _add_words(vocab, lg.none_after, NONE_AFTER)
     _add_words(vocab, lg.absent, ABSENT)
     _add_words(vocab, lg.together, AND_CLAUSE, closing=True)
     _add_words(vocab, lg.positive, POSITIVE)
     _add_words(vocab, lg.separators, SEP)
+    _add_words(vocab, lg.except_, EXCEPT)
+    _add_words(vocab, lg.except_end, EXCEPT_END)
+    _add_words(vocab, lg.others, OTHERS)
+    for pair, corr in enumerate(lx.correlatives):
+        _add_words(vocab, corr.first, CORR_FIRST, pair=pair, op=corr.op, alone=corr.alone)
+        _add_words(vocab, corr.then, CORR_THEN, pair=pair, op=corr.op)
     _add_words(vocab, lx.any_defect, ANY)
     _add_words(vocab, lx.scope.today, TODAY, days=0)
     _add_words(vocab, lx.scope.yesterday, TODAY, days=-1)
@@ -348,6 +381,11 @@ def _subjects() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(out)
 
 
+def line_names() -> tuple[str, ...]:
+    """The configured product lines, read once per process like the vocabularies (clear_caches forgets them)."""
+    return tuple(name for name, _ in _subjects())
+
+
 @cache
 def vocabulary_for(line: str, lexicon_path: str | None = None) -> Vocabulary:
     lexicon = Lexicon.load(lexicon_path)
@@ -377,3 +415,4 @@ def clear_caches() -> None:
     _load_lexicon.cache_clear()
     _subjects.cache_clear()
     vocabulary_for.cache_clear()
+    segment.reset()

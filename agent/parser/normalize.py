@@ -1,10 +1,16 @@
 """Text normalisation shared by the lexicon and the tokenizer, keeping a map back to the original characters so
-that error messages and clause texts quote what the operator typed."""
+that error messages and clause texts quote what the operator typed: traditional Chinese -> simplified (OpenCC),
+full-width -> half-width (NFKC), lower case, single spaces."""
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from dataclasses import dataclass
+from functools import cache, lru_cache
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 # Characters NFKC leaves alone but operators type interchangeably with ASCII ones.
 _EXTRA = {
@@ -24,6 +30,36 @@ _EXTRA = {
     "\uff61": ".",
     "\u00d7": "x",
 }
+
+
+# Variant characters OpenCC's t2s keeps (they are also valid simplified text) but operators in Taiwan and Hong Kong
+# write for the simplified one: 銲 = 焊 (漏銲, 銲點).
+_VARIANTS = {"銲": "焊", "鍚": "锡"}
+
+
+@cache
+def _t2s() -> Any:
+    """OpenCC's traditional -> simplified converter, or None when opencc cannot be imported (traditional words then
+    stay unknown words with suggestions)."""
+    try:
+        import opencc
+
+        return opencc.OpenCC("t2s")
+    except Exception as exc:  # any import or data problem: the parser still reads simplified text
+        log.warning("opencc unavailable (%s): traditional Chinese is read as typed", exc)
+        return None
+
+
+def to_simplified(text: str) -> str:
+    """Traditional Chinese characters -> simplified, one character for one (裂紋長度 -> 裂纹长度), so that positions
+    in the result are positions in `text`."""
+    if not any(0x3400 <= ord(c) for c in text):
+        return text
+    cc = _t2s()
+    out = cc.convert(text) if cc is not None else text
+    if len(out) != len(text):  # a phrase conversion changed the length: convert character by character instead
+        out = "".join(o if len(o := cc.convert(c)) == 1 else c for c in text)
+    return "".join(_VARIANTS.get(c, c) for c in out)
 
 
 def is_cjk(ch: str) -> bool:
@@ -56,11 +92,13 @@ class Normalized:
         return self.original[self.origin[start] : self.origin[end - 1] + 1].strip()
 
 
+@lru_cache(maxsize=4096)
 def normalize(original: str) -> Normalized:
+    """`original` normalised (see Normalized); cached, as one instruction is normalised once per line tried."""
     text: list[str] = []
     cased: list[str] = []
     origin: list[int] = []
-    for i, ch in enumerate(original):
+    for i, ch in enumerate(to_simplified(original)):
         n = unicodedata.normalize("NFKC", _EXTRA.get(ch, ch))
         n = "".join(_EXTRA.get(c, c) for c in n)
         if not n:

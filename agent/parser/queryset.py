@@ -39,6 +39,7 @@ class CaseResult:
     family: str
     ok: bool
     problems: list[str] = field(default_factory=list)
+    refused: bool = False  # the parser raised a QueryParseError (for a query case: it was refused)
 
 
 @dataclass
@@ -76,11 +77,12 @@ class QuerySetReport:
 
 
 def load_queryset(path: str | Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The `queries` and `errors` of a query-set file (and its `typos`, [] when it has none)."""
     p = Path(path) if path else default_queryset_path()
     if not p.is_file():
         raise ConfigError(f"query set not found: {p}")
     data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    return {"queries": data.get("queries", []), "errors": data.get("errors", [])}
+    return {"queries": data.get("queries", []), "errors": data.get("errors", []), "typos": data.get("typos", [])}
 
 
 def parse_condition_spec(spec: str) -> dict[str, Any]:
@@ -161,20 +163,22 @@ def compare(query: InspectionQuery, case: dict[str, Any], today: dt.date = QUERY
     return problems
 
 
-def check_query(case: dict[str, Any], today: dt.date = QUERYSET_TODAY) -> CaseResult:
+def check_query(case: dict[str, Any], today: dt.date = QUERYSET_TODAY, correct_typos: bool = False) -> CaseResult:
     try:
-        query = parse_instruction(case["q"], line=case.get("with_line"), today=today)
+        query = parse_instruction(case["q"], line=case.get("with_line"), today=today, correct_typos=correct_typos)
     except parser_errors.QueryParseError as exc:
-        return CaseResult(case["q"], "query", case.get("family", "?"), False, [f"{type(exc).__name__}: {exc}"])
+        return CaseResult(
+            case["q"], "query", case.get("family", "?"), False, [f"{type(exc).__name__}: {exc}"], refused=True
+        )
     problems = compare(query, case, today)
     return CaseResult(case["q"], "query", case.get("family", "?"), not problems, problems)
 
 
-def check_error(case: dict[str, Any], today: dt.date = QUERYSET_TODAY) -> CaseResult:
+def check_error(case: dict[str, Any], today: dt.date = QUERYSET_TODAY, correct_typos: bool = False) -> CaseResult:
     family = "errors"
     want = getattr(parser_errors, case["error"])
     try:
-        query = parse_instruction(case["q"], line=case.get("with_line"), today=today)
+        query = parse_instruction(case["q"], line=case.get("with_line"), today=today, correct_typos=correct_typos)
     except parser_errors.QueryParseError as exc:
         problems = []
         if not isinstance(exc, want):
@@ -207,3 +211,38 @@ def evaluate_queryset(path: str | Path | None = None, today: dt.date = QUERYSET_
     data = load_queryset(path)
     results = [check_query(c, today) for c in data["queries"]] + [check_error(c, today) for c in data["errors"]]
     return QuerySetReport(results)
+
+
+def case_language(text: str) -> str:
+    """zh when the instruction has a CJK character, else en (as InspectionQuery.language)."""
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+@dataclass
+class LanguageRates:
+    """Refusal and exact-parse rates of a set of query cases in one language."""
+
+    language: str
+    total: int
+    refused: int
+    exact: int
+
+    @property
+    def refusal_rate(self) -> float:
+        return self.refused / self.total if self.total else 0.0
+
+    @property
+    def exact_rate(self) -> float:
+        return self.exact / self.total if self.total else 0.0
+
+
+def rates_by_language(results: list[CaseResult]) -> dict[str, LanguageRates]:
+    """Per language (zh, en): how many query cases were refused and how many parsed exactly as expected."""
+    out: dict[str, LanguageRates] = {}
+    for r in results:
+        lang = case_language(r.text)
+        cell = out.setdefault(lang, LanguageRates(lang, 0, 0, 0))
+        cell.total += 1
+        cell.refused += r.refused
+        cell.exact += r.ok
+    return dict(sorted(out.items(), key=lambda kv: kv[0] != "zh"))

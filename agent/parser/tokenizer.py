@@ -1,7 +1,10 @@
 """Instruction -> tokens. Chinese has no spaces, so every position is matched longest-first against the line's
 vocabulary; English words must also end on a word boundary ("or" never matches inside "order"). Numbers are
-digits (after NFKC: ０.３ -> 0.3), English number words or Chinese numerals (两, 十二, 零点三). Words that match
-nothing become UNKNOWN tokens; the parser reports them all at once with suggestions."""
+digits (after NFKC: ０.３ -> 0.3), English number words or Chinese numerals (两, 十二, 零点三, 一千二 = 1200). A
+class or subject word with a noun suffix reads as the word (板子 = 板, 焊渣子 = 焊渣), and so does the last
+character of one class's word with the suffix (渣子 = 焊渣). Where Chinese is left unread, jieba cuts it into words
+(agent.parser.segment): a function word that cannot change the query (赶紧, 哪个) is skipped with a note, any other
+word stays UNKNOWN; the parser reports those all at once with suggestions."""
 
 from __future__ import annotations
 
@@ -9,18 +12,28 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.parser import segment
 from agent.parser.lexicon import (
     ANY,
+    BETWEEN,
     CLASS,
     CLASSIFIER,
     CMP,
+    DE,
+    DET,
     FILLER,
     FOLDER,
     LOT,
     MEASURE,
+    QUANT,
+    RANGE_END,
+    RANGE_TO,
     SUBJECT,
+    UNIT,
     Entry,
     Vocabulary,
+    line_names,
+    vocabulary_for,
 )
 from agent.parser.normalize import Normalized, is_ascii_alnum, is_ascii_letter, is_cjk, normalize
 
@@ -37,6 +50,10 @@ _LOT_ID = re.compile(r'"([^"]+)"|([A-Za-z0-9_\-]*[0-9][A-Za-z0-9_\-]*)')
 _LOT_NUMBER_WORD = re.compile(r"(?:no\.?|nr\.?|number|id)(?=[\s#:.]|\d)")
 # plural / possessive fallbacks only for these kinds ("images", "cracks'")
 _PLURAL_KINDS = {CLASS, FILLER, ANY, MEASURE, CLASSIFIER, SUBJECT}
+# words that take a noun suffix (板子, 焊渣子, 针眼儿)
+_SUFFIX_KINDS = {CLASS, SUBJECT, ANY}
+# an unread word next to one of these may bound a number ("大约2mm", "3处左右"): never skipped
+_NUMERIC_KINDS = {"num", UNIT, CMP, QUANT, BETWEEN, RANGE_TO, RANGE_END, CLASSIFIER}
 
 
 def _skip_end(skip: re.Pattern[str], s: str, pos: int) -> int:
@@ -75,6 +92,62 @@ class Token:
         return "<" + " ".join(bits) + ">"
 
 
+def _class_stems(vocab: Vocabulary) -> dict[str, Entry]:
+    """Character -> class entry, for the last character of Chinese class words when it ends words of that class
+    only and is no word by itself (渣 -> 焊渣 for 渣子; not 路, which ends 断路 and 短路)."""
+    found: dict[str, set[str]] = {}
+    entries: dict[str, Entry] = {}
+    for key, entry in vocab.table.items():
+        if entry.kind == CLASS and entry.get("role") == "defect" and len(key) >= 2 and all(is_cjk(c) for c in key):
+            found.setdefault(key[-1], set()).add(entry.get("name"))
+            entries.setdefault(key[-1], entry)
+    return {c: entries[c] for c, names in found.items() if len(names) == 1 and c not in vocab.table}
+
+
+def _user_words() -> list[str]:
+    """jieba's user dictionary: every Chinese word of the lexicon and of every configured line."""
+    words: set[str] = set()
+    for line in line_names():
+        words.update(k for k in vocabulary_for(line).table if k and all(is_cjk(c) for c in k))
+    return sorted(words)
+
+
+def _weak(tok: Token) -> bool:
+    """A known token that may belong to a longer unknown word around it: a classifier, filler, 的 or article, or a
+    one-character measure / subject / class word (点 in 重点, 长 in 班长, 裂 in 裂文)."""
+    if tok.kind in (CLASSIFIER, FILLER, DE, DET):
+        return True
+    return tok.kind in (MEASURE, SUBJECT, CLASS) and len(tok.surface) == 1
+
+
+def _cjk_runs(text: str, inside: set[int]) -> list[tuple[int, int]]:
+    """Maximal runs of Chinese characters that hold a position of `inside`."""
+    runs = []
+    i = 0
+    while i < len(text):
+        if is_cjk(text[i]):
+            j = i
+            while j < len(text) and is_cjk(text[j]):
+                j += 1
+            if any(p in inside for p in range(i, j)):
+                runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """Sorted positions -> [start, end) runs of consecutive ones."""
+    out: list[tuple[int, int]] = []
+    for p in positions:
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + 1)
+        else:
+            out.append((p, p + 1))
+    return out
+
+
 def _zh_numeral_pattern(digits: dict[str, int], mult: dict[str, int], point: str) -> re.Pattern[str]:
     head = "".join(re.escape(c) for c in [*digits, *mult])
     tail = "".join(re.escape(c) for c in digits)
@@ -82,7 +155,9 @@ def _zh_numeral_pattern(digits: dict[str, int], mult: dict[str, int], point: str
 
 
 def parse_zh_numeral(text: str, digits: dict[str, int], mult: dict[str, int], point: str) -> float | None:
-    """十二 -> 12, 二十五 -> 25, 一百零五 -> 105, 两 -> 2, 零点三 -> 0.3; None when malformed."""
+    """十二 -> 12, 二十五 -> 25, 一百零五 -> 105, 两 -> 2, 零点三 -> 0.3, 一千二百 -> 1200; spoken short forms
+    一千二 -> 1200, 三百五 -> 350 (a last digit right after 百 / 千 counts the next unit down); None when
+    malformed."""
     whole, _, frac = text.partition(point)
     total, current = 0, 0
     if whole and all(c in digits for c in whole) and len(whole) > 1:
@@ -96,6 +171,8 @@ def parse_zh_numeral(text: str, digits: dict[str, int], mult: dict[str, int], po
                 current = 0
             else:
                 return None
+        if current and len(whole) >= 2 and mult.get(whole[-2], 0) >= 100:
+            current *= mult[whole[-2]] // 10
         value = float(total + current)
     if frac:
         value += float("0." + "".join(str(digits[c]) for c in frac))
@@ -106,11 +183,24 @@ class Tokenizer:
     """Cuts an instruction into tokens against one line's vocabulary: longest match first, numbers, unknown
     words."""
 
+    @classmethod
+    def of(cls, vocab: Vocabulary) -> Tokenizer:
+        """The vocabulary's tokenizer, made once (it keeps no state between instructions)."""
+        if "tokenizer" not in vocab.memo:
+            vocab.memo["tokenizer"] = cls(vocab)
+        tokenizer: Tokenizer = vocab.memo["tokenizer"]
+        return tokenizer
+
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
         c = vocab.lexicon.counts
         self._zh = (c.zh_digits, c.zh_multipliers, c.zh_decimal_point)
         self._zh_re = _zh_numeral_pattern(*self._zh)
+        self._suffixes = set(vocab.lexicon.suffixes.zh)
+        self._meaning_chars = set("".join(vocab.lexicon.meaning_chars.zh))
+        if "stems" not in vocab.memo:
+            vocab.memo["stems"] = _class_stems(vocab)
+        self._stems: dict[str, Entry] = vocab.memo["stems"]
 
     # -- matching -------------------------------------------------------------------------------------------------
     def _match(self, text: str, i: int) -> tuple[int, Entry] | None:
@@ -185,10 +275,16 @@ class Tokenizer:
                     i = zh.end()
                     continue
             if hit is None:
-                hit = self._plural_fallback(text, i)
+                hit = self._plural_fallback(text, i) or self._stem_form(text, i)
             if hit is not None:
                 length, entry = hit
+                length = self._with_suffix(text, i, length, entry)
                 tok = Token(entry.kind, i, i + length, text[i : i + length], entry=entry)
+                if entry.kind == CLASS and tok.surface != normalize(entry.display).text:
+                    if is_cjk(tok.surface[0]) and tok.surface[-1] in self._suffixes:
+                        tok.extra["note"] = (
+                            f"read '{norm.span(i, i + length)}' as '{entry.display}' ({entry.get('name')})"
+                        )
                 if entry.kind == "numword":
                     tok = Token(
                         NUM, i, i + length, tok.surface, entry=entry, value=float(entry.get("value")), is_word=True
@@ -215,7 +311,88 @@ class Tokenizer:
                 tokens.append(Token(UNKNOWN, i, i + 1, ch))
                 i += 1
         self._capture_before(norm, tokens)
+        if any(t.kind == UNKNOWN and is_cjk(t.surface[0]) for t in tokens):
+            tokens[:] = self._resegment(norm, tokens)
         return norm, tokens
+
+    # -- spoken Chinese -------------------------------------------------------------------------------------------
+    def _with_suffix(self, text: str, i: int, length: int, entry: Entry) -> int:
+        """板子, 焊渣子, 针眼儿: a noun suffix right after a class / subject word belongs to it."""
+        j = i + length
+        if (
+            entry.kind in _SUFFIX_KINDS
+            and j < len(text)
+            and text[j] in self._suffixes
+            and is_cjk(text[j - 1])
+            and self._match(text, j) is None
+        ):
+            return length + 1
+        return length
+
+    def _stem_form(self, text: str, i: int) -> tuple[int, Entry] | None:
+        """渣子 (焊渣), 缝子 (裂缝), 口子 (缺口): the last character of one class's words + a noun suffix."""
+        entry = self._stems.get(text[i])
+        if entry is not None and i + 1 < len(text) and text[i + 1] in self._suffixes:
+            return 1, entry
+        return None
+
+    def _resegment(self, norm: Normalized, tokens: list[Token]) -> list[Token]:
+        """Cut the Chinese the lexicon left unread into jieba's words: skip function words (with a note), keep the
+        others UNKNOWN, whole (重点, not 重 + the classifier 点)."""
+        text = norm.text
+        seg = segment.segmenter(_user_words)
+        unknown = {p for t in tokens if t.kind == UNKNOWN and is_cjk(t.surface[0]) for p in range(t.start, t.end)}
+        owner = {p: k for k, t in enumerate(tokens) for p in range(t.start, t.end)}
+        words: list[tuple[int, int]] = []
+        for start, end in _cjk_runs(text, unknown):
+            words.extend((start + w.start, start + w.end) for w in seg.cut(text[start:end]))
+        # a known word of no weight inside a jieba word that has unread characters is part of that word
+        absorbed: set[int] = set()
+        for s, e in words:
+            if any(p in unknown for p in range(s, e)):
+                for k in {owner[p] for p in range(s, e) if p in owner}:
+                    t = tokens[k]
+                    if t.kind != UNKNOWN and s <= t.start and t.end <= e and _weak(t):
+                        absorbed.add(k)
+                        unknown.update(range(t.start, t.end))
+        kept = [t for k, t in enumerate(tokens) if k not in absorbed and not (t.kind == UNKNOWN and t.start in unknown)]
+        pieces: list[Token] = []
+        for s, e in words:
+            run: list[int] = [p for p in range(s, e) if p in unknown]
+            if not run:
+                continue
+            for a, b in _runs(run):
+                whole = (a, b) == (s, e)
+                piece = Token(UNKNOWN, a, b, text[a:b])
+                if whole:
+                    note = self._skip_note(piece, kept, seg)
+                    if note:
+                        piece.kind, piece.extra["note"] = FILLER, note
+                pieces.append(piece)
+        # unread words side by side stay one word, as before jieba (飞贱 in 焊渣飞贱, whatever jieba's cut)
+        merged: list[Token] = []
+        for piece in sorted(pieces, key=lambda t: t.start):
+            last = merged[-1] if merged else None
+            if last is not None and piece.kind == last.kind == UNKNOWN and last.end == piece.start:
+                last.end, last.surface = piece.end, last.surface + piece.surface
+            else:
+                merged.append(piece)
+        return sorted(kept + merged, key=lambda t: t.start)
+
+    def _skip_note(self, piece: Token, kept: list[Token], seg: segment.Segmenter) -> str:
+        """Why an unread word may be skipped ("" when it may not): a function word of jieba's dictionary, with no
+        character that can change the query, next to no number, unit or comparator, and no word of another line."""
+        word = piece.surface
+        tag = seg.tag(word)
+        if tag not in segment.FUNCTION_TAGS or any(c in self._meaning_chars for c in word):
+            return ""
+        for t in kept:
+            if (t.end == piece.start or t.start == piece.end) and t.kind in _NUMERIC_KINDS:
+                return ""
+        for line in line_names():
+            if vocabulary_for(line).lookup(word) is not None:
+                return ""
+        return f"skipped '{word}' ({segment.FUNCTION_TAGS[tag]}): it does not change what is asked"
 
     def _capture_after(self, norm: Normalized, tok: Token, i: int) -> int:
         """`folder line2/day1`, `lot L123`, `lot no. L123`, `批次L123`: the id right after the word."""
