@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from agent.query import Scope
+from defect_agent.config import LimitsConfig
 from defect_agent.errors import EmptyInput, ImageReadError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -107,10 +108,14 @@ def check_pixels(data: bytes | np.ndarray, source: str | Path, max_pixels: int |
         )
 
 
-def _max_pixels() -> int:
+def _limits() -> LimitsConfig:
     from defect_agent.config import load_app_config
 
-    return load_app_config().limits.max_image_pixels
+    return load_app_config().limits
+
+
+def _max_pixels() -> int:
+    return _limits().max_image_pixels
 
 
 def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -124,6 +129,12 @@ def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -
         raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(mode):
         raise ImageReadError(f"cannot read {path}: not a regular file (a folder, FIFO or device is never read)")
+    max_mb = _limits().max_image_mb
+    if p.stat().st_size > max_mb * 1e6:
+        raise ImageReadError(
+            f"{path} is {p.stat().st_size / 1e6:.0f} MB, above the limit of {max_mb:g} MB per image "
+            "(limits.max_image_mb in configs/default.yaml)"
+        )
     try:
         data = np.fromfile(p, dtype=np.uint8)  # np.fromfile + imdecode handles non-ASCII paths, unlike imread
     except OSError as exc:

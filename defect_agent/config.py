@@ -260,6 +260,7 @@ class LimitsConfig(_Strict):
     """Bounds on what an input may cost before it is refused (checked on the file header, before decoding)."""
 
     max_image_pixels: int = Field(60_000_000, gt=0)  # width x height; a 30000 x 30000 PNG bomb is 900 M
+    max_image_mb: float = Field(256.0, gt=0)  # bytes of one image file read from disk
     max_upload_mb: float = Field(25.0, gt=0)  # per uploaded file (serve)
     max_files_per_request: int = Field(64, gt=0)  # serve: images in one POST /inspect
 

@@ -56,6 +56,8 @@ def setup_files(d: Path) -> None:
     cv2.imwrite(str(d / "small.png"), np.zeros((50, 60, 3), np.uint8))  # not the line's calibrated size
     cv2.imwrite(str(d / "grey16.png"), np.zeros((480, 640), np.uint16))
     png_header_bomb(d / "bomb.png")
+    with (d / "huge.png").open("wb") as fh:  # sparse: 300 MB on paper, nothing on disk
+        fh.truncate(300_000_000)
     os.mkfifo(d / "fifo.png")
     (d / "dir.png").mkdir()
     (d / "link.png").symlink_to(d / "nowhere.png")
@@ -104,6 +106,7 @@ CORPUS: list[Item] = [
     C("wrong size", lambda d: ["inspect", SEED, str(d / "small.png"), "--no-kb"], {3}),
     C("16-bit grey", lambda d: ["inspect", SEED, str(d / "grey16.png"), "--no-kb"], {0, 3}),
     C("30000x30000 header bomb", lambda d: ["inspect", SEED, str(d / "bomb.png"), "--no-kb"], {3}),
+    C("300 MB file", lambda d: ["inspect", SEED, str(d / "huge.png"), good(d), "--no-kb"], {3}),
     C("fifo by name", lambda d: ["inspect", SEED, str(d / "fifo.png"), good(d), "--no-kb"], {3}),
     C("fifo by glob", lambda d: ["inspect", SEED, str(d / "*.png"), "--no-kb"], {0, 3}),
     C("directory named .png", lambda d: ["inspect", SEED, str(d / "dir.png"), good(d), "--no-kb"], {2, 3}),
