@@ -12,6 +12,7 @@ import html
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -175,7 +176,16 @@ def write_reports(out_dir: Path, profile: BatchProfile) -> BatchTotals:
     return totals
 
 
-def _html(profile, line, lang, totals, uncertain, histograms, worst, runs) -> str:  # type: ignore[no-untyped-def]
+def _html(
+    profile: BatchProfile,
+    line: Any,
+    lang: str,
+    totals: BatchTotals,
+    uncertain: Counter[str],
+    histograms: dict[str, Counter[float]],
+    worst: list[tuple[tuple[int, float], int, BatchRecord]],
+    runs: list[dict[str, Any]],
+) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(i.id)}</td><td>{e(i.text)}</td><td>{totals.matches.get(i.id, 0)}</td>"
@@ -206,7 +216,7 @@ def _html(profile, line, lang, totals, uncertain, histograms, worst, runs) -> st
         f"<td>{r['verdicts'].get('pass', 0)}</td><td>{r['unreadable']}</td><td>{r['seconds']}</td></tr>"
         for r in runs
     )
-    v = totals.verdicts
+    counts = totals.verdicts
     title = f"{e(profile.name)} — {e(profile.line)}"
     return f"""<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,"WenQuanYi Micro Hei",sans-serif;margin:1.5rem;color:#1d2330}}
@@ -216,7 +226,7 @@ table{{border-collapse:collapse;margin:.5rem 0}}td,th{{border-bottom:1px solid #
 .cards{{display:flex;flex-wrap:wrap;gap:1rem}}.card{{width:480px}}.card img{{max-width:100%}}figure{{display:inline-block}}
 </style></head><body>
 <h1>{title}</h1>
-<p class="counts"><span class="fail">{say("verdict_fail", lang)} {v["fail"]}</span><span class="review">{say("verdict_review", lang)} {v["review"]}</span><span class="pass">{say("verdict_pass", lang)} {v["pass"]}</span><span class="bad">unreadable {totals.unreadable}</span> of {totals.images} images</p>
+<p class="counts"><span class="fail">{say("verdict_fail", lang)} {counts["fail"]}</span><span class="review">{say("verdict_review", lang)} {counts["review"]}</span><span class="pass">{say("verdict_pass", lang)} {counts["pass"]}</span><span class="bad">unreadable {totals.unreadable}</span> of {totals.images} images</p>
 <h2>Instructions</h2><table><tr><th>id</th><th>instruction</th><th>matching images</th><th>uncertain</th></tr>{rows}</table>
 <h2>Defects by class</h2><table><tr><th>class</th><th>findings</th></tr>{class_rows}</table>
 <h2>Defect sizes</h2>{hists or "<p>no measured defects</p>"}

@@ -122,7 +122,7 @@ def _cached_ensembles(embedder, groups: dict[str, list[str]]) -> dict[str, np.nd
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, **out)
+            np.savez(tmp, **out)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
             tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
         except OSError as exc:
             log.warning("could not cache prompt embeddings in %s: %s", path.parent, exc)
