@@ -37,6 +37,7 @@ REGISTRARS = [
     "vision.verifier.cli",
     "vision.embedder.cli",
     "agent.calibration_cli",
+    "agent.export_cli",
     "knowledge_base.cli",
 ]
 

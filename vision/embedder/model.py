@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from defect_agent.files import verify_model_file
 from defect_agent.paths import resolve
 from vision.embedder import architecture, checkpoint, towers
 from vision.embedder.preprocess import open_clip_transform, to_batch
+
+if TYPE_CHECKING:  # heavy import, only for type hints
+    import onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,41 @@ class Embedder:
         return f"Embedder({self.name}, version={self.version}, dim={self.dim})"
 
 
+class OnnxImageEmbedder(Embedder):
+    """An `Embedder` whose image tower runs in onnxruntime (exported by `defect-agent export --line L --format
+    onnx`); texts, `logit_scale` and everything else stay the torch model's. Crops are preprocessed exactly as the
+    torch path does (`to_batch`). `version` stays the torch embedder's: the vectors are the same model's (cosine
+    >= 0.999 with the torch tower, tests/test_onnx_parity.py), so a knowledge base built either way stays usable;
+    `image_engine` names the ONNX file."""
+
+    def __init__(self, base: Embedder, session: onnxruntime.InferenceSession, image_engine: str) -> None:
+        super().__init__(
+            base.model,
+            base.tokenizer,
+            base.transform,
+            name=base.name,
+            version=base.version,
+            device=base.device,
+            batch_size=base.batch_size,
+        )
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.engine = "onnx"
+        self.image_engine = image_engine
+
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """BGR uint8 crops (any size, grey accepted) -> (n, dim) float32, rows L2-normalised."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        assert self.transform is not None, "a text-only embedder (no image transform) cannot embed images"
+        out = []
+        # onnxruntime sessions run concurrently by themselves: no lock around the image path
+        for start in range(0, len(images), self.batch_size):
+            batch = to_batch(images[start : start + self.batch_size], self.transform).numpy()
+            out.append(self.session.run(None, {self.input_name: batch})[0])
+        return _renorm(np.concatenate(out))
+
+
 def _renorm(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -110,11 +149,26 @@ _CACHE: dict[tuple, Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_embedder(cfg: EmbedderConfig | None = None, device: str = "cpu") -> Embedder:
+def load_embedder(
+    cfg: EmbedderConfig | None = None,
+    device: str = "cpu",
+    *,
+    engine: Literal["torch", "onnx"] = "torch",
+    onnx_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> Embedder:
     """Build the configured embedder (memoised per config, weights file and device: loading takes seconds).
+
+    `engine="onnx"`: the image tower from `<onnx_dir>/<model>-image.onnx` (default var/onnx/embedder; written by
+    `defect-agent export --line L --format onnx`) run by onnxruntime with `threads` intra-op threads (default: the
+    app config's), an `OnnxImageEmbedder`; the text tower stays torch.
 
     Raises ModelFileMissing when the weights file is absent, naming it and the command that makes it."""
     cfg = cfg or EmbedderConfig()
+    if engine == "onnx":
+        return _load_onnx(cfg, device, onnx_dir, threads)
+    if engine != "torch":
+        raise DefectAgentError(f"engine {engine!r} is not one of torch, onnx")
     key_file = _weights_path(cfg)
     stamp = key_file.stat().st_mtime_ns if key_file is not None and key_file.is_file() else None
     key = (cfg.model, cfg.pretrained, cfg.image_size, device, stamp)
@@ -128,6 +182,47 @@ def load_embedder(cfg: EmbedderConfig | None = None, device: str = "cpu") -> Emb
         _CACHE[key] = embedder
         log.info("loaded %r", embedder)
         return embedder
+
+
+def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, threads: int | None) -> Embedder:
+    from vision.embedder.onnx_image import (
+        EXPORT_COMMAND,
+        default_onnx_dir,
+        image_file_name,
+        image_session,
+        our_metadata,
+        source_of,
+    )
+
+    base = load_embedder(cfg, device)
+    path = (resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir()) / image_file_name(base.name)
+    if not path.is_file():
+        raise ModelFileMissing(path, EXPORT_COMMAND, what="ONNX image tower")
+    stamp = path.stat().st_mtime_ns
+    key = ("onnx", cfg.model, cfg.pretrained, cfg.image_size, device, str(path.resolve()), stamp, threads)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+    session = image_session(path, threads)
+    recorded, current = our_metadata(session).get("source"), source_of(base)
+    if recorded != current:
+        raise DefectAgentError(
+            f"{path} was exported from {recorded}, the configured embedder is {current}: re-export it "
+            f"({EXPORT_COMMAND})"
+        )
+    embedder = OnnxImageEmbedder(base, session, f"{path.name}@{short_sha(path)}")
+    with _CACHE_LOCK:
+        _CACHE[key] = embedder
+    return embedder
+
+
+def export_embedder_onnx(cfg: EmbedderConfig | None = None, out_dir: str | Path | None = None) -> Path:
+    """Write `<out_dir>/<model>-image.onnx` (default var/onnx/embedder), the configured embedder's image tower."""
+    from vision.embedder.onnx_image import default_onnx_dir, export_image_tower, image_file_name
+
+    embedder = load_embedder(cfg or EmbedderConfig())
+    folder = resolve(out_dir) if out_dir is not None else default_onnx_dir()
+    return export_image_tower(embedder, folder / image_file_name(embedder.name))
 
 
 def _weights_path(cfg: EmbedderConfig) -> Path | None:

@@ -1,5 +1,5 @@
-"""CLI for per-line LoRA adapters and DeepPCB:
-`defect-agent train adapter`, `defect-agent export --line L --merge`, `defect-agent data deeppcb`."""
+"""CLI for per-line LoRA adapters and DeepPCB: `defect-agent train adapter`, `defect-agent export --line L --merge`
+(or `--format onnx`: the line's engines for onnxruntime), `defect-agent data deeppcb`."""
 
 from __future__ import annotations
 
@@ -130,29 +130,6 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             f"epochs in {result.train_seconds:.0f} s; trainable {result.trainable}; val mAP50 "
             f"{fm.get('metrics/mAP50(B)', float('nan')):.4f}; summary {summary}"
         )
-
-    @app.command("export")
-    def export_cmd(
-        line: str = typer.Option(..., help="product line"),
-        merge: bool = typer.Option(False, "--merge", help="fold the line's LoRA adapter into the base"),
-        out: Path | None = typer.Option(None, help="output .pt (default: the line's locator.weights)"),
-    ) -> None:
-        """Write a standalone checkpoint of a line's locator (`--merge`: base + adapter folded together)."""
-        from defect_agent.config import load_line
-        from defect_agent.paths import resolve
-        from vision.locator.lora import merge_adapter
-
-        if not merge:
-            raise ConfigError("only `--merge` export is available: pass --merge")
-        cfg = load_line(line)
-        if not cfg.locator.adapter:
-            raise ConfigError(f"line {line!r} has no locator.adapter to merge")
-        base = resolve(cfg.locator.base or cfg.locator.weights)
-        target = resolve(out) if out else resolve(cfg.locator.weights)
-        if target.resolve() == base.resolve():
-            raise ConfigError(f"refusing to overwrite the shared base {base}; pass --out")
-        path = merge_adapter(base, resolve(cfg.locator.adapter), target)
-        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
     @data.command("deeppcb")
     def data_deeppcb_cmd(

@@ -580,17 +580,24 @@ def merge_into_base(model: DetectionModel, adapter_name: str) -> DetectionModel:
     return model
 
 
-def merge_adapter(base_path: Path | str, adapter_path: Path | str, out: Path | str) -> Path:
-    """Write a standalone ultralytics checkpoint (fp16) of base + adapter, loadable with `YOLO(out)`."""
-    from ultralytics import __version__
-
-    base_path, adapter_path, out = Path(base_path), Path(adapter_path), Path(out)
+def merged_detection_model(base_path: Path | str, adapter_path: Path | str) -> tuple[DetectionModel, AdapterMeta]:
+    """Base + adapter folded together in memory (FP32, eval mode): a plain ultralytics model with the line's head."""
+    base_path = Path(base_path)
     model = prepare_base(load_detection_model(base_path))
     meta = load_adapter(model, adapter_path, "merge", file_sha256(base_path))
     merge_into_base(model, "merge")
     _set_head_shape(model, meta.names)
     if hasattr(model, BASE_ATTR):
         delattr(model, BASE_ATTR)
+    return model, meta
+
+
+def merge_adapter(base_path: Path | str, adapter_path: Path | str, out: Path | str) -> Path:
+    """Write a standalone ultralytics checkpoint (fp16) of base + adapter, loadable with `YOLO(out)`."""
+    from ultralytics import __version__
+
+    base_path, adapter_path, out = Path(base_path), Path(adapter_path), Path(out)
+    model, meta = merged_detection_model(base_path, adapter_path)
     model.pt_path = str(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     train_args = dict(getattr(model, "args", {}) or {})

@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # heavy import, only for type hints
     from ultralytics import YOLO
 
     from vision.locator.lora import AdapterBank
+    from vision.locator.onnx_engine import Engine, OnnxDetector
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,25 @@ class Locator:
         return cls(model, _version_of(path), names, imgsz=imgsz, conf=conf, iou=iou, device=device, weights_path=path)
 
     @classmethod
-    def from_line(cls, line: LineConfig, device: str = "cpu") -> Locator:
-        """The line's detector: `locator.weights`, or `locator.base` (default: weights) plus `locator.adapter`."""
+    def from_line(
+        cls,
+        line: LineConfig,
+        device: str = "cpu",
+        *,
+        engine: Engine = "torch",
+        onnx_dir: str | Path | None = None,
+        threads: int | None = None,
+    ) -> Locator:
+        """The line's detector: `locator.weights`, or `locator.base` (default: weights) plus `locator.adapter`.
+
+        `engine="onnx"`: the file `defect-agent export --line L --format onnx` wrote (base + adapter merged) in
+        `onnx_dir` (default var/onnx/<line>), run by onnxruntime on the CPU with `threads` intra-op threads (default:
+        the app config's); `device` is then ignored. Same `predict`, boxes within the tolerance of
+        tests/test_onnx_parity.py."""
+        from vision.locator.onnx_engine import check_engine
+
+        if check_engine(engine) == "onnx":
+            return OnnxLocator.load(line, onnx_dir=onnx_dir, threads=threads)
         cfg = line.locator
         make = train_command(line.name)
         if cfg.adapter is None:
@@ -200,13 +218,18 @@ class Locator:
         return out
 
     def _to_detections(self, result: Any, shape: tuple[int, ...]) -> list[Detection]:
-        h, w = shape[:2]
         boxes = result.boxes
         if boxes is None or len(boxes) == 0:
             return []
         xyxy = boxes.xyxy.cpu().numpy().astype(float)
         confs = boxes.conf.cpu().numpy().astype(float)
         cls_ids = boxes.cls.cpu().numpy().astype(int)
+        return self._detections(xyxy, confs, cls_ids, shape)
+
+    def _detections(
+        self, xyxy: np.ndarray, confs: np.ndarray, cls_ids: np.ndarray, shape: tuple[int, ...]
+    ) -> list[Detection]:
+        h, w = shape[:2]
         dets = []
         for (x1, y1, x2, y2), c, k in zip(xyxy, confs, cls_ids):
             x1, x2 = float(np.clip(x1, 0, w)), float(np.clip(x2, 0, w))
@@ -221,6 +244,108 @@ class Locator:
             )
         dets.sort(key=lambda d: -d.confidence)
         return dets
+
+
+class OnnxLocator(Locator):
+    """A line's detector exported to ONNX (`defect-agent export --line L --format onnx`: base and adapter merged,
+    then ultralytics' exporter), run by onnxruntime on the CPU. `predict` takes and returns what the torch
+    `Locator`'s does: ultralytics' letterbox and NMS run around the session (vision.locator.onnx_engine). No
+    ultralytics model is held (`model` is None): evaluation and training take the torch engine."""
+
+    def __init__(
+        self,
+        detector: OnnxDetector,
+        version: str,
+        class_names: list[str],
+        imgsz: int = 640,
+        conf: float = 0.25,
+        iou: float = 0.5,
+        weights_path: Path | None = None,
+        adapter_version: str | None = None,
+    ) -> None:
+        super().__init__(
+            cast("YOLO", None),  # no ultralytics model behind this engine (see the class docstring)
+            version,
+            class_names,
+            imgsz=imgsz,
+            conf=conf,
+            iou=iou,
+            device="cpu",
+            weights_path=weights_path,
+            adapter_version=adapter_version,
+        )
+        self.detector = detector
+        self.engine = "onnx"
+
+    @classmethod
+    def load(cls, line: LineConfig, onnx_dir: str | Path | None = None, threads: int | None = None) -> OnnxLocator:
+        """`<onnx_dir>/locator.onnx` (default var/onnx/<line>), checked against the line's classes and, where the
+        torch files are on this PC, against the base / adapter / weights it was exported from."""
+        from vision.locator.onnx_engine import LOCATOR_FILE, default_onnx_dir, onnx_version, require_file
+
+        folder = resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir(line.name)
+        path = require_file(folder / LOCATOR_FILE, line.name, "ONNX locator")
+        return cls.from_detector(line, _onnx_detector(path, threads), onnx_version(path))
+
+    @classmethod
+    def from_detector(cls, line: LineConfig, detector: OnnxDetector, file_version: str) -> OnnxLocator:
+        from vision.locator.onnx_engine import check_source
+
+        source, adapter_version = line_source_versions(line)
+        recorded = detector.meta.get("source")
+        check_source(recorded, source, detector.path, line.name)
+        names = _checked_names(line, detector.class_names, str(detector.path))
+        cfg = line.locator
+        return cls(
+            detector,
+            f"{recorded}|{file_version}",
+            names,
+            imgsz=cfg.imgsz,
+            conf=cfg.conf,
+            iou=cfg.iou,
+            weights_path=detector.path,
+            adapter_version=detector.meta.get("adapter_version") or adapter_version,
+        )
+
+    def _predict(self, images: list[np.ndarray], conf: float | None) -> list[list[Detection]]:
+        conf = self.conf if conf is None else conf
+        bgr = [_as_bgr(img, i) for i, img in enumerate(images)]
+        out: list[list[Detection]] = []
+        for start in range(0, len(bgr), PREDICT_BATCH):
+            chunk = bgr[start : start + PREDICT_BATCH]
+            found = self.detector.detect(chunk, conf=conf, iou=self.iou, imgsz=self.imgsz)
+            out.extend(self._detections(xyxy, c, k, img.shape) for (xyxy, c, k), img in zip(found, chunk))
+        return out
+
+
+_DETECTORS: dict[tuple[Path, int, int], OnnxDetector] = {}
+_DETECTORS_LOCK = threading.Lock()
+
+
+def _onnx_detector(path: Path, threads: int | None) -> OnnxDetector:
+    """One session per file, its modification time and thread count: a pool's lines, or a server's requests, share it
+    (onnxruntime sessions are safe to run from several threads)."""
+    from vision.locator.onnx_engine import OnnxDetector, default_threads
+
+    key = (path.resolve(), path.stat().st_mtime_ns, default_threads(threads))
+    with _DETECTORS_LOCK:
+        if key not in _DETECTORS:
+            _DETECTORS[key] = OnnxDetector(path, threads=key[2])
+        return _DETECTORS[key]
+
+
+def line_source_versions(line: LineConfig) -> tuple[str | None, str | None]:
+    """(the version `from_line` gives the line's torch locator, its adapter's version) from the files on disk; None
+    where a file is absent (an ONNX-only line PC)."""
+    cfg = line.locator
+    if cfg.adapter is None:
+        weights = resolve(cfg.weights)
+        return (_version_of(weights) if weights.is_file() else None), None
+    base, adapter = resolve(cfg.base or cfg.weights), resolve(cfg.adapter)
+    adapter_version = _version_of(adapter) if adapter.exists() else None
+    if not base.is_file() or adapter_version is None:
+        return None, adapter_version
+    return f"{_version_of(base)}+{adapter_version}", adapter_version
 
 
 def _version_of(path: Path) -> str:
@@ -264,7 +389,21 @@ class LocatorPool:
         self._banks: dict[Path, AdapterBank] = {}
         self._lock = threading.Lock()
 
-    def locator(self, line: LineConfig, device: str = "cpu") -> Locator:
+    def locator(
+        self,
+        line: LineConfig,
+        device: str = "cpu",
+        *,
+        engine: Engine = "torch",
+        onnx_dir: str | Path | None = None,
+        threads: int | None = None,
+    ) -> Locator:
+        """The line's locator; `engine`, `onnx_dir` and `threads` as in `Locator.from_line` (ONNX files hold the
+        adapter merged: nothing is shared but the session of a file several callers load)."""
+        from vision.locator.onnx_engine import check_engine
+
+        if check_engine(engine) == "onnx":
+            return OnnxLocator.load(line, onnx_dir=onnx_dir, threads=threads)
         cfg = line.locator
         base_path = resolve(cfg.base or cfg.weights) if cfg.adapter else resolve(cfg.weights)
         if not base_path.is_file():

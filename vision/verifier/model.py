@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,10 @@ from defect_agent.errors import ConfigError, ImageReadError
 from vision.detection import Box, Detection
 
 if TYPE_CHECKING:
+    import onnxruntime
+
     from defect_agent.config import LineConfig
+    from vision.locator.onnx_engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -239,19 +243,71 @@ class DefectVerifier:
         )
 
     @classmethod
-    def for_line(cls, line: LineConfig) -> DefectVerifier:
-        """The line's `locator.verifier`, checked against the line's defect classes."""
+    def from_onnx(
+        cls,
+        path: str | Path,
+        threads: int | None = None,
+        relabel_min: float = 0.5,
+        nms_iou: float = 0.5,
+        tta: bool = False,
+        alternative_min: float = 0.05,
+        union_min: float | None = None,
+        demote: float | None = None,
+    ) -> DefectVerifier:
+        """A verifier exported by `export_verifier_onnx`, its network run by onnxruntime (`OnnxVerifierNet`);
+        crops, TTA, box decoding and merging stay the torch verifier's. Version: `<source>|onnx@<sha12>`."""
+        from vision.locator.onnx_engine import onnx_version, ort_session, our_metadata
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"ONNX verifier not found: {path} (defect-agent export --line <line> --format onnx)")
+        session = ort_session(path, threads)
+        recorded = our_metadata(session)
+        try:
+            meta = VerifierMeta.model_validate_json(recorded["verifier_meta"])
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"{path} lacks the verifier metadata of an export: {exc}") from exc
+        return cls(
+            OnnxVerifierNet(session),
+            meta,
+            f"{recorded.get('source')}|{onnx_version(path)}",
+            relabel_min=relabel_min,
+            nms_iou=nms_iou,
+            tta=tta,
+            alternative_min=alternative_min,
+            union_min=union_min,
+            demote=demote,
+        )
+
+    @classmethod
+    def for_line(
+        cls,
+        line: LineConfig,
+        *,
+        engine: Engine = "torch",
+        onnx_dir: str | Path | None = None,
+        threads: int | None = None,
+    ) -> DefectVerifier:
+        """The line's `locator.verifier`, checked against the line's defect classes.
+
+        `engine="onnx"`: `<onnx_dir>/verifier.onnx` (default var/onnx/<line>; `defect-agent export --line L --format
+        onnx`) run by onnxruntime with `threads` intra-op threads, checked against the verifier file it came from
+        where that file is on this PC."""
         from defect_agent.paths import resolve
+        from vision.locator.onnx_engine import check_engine
 
         if not line.locator.verifier:
             raise ConfigError(f"line {line.name!r} has no locator.verifier in configs/lines/{line.name}.yaml")
-        verifier = cls.from_file(
-            resolve(line.locator.verifier),
-            relabel_min=line.locator.verifier_relabel_min,
-            tta=line.locator.verifier_tta,
-            union_min=line.locator.verifier_union_min,
-            demote=line.locator.verifier_demote,
-        )
+        if check_engine(engine) == "onnx":
+            verifier = cls._onnx_for_line(line, onnx_dir, threads)
+        else:
+            verifier = cls.from_file(
+                resolve(line.locator.verifier),
+                relabel_min=line.locator.verifier_relabel_min,
+                tta=line.locator.verifier_tta,
+                union_min=line.locator.verifier_union_min,
+                demote=line.locator.verifier_demote,
+            )
         defects = [c.name for c in line.classes if c.role == "defect"]
         if sorted(verifier.meta.classes) != sorted(defects):
             raise ConfigError(
@@ -259,6 +315,27 @@ class DefectVerifier:
                 f"{line.name!r} has {defects}: retrain it with `defect-agent train verifier --line "
                 f"{line.name}`"
             )
+        return verifier
+
+    @classmethod
+    def _onnx_for_line(cls, line: LineConfig, onnx_dir: str | Path | None, threads: int | None) -> DefectVerifier:
+        from defect_agent.files import file_sha256
+        from defect_agent.paths import resolve
+        from vision.locator.onnx_engine import VERIFIER_FILE, check_source, default_onnx_dir, require_file
+
+        folder = resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir(line.name)
+        path = require_file(folder / VERIFIER_FILE, line.name, "ONNX verifier")
+        verifier = cls.from_onnx(
+            path,
+            threads=threads,
+            relabel_min=line.locator.verifier_relabel_min,
+            tta=line.locator.verifier_tta,
+            union_min=line.locator.verifier_union_min,
+            demote=line.locator.verifier_demote,
+        )
+        source = resolve(line.locator.verifier or "")
+        current = f"{source.name}@{file_sha256(source)[:12]}" if source.is_file() else None
+        check_source(verifier.version.split("|")[0], current, path, line.name)
         return verifier
 
     def save(self, path: str | Path) -> Path:
@@ -356,6 +433,75 @@ class DefectVerifier:
             union_min=self.union_min,
             demote=self.demote if candidates else None,
         )
+
+
+class OnnxVerifierNet:
+    """The verifier's CNN + box head as an onnxruntime session, called like the torch module it was exported from
+    (a float (N, C, S, S) tensor in, the (N, outputs) logits tensor out), so `DefectVerifier.read_channels` and its
+    eight-view TTA run unchanged around it."""
+
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def eval(self) -> OnnxVerifierNet:
+        return self
+
+    def __call__(self, x):
+        import torch
+
+        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
+        return torch.from_numpy(logits)
+
+    def state_dict(self) -> dict:
+        raise ConfigError("an ONNX verifier has no torch weights to save: save the torch verifier it came from")
+
+
+def export_verifier_onnx(verifier: DefectVerifier, target: str | Path, line: str | None = None) -> Path:
+    """Write the verifier's network (CNN + box head) as ONNX with a dynamic batch (torch.onnx's TorchScript
+    exporter, as ultralytics uses), its `VerifierMeta` and source version in the file's metadata."""
+    import copy
+
+    import torch
+
+    from vision.locator.onnx_engine import replace_atomically, stamp_metadata, writable_target
+
+    if isinstance(verifier.model, OnnxVerifierNet):
+        raise ConfigError("export the torch verifier (engine='torch'), not an ONNX one")
+    target = writable_target(Path(target))
+    tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+    model = copy.deepcopy(verifier.model).eval()
+    dummy = torch.zeros(1, verifier.meta.channels, verifier.meta.crop, verifier.meta.crop)
+    with warnings.catch_warnings():  # TorchScript exporter: deprecated, not removed (below)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(tmp),
+            input_names=["crops"],
+            output_names=["logits"],
+            dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter: the dynamo one needs onnxscript, which is not pinned
+        )
+    stamp_metadata(
+        tmp,
+        {
+            "kind": "verifier",
+            "line": line or "",
+            "source": verifier.version,
+            "verifier_meta": verifier.meta.model_dump_json(),
+            "torch": torch.__version__,
+        },
+    )
+    return replace_atomically(tmp, target)
+
+
+def export_line_verifier(line: LineConfig, out_dir: str | Path) -> Path:
+    """`<out_dir>/verifier.onnx` from the line's `locator.verifier`."""
+    from vision.locator.onnx_engine import VERIFIER_FILE
+
+    return export_verifier_onnx(DefectVerifier.for_line(line), Path(out_dir) / VERIFIER_FILE, line=line.name)
 
 
 def _n_outputs(meta: VerifierMeta) -> int:

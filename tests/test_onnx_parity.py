@@ -1,0 +1,283 @@
+"""The ONNX engines of a line PC (`defect-agent export --line L --format onnx`, loaded with engine="onnx") against
+the torch models they come from, exported once per module into a temporary folder:
+
+- locator (battery_tab, generated images; pcb base + LoRA adapter merged, on DeepPCB composites where
+  ../shared/datasets holds them): every torch box at least `conf + CONF_TOL` has an ONNX box of its class with
+  IoU >= IOU_MIN and |confidence difference| <= CONF_TOL, and no ONNX box at least `conf + CONF_TOL` is left over;
+- embedder image tower: cosine >= COSINE_MIN per crop; texts and version unchanged;
+- pcb verifier: class probabilities (eight-view TTA, as the line runs it) within PROB_TOL, refined boxes within
+  BOX_TOL px, on reference composites of DeepPCB pairs (synthetic boards without ../shared).
+
+Sockets are blocked for the whole suite (pytest-socket): the exports download nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from defect_agent.config import EmbedderConfig, load_line
+from defect_agent.errors import ConfigError, DefectAgentError, ModelFileMissing
+from defect_agent.paths import shared_datasets_dir
+from vision.detection import Box, Detection
+
+pytest.importorskip("onnxruntime", reason="the onnx engine needs onnxruntime (pip install onnxruntime==1.31.1)")
+pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+
+IOU_MIN = 0.95
+CONF_TOL = 0.02
+COSINE_MIN = 0.999
+PROB_TOL = 1e-3
+BOX_TOL = 0.5  # px: the verifier's refined box corners
+THREADS = 2
+
+
+def _app() -> typer.Typer:
+    from agent.export_cli import register
+
+    root, train, ev, data = typer.Typer(), typer.Typer(), typer.Typer(), typer.Typer()
+    root.add_typer(train, name="train")
+    root.add_typer(ev, name="eval")
+    root.add_typer(data, name="data")
+    register(root, train, ev, data)
+    return root
+
+
+def _export(line: str, out: Path, *parts: str) -> None:
+    args = ["export", "--line", line, "--format", "onnx", "--out", str(out)]
+    for part in parts:
+        args += ["--part", part]
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 0, res.output
+    for part in parts:
+        assert f"wrote {part} " in res.output
+
+
+@pytest.fixture(scope="module")
+def battery_onnx(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx-battery_tab")
+    _export("battery_tab", out, "locator", "embedder")
+    return out
+
+
+@pytest.fixture(scope="module")
+def pcb_onnx(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx-pcb")
+    _export("pcb", out, "locator", "verifier")
+    return out
+
+
+@pytest.fixture(scope="module")
+def battery_images(tmp_path_factory) -> list[np.ndarray]:
+    from vision.datasets.synth.battery_tab import generate_batch
+
+    paths = generate_batch(tmp_path_factory.mktemp("battery"), n=6, seed=4242, progress=False)
+    return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+
+
+def _deeppcb_pairs(n: int):
+    root = shared_datasets_dir()
+    if root is None or not (root / "deeppcb").is_dir():
+        return None
+    from vision.datasets.deeppcb import parse_annotation, scan_deeppcb
+    from vision.reference import read_grey, reference_composite
+
+    pairs = [p for p in scan_deeppcb(root / "deeppcb") if p.template is not None][::97][:n]
+    return [
+        (
+            reference_composite(read_grey(p.test), read_grey(p.template)),
+            parse_annotation(p.annotation.read_text(encoding="utf-8"), str(p.annotation)),
+        )
+        for p in pairs
+    ]
+
+
+def _synthetic_boards(n: int):
+    """Template boards with pads and traces; the test board has holes and blobs punched in (no ../shared)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for _ in range(n):
+        template = np.zeros((640, 640), np.uint8)
+        for _ in range(12):
+            x, y = (int(v) for v in rng.integers(20, 560, 2))
+            cv2.rectangle(template, (x, y), (x + int(rng.integers(20, 80)), y + int(rng.integers(20, 80))), 255, -1)
+        test = template.copy()
+        truth = []
+        for k in range(6):
+            x, y = (int(v) for v in rng.integers(30, 610, 2))
+            r = int(rng.integers(3, 9))
+            cv2.circle(test, (x, y), r, 0 if k % 2 else 255, -1)
+            truth.append((k, Box(x1=x - r, y1=y - r, x2=x + r, y2=y + r)))
+        from vision.reference import reference_composite
+
+        out.append((reference_composite(test, template), truth))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pcb_composites():
+    return _deeppcb_pairs(3) or _synthetic_boards(3)
+
+
+def box_deviation(torch_dets: list[Detection], onnx_dets: list[Detection], conf: float) -> tuple[float, float]:
+    """Asserts the tolerance of the module docstring; returns (lowest IoU, largest |conf diff|) over the matches."""
+    worst_iou, worst_conf = 1.0, 0.0
+    used: set[int] = set()
+    for t in torch_dets:
+        candidates = [(i, o) for i, o in enumerate(onnx_dets) if o.defect_class == t.defect_class and i not in used]
+        best = max(candidates, key=lambda io: t.box.iou(io[1].box), default=None)
+        if t.confidence < conf + CONF_TOL and (best is None or t.box.iou(best[1].box) < IOU_MIN):
+            continue  # at the threshold the other engine may fall just below it
+        assert best is not None, f"torch box {t} has no ONNX box of its class"
+        i, o = best
+        iou, dconf = t.box.iou(o.box), abs(t.confidence - o.confidence)
+        assert iou >= IOU_MIN and dconf <= CONF_TOL, (t, o, iou, dconf)
+        used.add(i)
+        worst_iou, worst_conf = min(worst_iou, iou), max(worst_conf, dconf)
+    extra = [o for i, o in enumerate(onnx_dets) if i not in used and o.confidence >= conf + CONF_TOL]
+    assert not extra, f"ONNX boxes without a torch box: {extra}"
+    return worst_iou, worst_conf
+
+
+def test_battery_tab_locator_boxes_match_torch(battery_onnx, battery_images):
+    from vision.locator import Locator
+    from vision.locator.model import OnnxLocator
+
+    line = load_line("battery_tab")
+    torch_loc = Locator.from_line(line)
+    onnx_loc = Locator.from_line(line, engine="onnx", onnx_dir=battery_onnx, threads=THREADS)
+    assert isinstance(onnx_loc, OnnxLocator) and onnx_loc.class_names == torch_loc.class_names
+    assert onnx_loc.version.startswith(torch_loc.version + "|onnx@")
+    from vision.locator import shared_pool
+
+    pooled = shared_pool().locator(line, engine="onnx", onnx_dir=battery_onnx, threads=THREADS)
+    assert isinstance(pooled, OnnxLocator) and pooled.detector is onnx_loc.detector  # one session per file
+    # one pass at a low threshold covers the line's: greedy NMS only lets a box suppress less confident ones, so the
+    # boxes above 0.25 are the same whether those below were there or not
+    conf = 0.05
+    found = onnx_loc.predict(battery_images, conf=conf)
+    figures = [box_deviation(t, o, conf) for t, o in zip(torch_loc.predict(battery_images, conf=conf), found)]
+    assert sum(d.confidence >= line.locator.conf for dets in found for d in dets) > len(battery_images)
+    # mixed sizes: ultralytics letterboxes both engines to the square imgsz instead of the smallest stride multiple
+    mixed = [battery_images[0], cv2.resize(battery_images[1], (512, 400)), battery_images[2][:300, :500].copy()]
+    for t, o in zip(torch_loc.predict(mixed), onnx_loc.predict(mixed)):
+        figures.append(box_deviation(t, o, line.locator.conf))
+    print(
+        f"battery_tab locator: 1 - min IoU {1 - min(f[0] for f in figures):.2e}, max |dconf| {max(f[1] for f in figures):.2e}"
+    )
+
+
+def test_pcb_locator_with_merged_adapter_matches_torch(pcb_onnx, pcb_composites):
+    from vision.locator import Locator
+
+    line = load_line("pcb")
+    torch_loc = Locator.from_line(line)  # base + adapter, unmerged
+    onnx_loc = Locator.from_line(line, engine="onnx", onnx_dir=pcb_onnx, threads=THREADS)
+    assert onnx_loc.adapter_version == torch_loc.adapter_version and onnx_loc.adapter_version
+    images = [c for c, _ in pcb_composites]
+    conf = line.locator.detector_conf
+    figures = [
+        box_deviation(t, o, conf) for t, o in zip(torch_loc.predict(images, conf), onnx_loc.predict(images, conf))
+    ]
+    print(
+        f"pcb locator (merged): 1 - min IoU {1 - min(f[0] for f in figures):.2e}, max |dconf| {max(f[1] for f in figures):.2e}"
+    )
+
+
+def test_pcb_verifier_probabilities_match_torch(pcb_onnx, pcb_composites):
+    from vision.verifier.model import DefectVerifier
+
+    line = load_line("pcb")
+    torch_ver = DefectVerifier.for_line(line)
+    onnx_ver = DefectVerifier.for_line(line, engine="onnx", onnx_dir=pcb_onnx, threads=THREADS)
+    assert onnx_ver.tta and onnx_ver.meta == torch_ver.meta
+    assert onnx_ver.version.startswith(torch_ver.version + "|onnx@")
+    rng = np.random.default_rng(3)
+    worst_p = worst_box = 0.0
+    for composite, truth in pcb_composites:
+        boxes = [b for _, b in truth]
+        # detector boxes are a few pixels off the annotation: shifted and grown ones exercise the box head too
+        shifts = rng.normal(0, 3, (len(boxes), 2))
+        boxes += [
+            Box(x1=b.x1 + dx - abs(dy), y1=b.y1 + dy, x2=b.x2 + dx + abs(dy), y2=b.y2 + dy)
+            for b, (dx, dy) in zip(boxes, shifts)
+        ]
+        a, b = torch_ver.read(composite, boxes), onnx_ver.read(composite, boxes)
+        worst_p = max(worst_p, float(np.abs(a.probabilities - b.probabilities).max()))
+        corners = [
+            abs(getattr(ba, k) - getattr(bb, k)) for ba, bb in zip(a.boxes, b.boxes) for k in ("x1", "y1", "x2", "y2")
+        ]
+        worst_box = max(worst_box, max(corners))
+    composite, truth = pcb_composites[0]
+    dets = [Detection(defect_class=line.class_names[c], class_id=c, box=bx, confidence=0.5) for c, bx in truth]
+    va, vb = torch_ver.verify(composite, dets), onnx_ver.verify(composite, dets)
+    assert [d.defect_class for d in va] == [d.defect_class for d in vb]
+    assert all(a.box.iou(b.box) >= 0.999 for a, b in zip(va, vb))
+    assert worst_p <= PROB_TOL and worst_box <= BOX_TOL, (worst_p, worst_box)
+    print(f"pcb verifier: max |dp| {worst_p:.2e}, max box corner {worst_box:.2e} px")
+
+
+def test_embedder_image_tower_matches_torch(battery_onnx, battery_images):
+    from vision.crops import crop_region
+    from vision.embedder import load_embedder
+    from vision.embedder.model import OnnxImageEmbedder
+
+    cfg = EmbedderConfig()
+    torch_emb = load_embedder(cfg)
+    onnx_emb = load_embedder(cfg, engine="onnx", onnx_dir=battery_onnx, threads=THREADS)
+    assert isinstance(onnx_emb, OnnxImageEmbedder) and onnx_emb.version == torch_emb.version
+    rng = np.random.default_rng(5)
+    crops = []
+    for image in battery_images[:6]:
+        h, w = image.shape[:2]
+        for _ in range(4):
+            x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+            side = float(rng.integers(24, 160))
+            crops.append(crop_region(image, Box(x1=x, y1=y, x2=min(w, x + side), y2=min(h, y + 0.7 * side))))
+    crops.append(cv2.cvtColor(battery_images[0][:50, :70], cv2.COLOR_BGR2GRAY))  # grey and not square
+    a, b = torch_emb.embed_images(crops), onnx_emb.embed_images(crops)
+    cosine = (a * b).sum(axis=1)
+    assert a.shape == b.shape and cosine.min() >= COSINE_MIN, cosine.min()
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    texts = ["weld spatter", "焊渣飞溅"]
+    np.testing.assert_array_equal(torch_emb.embed_texts(texts), onnx_emb.embed_texts(texts))
+    print(
+        f"embedder image tower: 1 - min cosine {1 - cosine.min():.2e}, max |d| {np.abs(a - b).max():.2e} over "
+        f"{len(crops)} crops"
+    )
+
+
+def test_missing_or_stale_exports_name_the_export_command(battery_onnx, tmp_path):
+    from vision.locator import Locator
+
+    line = load_line("battery_tab")
+    with pytest.raises(ModelFileMissing, match="defect-agent export --line battery_tab --format onnx"):
+        Locator.from_line(line, engine="onnx", onnx_dir=tmp_path)
+    other = line.model_copy(
+        update={"locator": line.locator.model_copy(update={"weights": "models/locator/defect_base.pt"})}
+    )
+    with pytest.raises(ConfigError, match="re-export"):
+        Locator.from_line(other, engine="onnx", onnx_dir=battery_onnx)
+    with pytest.raises(ConfigError, match="engine"):
+        Locator.from_line(line, engine="tensorrt")  # type: ignore[arg-type]
+    from vision.embedder import load_embedder
+
+    with pytest.raises(ModelFileMissing, match="--format onnx"):
+        load_embedder(EmbedderConfig(), engine="onnx", onnx_dir=tmp_path)
+
+
+def test_export_never_writes_into_models(tmp_path):
+    from defect_agent.paths import models_dir
+
+    res = CliRunner().invoke(
+        _app(), ["export", "--line", "battery_tab", "--format", "onnx", "--part", "locator", "--out", str(models_dir())]
+    )
+    assert res.exit_code != 0 and isinstance(res.exception, DefectAgentError)
+    assert "models/" in str(res.exception)
+    assert not (models_dir() / "locator.onnx").exists()
+    res = CliRunner().invoke(_app(), ["export", "--line", "battery_tab", "--format", "onnx", "--part", "nope"])
+    assert isinstance(res.exception, ConfigError)

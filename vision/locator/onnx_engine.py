@@ -1,0 +1,197 @@
+"""The ONNX engine of the locator on a line PC: onnxruntime sessions (CPU, threads set explicitly), the metadata an
+exported file carries (`defect_agent.*` keys beside ultralytics' own) and `OnnxDetector`, which runs an exported
+detector with ultralytics' own letterbox, non-maximum suppression and box scaling, so its boxes are the torch
+predictor's. Export lives in `vision.locator.export`; this module imports neither the exporter nor `onnx`.
+
+The verifier (`vision.verifier.model`) reuses `ort_session` and the metadata helpers; the embedder, a sibling
+package, keeps its own copy (vision/embedder/onnx_image.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import numpy as np
+
+from defect_agent.errors import ConfigError, ModelFileMissing
+
+if TYPE_CHECKING:  # heavy import, only for type hints
+    import onnxruntime
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["torch", "onnx"]
+ENGINES: tuple[str, ...] = ("torch", "onnx")
+ORT_PIN = "onnxruntime==1.31.1"
+LOCATOR_FILE = "locator.onnx"
+VERIFIER_FILE = "verifier.onnx"
+META_PREFIX = "defect_agent."  # our keys in the ONNX file's metadata_props, beside ultralytics' own
+
+
+def export_command(line_name: str) -> str:
+    return f"defect-agent export --line {line_name} --format onnx"
+
+
+def check_engine(engine: str) -> Engine:
+    if engine not in ENGINES:
+        raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    return engine  # type: ignore[return-value]  # checked against ENGINES just above
+
+
+def default_onnx_dir(line_name: str) -> Path:
+    """`var/onnx/<line>` (under DEFECT_AGENT_DATA): never models/, whose files are pinned in its manifest."""
+    from defect_agent.paths import data_dir
+
+    return data_dir() / "onnx" / line_name
+
+
+def default_threads(threads: int | None = None) -> int:
+    """Intra-op threads: the argument, else `threads` of configs/default.yaml, else DEFECT_AGENT_THREADS, else the
+    machine's cores (the same order as defect_agent.runtime.set_threads, without touching torch)."""
+    if threads:
+        return int(threads)
+    from defect_agent.config import load_app_config
+
+    return load_app_config().threads or int(os.environ.get("DEFECT_AGENT_THREADS", 0)) or (os.cpu_count() or 1)
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"the onnx engine needs onnxruntime ({exc}): pip install {ORT_PIN}, or use engine='torch'"
+        ) from exc
+    return onnxruntime
+
+
+def ort_session(path: Path, threads: int | None = None) -> onnxruntime.InferenceSession:
+    """A CPU session with `threads` intra-op threads and one inter-op thread: onnxruntime's default takes every core,
+    which fights the torch / faiss threads of the same process (../shared/STACK-NOTES.md)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = default_threads(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a truncated file, a graph this onnxruntime cannot run
+        raise ConfigError(f"cannot load ONNX model {path}: {exc}") from exc
+
+
+def session_metadata(session: onnxruntime.InferenceSession) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def our_metadata(session: onnxruntime.InferenceSession) -> dict[str, str]:
+    """The `defect_agent.*` keys of an exported file, prefix removed."""
+    return {k[len(META_PREFIX) :]: v for k, v in session_metadata(session).items() if k.startswith(META_PREFIX)}
+
+
+def onnx_version(path: Path) -> str:
+    """`onnx@<first 12 hex of sha256>` of an exported file (appended to the source model's version)."""
+    from defect_agent.files import file_sha256
+
+    return f"onnx@{file_sha256(path)[:12]}"
+
+
+def require_file(path: Path, line_name: str, what: str) -> Path:
+    if not path.is_file():
+        raise ModelFileMissing(path, export_command(line_name), what=what)
+    return path
+
+
+def check_source(recorded: str | None, current: str | None, path: Path, line_name: str) -> None:
+    """An exported file must come from the model the line configures now: a retrained adapter or verifier makes the
+    export stale. `current` None (the torch files are not on this PC): the export is trusted as it is."""
+    if current is None:
+        log.info("%s: source model files absent, using the export of %s", path, recorded)
+        return
+    if recorded != current:
+        raise ConfigError(
+            f"{path} was exported from {recorded}, but the line's model is now {current}: re-export it "
+            f"({export_command(line_name)})"
+        )
+
+
+class OnnxDetector:
+    """An ultralytics detector exported to ONNX (`vision.locator.export`), run by onnxruntime.
+
+    Pre- and post-processing are ultralytics' own, called the way its predictor calls them (`rect=True`): a list of
+    same-sized images is letterboxed to the smallest stride multiple (`auto`), mixed sizes to the square `imgsz`;
+    BGR -> RGB, /255; NMS per class with `max_det` 300; boxes scaled back and clipped to the original image. The
+    file is exported with dynamic batch, height and width for that reason."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import ast
+
+        self.path = Path(path)
+        self.session = ort_session(self.path, threads)
+        meta = session_metadata(self.session)
+        try:
+            self.stride = int(meta["stride"])
+            names = ast.literal_eval(meta["names"])  # ultralytics writes str(dict): a literal, never code
+        except (KeyError, ValueError, SyntaxError) as exc:
+            raise ConfigError(f"{path} lacks ultralytics' export metadata (stride, names): {exc}") from exc
+        self.class_names = [str(names[i]) for i in sorted(names)]
+        self.meta = our_metadata(self.session)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def detect(
+        self, images: list[np.ndarray], conf: float, iou: float, imgsz: int, max_det: int = 300
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per BGR uint8 image: (xyxy float (n, 4) in its own pixels, confidence (n,), class id (n,))."""
+        import torch
+        from ultralytics.data.augment import LetterBox
+        from ultralytics.utils import nms, ops
+        from ultralytics.utils.checks import check_imgsz
+
+        size = check_imgsz(imgsz, stride=self.stride, min_dim=2)
+        same_shapes = len({im.shape for im in images}) == 1
+        letterbox = LetterBox(size, auto=same_shapes, stride=self.stride)
+        # LetterBox returns the image alone when called with one (its dict form is for labelled training samples)
+        batch = np.stack([cast(np.ndarray, letterbox(image=im)) for im in images])
+        x = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        (raw,) = self.session.run(None, {self.input_name: x})
+        preds = nms.non_max_suppression(
+            torch.from_numpy(raw), conf, iou, None, False, max_det=max_det, nc=0, end2end=False
+        )
+        out = []
+        for pred, im in zip(preds, images):
+            boxes = np.asarray(ops.scale_boxes(x.shape[2:], pred[:, :4], im.shape), dtype=float)
+            out.append((boxes, pred[:, 4].numpy().astype(float), pred[:, 5].numpy().astype(int)))
+        return out
+
+
+def writable_target(path: Path) -> Path:
+    """Exports go under var/ or a given folder, never into models/: its files are pinned in models/MANIFEST.json
+    and shipped; an export is derived from them and rebuilt at will."""
+    from defect_agent.paths import models_dir
+
+    path = Path(path).resolve()
+    if path.is_relative_to(models_dir().resolve()):
+        raise ConfigError(f"refusing to write {path} into models/ (shipped, pinned files): pass --out elsewhere")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stamp_metadata(path: Path, values: dict[str, Any]) -> None:
+    """Add `defect_agent.<key>` entries (JSON for non-strings) to an ONNX file's metadata_props, in place. Needs the
+    `onnx` package (export only; the runtime reads them through onnxruntime)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(model, str(path))
+
+
+def replace_atomically(tmp: Path, target: Path) -> Path:
+    """A reader never sees half a file: the export is written beside the target and renamed over it."""
+    os.replace(tmp, target)
+    return target
