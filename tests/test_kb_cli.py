@@ -98,7 +98,10 @@ def test_cli_verify_exit_code_and_rebuild(cli, tmp_path: Path) -> None:
     kb = str(tmp_path / "kb")
     img = make_image(tmp_path / "a.png", "grey")
     assert (
-        cli("kb", "add", str(img), "--line", "battery_tab", "--class", "crack", "--disposition", "accept", "--kb", kb).exit_code == 0
+        cli(
+            "kb", "add", str(img), "--line", "battery_tab", "--class", "crack", "--disposition", "accept", "--kb", kb
+        ).exit_code
+        == 0
     )
     (tmp_path / "kb" / "index" / "vectors.faiss").write_bytes(b"garbage")
     r = cli("kb", "verify", "--kb", kb)
