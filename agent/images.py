@@ -73,7 +73,7 @@ def _contains_run(parts: list[str], run: list[str]) -> bool:
     return any(parts[i : i + len(run)] == run for i in range(len(parts) - len(run) + 1))
 
 
-def header_size(data: bytes | np.ndarray, source: str | Path) -> tuple[int, int] | None:
+def header_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     """(width, height) from the file's header without decoding its pixels; None when the header is not one
     Pillow knows (OpenCV may still decode it)."""
     import io
@@ -98,7 +98,7 @@ def check_pixels(data: bytes | np.ndarray, source: str | Path, max_pixels: int |
 
     limit = max_pixels if max_pixels is not None else _max_pixels()
     try:
-        size = header_size(data, source)
+        size = header_size(data)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(f"{source}: refused, the image is far larger than any camera frame ({exc})") from exc
     if size is not None and size[0] * size[1] > limit:
@@ -124,15 +124,15 @@ def read_image(path: str | Path, expected_size: tuple[int, int] | None = None) -
     size (measurements in mm would be wrong)."""
     p = Path(path)
     try:
-        mode = p.stat().st_mode
+        info = p.stat()
     except OSError as exc:
         raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(info.st_mode):
         raise ImageReadError(f"cannot read {path}: not a regular file (a folder, FIFO or device is never read)")
     max_mb = _limits().max_image_mb
-    if p.stat().st_size > max_mb * 1e6:
+    if info.st_size > max_mb * 1e6:
         raise ImageReadError(
-            f"{path} is {p.stat().st_size / 1e6:.0f} MB, above the limit of {max_mb:g} MB per image "
+            f"{path} is {info.st_size / 1e6:.0f} MB, above the limit of {max_mb:g} MB per image "
             "(limits.max_image_mb in configs/default.yaml)"
         )
     try:

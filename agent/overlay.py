@@ -106,7 +106,8 @@ def _place(
         rect = (x, y, x + w, y + h)
         if not any(_overlaps(rect, r) for r in taken):
             return rect
-    return (x, min(max(box[1], 24), max(height - h, 0)), x + w, min(max(box[1], 24), max(height - h, 0)) + h)
+    y = min(max(box[1], 24), max(height - h, 0))  # nowhere free: over the box's top edge
+    return (x, y, x + w, y + h)
 
 
 def draw_overlay(image: np.ndarray, verdict: Verdict, line: LineConfig | None = None, lang: str = "en") -> np.ndarray:

@@ -62,11 +62,12 @@ def _load(path: str, expected_size: tuple[int, int] | None) -> tuple[str | None,
     """(content sha256, decoded image, error) for one path; never raises on a bad item."""
     from agent.images import read_image
 
+    digest: str | None = None
     try:
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
         return digest, read_image(path, expected_size), None
     except (DefectAgentError, OSError) as exc:
-        return (digest if "digest" in locals() else None), None, str(exc)
+        return digest, None, str(exc)
 
 
 class _Stop:

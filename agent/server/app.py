@@ -340,12 +340,7 @@ def create_app(
     @api.get("/images/{image_id}", dependencies=guarded, tags=["station"], response_class=FileResponse)
     def image(image_id: str) -> FileResponse:
         """An image inspected by this server, by its content hash."""
-        if not _IMAGE_ID.match(image_id):
-            raise _error(404, "not_found", "no such image")
-        found = sorted(state.images_dir.glob(f"{image_id}.*")) if state.images_dir.is_dir() else []
-        if not found:
-            raise _error(404, "not_found", f"no image {image_id[:12]}… on this server")
-        return FileResponse(found[0])
+        return FileResponse(_stored_image(state, image_id))
 
     def _case_out(case: Any) -> CaseOut:
         return CaseOut(case=case, image_url=f"/cases/{case.id}/image")
@@ -357,34 +352,34 @@ def create_app(
 
         if body.line not in available_lines():
             raise _error(404, "unknown_line", f"no line {body.line!r}; known: {', '.join(available_lines())}")
-        line_cfg = load_line(body.line)
-        canonical = _canonical_class(line_cfg, body.defect_class)
-        if canonical is None:
-            known = ", ".join(line_cfg.defect_names)
-            raise _error(422, "unknown_class", f"{body.defect_class!r} is not a defect class of {body.line}: {known}")
+        from knowledge_base.validate import UnknownName, box_problem, canonical_names
+
+        try:
+            _, canonical = canonical_names(body.line, body.defect_class)
+        except UnknownName as exc:
+            raise _error(422, "unknown_class", str(exc)) from exc
         bad = {k: v for k, v in body.measurements.items() if not math.isfinite(v)}
         if bad:
             raise _error(422, "invalid_measurement", f"measurements must be finite numbers: {sorted(bad)}")
-        if not _IMAGE_ID.match(body.image_id):
-            raise _error(404, "not_found", "image_id must be the 64-hex id POST /inspect returned")
-        found = sorted(state.images_dir.glob(f"{body.image_id}.*")) if state.images_dir.is_dir() else []
-        if not found:
-            raise _error(404, "not_found", f"no image {body.image_id[:12]}… on this server: inspect it first")
+        stored = _stored_image(state, body.image_id)
         if body.box is not None:
             from agent.images import read_image
 
-            img = read_image(found[0])
-            h, w = img.shape[:2]
+            h, w = read_image(stored).shape[:2]
             b = body.box
-            if b.x1 < 0 or b.y1 < 0 or b.x2 > w or b.y2 > h or b.width < 1 or b.height < 1:
-                raise _error(
-                    422, "invalid_box", f"box {b.x1:g},{b.y1:g},{b.x2:g},{b.y2:g} is not inside the {w}x{h} image"
-                )
+            # the knowledge base's rule, and a saved region must cover at least one whole pixel
+            problem = box_problem(b, w, h) or (
+                f"box {b.x1:g},{b.y1:g},{b.x2:g},{b.y2:g} is narrower than a pixel"
+                if min(b.width, b.height) < 1
+                else None
+            )
+            if problem:
+                raise _error(422, "invalid_box", problem)
         case = state.kb.add(
             CaseInput(
                 line=body.line,
                 defect_class=canonical,
-                image_path=str(found[0]),
+                image_path=str(stored),
                 box=body.box,
                 report=body.report,
                 disposition=body.disposition,
@@ -445,16 +440,14 @@ def _find_case(state: ServerState, case_id: int) -> Any:
         raise _error(404, "not_found", str(exc)) from exc
 
 
-def _canonical_class(line: Any, word: str) -> str | None:
-    """The class a word names on a line: its name or any synonym (zh / en, case-insensitive)."""
-    wanted = word.strip().lower()
-    for spec in [*line.classes, *line.derived]:
-        if getattr(spec, "role", "defect") == "part":
-            continue
-        words = [spec.name, *spec.synonyms.en, *spec.synonyms.zh]
-        if wanted in (w.lower() for w in words):
-            return str(spec.name)
-    return None
+def _stored_image(state: ServerState, image_id: str) -> Path:
+    """The file of an image this server inspected, by the content hash POST /inspect returned; 404 otherwise."""
+    if not _IMAGE_ID.match(image_id):
+        raise _error(404, "not_found", "image_id must be the 64-hex id POST /inspect returned")
+    found = sorted(state.images_dir.glob(f"{image_id}.*")) if state.images_dir.is_dir() else []
+    if not found:
+        raise _error(404, "not_found", f"no image {image_id[:12]}… on this server: inspect it first")
+    return found[0]
 
 
 def check_bind(host: str, token: str | None) -> None:
