@@ -83,6 +83,12 @@ def inspect(
         ..., help='e.g. "find all cells whose tab weld is offset more than 0.3 mm and shows weld spatter"'
     ),
     images: list[str] = typer.Argument(..., help="image files, folders or glob patterns"),
+    also: list[str] | None = typer.Option(
+        None,
+        "--also",
+        help="another instruction over the same images, in the same pass (repeatable; same product line)",
+        show_default=False,
+    ),
     line: str | None = typer.Option(
         None, help="product line (default: from the instruction's words, else the config default)"
     ),
@@ -95,17 +101,23 @@ def inspect(
         None, help="language of reasons, table and overlays: zh | en (default: the instruction's)"
     ),
 ) -> None:
-    """Run an instruction over images; one JSON verdict per image. Exit 0 all inspected, 3 some images unreadable."""
+    """Run an instruction over images; one JSON verdict per image. With --also, every instruction over the same
+    images in one pass: each image is analysed once and decided under each instruction, one verdict line per
+    (image, instruction), grouped per image (each line carries its `query`).
+
+    Exit codes: 0 every image inspected; 2 a bad instruction, option, config or missing model (instructions about
+    different product lines included); 3 some images could not be read (their lines carry `error`)."""
     from agent.images import collect_images
-    from agent.parser import parse_instruction
+    from agent.many import inspect_many, parse_instructions
     from agent.pipeline import Inspector
     from agent.report import VerdictWriter, summary_table
 
-    query = parse_instruction(instruction, line=line)
+    queries = parse_instructions(list(dict.fromkeys([instruction, *(also or [])])), line=line)  # each once
     paths = collect_images(images, keep_missing=True)  # a missing path gets its own verdict line, not an abort
-    inspector = Inspector.from_config(line=query.line, kb_dir=kb, use_kb=not no_kb)
-    with VerdictWriter(out, overlays=overlays, lang=lang) as writer:
-        for verdict in inspector.inspect(query, paths, k=k, lang=lang):
+    inspector = Inspector.from_config(line=queries[0].line, kb_dir=kb, use_kb=not no_kb)
+    instructions = [q.instruction for q in queries]
+    with VerdictWriter(out, overlays=overlays, lang=lang, instructions=instructions) as writer:
+        for verdict in inspect_many(inspector, queries, paths, k=k, lang=lang):
             writer.write(verdict)
     typer.echo(summary_table(writer.verdicts, lang=lang), err=out is None)
     raise typer.Exit(EXIT_PARTIAL if writer.errors else EXIT_OK)

@@ -72,6 +72,12 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "en": "fail {fail}  review {review}  pass {ok}  matching the instruction: {matching}  unreadable: {unreadable}",
         "zh": "不合格 {fail}  复核 {review}  合格 {ok}  符合指令: {matching}  无法读取: {unreadable}",
     },
+    "table_title_many": {"en": "{n} images x {m} instructions", "zh": "共 {n} 张图像 x {m} 条指令"},
+    "col_query": {"en": "#", "zh": "指令号"},
+    "table_counts_many": {
+        "en": "fail {fail}  review {review}  pass {ok}  unreadable: {unreadable}  matching each instruction: {matching}",
+        "zh": "不合格 {fail}  复核 {review}  合格 {ok}  无法读取: {unreadable}  各指令符合数: {matching}",
+    },
     "legend_fail": {"en": "rejects the part", "zh": "判不合格"},
     "legend_review": {"en": "review", "zh": "需复核"},
     "legend_pass": {"en": "within limits", "zh": "在限值内"},

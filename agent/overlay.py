@@ -159,8 +159,11 @@ def draw_overlay(image: np.ndarray, verdict: Verdict, line: LineConfig | None = 
     return cv2.cvtColor(np.asarray(canvas), cv2.COLOR_RGB2BGR)
 
 
-def write_overlay(image: np.ndarray, verdict: Verdict, out_dir: Path, lang: str | None = None) -> Path:
-    """Write `<image stem>_overlay.png` into `out_dir` (labels in `lang`, default the instruction's language)."""
+def write_overlay(
+    image: np.ndarray, verdict: Verdict, out_dir: Path, lang: str | None = None, tag: str | None = None
+) -> Path:
+    """Write `<image stem>_overlay.png` into `out_dir` (labels in `lang`, default the instruction's language);
+    `tag` (one of several instructions over the image, e.g. `q2`): `<image stem>_q2_overlay.png`."""
     from defect_agent.config import load_line
     from defect_agent.errors import DefectAgentError
 
@@ -170,7 +173,7 @@ def write_overlay(image: np.ndarray, verdict: Verdict, out_dir: Path, lang: str 
         line = None
     lang = pick_lang(lang or (verdict.query.language if verdict.query else None))
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / (Path(verdict.image).stem + "_overlay.png")
+    target = out_dir / (Path(verdict.image).stem + (f"_{tag}" if tag else "") + "_overlay.png")
     ok, data = cv2.imencode(".png", draw_overlay(image, verdict, line, lang))
     if not ok:
         raise OSError(f"could not encode overlay for {verdict.image}")
