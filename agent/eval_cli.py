@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -27,7 +28,8 @@ def eval_queries(
 
     battery_tab: a freshly generated test set and the seed's instruction (or --instruction). pcb: the DeepPCB
     validation boards plus their defect-free templates, and every pcb query of tests/data/queries.yaml (or
-    --instruction), with figures per query family."""
+    --instruction), with figures per query family. Every image is analysed once for all the instructions (one
+    pass); the last lines give the share of instructions whose returned set is exactly right and the pass's time."""
     from agent.evaluation import (
         PcbQueryEvalReport,
         QueryEvalReport,
@@ -39,6 +41,7 @@ def eval_queries(
     from defect_agent.paths import shared_dataset
 
     report: PcbQueryEvalReport | QueryEvalReport
+    t0 = time.perf_counter()
     if line == "pcb":
         root = deeppcb or shared_dataset("deeppcb")
         if root is None or not Path(root).is_dir():
@@ -49,23 +52,34 @@ def eval_queries(
             typer.echo(
                 f"{fam.family:<11} {fam.queries:3d} queries  P mean {fam.precision_mean:.3f} min "
                 f"{fam.precision_min:.3f} pooled {fam.precision_pooled:.3f}   R mean {fam.recall_mean:.3f} min "
-                f"{fam.recall_min:.3f} pooled {fam.recall_pooled:.3f}"
+                f"{fam.recall_min:.3f} pooled {fam.recall_pooled:.3f}   exact {_share(fam.exact_share)}"
             )
     elif line == "battery_tab":
         instructions = instruction or [SEED_INSTRUCTION_ZH, SEED_INSTRUCTION_EN]
         report = evaluate_battery_tab(instructions, n=n, seed=seed, out=out, use_kb=not no_kb)
     else:
         raise typer.BadParameter(f"no ground truth for line {line!r}: battery_tab (generated) or pcb (DeepPCB)")
+    report.wall_s = round(time.perf_counter() - t0, 1)
     for row in report.rows:
         typer.echo(
             f"{row.precision:6.3f} P  {row.recall:6.3f} R  returned {row.returned:4d}  expected {row.expected:4d}"
-            f"  review {row.review:3d}  {row.family:<9} {row.instruction}"
+            f"  review {row.review:3d}  {'exact' if row.exact else '     '}  {row.family:<9} {row.instruction}"
         )
+    exact = sum(bool(r.exact) for r in report.rows)
+    typer.echo(
+        f"exact returned set: {exact} / {len(report.rows)} instructions ({_share(report.exact_share)}); one pass: "
+        f"{report.images or 0} images analysed once in {report.analyse_s or 0.0:.1f} s, {len(report.rows)} "
+        f"instructions decided in {report.decide_s or 0.0:.1f} s; wall {report.wall_s:.1f} s with model loading"
+    )
     if as_json:
         as_json.parent.mkdir(parents=True, exist_ok=True)
         as_json.write_text(report.model_dump_json(indent=2), encoding="utf-8")
         typer.echo(f"written {as_json}")
     typer.echo(json.dumps(report.model_dump(exclude={"rows", "families"})))
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class QueryScore(BaseModel):
     expected: int
     correct: int | None = None  # returned and expected
     review: int  # images sent to review (counted as returned when matches_query)
+    exact: bool | None = None  # the returned set is exactly the expected one (None: a report written before)
 
 
 class QueryEvalReport(BaseModel):
@@ -34,6 +36,10 @@ class QueryEvalReport(BaseModel):
     images: int
     seed: int
     rows: list[QueryScore]
+    exact_share: float | None = None  # instructions whose returned set is exactly right
+    analyse_s: float | None = None  # the one analysis pass over the images (locate ... fuse), shared by all
+    decide_s: float | None = None  # every instruction decided on every image
+    wall_s: float | None = None  # the command's wall time, model loading and test-set generation included
 
 
 def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, use_kb: bool = True) -> QueryEvalReport:
@@ -50,12 +56,13 @@ def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, 
 
         kb_dir = ensure_sample_kb(out / "kb")
     inspector = Inspector.from_config(line="battery_tab", kb_dir=kb_dir, use_kb=use_kb)
-    findings_by_image = None
+    queries = [parse_instruction(instruction, line="battery_tab") for instruction in instructions]
+    t0 = time.perf_counter()
+    # the query-independent part runs once per image; each instruction only re-decides
+    findings_by_image = {p: inspector.analyse(_read(p, inspector)) for p in paths}
+    analyse_s = time.perf_counter() - t0
     rows: list[QueryScore] = []
-    for instruction in instructions:
-        query = parse_instruction(instruction, line="battery_tab")
-        if findings_by_image is None:  # the query-independent part runs once; each instruction re-decides
-            findings_by_image = {p: inspector.analyse(_read(p, inspector)) for p in paths}
+    for instruction, query in zip(instructions, queries):
         returned, expected, review = set(), set(), 0
         for p in paths:
             d = decide(
@@ -76,9 +83,24 @@ def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, 
                 expected=len(expected),
                 correct=len(returned & expected),
                 review=review,
+                exact=returned == expected,
             )
         )
-    return QueryEvalReport(line="battery_tab", images=n, seed=seed, rows=rows)
+    return QueryEvalReport(
+        line="battery_tab",
+        images=n,
+        seed=seed,
+        rows=rows,
+        exact_share=exact_share(rows),
+        analyse_s=round(analyse_s, 2),
+        decide_s=round(time.perf_counter() - t0 - analyse_s, 2),
+    )
+
+
+def exact_share(rows: list[QueryScore]) -> float | None:
+    """The share of instructions whose returned set is exactly the expected one (None without such rows)."""
+    known = [r.exact for r in rows if r.exact is not None]
+    return sum(known) / len(known) if known else None
 
 
 def _read(path: str, inspector):
@@ -100,6 +122,7 @@ class FamilyScore(BaseModel):
     # every (query, image) decision of the family together: images rightly returned / all returned / all expected
     precision_pooled: float | None = None
     recall_pooled: float | None = None
+    exact_share: float | None = None  # the family's instructions whose returned set is exactly right
 
 
 class PcbQueryEvalReport(BaseModel):
@@ -112,6 +135,12 @@ class PcbQueryEvalReport(BaseModel):
     rows: list[QueryScore]
     families: list[FamilyScore]
     locator: str | None = None
+    exact_share: float | None = None  # instructions whose returned set is exactly right
+    # the shared pass: every image analysed once (locate ... fuse), then every instruction decided on it
+    images: int | None = None  # boards + clean templates
+    analyse_s: float | None = None
+    decide_s: float | None = None
+    wall_s: float | None = None  # the command's wall time, model loading included
 
 
 def pcb_queries(path: Path | None = None) -> list[tuple[str, str]]:
@@ -148,6 +177,7 @@ def family_scores(rows: list[QueryScore]) -> list[FamilyScore]:
                 recall_min=min(r.recall for r in rs),
                 precision_pooled=pooled_p,
                 recall_pooled=pooled_r,
+                exact_share=exact_share(rs),
             )
         )
     return out
@@ -188,7 +218,9 @@ def evaluate_pcb(
     max_boards: int | None = None,
 ) -> PcbQueryEvalReport:
     """Every query over the DeepPCB validation boards (fixed groups, never trained on) and their defect-free
-    templates: the returned set against the set the annotations imply (same clause logic on exact findings)."""
+    templates: the returned set against the set the annotations imply (same clause logic on exact findings).
+    One pass: each image is analysed once (locate, verify, measure, embed, fuse) and every query decided on its
+    findings, as `Inspector.inspect_image_many` does."""
     from agent.groundtruth import box_measurements, exact_finding
     from agent.parser import parse_instruction
     from agent.pipeline import Inspector
@@ -196,8 +228,10 @@ def evaluate_pcb(
     inspector = Inspector.from_config(line="pcb", kb_dir=kb_dir, use_kb=use_kb)
     line = inspector.line
     mm = line.calibration.mm_per_px
+    parsed = [(family, instruction, parse_instruction(instruction, line="pcb")) for family, instruction in queries]
     findings, truth = {}, {}
     boards = clean = 0
+    t0 = time.perf_counter()
     for path, found, boxes, is_template in deeppcb_findings(
         inspector, deeppcb, "val", max_boards, templates=True, progress=progress
     ):
@@ -205,9 +239,9 @@ def evaluate_pcb(
         truth[path] = [exact_finding(cls, b, box_measurements(b, mm)) for cls, b in boxes]
         clean += is_template
         boards += not is_template
+    analyse_s = time.perf_counter() - t0
     rows = []
-    for family, instruction in queries:
-        query = parse_instruction(instruction, line="pcb")
+    for family, instruction, query in parsed:
         returned, expected, review = set(), set(), 0
         for path, found in findings.items():
             d = decide(query, [f.model_copy(deep=True) for f in found], line, inspector.app.fusion)
@@ -227,6 +261,7 @@ def evaluate_pcb(
                 expected=len(expected),
                 correct=len(returned & expected),
                 review=review,
+                exact=returned == expected,
             )
         )
     return PcbQueryEvalReport(
@@ -235,4 +270,8 @@ def evaluate_pcb(
         rows=rows,
         families=family_scores(rows),
         locator=getattr(inspector.locator, "version", None),
+        exact_share=exact_share(rows),
+        images=len(findings),
+        analyse_s=round(analyse_s, 2),
+        decide_s=round(time.perf_counter() - t0 - analyse_s, 2),
     )
