@@ -33,6 +33,9 @@ def rule_for(defect_class: str, line: LineConfig) -> AcceptanceRule | None:
     spec = next((c for c in line.classes if c.name == defect_class), None)
     if spec is not None and spec.role == "part":
         return None
+    if spec is not None and spec.role == "anomaly" and line.anomaly is not None:
+        action = line.anomaly.unexplained or ("review" if line.locator is not None else "reject")
+        return AcceptanceRule(review_only=action == "review")
     derived = next((d for d in line.derived if d.name == defect_class), None)
     if isinstance(derived, DerivedDefect) and derived.rule == "offset":
         return AcceptanceRule(limits={"offset_mm": derived.tolerance_mm})
@@ -60,6 +63,8 @@ def _judge_one(
             near.append(say("near_limit", lang, what=measurement_text(key, value, lang), limit=limit, margin=margin))
     if rule.limits and not over and not near and not missing:
         return "pass", None
+    if rule.review_only:
+        return "review", say("unexplained_anomaly", lang, name=name, p=p)
     if p < high:
         return "review", say("uncertain_finding", lang, name=name, p=p, low=low, high=high)
     if over or (not rule.limits):

@@ -38,6 +38,7 @@ REGISTRARS = [
     "vision.embedder.cli",
     "agent.calibration_cli",
     "agent.export_cli",
+    "agent.line_cli",
     "knowledge_base.cli",
 ]
 

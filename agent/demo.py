@@ -53,6 +53,9 @@ def run_demo(
     with VerdictWriter(verdicts_path, overlays=overlays_dir) as writer:
         for verdict in inspector.inspect(query, [str(p) for p in paths]):
             writer.write(verdict)
+    from vision.datasets.synth.unseen import write_line_sample
+
+    write_line_sample(out / "new_line")  # normal cells + example folders for the README's `line new` walkthrough
     line = inspector.line
     truth_findings = {v.image: battery_tab_findings(truths[Path(v.image).name], line) for v in writer.verdicts}
     agree = sum(v.matches_query == expected_match(query, truth_findings[v.image], line) for v in writer.verdicts)

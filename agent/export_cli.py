@@ -24,9 +24,9 @@ def export_onnx(line: str, parts: list[str] | None = None, out: Path | None = No
     unknown = sorted(set(parts or []) - set(ONNX_PARTS))
     if unknown:
         raise ConfigError(f"--part {', '.join(unknown)}: choose from {', '.join(ONNX_PARTS)}")
-    if parts and "verifier" in parts and not cfg.locator.verifier:
+    if parts and "verifier" in parts and not cfg.detector.verifier:
         raise ConfigError(f"line {line!r} has no locator.verifier to export")
-    chosen = parts or [p for p in ONNX_PARTS if p != "verifier" or cfg.locator.verifier]
+    chosen = parts or [p for p in ONNX_PARTS if p != "verifier" or cfg.detector.verifier]
     line_dir = resolve(out) if out else default_onnx_dir(cfg.name)
     written: dict[str, Path] = {}
     for part in ONNX_PARTS:
@@ -85,11 +85,11 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         if not merge:
             raise ConfigError("pass --merge (a merged torch checkpoint) or --format onnx")
         cfg = load_line(line)
-        if not cfg.locator.adapter:
+        if not cfg.detector.adapter:
             raise ConfigError(f"line {line!r} has no locator.adapter to merge")
-        base = resolve(cfg.locator.base or cfg.locator.weights)
-        target = resolve(out) if out else resolve(cfg.locator.weights)
+        base = resolve(cfg.detector.base or cfg.detector.weights)
+        target = resolve(out) if out else resolve(cfg.detector.weights)
         if target.resolve() == base.resolve():
             raise ConfigError(f"refusing to overwrite the shared base {base}; pass --out")
-        path = merge_adapter(base, resolve(cfg.locator.adapter), target)
+        path = merge_adapter(base, resolve(cfg.detector.adapter), target)
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

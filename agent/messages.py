@@ -27,6 +27,11 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "en": "{name} at the limit, a person should measure: {detail}",
         "zh": "{name}处于限值边缘，需人工复核：{detail}",
     },
+    "unexplained_anomaly": {
+        "en": "{name} (p={p:.2f}): a region unlike the line's normal parts that no trained defect class explains: "
+        "a person should look",
+        "zh": "{name}（置信度 {p:.2f}）：与正常产品不同、且不属于任何已训练缺陷类别的区域，需人工复核",
+    },
     "uncertain_finding": {
         "en": "{name} uncertain (p={p:.2f} in the review band {low:g}-{high:g}): a person should look",
         "zh": "{name}不确定（置信度 {p:.2f} 位于复核区间 {low:g}-{high:g}），需人工复核",

@@ -19,7 +19,7 @@ from agent.clauses import decide
 from agent.fusion import FusionWeights, load_fusion
 from agent.images import apply_scope, read_image
 from agent.query import InspectionQuery
-from agent.verdict import DefectFinding, ModelVersions, Verdict
+from agent.verdict import AnomalySummary, DefectFinding, ModelVersions, Verdict
 from defect_agent.config import AppConfig, LineConfig, load_app_config, load_line
 from defect_agent.errors import DefectAgentError, ImageReadError
 from defect_agent.paths import resolve
@@ -55,6 +55,7 @@ class Inspector:
         knowledge_base=None,
         fusion: FusionWeights | None = None,
         verifier=None,
+        anomaly=None,
     ) -> None:
         self.app = app
         self.line = line
@@ -64,6 +65,7 @@ class Inspector:
         self.kb = knowledge_base
         self.fusion = fusion or load_fusion(line.name)
         self.verifier = verifier  # vision.verifier.model.DefectVerifier for template lines that configure one
+        self.anomaly = anomaly  # agent.anomaly_stage.AnomalyStage for lines with a normal-only anomaly model
         self.kb_problem: str | None = None  # why similar cases are unavailable, said in every verdict
 
     @classmethod
@@ -85,12 +87,17 @@ class Inspector:
         line_cfg = load_line(line or app.default_line)
         from vision.locator.model import shared_pool
 
-        locator = shared_pool().locator(line_cfg)  # lines over one base share it in memory
-        verifier = None
-        if line_cfg.locator.verifies:
+        # lines over one base share it in memory; a line with only an anomaly model has no locator
+        locator = shared_pool().locator(line_cfg) if line_cfg.locator is not None else None
+        verifier = anomaly = None
+        if line_cfg.locator is not None and line_cfg.locator.verifies:
             from vision.verifier.model import DefectVerifier
 
             verifier = DefectVerifier.for_line(line_cfg)
+        if line_cfg.anomaly is not None:
+            from agent.anomaly_stage import AnomalyStage
+
+            anomaly = AnomalyStage.for_line(line_cfg)
         set_threads(app.threads)
         embedder = scorer = kb = None
         kb_problem: str | None = None
@@ -108,8 +115,10 @@ class Inspector:
             except Exception as exc:  # vectors of another model or a damaged store: inspect without the KB
                 kb, kb_problem = None, f"knowledge base unusable ({type(exc).__name__}: {exc})"
                 prototypes = None
-            scorer = TextureScorer.from_line(line_cfg, embedder, prototypes=prototypes)
-        inspector = cls(app, line_cfg, locator, embedder, scorer, kb, verifier=verifier)
+            if any(c.role == "defect" for c in line_cfg.classes):
+                scorer = TextureScorer.from_line(line_cfg, embedder, prototypes=prototypes)
+            # else: a line made from normal images alone has no defect class to score a texture against yet
+        inspector = cls(app, line_cfg, locator, embedder, scorer, kb, verifier=verifier, anomaly=anomaly)
         inspector.kb_problem = kb_problem if use_kb and use_embedder and knowledge_base is None else None
         return inspector
 
@@ -120,6 +129,7 @@ class Inspector:
             embedder=getattr(self.embedder, "version", None),
             verifier=getattr(self.verifier, "version", None),
             kb_snapshot=_kb_snapshot(self.kb),
+            anomaly=self.anomaly.version if self.anomaly is not None else None,
         )
 
     def parse(self, instruction: str) -> InspectionQuery:
@@ -201,7 +211,10 @@ class Inspector:
             ]
         timings["read"] = _ms(t0)
         want = max((q.want.similar_cases or 0 for q in queries), default=0)
-        findings = self.analyse(image, timings, k=k or want or self.app.retrieval.k, locator_input=locator_input)
+        summary: dict[str, AnomalySummary] = {}
+        findings = self.analyse(
+            image, timings, k=k or want or self.app.retrieval.k, locator_input=locator_input, anomaly_out=summary
+        )
         verdicts = []
         for query in queries:
             t = time.perf_counter()
@@ -223,6 +236,7 @@ class Inspector:
                     defects=own,
                     query=query,
                     models=versions,
+                    anomaly=summary.get("image"),
                     timings_ms={k_: round(v, 1) for k_, v in timings.items()},
                     notes=[self.kb_problem] if self.kb_problem else [],
                 )
@@ -232,7 +246,7 @@ class Inspector:
     @property
     def uses_template(self) -> bool:
         """The line's locator reads (image, reference, difference) composites: every part needs its reference image."""
-        return self.line.locator.reference == "template"
+        return self.line.locator is not None and self.line.locator.reference == "template"
 
     def locator_input(self, path: str, image: np.ndarray) -> np.ndarray:
         """What the locator sees: the image itself, or for template lines its composite with the part's reference
@@ -253,6 +267,8 @@ class Inspector:
         """The detector on what it sees (`locator_input`), then the class verifier where the line has one (which
         re-reads every box down to `locator.proposal_conf`)."""
         timings = timings if timings is not None else {}
+        if self.locator is None or self.line.locator is None:
+            return []  # a line inspected by its anomaly model alone
         verifying = self.verifier is not None and self.uses_template
         t = time.perf_counter()
         conf = self.line.locator.detector_conf if verifying else None
@@ -270,9 +286,12 @@ class Inspector:
         timings: dict[str, float] | None = None,
         k: int = 5,
         locator_input: np.ndarray | None = None,
+        anomaly_out: dict[str, AnomalySummary] | None = None,
     ) -> list[DefectFinding]:
-        """Locate, measure, embed, score texture, retrieve and fuse: the query-independent part of an inspection.
-        `locator_input` (default: the image) is what the detector sees; crops and measurements use the image."""
+        """Locate, measure, run the anomaly model, embed, score texture, retrieve and fuse: the query-independent
+        part of an inspection. `locator_input` (default: the image) is what the detector sees; crops and
+        measurements use the image. `anomaly_out["image"]` receives the image's anomaly summary, where the line
+        has an anomaly model."""
         from vision.measure import measure_findings
 
         timings = timings if timings is not None else {}
@@ -280,6 +299,13 @@ class Inspector:
         t = time.perf_counter()
         measured = measure_findings(image, detections, self.line, box_margin_px=self.fusion.box_margin_px)
         timings["measure"] = _ms(t)
+        if self.anomaly is not None:
+            t = time.perf_counter()
+            summary, regions = self.anomaly.run(image, measured)
+            measured = [*measured, *regions]
+            if anomaly_out is not None:
+                anomaly_out["image"] = summary
+            timings["anomaly"] = _ms(t)
         vectors = textures = None
         if self.embedder is not None and measured:
             t = time.perf_counter()
@@ -294,9 +320,15 @@ class Inspector:
             similar = self._similar(vectors[i], k) if vectors is not None else []
             texture = textures[i].defect_score if textures is not None else None
             evidence = case_evidence(similar)
+            defect_class, alternatives = m.defect_class, m.alternatives
+            if m.source == "anomaly" and self.anomaly is not None:
+                named, alternatives, probability, evidence = self.anomaly.name_and_fuse(m.confidence, similar)
+                defect_class = named or defect_class
+            else:
+                probability = self.fusion.fuse(m.confidence, texture, evidence, m.verifier_score)
             findings.append(
                 DefectFinding(
-                    defect_class=m.defect_class,
+                    defect_class=defect_class,
                     box=m.box,
                     source=m.source,
                     confidence=round(m.confidence, 4),
@@ -304,8 +336,8 @@ class Inspector:
                     case_evidence=None if evidence is None else round(evidence, 4),
                     verifier_score=None if m.verifier_score is None else round(m.verifier_score, 4),
                     detector_class=m.detector_class,
-                    alternatives=m.alternatives,
-                    probability=round(self.fusion.fuse(m.confidence, texture, evidence, m.verifier_score), 4),
+                    alternatives=alternatives,
+                    probability=round(probability, 4),
                     measurements={key: round(val, 4) for key, val in m.measurements.items()},
                     similar_cases=similar,
                 )

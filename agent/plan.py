@@ -53,31 +53,44 @@ def build_plan(instruction: str | InspectionQuery, line: str | None = None) -> P
             purpose="read images, check the calibrated size, apply the scope",
             args={"expected_size": cfg.image_size, "scope": query.scope.model_dump(exclude_none=True)},
         ),
-        PlanStep(
-            tool="locate",
-            purpose="YOLO detector of the line (base + LoRA adapter when configured)",
-            args={
-                "weights": (cfg.locator.base or cfg.locator.weights) if cfg.locator.adapter else cfg.locator.weights,
-                "adapter": cfg.locator.adapter,
-                "reference": cfg.locator.reference,
-                "conf": cfg.locator.detector_conf,
-                "imgsz": cfg.locator.imgsz,
-                "classes": sorted(x for x in wanted if x),
-            },
-        ),
     ]
-    if cfg.locator.verifies:
+    if cfg.locator is not None:
+        det = cfg.locator
         steps.append(
             PlanStep(
-                tool="verify_classes",
-                purpose="re-read every box at full resolution against the "
-                "template; relabel it, refine its extent, merge boxes that became one",
+                tool="locate",
+                purpose="YOLO detector of the line (base + LoRA adapter when configured)",
                 args={
-                    "weights": cfg.locator.verifier,
-                    "relabel_min": cfg.locator.verifier_relabel_min,
-                    "tta": cfg.locator.verifier_tta,
-                    "union_min": cfg.locator.verifier_union_min,
+                    "weights": (det.base or det.weights) if det.adapter else det.weights,
+                    "adapter": det.adapter,
+                    "reference": det.reference,
+                    "conf": det.detector_conf,
+                    "imgsz": det.imgsz,
+                    "classes": sorted(x for x in wanted if x),
                 },
+            )
+        )
+        if det.verifies:
+            steps.append(
+                PlanStep(
+                    tool="verify_classes",
+                    purpose="re-read every box at full resolution against the "
+                    "template; relabel it, refine its extent, merge boxes that became one",
+                    args={
+                        "weights": det.verifier,
+                        "relabel_min": det.verifier_relabel_min,
+                        "tta": det.verifier_tta,
+                        "union_min": det.verifier_union_min,
+                    },
+                )
+            )
+    if cfg.anomaly is not None:
+        steps.append(
+            PlanStep(
+                tool="anomaly_regions",
+                purpose="normal-only anomaly model: image score, anomaly map, regions above the calibrated threshold "
+                + ("(the findings of this line)" if cfg.locator is None else "that no detector box explains"),
+                args={"model": cfg.anomaly.model, "unexplained": "review" if cfg.locator is not None else "reject"},
             )
         )
     steps += [

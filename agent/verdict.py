@@ -23,8 +23,10 @@ class DefectFinding(BaseModel):
 
     defect_class: str = Field(description="The line's class name (canonical, e.g. `spatter`, `open`).")
     box: Box = Field(description="Region in pixels of the image as given (x1, y1, x2, y2).")
-    source: Literal["detector", "derived"] = Field(
-        "detector", description="`detector`: located by the model; `derived`: measured from located parts."
+    source: Literal["detector", "derived", "anomaly"] = Field(
+        "detector",
+        description="`detector`: located by the model; `derived`: measured from located parts; `anomaly`: a region "
+        "of the line's normal-only anomaly map (named by similar defect examples, else the anomaly class).",
     )
     confidence: float = Field(description="Detector confidence (derived defects: that of the parts they come from).")
     texture_score: float | None = Field(None, description="The embedder's raw defect-vs-normal score of the crop.")
@@ -72,6 +74,17 @@ class ModelVersions(BaseModel):
     embedder: str | None = Field(None, description="Embedder architecture and checkpoint digest.")
     verifier: str | None = Field(None, description="Template lines: the class verifier's file and digest.")
     kb_snapshot: str | None = Field(None, description="Knowledge base: `<cases>@<digest>` at inspection time.")
+    anomaly: str | None = Field(None, description="The line's anomaly model: method, backbone and bank digest.")
+
+
+class AnomalySummary(BaseModel):
+    """The whole image under the line's normal-only anomaly model."""
+
+    score: float = Field(description="Image anomaly score: the largest patch distance to the normal memory bank.")
+    threshold: float = Field(description="The line's calibrated image threshold (normal images lie below it).")
+    anomalous: bool = Field(description="score > threshold.")
+    peak: float = Field(description="The smoothed anomaly map's peak (what regions are cut at).")
+    map_threshold: float = Field(description="The calibrated map threshold a region's peak is compared with.")
 
 
 class Verdict(BaseModel):
@@ -96,6 +109,9 @@ class Verdict(BaseModel):
     defects: list[DefectFinding] = Field(default_factory=list, description="Every finding, in reading order.")
     query: InspectionQuery | None = Field(None, description="The parsed instruction.")
     models: ModelVersions = Field(default_factory=ModelVersions, description="What produced this verdict.")
+    anomaly: AnomalySummary | None = Field(
+        None, description="Lines with an anomaly model: the image's score against the line's normal parts."
+    )
     timings_ms: dict[str, float] = Field(default_factory=dict, description="Milliseconds per stage.")
     error: str | None = Field(
         None, description="Set when the image could not be inspected (verdict is then `review`, no defects)."

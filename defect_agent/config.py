@@ -30,7 +30,8 @@ class ClassSpec(_Strict):
     """A detector class. `role: part` marks structural parts (tab, weld) that are located but are not defects."""
 
     name: str
-    role: Literal["defect", "part"] = "defect"
+    # "anomaly": the region class of the line's anomaly model (regions nothing else names); never a detector class
+    role: Literal["defect", "part", "anomaly"] = "defect"
     synonyms: Synonyms = Field(default_factory=Synonyms)
     description: Synonyms = Field(
         default_factory=Synonyms
@@ -153,6 +154,7 @@ class AcceptanceRule(_Strict):
     with limits, a finding rejects only when one of its measurements exceeds its limit."""
 
     reject: bool = True  # False: the class is recorded (cosmetic, informational) but never rejects the part
+    review_only: bool = False  # True: a real finding sends the part to a person, never fails it by itself
     limits: dict[str, float] = Field(default_factory=dict)  # measurement key (length_mm, offset_mm, ...) -> max OK
 
     @field_validator("limits")
@@ -178,6 +180,54 @@ class AcceptanceConfig(_Strict):
     measurement_margin_mm: float | None = Field(None, ge=0.0)
 
 
+ANOMALY_CLASS = "anomaly"
+
+
+def default_anomaly_label() -> ClassSpec:
+    return ClassSpec(
+        name=ANOMALY_CLASS,
+        role="anomaly",
+        synonyms=Synonyms(
+            # not "anomaly" / 异常 themselves: the lexicon reads those as "any defect", which includes this class
+            en=["anomalous region", "anomaly region", "abnormal region", "unknown defect", "unexplained anomaly"],
+            zh=["异常区域", "异常点", "未知缺陷", "不明缺陷"],
+        ),
+        description=Synonyms(en=["a region unlike the line's normal parts"], zh=["与正常产品不同的区域"]),
+    )
+
+
+class AnomalyLineConfig(_Strict):
+    """The line's normal-only anomaly model (vision.anomaly): on a line without a detector it finds the defects; beside
+    a detector it catches what the detector was never trained on.
+
+    A region of the anomaly map becomes a finding: its confidence is `sigmoid(steepness * (peak / map_threshold - 1)
+    + logit(threshold_confidence))`: at the calibrated threshold it lies in the review band (a region just above the
+    99th percentile of normal parts goes to a person; well above it fails the part; below it passes), and similar
+    knowledge-base cases move it:
+    defect examples up, normal examples (disposition `accept`) down, by `evidence_weight` in logit space; only cases
+    with cosine >= `case_min_similarity` count. Regions from `candidate_ratio` x the threshold up are candidates, so
+    that examples can lift a faint defect. Each region is named by its close defect examples, else `anomaly`."""
+
+    model: str  # the memory bank (.safetensors; its .json meta beside it), relative to the project root or absolute
+    unexplained: Literal["review", "reject"] | None = (
+        None  # an `anomaly` region; None: review beside a detector, else reject
+    )
+    threshold: float | None = None  # overrides the model's calibrated image threshold
+    map_threshold: float | None = None  # overrides the model's calibrated map threshold (regions)
+    candidate_ratio: float = Field(0.8, gt=0.0, le=1.0)
+    steepness: float = Field(10.0, gt=0.0)
+    threshold_confidence: float = Field(0.4, gt=0.0, lt=1.0)
+    evidence_weight: float = Field(1.0, ge=0.0)
+    evidence_cap: float = Field(
+        0.95, gt=0.5, lt=1.0
+    )  # evidence clipped to [1 - cap, cap]: one case never decides alone
+    case_min_similarity: float = Field(0.8, ge=-1.0, le=1.0)
+    min_region_px: int = Field(16, ge=1)
+    max_regions: int = Field(8, ge=1)
+    detector_overlap: float = Field(0.3, ge=0.0, le=1.0)  # a region this much inside a detector box is explained
+    label: ClassSpec = Field(default_factory=default_anomaly_label)  # the unnamed region's class and its words
+
+
 class LineConfig(_Strict):
     """One product line (`configs/lines/<line>.yaml`): its detector classes and derived defects, image scale,
     locator and the settings of its other stages."""
@@ -189,11 +239,25 @@ class LineConfig(_Strict):
     calibration: Calibration
     classes: list[ClassSpec]
     derived: list[DerivedDefect] = Field(default_factory=list)
-    locator: LocatorConfig
+    locator: LocatorConfig | None = None  # the box-trained detector; None: the line inspects with `anomaly` alone
+    anomaly: AnomalyLineConfig | None = None  # normal-only anomaly model (alone, or beside the detector)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     texture: TextureConfig = Field(default_factory=TextureConfig)
     reference: ReferenceConfig | None = None  # each part's golden reference image, for template locators
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)  # the part's verdict rules
+
+    @model_validator(mode="after")
+    def _has_a_model(self) -> LineConfig:
+        if self.locator is None and self.anomaly is None:
+            raise ValueError(
+                "the line has neither a `locator:` (box-trained detector) nor an `anomaly:` model; create an "
+                "anomaly line with `defect-agent line new NAME --normal DIR`"
+            )
+        if self.anomaly is not None and not any(c.role == "anomaly" for c in self.classes):
+            # appended last: detector class ids (the order of `classes`) stay as trained
+            label = self.anomaly.label.model_copy(update={"role": "anomaly"})
+            self.classes = [*self.classes, label]
+        return self
 
     @model_validator(mode="after")
     def _acceptance_names_known_classes(self) -> LineConfig:
@@ -205,7 +269,7 @@ class LineConfig(_Strict):
 
     @model_validator(mode="after")
     def _template_needs_reference(self) -> LineConfig:
-        if self.locator.reference == "template" and self.reference is None:
+        if self.locator is not None and self.locator.reference == "template" and self.reference is None:
             raise ValueError(
                 "locator.reference is 'template' but the line has no `reference:` block saying where "
                 "each part's reference image lies (pattern + name, folder, or a fixed image)"
@@ -214,12 +278,27 @@ class LineConfig(_Strict):
 
     @property
     def class_names(self) -> list[str]:
-        return [c.name for c in self.classes]
+        """The detector's classes in class-id order (the anomaly model's region class is not one)."""
+        return [c.name for c in self.classes if c.role != "anomaly"]
 
     @property
     def defect_names(self) -> list[str]:
-        """Everything an operator can ask for: detected defects and derived (measured) ones."""
-        return [c.name for c in self.classes if c.role == "defect"] + [d.name for d in self.derived]
+        """Everything an operator can ask for: detected defects, anomaly regions and derived (measured) ones."""
+        return [c.name for c in self.classes if c.role in ("defect", "anomaly")] + [d.name for d in self.derived]
+
+    @property
+    def detector(self) -> LocatorConfig:
+        """The locator settings; a ConfigError on a line that has only an anomaly model."""
+        if self.locator is None:
+            raise ConfigError(
+                f"line {self.name!r} has no box-trained detector (`locator:`); it inspects with its anomaly model"
+            )
+        return self.locator
+
+    @property
+    def anomaly_class(self) -> str | None:
+        """Name of the anomaly model's region class, None on a line without one."""
+        return next((c.name for c in self.classes if c.role == "anomaly"), None)
 
     def class_spec(self, name: str) -> ClassSpec | DerivedDefect:
         specs: list[ClassSpec | DerivedDefect] = [*self.classes, *self.derived]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +42,10 @@ def readme_commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    """A scratch project root after `make demo`: configs / models / .venv linked, `var/` its own."""
+    """A scratch project root after `make demo`: models / .venv linked, `configs/` and `var/` its own."""
     home = tmp_path_factory.mktemp("readme")
-    for name in ("configs", "models"):
-        (home / name).symlink_to(ROOT / name)
+    shutil.copytree(ROOT / "configs", home / "configs")  # `line new` writes a line config: never into the real one
+    (home / "models").symlink_to(ROOT / "models")
     (home / ".venv").symlink_to(VENV)
     result = run("./.venv/bin/defect-agent demo", home)
     assert result.returncode == 0, result.stdout + result.stderr

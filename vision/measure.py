@@ -48,7 +48,7 @@ class Measured(BaseModel):
 
     defect_class: str
     box: Box
-    source: Literal["detector", "derived"] = "detector"
+    source: Literal["detector", "derived", "anomaly"] = "detector"  # anomaly: a region of the anomaly map
     confidence: float = Field(ge=0.0, le=1.0)
     measurements: dict[str, float] = Field(default_factory=dict)  # offset_mm, length_mm, width_mm, area_mm2, ...
     verifier_score: float | None = None  # carried from the Detection (vision.verifier.model)

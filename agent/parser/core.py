@@ -215,7 +215,7 @@ class InstructionParser:
 def subject_lines(text: str, line: str) -> list[str]:
     """Product lines named by subject words (cells / 电芯, boards / 电路板) in the instruction."""
     tokens = Tokenizer.of(vocabulary_for(line)).tokenize(text)[1]
-    return list(dict.fromkeys(t.get("line") for t in tokens if t.kind == SUBJECT))
+    return list(dict.fromkeys(t.get("line") for t in tokens if t.kind == SUBJECT and t.get("line")))
 
 
 def choose_line(text: str, line: str | None = None) -> str:

@@ -351,9 +351,17 @@ def build_vocabulary(line: LineConfig, lexicon: Lexicon, subjects: dict[str, lis
     _add_words(vocab, lx.punctuation, PUNCT)
     _add_words(vocab, lx.fillers, FILLER)
     # every line's subject words, so that "boards" picks the pcb line even while parsing for another
+    # a word several lines share ("cell" for two kinds of cell) names this line when it is one of them, else no line
+    owners: dict[str, list[str]] = {}
     for line_name, subject_words in subjects.items():
         for w in subject_words:
-            vocab.add(w, _entry(SUBJECT, w, line=line_name))
+            owners.setdefault(normalize_term(w), []).append(line_name)
+    for line_name, subject_words in subjects.items():
+        for w in subject_words:
+            named = owners[normalize_term(w)]
+            owner = line_name if len(named) == 1 else (line.name if line.name in named else None)
+            if owner == line_name or (owner is None and line_name == named[0]):
+                vocab.add(w, _entry(SUBJECT, w, line=owner))
     # the line's classes: canonical names, synonyms, regular plurals and spellings without spaces
     specs = [(c.name, c.role, c.synonyms) for c in line.classes] + [
         (d.name, "defect", d.synonyms) for d in line.derived

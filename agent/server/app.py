@@ -31,6 +31,8 @@ from agent.server.schemas import (
     InspectResponse,
     LineInfo,
     LineTerm,
+    NormalMark,
+    NormalMarked,
     SearchResponse,
 )
 from defect_agent.config import AppConfig, available_lines, load_app_config, load_line
@@ -113,6 +115,15 @@ class ServerState:
                     kb = self.kb
                     self._inspectors[line] = Inspector.from_config(line=line, app=self.app_cfg, knowledge_base=kb)
         return self._inspectors[line], lock
+
+    def forget(self, line: str) -> None:
+        """Drop the line's Inspector: its models changed on disk, the next request loads them again."""
+        with self._lock:
+            lock = self._locks.get(line)
+        if lock is None:
+            return
+        with lock:
+            self._inspectors.pop(line, None)
 
     @property
     def loaded(self) -> list[str]:
@@ -391,6 +402,21 @@ def create_app(
             actor=body.author or "station",
         )
         return _case_out(case)
+
+    @api.post("/lines/{line}/normal", response_model=NormalMarked, dependencies=guarded, tags=["knowledge base"])
+    def mark_normal(line: str, body: NormalMark) -> NormalMarked:
+        """A false alarm of the line's anomaly model, declared normal: the image joins the model's normal bank at
+        once and the knowledge base as a normal example; the next inspection uses both."""
+        from agent.lines import mark_normal as teach
+
+        if line not in available_lines():
+            raise _error(404, "unknown_line", f"no line {line!r}; known: {', '.join(available_lines())}")
+        if load_line(line).anomaly is None:
+            raise _error(409, "no_anomaly_model", f"line {line!r} has no anomaly model to teach")
+        stored = _stored_image(state, body.image_id)
+        added = teach(line, [str(stored)], knowledge_base=state.kb)
+        state.forget(line)  # its models changed on disk
+        return NormalMarked(line=line, patches_added=added)
 
     @api.get("/cases/search", response_model=SearchResponse, dependencies=guarded, tags=["knowledge base"])
     def search_cases(

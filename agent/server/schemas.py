@@ -34,7 +34,10 @@ class LineTerm(BaseModel):
     name: str = Field(description="Canonical class name.")
     en: list[str] = Field(description="English words for it.")
     zh: list[str] = Field(description="Chinese words for it.")
-    role: str = Field(description="`defect`, `derived` (measured from parts) or `part` (never a defect).")
+    role: str = Field(
+        description="`defect`, `derived` (measured from parts), `part` (never a defect) or `anomaly` (a region of "
+        "the line's anomaly model that no example names)."
+    )
 
 
 class LineInfo(BaseModel):
@@ -77,6 +80,20 @@ class CaseCreate(BaseModel):
     corrective_action: str = Field("", max_length=2000, description="Corrective action, if any.")
     author: str = Field("", max_length=200, description="Who confirmed it.")
     measurements: dict[str, float] = Field(default_factory=dict, description="Measurements in mm (finite).")
+
+
+class NormalMark(BaseModel):
+    """An anomaly the engineer declares normal (a false alarm): the image joins the line's normal model."""
+
+    image_id: str = Field(description="An image inspected by this server (from POST /inspect).", min_length=8)
+    author: str = Field("", max_length=200, description="Who declared it normal.")
+
+
+class NormalMarked(BaseModel):
+    """What marking an image normal did."""
+
+    line: str = Field(description="The line whose anomaly model learned the image.")
+    patches_added: int = Field(description="Patch features of the image that joined the normal memory bank.")
 
 
 class CaseOut(BaseModel):

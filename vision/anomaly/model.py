@@ -197,6 +197,33 @@ class AnomalyModel:
         )
         return self
 
+    def add_normal(self, images: Sequence[np.ndarray | Path | str], keep_above: float = 0.5) -> int:
+        """Teach the model that `images` are normal (an engineer marked a false alarm) without a refit: their patch
+        features farther from the bank than `keep_above` x the image threshold join it (nearer ones add nothing the
+        bank does not already cover). Returns how many joined. Thresholds stay: the bank only grows, so normal
+        scores only fall."""
+        import torch
+
+        self._need_bank()
+        if len(images) == 0:
+            raise EmptyInput("no images to add as normal")
+        floor = keep_above * (self.threshold if self.threshold is not None else 0.0)
+        added = []
+        for chunk in _batches(images, self.config.batch_size):
+            feats = self._features([_as_image(x) for x in chunk])
+            flat = feats.reshape(-1, feats.shape[-1])
+            dist = nearest_distance(flat, self._bank, self._bank_sq)
+            added.append(flat[dist > floor])
+        new = torch.cat(added)
+        if len(new):
+            self._set_bank(torch.cat([self._bank, new.to(self.device).float()]).contiguous())
+        self.fit_info["added_normal_images"] = int(self.fit_info.get("added_normal_images", 0)) + len(images)
+        self.fit_info["added_normal_patches"] = int(self.fit_info.get("added_normal_patches", 0)) + int(len(new))
+        log.info(
+            "%d normal images added: %d patch features joined the bank (now %d)", len(images), len(new), self.bank_size
+        )
+        return int(len(new))
+
     def _set_bank(self, bank: Any) -> None:
         self._bank = bank.to(self.device).float()
         self._bank_sq = (self._bank * self._bank).sum(dim=1)

@@ -84,10 +84,10 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         cfg = load_line(line)
         ranks = load_rank_allocation(rank_pattern) if rank_pattern else None
         require_line_classes(data_yaml, line, cfg.class_names)
-        base_path = resolve(base) if base else (resolve(cfg.locator.base) if cfg.locator.base else None)
+        base_path = resolve(base) if base else (resolve(cfg.detector.base) if cfg.detector.base else None)
         if base_path is None:
             raise ConfigError(f"line {line!r} has no locator.base; pass --base")
-        target = resolve(out) if out else (resolve(cfg.locator.adapter) if cfg.locator.adapter else None)
+        target = resolve(out) if out else (resolve(cfg.detector.adapter) if cfg.detector.adapter else None)
         if target is None:
             raise ConfigError(f"line {line!r} has no locator.adapter; pass --out")
         extra: dict = {} if lr0 is None else {"lr0": lr0}
@@ -110,12 +110,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             head_rank=head_rank,
             rank_pattern=ranks,
             epochs=epochs,
-            imgsz=imgsz or cfg.locator.imgsz,
+            imgsz=imgsz or cfg.detector.imgsz,
             batch=batch,
             device=device,
             seed=seed,
             line=line,
-            reference=cfg.locator.reference,
+            reference=cfg.detector.reference,
             init_adapter=init,
             head_lr0=head_lr0,
             keep=cast(Literal["best", "last"], keep),  # train_adapter rejects other values

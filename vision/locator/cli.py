@@ -126,13 +126,13 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             typer.echo(f"generating {n_train}+{n_val} {cfg.name} images (seed {data_seed}) into {ds_dir}", err=True)
             data_yaml = generate_dataset(cfg.name, ds_dir, n_train, n_val, data_seed)
         require_line_classes(data_yaml, cfg.name, cfg.class_names)
-        weights = resolve(out) if out else resolve(cfg.locator.weights)
+        weights = resolve(out) if out else resolve(cfg.detector.weights)
         result = train_locator(
             data_yaml,
             base or default_base(),
             weights,
             epochs=epochs,
-            imgsz=imgsz or cfg.locator.imgsz,
+            imgsz=imgsz or cfg.detector.imgsz,
             batch=batch,
             device=device,
             freeze=freeze,
@@ -222,9 +222,9 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             Locator.from_weights(
                 weights,
                 cfg.class_names,
-                imgsz=imgsz or cfg.locator.imgsz,
-                conf=cfg.locator.conf,
-                iou=cfg.locator.iou,
+                imgsz=imgsz or cfg.detector.imgsz,
+                conf=cfg.detector.conf,
+                iou=cfg.detector.iou,
                 device=device,
             )
             if weights

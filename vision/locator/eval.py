@@ -212,13 +212,13 @@ def evaluate_locator(
         locator = Locator.from_weights(
             weights_or_locator,
             line.class_names if line else None,
-            imgsz=imgsz or (line.locator.imgsz if line else 640),
+            imgsz=imgsz or (line.detector.imgsz if line else 640),
             device=device,
         )
     if locator.class_names != data_names:
         raise ConfigError(f"{data_yaml} names {data_names} differ from the locator's {locator.class_names}")
     imgsz = imgsz or locator.imgsz
-    conf = conf_operating if conf_operating is not None else (line.locator.conf if line else locator.conf)
+    conf = conf_operating if conf_operating is not None else (line.detector.conf if line else locator.conf)
     parts = {c.name for c in line.classes if c.role == "part"} if line else set()
     defect_names = [n for n in data_names if n not in parts]
 

@@ -35,7 +35,7 @@ def line_detection_model(line: LineConfig) -> tuple[DetectionModel, str, str | N
     reports) and its adapter's version."""
     from defect_agent.errors import ModelFileMissing
 
-    cfg = line.locator
+    cfg = line.detector
     source, adapter_version = line_source_versions(line)
     if cfg.adapter is None:
         model = load_detection_model(resolve(cfg.weights), train_command(line.name), what="locator weights")
@@ -95,7 +95,7 @@ def export_locator(line: LineConfig, out_dir: Path) -> Path:
 
     target = writable_target(Path(out_dir) / LOCATOR_FILE)  # refused before seconds of loading
     model, source, adapter_version = line_detection_model(line)
-    tmp = export_detection_model(model, target, line.locator.imgsz)
+    tmp = export_detection_model(model, target, line.detector.imgsz)
     stamp_metadata(
         tmp,
         {
@@ -103,7 +103,7 @@ def export_locator(line: LineConfig, out_dir: Path) -> Path:
             "line": line.name,
             "source": source,
             "adapter_version": adapter_version or "",
-            "imgsz": str(line.locator.imgsz),
+            "imgsz": str(line.detector.imgsz),
             "torch": torch.__version__,
         },
     )

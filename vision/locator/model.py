@@ -131,7 +131,7 @@ class Locator:
 
         if check_engine(engine) == "onnx":
             return OnnxLocator.load(line, onnx_dir=onnx_dir, threads=threads)
-        cfg = line.locator
+        cfg = line.detector
         make = train_command(line.name)
         if cfg.adapter is None:
             return cls.from_weights(
@@ -295,7 +295,7 @@ class OnnxLocator(Locator):
         recorded = detector.meta.get("source")
         check_source(recorded, source, detector.path, line.name)
         names = _checked_names(line, detector.class_names, str(detector.path))
-        cfg = line.locator
+        cfg = line.detector
         return cls(
             detector,
             f"{recorded}|{file_version}",
@@ -337,7 +337,7 @@ def _onnx_detector(path: Path, threads: int | None) -> OnnxDetector:
 def line_source_versions(line: LineConfig) -> tuple[str | None, str | None]:
     """(the version `from_line` gives the line's torch locator, its adapter's version) from the files on disk; None
     where a file is absent (an ONNX-only line PC)."""
-    cfg = line.locator
+    cfg = line.detector
     if cfg.adapter is None:
         weights = resolve(cfg.weights)
         return (_version_of(weights) if weights.is_file() else None), None
@@ -362,10 +362,10 @@ def _check_reference(line: LineConfig, adapter_path: Path) -> None:
     from vision.locator.lora import read_adapter_meta
 
     trained_on = read_adapter_meta(adapter_path).reference
-    if trained_on != line.locator.reference:
+    if trained_on != line.detector.reference:
         raise ConfigError(
             f"{adapter_path} was trained on reference={trained_on!r} inputs but configs/lines/{line.name}.yaml "
-            f"sets locator.reference={line.locator.reference!r}: set it to {trained_on!r} or retrain the adapter "
+            f"sets locator.reference={line.detector.reference!r}: set it to {trained_on!r} or retrain the adapter "
             f"({adapter_command(line.name)})"
         )
 
@@ -374,7 +374,7 @@ def _checked_names(line: LineConfig, names: list[str], source: str) -> list[str]
     if names != line.class_names:
         raise ConfigError(
             f"class names of {source} are {names}, but line {line.name!r} lists {line.class_names}; retrain "
-            f"({adapter_command(line.name) if line.locator.adapter else train_command(line.name)}) or fix the "
+            f"({adapter_command(line.name) if line.detector.adapter else train_command(line.name)}) or fix the "
             "line config"
         )
     return names
@@ -404,7 +404,7 @@ class LocatorPool:
 
         if check_engine(engine) == "onnx":
             return OnnxLocator.load(line, onnx_dir=onnx_dir, threads=threads)
-        cfg = line.locator
+        cfg = line.detector
         base_path = resolve(cfg.base or cfg.weights) if cfg.adapter else resolve(cfg.weights)
         if not base_path.is_file():
             raise ModelFileMissing(

@@ -60,12 +60,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         from vision.verifier.train import train_verifier
 
         cfg = load_line(line)
-        if cfg.locator.reference != "template":
+        if cfg.detector.reference != "template":
             raise ConfigError(
                 f"line {line!r} has no golden templates (locator.reference is "
-                f"{cfg.locator.reference!r}): the verifier reads (test, template) crops"
+                f"{cfg.detector.reference!r}): the verifier reads (test, template) crops"
             )
-        target = resolve(out or cfg.locator.verifier or f"models/locator/{line}_verifier.safetensors")
+        target = resolve(out or cfg.detector.verifier or f"models/locator/{line}_verifier.safetensors")
         root = _deeppcb_src(src)
         locator = None
         if proposals:
@@ -148,7 +148,7 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             verifier,
             _deeppcb_src(src),
             split,
-            conf_operating=cfg.locator.conf,
+            conf_operating=cfg.detector.conf,
             max_boards=max_boards,
         )
         rows = [("detector", report.detector), ("verified", report.verified)]

@@ -296,22 +296,22 @@ class DefectVerifier:
         from defect_agent.paths import resolve
         from vision.locator.onnx_engine import check_engine
 
-        if not line.locator.verifier:
+        if not line.detector.verifier:
             raise ConfigError(f"line {line.name!r} has no locator.verifier in configs/lines/{line.name}.yaml")
         if check_engine(engine) == "onnx":
             verifier = cls._onnx_for_line(line, onnx_dir, threads)
         else:
             verifier = cls.from_file(
-                resolve(line.locator.verifier),
-                relabel_min=line.locator.verifier_relabel_min,
-                tta=line.locator.verifier_tta,
-                union_min=line.locator.verifier_union_min,
-                demote=line.locator.verifier_demote,
+                resolve(line.detector.verifier),
+                relabel_min=line.detector.verifier_relabel_min,
+                tta=line.detector.verifier_tta,
+                union_min=line.detector.verifier_union_min,
+                demote=line.detector.verifier_demote,
             )
         defects = [c.name for c in line.classes if c.role == "defect"]
         if sorted(verifier.meta.classes) != sorted(defects):
             raise ConfigError(
-                f"{line.locator.verifier} was trained for classes {verifier.meta.classes}, line "
+                f"{line.detector.verifier} was trained for classes {verifier.meta.classes}, line "
                 f"{line.name!r} has {defects}: retrain it with `defect-agent train verifier --line "
                 f"{line.name}`"
             )
@@ -328,12 +328,12 @@ class DefectVerifier:
         verifier = cls.from_onnx(
             path,
             threads=threads,
-            relabel_min=line.locator.verifier_relabel_min,
-            tta=line.locator.verifier_tta,
-            union_min=line.locator.verifier_union_min,
-            demote=line.locator.verifier_demote,
+            relabel_min=line.detector.verifier_relabel_min,
+            tta=line.detector.verifier_tta,
+            union_min=line.detector.verifier_union_min,
+            demote=line.detector.verifier_demote,
         )
-        source = resolve(line.locator.verifier or "")
+        source = resolve(line.detector.verifier or "")
         current = f"{source.name}@{file_sha256(source)[:12]}" if source.is_file() else None
         check_source(verifier.version.split("|")[0], current, path, line.name)
         return verifier

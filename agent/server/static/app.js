@@ -5,14 +5,14 @@ const LANG = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" 
 const TEXT = {
   en: { line: "Line", drop: "Drop images here or", pick: "choose images", inspect: "Inspect", cases: "Past cases",
         search: "Search", defect: "Defect", prob: "p", meas: "Measurements", similar: "Similar past cases",
-        save: "Save as case", saved: "saved as case", working: "inspecting…", none: "no images chosen",
+        save: "Save as case", saved: "saved as case", normal: "Not a defect", marked: "learned as normal", working: "inspecting…", none: "no images chosen",
         fail: "FAIL", review: "REVIEW", pass: "PASS", match: "matches the instruction",
         nomatch: "does not match", token: "API token for this station:", nohits: "no cases found",
         offset_mm: "offset", length_mm: "length", width_mm: "width", area_mm2: "area", images: "images",
         searchHint: "spatter around the weld" },
   zh: { line: "产线", drop: "拖入图像，或", pick: "选择图像", inspect: "检测", cases: "历史案例",
         search: "搜索", defect: "缺陷", prob: "置信度", meas: "测量", similar: "相似历史案例",
-        save: "保存为案例", saved: "已保存为案例", working: "检测中…", none: "未选择图像",
+        save: "保存为案例", saved: "已保存为案例", normal: "误报，判为正常", marked: "已学习为正常", working: "检测中…", none: "未选择图像",
         fail: "不合格", review: "复核", pass: "合格", match: "符合指令",
         nomatch: "不符合指令", token: "本工位的 API 令牌：", nohits: "未找到案例",
         offset_mm: "偏移", length_mm: "长度", width_mm: "宽度", area_mm2: "面积", images: "张图像",
@@ -178,7 +178,15 @@ function render(result) {
       const button = document.createElement("button");
       button.className = "save"; button.type = "button"; button.textContent = TEXT.save;
       button.addEventListener("click", () => saveCase(button, v, item.image_id, d));
-      act.appendChild(button); tr.appendChild(act);
+      act.appendChild(button);
+      if (d.source === "anomaly") {
+        // a region of the line's anomaly model: the engineer may declare it normal (a false alarm)
+        const normal = document.createElement("button");
+        normal.className = "normal"; normal.type = "button"; normal.textContent = TEXT.normal;
+        normal.addEventListener("click", () => markNormal(normal, v, item.image_id));
+        act.appendChild(normal);
+      }
+      tr.appendChild(act);
       body.appendChild(tr);
     }
     results.appendChild(card);
@@ -201,6 +209,21 @@ async function saveCase(button, verdict, imageId, defect) {
     const note = document.createElement("span");
     note.className = "saved";
     note.textContent = `${TEXT.saved} #${out.case.id}`;
+    button.replaceWith(note);
+  } catch (err) { button.disabled = false; say(err.message); }
+}
+
+async function markNormal(button, verdict, imageId) {
+  button.disabled = true;
+  try {
+    const out = await api(`/lines/${encodeURIComponent(verdict.line)}/normal`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_id: imageId, author: "station" }),
+    });
+    const note = document.createElement("span");
+    note.className = "saved";
+    note.textContent = `${TEXT.marked} (${out.patches_added})`;
     button.replaceWith(note);
   } catch (err) { button.disabled = false; say(err.message); }
 }
