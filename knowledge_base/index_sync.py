@@ -35,8 +35,12 @@ from retrieval.store import IndexFile, IndexUnavailable, Manifest, ids_digest
 
 log = logging.getLogger(__name__)
 
-PERSIST_EVERY_BYTES = 64 * 2**20  # indexes up to this size are rewritten after every write (tens of ms)
-PERSIST_EVERY_OPS = 1000  # larger ones every this many history entries, on rebuild and on close()
+# Rewriting the whole file after each add made one `kb add` cost O(cases) (40 ms at 1.2 k cases); the history
+# replayed on open covers whatever the file lacks, so only small indexes (a few hundred cases) are rewritten after
+# every write; larger ones every PERSIST_EVERY_OPS history entries, on rebuild and on close()
+# (benchmarks/bench_kb_add.py measures both policies)
+PERSIST_EVERY_BYTES = 256 * 2**10
+PERSIST_EVERY_OPS = 256
 WRITING_MARKER = ".writing"  # present while (or because) a save of the index file and manifest was under way
 
 
@@ -280,8 +284,9 @@ class IndexSync:
                 db.set_meta(self.conn, "index_written", manifest.created_at.isoformat())
         return manifest
 
-    def flush(self) -> None:
-        """Persist whatever is pending (on close)."""
+    def flush(self, force: bool = False) -> None:
+        """On close: persist what is pending when it is due (PERSIST_*), or always with `force`. A lagging file is
+        sound: the next process replays the history it lacks."""
         if not self.loaded or self.problem or not (self.pending or self._dirty):
             return
         with self.files.lock(exclusive=True):
@@ -290,7 +295,7 @@ class IndexSync:
                 if self.problem:
                     return
             self.catch_up()
-            self._persist_locked(force=True)
+            self._persist_locked(force=force)
 
     def rebuild(self, progress: bool = True) -> Manifest | None:
         """Rebuild from SQLite and replace the file (repairs a missing / corrupt / inconsistent index)."""
