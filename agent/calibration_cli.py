@@ -104,6 +104,50 @@ def _calibrate_fusion(line: str, n: int, seed: int, split: str, deeppcb: Path | 
         typer.echo(f"stored {save_fusion(line, w)}")
 
 
+def _calibrate_measurement(
+    line: str, n: int, seed: int, split: str, deeppcb: Path | None, max_boards: int | None, dry_run: bool
+) -> None:
+    from tqdm import tqdm
+
+    from agent.measure_calibration import battery_tab_errors, deeppcb_errors
+    from agent.pipeline import Inspector
+    from agent.uncertainty import estimate_uncertainty, save_measurement_uncertainty
+    from defect_agent.paths import data_dir, shared_dataset
+
+    # no embedder, no KB: sizes come from the locator's boxes alone
+    inspector = Inspector.from_config(line=line, use_embedder=False, use_kb=False)
+    total: int | None
+    if line == "battery_tab":
+        batches = battery_tab_errors(inspector, data_dir() / "calibration" / f"battery_tab-s{seed}-n{n}", n, seed)
+        source, total = f"battery_tab generated n={n} seed={seed}", n
+    elif line == "pcb":
+        root = deeppcb or shared_dataset("deeppcb")
+        if root is None or not Path(root).is_dir():
+            raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
+        batches = deeppcb_errors(inspector, Path(root), split, max_boards)
+        source = f"DeepPCB {split} groups" + (f", first {max_boards} boards" if max_boards else "")
+        total = max_boards
+    else:
+        raise ConfigError(f"no labelled data for line {line!r}: measurement calibration knows battery_tab and pcb")
+    samples = [e for batch in tqdm(batches, total=total, desc="labelled images", unit="img") for e in batch]
+    try:
+        estimate = estimate_uncertainty(
+            samples,
+            line=line,
+            fitted_on=f"{source}; locator {inspector.locator.version}; box margin {inspector.fusion.box_margin_px} px",
+        )
+    except ValueError as exc:
+        raise EmptyInput(str(exc)) from exc
+    for key, k in estimate.keys.items():
+        typer.echo(
+            f"{key:<10} ± {k.spread:.4f} (p{100 * estimate.quantile:.0f} |error|)  bias {k.bias:+.4f}  n={k.samples}"
+        )
+    for cls, keys in estimate.per_class.items():
+        typer.echo(f"  {cls:<12} " + "  ".join(f"{key} ± {k.spread:.4f} (n={k.samples})" for key, k in keys.items()))
+    if not dry_run:
+        typer.echo(f"stored {save_measurement_uncertainty(estimate)}")
+
+
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
     @app.command("calibrate")
     def calibrate_texture(
@@ -118,6 +162,13 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             help="fit the line's fusion weights on labelled images "
             "instead (battery_tab: generated; pcb: DeepPCB annotations)",
         ),
+        measurement: bool = typer.Option(
+            False,
+            "--measurement",
+            help="estimate the line's measurement uncertainty (± per size) from findings matched to ground truth "
+            "instead, stored in models/measure/<line>.json",
+        ),
+        max_boards: int | None = typer.Option(None, help="--measurement, pcb: only the first N boards of --split"),
         n: int = typer.Option(200, help="--fusion, battery_tab: images generated for the fit"),
         seed: int = typer.Option(777, help="--fusion, battery_tab: generator seed (training 1, tests 1234 / 4242)"),
         split: str = typer.Option("train", help="--fusion, pcb: DeepPCB part to fit on (val is kept for eval)"),
@@ -127,7 +178,12 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
         """Calibrate a line. `--normal DIR`: texture threshold = the (1 - max_false_alarm) quantile of the texture
         scores of known-normal images, stored as texture.threshold in the line config. `--fusion`: logistic fusion
         of detector confidence, texture score and case evidence fitted on detections matched to ground truth,
-        stored in models/fusion/<line>.json."""
+        stored in models/fusion/<line>.json. `--measurement`: the 90th percentile of |measured - annotated| per size
+        (and per class with enough samples) of findings matched to ground truth, stored in
+        models/measure/<line>.json (pcb: give `--split val`). Exit codes: 0 done, 2 no data / bad line."""
+        if measurement:
+            _calibrate_measurement(line, n, seed, split, deeppcb, max_boards, dry_run)
+            return
         if fusion:
             _calibrate_fusion(line, n=n, seed=seed, split=split, deeppcb=deeppcb, dry_run=dry_run)
             return

@@ -23,6 +23,14 @@ _MESSAGES: dict[str, dict[str, str]] = {
         "en": "{what} within {margin:g} mm of the limit {limit:g} mm",
         "zh": "{what}，距限值 {limit:g} mm 不足 {margin:g} mm",
     },
+    "near_limit_uncertain": {
+        "en": "{what}: the limit {limit:g} mm lies within its uncertainty",
+        "zh": "{what}：限值 {limit:g} mm 落在测量不确定度之内",
+    },
+    "bound_uncertain": {
+        "en": "{what}: the bound {bound} lies within its uncertainty, a person should measure",
+        "zh": "{what}：界限 {bound} 落在测量不确定度之内，需人工测量",
+    },
     "near": {
         "en": "{name} at the limit, a person should measure: {detail}",
         "zh": "{name}处于限值边缘，需人工复核：{detail}",
@@ -126,9 +134,18 @@ def shown_measurements(measurements: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in measurements.items() if k in _MEASUREMENT_NAMES}
 
 
-def measurement_text(key: str, value: float, lang: str) -> str:
-    """`offset 0.37 mm` / `偏移 0.37 mm`: a measurement as an operator reads it."""
+def measurement_text(key: str, value: float, lang: str, uncertainty: float | None = None) -> str:
+    """`offset 0.37 mm` / `偏移 0.37 mm`, or with its uncertainty `length 2.31 ± 0.08 mm`: a measurement as an
+    operator reads it."""
     names = _MEASUREMENT_NAMES.get(key)
     label = names.get(pick_lang(lang), names["en"]) if names else key
     unit = "mm²" if key.endswith("mm2") else ("mm" if key.endswith("_mm") else "")
-    return f"{label} {value:.2f} {unit}".rstrip()
+    plus_minus = f" ± {uncertainty:.2f}" if uncertainty else ""
+    return f"{label} {value:.2f}{plus_minus} {unit}".rstrip()
+
+
+def measurements_text(measurements: dict[str, float], uncertainty: dict[str, float], lang: str) -> str:
+    """The shown measurements of a finding, each with its ± where one is known, comma-separated."""
+    return ", ".join(
+        measurement_text(k, v, lang, uncertainty.get(k)) for k, v in shown_measurements(measurements).items()
+    )

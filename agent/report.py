@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.images import read_image
-from agent.messages import class_label, measurement_text, pick_lang, say, shown_measurements
+from agent.messages import class_label, measurements_text, pick_lang, say
 from agent.overlay import write_overlay
 from agent.verdict import Verdict
 from defect_agent.errors import DefectAgentError
@@ -91,7 +91,7 @@ def deciding_clause(verdict: Verdict, lang: str) -> str:
     shown = ""
     if found:
         best = max(found, key=lambda d: d.probability)
-        shown = ", ".join(measurement_text(k, v, lang) for k, v in shown_measurements(best.measurements).items())
+        shown = measurements_text(best.measurements, best.uncertainty, lang)
     state = say("met" if clause.satisfied else "not_met", lang)
     return f"{clause.id} {clause.text} ({state})" + (f": {shown}" if shown else "")
 

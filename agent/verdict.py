@@ -45,6 +45,12 @@ class DefectFinding(BaseModel):
         default_factory=dict,
         description="Sizes in millimetres from the line's calibration: offset_mm, length_mm, width_mm, area_mm2.",
     )
+    uncertainty: dict[str, float] = Field(
+        default_factory=dict,
+        description="± of each measurement (same keys and units as `measurements`): the box's localisation error "
+        "estimated on labelled data (`defect-agent calibrate --measurement`) and the calibration's relative error, "
+        "combined; a key without one is judged with the fixed measurement margin.",
+    )
     verdict: Literal["pass", "fail", "review"] = Field(
         "pass",
         description="What this finding does to the part under the line's acceptance rules: `fail` rejects it, "
