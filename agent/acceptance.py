@@ -3,7 +3,8 @@
 This is what an MES or a PLC acts on (a station's OK / NG). The instruction's answer (`matches_query`) is decided
 separately by `agent.clauses`; the two never feed each other. Rules come from the line config (`acceptance:`), with
 defaults that make every defect class reject, a derived offset reject beyond its `tolerance_mm`, and a finding whose
-fused probability lies in the review band (or a measurement within the margin of its limit) go to a person."""
+fused probability lies in the review band (or a measurement within its uncertainty, at least the fixed margin, of
+its limit) go to a person."""
 
 from __future__ import annotations
 
@@ -57,10 +58,18 @@ def _judge_one(
         value = finding.measurements.get(key)
         if value is None:
             missing.append(key)
-        elif value > limit + margin:
-            over.append(say("over_limit", lang, what=measurement_text(key, value, lang), limit=limit))
-        elif value >= limit - margin:
-            near.append(say("near_limit", lang, what=measurement_text(key, value, lang), limit=limit, margin=margin))
+            continue
+        # the finding's own ± replaces the fixed margin where it is known; the margin stays the floor
+        known = finding.uncertainty.get(key)
+        half = margin if known is None else max(known, margin)
+        what = measurement_text(key, value, lang, known)
+        if value > limit + half:
+            over.append(say("over_limit", lang, what=what, limit=limit))
+        elif value >= limit - half:
+            if known is None:
+                near.append(say("near_limit", lang, what=what, limit=limit, margin=margin))
+            else:
+                near.append(say("near_limit_uncertain", lang, what=what, limit=limit))
     if rule.limits and not over and not near and not missing:
         return "pass", None
     if rule.review_only:

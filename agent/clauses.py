@@ -1,7 +1,9 @@
 """Evaluating an InspectionQuery on one image's findings: a probability per clause, per image, and the decision.
 
 Each finding carries a fused probability p_i that it is real; a measurement bound holds with probability
-Phi((m - v) / sigma) (sigma = the measurement's uncertainty). The number of findings meeting a clause is then a
+Phi((m - v) / sigma) (sigma from the finding's ±, agent.uncertainty, else the fixed margin). A bound inside
+m ± uncertainty is not decided by the machine: when taking it as met or as not met changes the answer, the clause
+and the instruction are marked uncertain (review) with that reason. The number of findings meeting a clause is then a
 Poisson-binomial variable, so count clauses ("at least two") get an exact probability; AND / OR / NOT combine
 clause probabilities as independent events. The image score answers the instruction (`matches_query`, uncertain
 inside the review band); the part's own verdict comes from the line's acceptance rules (`agent.acceptance`) in the
@@ -9,13 +11,14 @@ same decision, never from the instruction."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Literal
 
 from pydantic import BaseModel
 
 from agent.acceptance import judge_part
-from agent.messages import class_label, measurement_text, pick_lang, say, shown_measurements
+from agent.messages import class_label, measurement_text, measurements_text, pick_lang, say
 from agent.query import MEASUREMENT_KEYS, Comparator, Condition, InspectionQuery, Logic, NumericConstraint
 from agent.verdict import ClauseResult, DefectFinding
 from defect_agent.config import DerivedDefect, FusionConfig, LineConfig
@@ -80,25 +83,69 @@ def _implicit_constraints(cond: Condition, finding: DefectFinding, line: LineCon
     ]
 
 
+# a stored ± is the 90th percentile of the absolute error (agent.uncertainty): 1.645 sigma of a normal error
+PLUS_MINUS_Z = 1.645
+
+
+def measurement_band(finding: DefectFinding, key: str, measured: float, margin_mm: float) -> tuple[float, float]:
+    """(half-width, sigma) of a measurement: a bound within `measured ± half-width` is not decided by the machine.
+    The finding's own ± where known, floored at the fixed margin; else the fixed margin (areas: scaled by the
+    size, as a margin in mm moves every side)."""
+    default = margin_mm if key != "area_mm2" else margin_mm * max(math.sqrt(max(measured, 0.0)), 0.1) * 2
+    known = finding.uncertainty.get(key)
+    if known is None:
+        return default, default
+    half = max(known, default)
+    return half, half / PLUS_MINUS_Z
+
+
+class FindingTerms(BaseModel):
+    """A finding against one clause: its probability, and the same with every bound that lies inside a
+    measurement's band taken as met (`high`) or as not met (`low`); `near` says which bounds, for the reasons."""
+
+    p: float
+    high: float
+    low: float
+    near: list[tuple[str, float]]  # (measurement key, bound) inside the band
+
+
+def finding_terms(
+    finding: DefectFinding, cond: Condition, query: InspectionQuery, line: LineConfig, margin_mm: float
+) -> FindingTerms:
+    """Probability that this finding is real and meets the clause's class and bounds, with its measurement band."""
+    zero = FindingTerms(p=0.0, high=0.0, low=0.0, near=[])
+    if cond.defect_class is not None and finding.defect_class != cond.defect_class:
+        return zero
+    if query.min_confidence is not None and finding.probability < query.min_confidence:
+        return zero
+    p = high = low = finding.probability
+    near: list[tuple[str, float]] = []
+    for c in [*cond.constraints, *_implicit_constraints(cond, finding, line)]:
+        if c.measure == "confidence":
+            factor = 1.0 if c.op.holds(finding.probability, c.value) else 0.0
+            p, high, low = p * factor, high * factor, low * factor
+            continue
+        key = MEASUREMENT_KEYS[c.measure]
+        measured = finding.measurements.get(key)
+        if measured is None:
+            return zero
+        half, sigma = measurement_band(finding, key, measured, margin_mm)
+        factor = bound_probability(measured, c.op, c.value, sigma)
+        p *= factor
+        if half > 0 and abs(measured - c.value) <= half:
+            low = 0.0
+            near.append((key, c.value))
+        else:
+            crisp = 1.0 if c.op.holds(measured, c.value) else 0.0
+            high, low = high * crisp, low * crisp
+    return FindingTerms(p=p, high=high, low=low, near=near)
+
+
 def finding_probability(
     finding: DefectFinding, cond: Condition, query: InspectionQuery, line: LineConfig, sigma_mm: float
 ) -> float:
     """Probability that this finding is real and meets the clause's class and bounds."""
-    if cond.defect_class is not None and finding.defect_class != cond.defect_class:
-        return 0.0
-    if query.min_confidence is not None and finding.probability < query.min_confidence:
-        return 0.0
-    p = finding.probability
-    for c in [*cond.constraints, *_implicit_constraints(cond, finding, line)]:
-        if c.measure == "confidence":
-            p *= 1.0 if c.op.holds(finding.probability, c.value) else 0.0
-            continue
-        measured = finding.measurements.get(MEASUREMENT_KEYS[c.measure])
-        if measured is None:
-            return 0.0
-        sigma = sigma_mm if c.measure != "area" else sigma_mm * max(math.sqrt(max(measured, 0.0)), 0.1) * 2
-        p *= bound_probability(measured, c.op, c.value, sigma)
-    return p
+    return finding_terms(finding, cond, query, line, sigma_mm).p
 
 
 def clause_probability(per_finding: list[float], cond: Condition) -> float:
@@ -133,7 +180,7 @@ def clause_label(cond: Condition) -> str:
 
 
 def _evidence(finding: DefectFinding, line: LineConfig, lang: str) -> str:
-    shown = ", ".join(measurement_text(k, v, lang) for k, v in shown_measurements(finding.measurements).items())
+    shown = measurements_text(finding.measurements, finding.uncertainty, lang)
     name = class_label(finding.defect_class, line, lang)
     return f"{name} p={finding.probability:.2f}" + (f" ({shown})" if shown else "")
 
@@ -149,14 +196,22 @@ def decide(
     by the line's acceptance rules for `verdict`. Reasons are in `lang` (default: the instruction's language)."""
     lang = pick_lang(lang or query.language)
     low, high = fusion.review_band
-    sigma = fusion.measurement_margin_mm
+    margin = fusion.measurement_margin_mm
     clause_p: dict[str, float] = {}
     results: list[ClauseResult] = []
     reasons: list[str] = []
+    swing: dict[str, tuple[float, float]] = {}  # clauses a measurement's band can flip: (p if not met, p if met)
     for cond in query.conditions:
-        per = [finding_probability(f, cond, query, line, sigma) for f in findings]
+        terms = [finding_terms(f, cond, query, line, margin) for f in findings]
+        per = [t.p for t in terms]
         p = clause_probability(per, cond)
         clause_p[cond.id] = p
+        banded = [(t, f) for t, f in zip(terms, findings) if t.near]
+        if banded:
+            p_low = clause_probability([t.low for t in terms], cond)
+            p_high = clause_probability([t.high for t in terms], cond)
+            if (p_low >= 0.5) != (p_high >= 0.5):
+                swing[cond.id] = (p_low, p_high)
         hits = [f for f, q in zip(findings, per) if q >= 0.5]
         for f in hits:
             if cond.id not in f.matched_clauses:
@@ -167,7 +222,7 @@ def decide(
                 text=cond.text or clause_label(cond),
                 satisfied=p >= 0.5,
                 count=len(hits),
-                uncertain=low <= p < high,
+                uncertain=low <= p < high or cond.id in swing,
             )
         )
         near = sorted(zip(per, findings), key=lambda t: -t[0])[:3]
@@ -175,10 +230,15 @@ def decide(
         detail = "; ".join(_evidence(f, line, lang) for q, f in near if q > 0.01) or say("none_found", lang, what=what)
         state = say("met" if p >= high else ("uncertain" if p >= low else "not_met"), lang)
         label = cond.text if (lang == "zh" and cond.text) else clause_label(cond)
+        if cond.id in swing:
+            state = say("uncertain", lang)
+            detail = "; ".join(_band_reason(f, t.near, lang) for t, f in banded)
         reasons.append(say("clause", lang, id=cond.id, label=label, state=state, p=p, detail=detail))
     score = logic_probability(query.logic, clause_p)
     matches = score >= 0.5
-    answer = say("yes" if matches else "no", lang) + (say("uncertain_suffix", lang) if low <= score < high else "")
+    # a measurement whose band holds a bound sends the image to review when it can change the answer
+    uncertain = low <= score < high or _band_flips(query.logic, clause_p, swing, matches)
+    answer = say("yes" if matches else "no", lang) + (say("uncertain_suffix", lang) if uncertain else "")
     reasons.append(
         say("query_result", lang, logic=query.logic.describe(), score=score, low=low, high=high, answer=answer)
     )
@@ -204,10 +264,37 @@ def decide(
         verdict=acceptance.verdict,
         verdict_reasons=acceptance.reasons,
         matches_query=matches,
-        match_uncertain=low <= score < high,
+        match_uncertain=uncertain,
         score=score,
         clauses=results,
         query_reasons=reasons,
+    )
+
+
+def _band_flips(logic: Logic, clause_p: dict[str, float], swing: dict[str, tuple[float, float]], matches: bool) -> bool:
+    """Whether some outcome of the clauses a measurement's band can flip changes the instruction's answer (every
+    combination; past a handful of such clauses, assume it can)."""
+    if not swing:
+        return False
+    if len(swing) > 6:
+        return True
+    ids = sorted(swing)
+    for combo in itertools.product(*(swing[i] for i in ids)):
+        if (logic_probability(logic, {**clause_p, **dict(zip(ids, combo))}) >= 0.5) != matches:
+            return True
+    return False
+
+
+def _band_reason(finding: DefectFinding, near: list[tuple[str, float]], lang: str) -> str:
+    unit = {"area_mm2": "mm²"}
+    return "; ".join(
+        say(
+            "bound_uncertain",
+            lang,
+            what=measurement_text(key, finding.measurements[key], lang, finding.uncertainty.get(key)),
+            bound=f"{bound:g} {unit.get(key, 'mm')}",
+        )
+        for key, bound in near
     )
 
 
