@@ -88,12 +88,13 @@ class Inspector:
         from vision.locator.model import shared_pool
 
         # lines over one base share it in memory; a line with only an anomaly model has no locator
-        locator = shared_pool().locator(line_cfg) if line_cfg.locator is not None else None
+        engine = app.engine
+        locator = shared_pool().locator(line_cfg, engine=engine) if line_cfg.locator is not None else None
         verifier = anomaly = None
         if line_cfg.locator is not None and line_cfg.locator.verifies:
             from vision.verifier.model import DefectVerifier
 
-            verifier = DefectVerifier.for_line(line_cfg)
+            verifier = DefectVerifier.for_line(line_cfg, engine=engine)
         if line_cfg.anomaly is not None:
             from agent.anomaly_stage import AnomalyStage
 
@@ -105,7 +106,7 @@ class Inspector:
             from vision.embedder import load_embedder
             from vision.embedder.texture import TextureScorer
 
-            embedder = load_embedder(app.embedder)
+            embedder = load_embedder(app.embedder, engine=engine)
             if knowledge_base is not None:
                 kb = knowledge_base
             elif use_kb:

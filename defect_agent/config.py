@@ -354,11 +354,14 @@ class ServerConfig(_Strict):
 
 
 class AppConfig(_Strict):
-    """The application config (`configs/default.yaml`): default line, threads, knowledge-base folder, and the
-    embedder, fusion and retrieval settings."""
+    """The application config (`configs/default.yaml`): default line, threads, engine (torch / onnx),
+    knowledge-base folder, and the embedder, fusion and retrieval settings."""
 
     default_line: str = "battery_tab"
     threads: int | None = None
+    # "onnx": locator, verifier and the embedder's image tower run by onnxruntime from the files `defect-agent export
+    # --line L --format onnx` wrote into var/onnx/ (parity with torch: tests/test_onnx_parity.py)
+    engine: Literal["torch", "onnx"] = "torch"
     kb_dir: str = "var/kb"
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)

@@ -47,8 +47,8 @@ def _app() -> typer.Typer:
     return root
 
 
-def _export(line: str, out: Path, *parts: str) -> None:
-    args = ["export", "--line", line, "--format", "onnx", "--out", str(out)]
+def _export(line: str, out: Path | None, *parts: str) -> None:
+    args = ["export", "--line", line, "--format", "onnx", *(["--out", str(out)] if out is not None else [])]
     for part in parts:
         args += ["--part", part]
     res = CliRunner().invoke(_app(), args)
@@ -281,3 +281,32 @@ def test_export_never_writes_into_models(tmp_path):
     assert not (models_dir() / "locator.onnx").exists()
     res = CliRunner().invoke(_app(), ["export", "--line", "battery_tab", "--format", "onnx", "--part", "nope"])
     assert isinstance(res.exception, ConfigError)
+
+
+def test_the_engine_is_chosen_in_the_config_and_gives_the_same_verdicts(tmp_path, battery_images):
+    """`engine: onnx` in the app config: the Inspector runs the exported files from their default place
+    (var/onnx/<line>, var/onnx/embedder) and judges the sample cells as the torch engine does."""
+    from agent.pipeline import Inspector
+    from defect_agent.config import load_app_config
+    from vision.locator.model import OnnxLocator
+
+    _export("battery_tab", None, "locator", "embedder")
+    paths = []
+    for i, image in enumerate(battery_images):
+        paths.append(str(tmp_path / f"cell{i}.png"))
+        cv2.imwrite(paths[-1], image)
+    base = load_app_config()
+    verdicts = {}
+    for engine in ("torch", "onnx"):
+        inspector = Inspector.from_config(
+            line="battery_tab", app=base.model_copy(update={"engine": engine}), use_kb=False
+        )
+        if engine == "onnx":
+            assert isinstance(inspector.locator, OnnxLocator)
+        query = inspector.parse("find every defect")
+        verdicts[engine] = [inspector.inspect_image(query, p) for p in paths]
+    for t, o in zip(verdicts["torch"], verdicts["onnx"]):
+        assert (t.verdict, t.matches_query) == (o.verdict, o.matches_query)
+        assert sorted(d.defect_class for d in t.defects if d.probability >= 0.5) == sorted(
+            d.defect_class for d in o.defects if d.probability >= 0.5
+        )
