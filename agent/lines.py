@@ -415,9 +415,12 @@ def _example_figures(model, paths: list[str]) -> ExampleFigures:
 
 def _example_box(model, image: np.ndarray, mm_per_px: float):
     """The example's defect without a drawn box: the strongest region of its anomaly map at the calibrated map
-    threshold, else (a defect the model ranks as normal) the whole image."""
+    threshold, else (a defect the model ranks as normal, or a false alarm below it) the compact region around the
+    map's peak (above 90 % of it). Region-sized, like the regions inspection compares it with: a whole-image crop
+    would be compared with region crops and match nothing, or everything."""
     result = model.score(image)
-    regions = model.regions(result, mm_per_px=mm_per_px)
+    threshold = model.map_threshold if result.peak > model.map_threshold else 0.9 * result.peak
+    regions = model.regions(result, mm_per_px=mm_per_px, threshold=threshold)
     return regions[0].box if regions else None
 
 
