@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from agent.demo import SEED_INSTRUCTION_EN, SEED_INSTRUCTION_ZH
+
+if TYPE_CHECKING:
+    from agent.evaluation import PooledFigures
 
 
 def eval_queries(
@@ -23,12 +27,17 @@ def eval_queries(
     no_kb: bool = typer.Option(False, help="skip retrieval"),
     deeppcb: Path | None = typer.Option(None, help="pcb: DeepPCB folder (default ../shared/datasets/deeppcb)"),
     max_boards: int | None = typer.Option(None, help="pcb: only the first N validation boards (quick checks)"),
+    skip_boards: int = typer.Option(
+        0, help="pcb: leave out the first N validation boards (e.g. those a measurement calibration used)"
+    ),
 ) -> None:
     """Precision / recall of the returned image set per instruction, against ground truth.
 
     battery_tab: a freshly generated test set and the seed's instruction (or --instruction). pcb: the DeepPCB
     validation boards plus their defect-free templates, and every pcb query of tests/data/queries.yaml (or
-    --instruction), with figures per query family. Every image is analysed once for all the instructions (one
+    --instruction), with figures per query family, pooled twice from the same analysis: with the findings'
+    measurement uncertainty (the answer) and with the fixed margin only, each also with review images excluded and
+    counted as returned. Every image is analysed once for all the instructions (one
     pass); the last lines give the share of instructions whose returned set is exactly right and the pass's time."""
     from agent.evaluation import (
         PcbQueryEvalReport,
@@ -47,13 +56,16 @@ def eval_queries(
         if root is None or not Path(root).is_dir():
             raise EmptyInput("DeepPCB not found: pass --deeppcb (the folder holding PCBData)")
         queries = [("given", q) for q in instruction] if instruction else pcb_queries()
-        report = evaluate_pcb(Path(root), queries, use_kb=not no_kb, max_boards=max_boards)
+        report = evaluate_pcb(Path(root), queries, use_kb=not no_kb, max_boards=max_boards, skip_boards=skip_boards)
         for fam in report.families:
             typer.echo(
                 f"{fam.family:<11} {fam.queries:3d} queries  P mean {fam.precision_mean:.3f} min "
                 f"{fam.precision_min:.3f} pooled {fam.precision_pooled:.3f}   R mean {fam.recall_mean:.3f} min "
                 f"{fam.recall_min:.3f} pooled {fam.recall_pooled:.3f}   exact {_share(fam.exact_share)}"
             )
+            for name, pooled in (("fixed margin", fam.fixed_margin), ("± measured", fam.with_uncertainty)):
+                if pooled is not None:
+                    typer.echo(f"{'':<11} {name:<12} {_pooled(pooled)}")
     elif line == "battery_tab":
         instructions = instruction or [SEED_INSTRUCTION_ZH, SEED_INSTRUCTION_EN]
         report = evaluate_battery_tab(instructions, n=n, seed=seed, out=out, use_kb=not no_kb)
@@ -76,6 +88,14 @@ def eval_queries(
         as_json.write_text(report.model_dump_json(indent=2), encoding="utf-8")
         typer.echo(f"written {as_json}")
     typer.echo(json.dumps(report.model_dump(exclude={"rows", "families"})))
+
+
+def _pooled(f: PooledFigures) -> str:
+    return (
+        f"pooled P {f.precision:.3f} R {f.recall:.3f}  review {f.review:4d}  review excluded P "
+        f"{f.precision_decided:.3f} R {f.recall_decided:.3f}  review as returned P {f.precision_flagged:.3f} "
+        f"R {f.recall_flagged:.3f}"
+    )
 
 
 def _share(value: float | None) -> str:

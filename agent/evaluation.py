@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from agent.clauses import decide
-from agent.groundtruth import battery_tab_findings, expected_match, precision_recall
+from agent.groundtruth import battery_tab_findings, expected_match
 from agent.verdict import DefectFinding
 from defect_agent.paths import resolve
 from vision.detection import Box
@@ -27,6 +27,92 @@ class QueryScore(BaseModel):
     correct: int | None = None  # returned and expected
     review: int  # images sent to review (counted as returned when matches_query)
     exact: bool | None = None  # the returned set is exactly the expected one (None: a report written before)
+    counts: SetCounts | None = None  # with the findings' measurement uncertainty (what the fields above report)
+    fixed_margin: SetCounts | None = None  # the same analysis decided with the fixed margin only
+
+
+class SetCounts(BaseModel):
+    """One instruction's images counted three ways: as answered (`matches_query`, review flag ignored), with the
+    images sent to review left out of both sets, and with them counted as returned (a person will look)."""
+
+    returned: int
+    expected: int
+    correct: int
+    review: int  # images whose answer is uncertain (match_uncertain)
+    decided_returned: int  # review images excluded
+    decided_expected: int
+    decided_correct: int
+    flagged_returned: int  # review images counted as returned
+    flagged_correct: int
+
+
+class PooledFigures(BaseModel):
+    """A family's decisions pooled, counted the three ways of `SetCounts`."""
+
+    precision: float
+    recall: float
+    review: int
+    precision_decided: float  # review images excluded from returned and expected
+    recall_decided: float
+    precision_flagged: float  # review images counted as returned
+    recall_flagged: float
+
+
+def set_counts(returned: set[str], expected: set[str], review: set[str]) -> SetCounts:
+    decided_r, decided_e = returned - review, expected - review
+    flagged = returned | review
+    return SetCounts(
+        returned=len(returned),
+        expected=len(expected),
+        correct=len(returned & expected),
+        review=len(review),
+        decided_returned=len(decided_r),
+        decided_expected=len(decided_e),
+        decided_correct=len(decided_r & decided_e),
+        flagged_returned=len(flagged),
+        flagged_correct=len(flagged & expected),
+    )
+
+
+def _ratio(num: int, den: int, empty: float) -> float:
+    return num / den if den else empty
+
+
+def pooled_figures(counts: list[SetCounts]) -> PooledFigures:
+    def total(field: str) -> int:
+        return sum(getattr(c, field) for c in counts)
+
+    expected, decided_expected = total("expected"), total("decided_expected")
+    return PooledFigures(
+        precision=_ratio(total("correct"), total("returned"), 1.0 if not expected else 0.0),
+        recall=_ratio(total("correct"), expected, 1.0),
+        review=total("review"),
+        precision_decided=_ratio(
+            total("decided_correct"), total("decided_returned"), 1.0 if not decided_expected else 0.0
+        ),
+        recall_decided=_ratio(total("decided_correct"), decided_expected, 1.0),
+        precision_flagged=_ratio(total("flagged_correct"), total("flagged_returned"), 1.0 if not expected else 0.0),
+        recall_flagged=_ratio(total("flagged_correct"), expected, 1.0),
+    )
+
+
+def decide_sets(
+    query, findings: dict[str, list[DefectFinding]], expected: set[str], line, fusion
+) -> tuple[SetCounts, SetCounts]:
+    """The instruction decided on every image twice: with the findings' measurement uncertainty (as inspected), and
+    with the fixed margin only (uncertainty stripped, as before issue 21 part 4), both from the same analysis."""
+    out = []
+    for strip in (False, True):
+        returned, review = set(), set()
+        for path, found in findings.items():
+            copies = [f.model_copy(deep=True, update={"uncertainty": {}} if strip else None) for f in found]
+            d = decide(query, copies, line, fusion)
+            if d.matches_query:
+                returned.add(path)
+            if d.match_uncertain:
+                review.add(path)
+        out.append(set_counts(returned, expected, review))
+    return out[0], out[1]
 
 
 class QueryEvalReport(BaseModel):
@@ -63,29 +149,13 @@ def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, 
     analyse_s = time.perf_counter() - t0
     rows: list[QueryScore] = []
     for instruction, query in zip(instructions, queries):
-        returned, expected, review = set(), set(), 0
-        for p in paths:
-            d = decide(
-                query, [f.model_copy(deep=True) for f in findings_by_image[p]], inspector.line, inspector.app.fusion
-            )
-            if d.matches_query:
-                returned.add(p)
-            review += d.match_uncertain
-            if expected_match(query, battery_tab_findings(truths[Path(p).name], inspector.line), inspector.line):
-                expected.add(p)
-        precision, recall = precision_recall(returned, expected)
-        rows.append(
-            QueryScore(
-                instruction=instruction,
-                precision=precision,
-                recall=recall,
-                returned=len(returned),
-                expected=len(expected),
-                correct=len(returned & expected),
-                review=review,
-                exact=returned == expected,
-            )
-        )
+        expected = {
+            p
+            for p in paths
+            if expected_match(query, battery_tab_findings(truths[Path(p).name], inspector.line), inspector.line)
+        }
+        counts, fixed = decide_sets(query, findings_by_image, expected, inspector.line, inspector.app.fusion)
+        rows.append(_row(instruction, "", counts, fixed))
     return QueryEvalReport(
         line="battery_tab",
         images=n,
@@ -94,6 +164,23 @@ def evaluate_battery_tab(instructions: list[str], n: int, seed: int, out: Path, 
         exact_share=exact_share(rows),
         analyse_s=round(analyse_s, 2),
         decide_s=round(time.perf_counter() - t0 - analyse_s, 2),
+    )
+
+
+def _row(instruction: str, family: str, counts: SetCounts, fixed: SetCounts) -> QueryScore:
+    exact = counts.correct == counts.returned == counts.expected
+    return QueryScore(
+        instruction=instruction,
+        family=family,
+        precision=_ratio(counts.correct, counts.returned, 1.0 if not counts.expected else 0.0),
+        recall=_ratio(counts.correct, counts.expected, 1.0),
+        returned=counts.returned,
+        expected=counts.expected,
+        correct=counts.correct,
+        review=counts.review,
+        exact=exact,
+        counts=counts,
+        fixed_margin=fixed,
     )
 
 
@@ -123,6 +210,8 @@ class FamilyScore(BaseModel):
     precision_pooled: float | None = None
     recall_pooled: float | None = None
     exact_share: float | None = None  # the family's instructions whose returned set is exactly right
+    with_uncertainty: PooledFigures | None = None
+    fixed_margin: PooledFigures | None = None
 
 
 class PcbQueryEvalReport(BaseModel):
@@ -178,13 +267,25 @@ def family_scores(rows: list[QueryScore]) -> list[FamilyScore]:
                 precision_pooled=pooled_p,
                 recall_pooled=pooled_r,
                 exact_share=exact_share(rs),
+                with_uncertainty=pooled_figures([r.counts for r in rs if r.counts])
+                if all(r.counts for r in rs)
+                else None,
+                fixed_margin=pooled_figures([r.fixed_margin for r in rs if r.fixed_margin])
+                if all(r.fixed_margin for r in rs)
+                else None,
             )
         )
     return out
 
 
 def deeppcb_findings(
-    inspector, root: Path, split: str, max_boards: int | None = None, templates: bool = False, progress: bool = False
+    inspector,
+    root: Path,
+    split: str,
+    max_boards: int | None = None,
+    templates: bool = False,
+    progress: bool = False,
+    skip_boards: int = 0,
 ) -> Iterator[tuple[str, list[DefectFinding], list[tuple[str, Box]], bool]]:
     """(image path, the pipeline's findings, annotated boxes, is a clean template) for the DeepPCB boards of one
     part of the fixed group split; `templates`: each board's defect-free template follows it, with no boxes."""
@@ -197,7 +298,8 @@ def deeppcb_findings(
     names = inspector.line.class_names
     assert len(names) == len(DEEPPCB_CLASSES), f"line {inspector.line.name!r} does not have the six DeepPCB classes"
     size = inspector.line.image_size
-    pairs = [p for p in scan_deeppcb(root) if split_of(p.group) == split][:max_boards]
+    pairs = [p for p in scan_deeppcb(root) if split_of(p.group) == split][skip_boards:]
+    pairs = pairs[:max_boards]
     for pair in tqdm(pairs, desc=f"DeepPCB {split} boards", unit="board", disable=not progress):
         boxes = parse_annotation(pair.annotation.read_text(encoding="utf-8"), str(pair.annotation))
         image = read_image(pair.test, size)
@@ -216,6 +318,7 @@ def evaluate_pcb(
     kb_dir: Path | None = None,
     progress: bool = True,
     max_boards: int | None = None,
+    skip_boards: int = 0,
 ) -> PcbQueryEvalReport:
     """Every query over the DeepPCB validation boards (fixed groups, never trained on) and their defect-free
     templates: the returned set against the set the annotations imply (same clause logic on exact findings).
@@ -233,7 +336,7 @@ def evaluate_pcb(
     boards = clean = 0
     t0 = time.perf_counter()
     for path, found, boxes, is_template in deeppcb_findings(
-        inspector, deeppcb, "val", max_boards, templates=True, progress=progress
+        inspector, deeppcb, "val", max_boards, templates=True, progress=progress, skip_boards=skip_boards
     ):
         findings[path] = found
         truth[path] = [exact_finding(cls, b, box_measurements(b, mm)) for cls, b in boxes]
@@ -242,28 +345,9 @@ def evaluate_pcb(
     analyse_s = time.perf_counter() - t0
     rows = []
     for family, instruction, query in parsed:
-        returned, expected, review = set(), set(), 0
-        for path, found in findings.items():
-            d = decide(query, [f.model_copy(deep=True) for f in found], line, inspector.app.fusion)
-            if d.matches_query:
-                returned.add(path)
-            review += d.match_uncertain
-            if expected_match(query, truth[path], line):
-                expected.add(path)
-        precision, recall = precision_recall(returned, expected)
-        rows.append(
-            QueryScore(
-                instruction=instruction,
-                family=family,
-                precision=precision,
-                recall=recall,
-                returned=len(returned),
-                expected=len(expected),
-                correct=len(returned & expected),
-                review=review,
-                exact=returned == expected,
-            )
-        )
+        expected = {path for path in findings if expected_match(query, truth[path], line)}
+        counts, fixed = decide_sets(query, findings, expected, line, inspector.app.fusion)
+        rows.append(_row(instruction, family, counts, fixed))
     return PcbQueryEvalReport(
         boards=boards,
         clean_boards=clean,

@@ -145,3 +145,16 @@ def test_the_operator_table_prints_the_measurement_with_its_uncertainty():
     )
     table = summary_table([v], lang="en")
     assert "length 2.31 ± 0.08 mm" in table
+
+
+def test_review_images_are_counted_both_ways_in_the_evaluation():
+    from agent.evaluation import pooled_figures, set_counts
+
+    counts = set_counts(returned={"a", "b", "c"}, expected={"a", "b", "d"}, review={"c", "d"})
+    assert (counts.correct, counts.decided_returned, counts.decided_expected, counts.decided_correct) == (2, 2, 2, 2)
+    assert (counts.flagged_returned, counts.flagged_correct) == (4, 3)
+    pooled = pooled_figures([counts])
+    assert pooled.precision == pytest.approx(2 / 3) and pooled.recall == pytest.approx(2 / 3)
+    assert pooled.precision_decided == 1.0 and pooled.recall_decided == 1.0  # review images left out
+    assert pooled.precision_flagged == pytest.approx(3 / 4) and pooled.recall_flagged == 1.0
+    assert pooled.review == 2
