@@ -19,6 +19,7 @@ from agent.clauses import decide
 from agent.fusion import FusionWeights, load_fusion
 from agent.images import apply_scope, read_image
 from agent.query import InspectionQuery
+from agent.uncertainty import finding_uncertainty, load_measurement_uncertainty
 from agent.verdict import AnomalySummary, DefectFinding, ModelVersions, Verdict
 from defect_agent.config import AppConfig, LineConfig, load_app_config, load_line
 from defect_agent.errors import DefectAgentError, ImageReadError
@@ -64,6 +65,8 @@ class Inspector:
         self.texture_scorer = texture_scorer
         self.kb = knowledge_base
         self.fusion = fusion or load_fusion(line.name)
+        # the line's localisation error per measurement (None until `calibrate --measurement` stored one)
+        self.measure_uncertainty = load_measurement_uncertainty(line.name)
         self.verifier = verifier  # vision.verifier.model.DefectVerifier for template lines that configure one
         self.anomaly = anomaly  # agent.anomaly_stage.AnomalyStage for lines with a normal-only anomaly model
         self.kb_problem: str | None = None  # why similar cases are unavailable, said in every verdict
@@ -340,6 +343,13 @@ class Inspector:
                     alternatives=alternatives,
                     probability=round(probability, 4),
                     measurements={key: round(val, 4) for key, val in m.measurements.items()},
+                    # the stored spread was estimated on located boxes, not on anomaly-map regions
+                    uncertainty=finding_uncertainty(
+                        defect_class,
+                        m.measurements,
+                        self.line,
+                        self.measure_uncertainty if m.source != "anomaly" else None,
+                    ),
                     similar_cases=similar,
                 )
             )

@@ -54,9 +54,12 @@ class DerivedDefect(_Strict):
 
 
 class Calibration(_Strict):
-    """The line's image scale: millimetres per pixel, to turn pixel sizes into mm."""
+    """The line's image scale: millimetres per pixel, to turn pixel sizes into mm, and how sure the line is of it."""
 
     mm_per_px: float = Field(gt=0)
+    # relative error of mm_per_px (0.01 = 1 %): it adds to every finding's ± (agent.uncertainty), lengths once and
+    # areas twice; 0 where the scale is exact (a generated line) or not known
+    mm_per_px_uncertainty: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class ReferenceConfig(_Strict):
