@@ -48,6 +48,7 @@ def _scratch_home() -> Path:
     home = Path(tempfile.mkdtemp(prefix="bench-new-line-"))
     shutil.copytree(ROOT / "configs", home / "configs")
     (home / "models").symlink_to(ROOT / "models")
+    os.environ.setdefault("DEFECT_AGENT_SHARED", str(ROOT.parent / "shared"))  # still beside the real checkout
     os.environ["DEFECT_AGENT_HOME"] = str(home)
     os.environ["DEFECT_AGENT_DATA"] = str(home / "var")
     from defect_agent.config import load_line
@@ -141,7 +142,7 @@ def run_deeppcb(args, home: Path) -> dict[str, Any]:
     from defect_agent.paths import shared_dataset
     from vision.datasets.deeppcb import parse_annotation, template_pairs
 
-    root = args.deeppcb or shared_dataset("DeepPCB")
+    root = args.deeppcb or shared_dataset("deeppcb")
     if root is None:
         raise SystemExit("DeepPCB not found: pass --deeppcb or put ../shared/datasets beside the checkout")
     train = template_pairs(root, "train")
@@ -300,20 +301,18 @@ def main() -> int:
         "machine": f"{os.cpu_count()} CPU cores, no GPU",
         "load_average_start": os.getloadavg(),
     }
-    parts = args.parts.split(",")
-    if "elpv" in parts:
-        results["elpv"] = run_elpv(args, home)
-    if "deeppcb" in parts:
-        results["deeppcb"] = run_deeppcb(args, home)
-    if "unseen" in parts:
-        results["unseen"] = run_unseen(args, home)
-    results["load_average_end"] = os.getloadavg()
+    runners = {"elpv": run_elpv, "deeppcb": run_deeppcb, "unseen": run_unseen}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-    previous.update(results)
-    args.out.write_text(json.dumps(previous, indent=1, default=str) + "\n", encoding="utf-8")
-    table = markdown(previous)
-    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
+    table = ""
+    for part in args.parts.split(","):
+        results[part] = runners[part](args, home)
+        results["load_average_end"] = os.getloadavg()
+        # written after each part: a later part's failure keeps what was measured
+        previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+        previous.update(results)
+        args.out.write_text(json.dumps(previous, indent=1, default=str) + "\n", encoding="utf-8")
+        table = markdown(previous)
+        args.out.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table)
     shutil.rmtree(home, ignore_errors=True)
     return 0
