@@ -306,3 +306,21 @@ def test_the_station_serves_a_new_line_at_once_and_learns_a_false_alarm(made):
         assert second["verdict"]["models"]["anomaly"] != first["verdict"]["models"]["anomaly"]
         refused = httpx.post(f"{url}/lines/pcb/normal", json={"image_id": first["image_id"]}, timeout=30)
         assert refused.status_code == 409 and refused.json()["error"] == "no_anomaly_model"
+
+
+def test_the_nightly_batch_runs_a_new_line_from_a_profile(made):
+    home = made["home"]
+    profile = home / "configs" / "profiles" / "cellx_nightly.yaml"
+    profile.write_text(
+        "name: cellx_nightly\nline: cellx\ninstructions:\n  - id: any\n    text: find every anomaly\n", encoding="utf-8"
+    )
+    out = home / "nightly"
+    result = run(
+        ["batch", "--profile", str(profile), str(made["data"] / "test"), "--out", str(out), "--kb", str(made["kb"])],
+        home,
+    )
+    assert result.returncode in (0, 1), result.stderr  # 1: a part failed the line's rules
+    rows = [json.loads(line) for line in (out / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()]
+    verdicts = [row["verdict"] for row in rows]  # ledger rows: key, run, instruction, image digest, the verdict
+    assert len(verdicts) == 4 and all(v["line"] == "cellx" and v["anomaly"] is not None for v in verdicts)
+    assert (out / "report.html").is_file()
