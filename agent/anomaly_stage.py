@@ -7,8 +7,6 @@ on its own, and only similar defect examples in the knowledge base can lift it (
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from agent.fusion import logit, sigmoid
@@ -60,10 +58,6 @@ class AnomalyStage:
     @property
     def version(self) -> str:
         return str(self.model.version)
-
-    @property
-    def model_path(self) -> Path:
-        return resolve(self.cfg.model) if self.line.anomaly is not None else Path()
 
     def confidence(self, peak: float) -> float:
         """`threshold_confidence` at the calibrated map threshold, rising with the peak's ratio to it."""
