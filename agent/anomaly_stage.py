@@ -66,7 +66,16 @@ class AnomalyStage:
     def run(self, image: np.ndarray, measured: list[Measured]) -> tuple[AnomalySummary, list[Measured]]:
         """Score the image; its regions that no defect finding (detected or derived, e.g. a weld offset) explains,
         as findings of the anomaly class."""
-        result = self.model.score(image)
+        return self.run_batch([image], [measured])[0]
+
+    def run_batch(
+        self, images: list[np.ndarray], measured: list[list[Measured]]
+    ) -> list[tuple[AnomalySummary, list[Measured]]]:
+        """`run` over several images with one backbone pass per model batch."""
+        results = self.model.score_batch(images)
+        return [self._summarise(result, own) for result, own in zip(results, measured)]
+
+    def _summarise(self, result, measured: list[Measured]) -> tuple[AnomalySummary, list[Measured]]:
         summary = AnomalySummary(
             score=round(result.score, 5),
             threshold=round(float(self.threshold), 5),

