@@ -69,14 +69,52 @@ def silence_ultralytics() -> None:
         log.debug("could not update ultralytics settings: %s", exc)
 
 
-def set_threads(n: int | None = None) -> int:
-    """Set torch / OpenMP / faiss threads explicitly; returns the count used."""
-    n = n or int(os.environ.get("DEFECT_AGENT_THREADS", 0)) or (os.cpu_count() or 1)
+# The process's intra-op thread count once chosen (set_threads): modules that build a model later re-apply it
+# instead of re-reading the config, so a caller's choice (a batch's tuner, a benchmark) is not undone.
+_chosen_threads: int | None = None
+# 'auto' picks one thread when other processes keep at least this share of a core busy (1-min load average per
+# core): measured on this 2-core VM, with a second process busy the detector at 2 threads ran 6-18x slower than at 1,
+# while idle 2 threads were 1.5x faster (benchmarks/bench_batch.py, docs/results.md)
+BUSY_LOAD_PER_CORE = 0.5
+
+
+def resolve_threads(setting: int | str | None = None) -> int:
+    """The intra-op thread count a setting means: an int is itself; None: DEFECT_AGENT_THREADS, else every core;
+    'auto': every core on an idle machine, 1 when others keep the cores busy (`BUSY_LOAD_PER_CORE`)."""
+    cores = os.cpu_count() or 1
+    if isinstance(setting, int) and setting > 0:
+        return setting
+    env = os.environ.get("DEFECT_AGENT_THREADS", "")
+    if setting is None and env:
+        return max(int(env), 1)
+    if setting == "auto" or (setting is None and env == ""):
+        if setting is None:
+            return cores
+        return 1 if machine_busy() else cores
+    raise ValueError(f"threads must be a positive integer, 'auto' or null, got {setting!r}")
+
+
+def machine_busy() -> bool:
+    """Whether other processes keep the cores busy now (1-min load average per core over BUSY_LOAD_PER_CORE).
+    Meant before this process starts its own work: the load average counts this process too."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on this platform
+        return False
+    return load / (os.cpu_count() or 1) >= BUSY_LOAD_PER_CORE
+
+
+def set_threads(n: int | str | None = None) -> int:
+    """Set torch / OpenMP / faiss intra-op threads (a setting as in `resolve_threads`); returns the count used."""
+    global _chosen_threads
+    n = resolve_threads(n)
+    _chosen_threads = n
     os.environ["OMP_NUM_THREADS"] = str(n)
     try:
         import torch
 
-        torch.set_num_threads(n)
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
     except Exception:
         pass
     try:
@@ -86,3 +124,17 @@ def set_threads(n: int | None = None) -> int:
     except Exception:
         pass
     return n
+
+
+def chosen_threads() -> int:
+    """The count `set_threads` chose for this process, else what the app config's `threads` means now."""
+    if _chosen_threads is not None:
+        return _chosen_threads
+    from defect_agent.config import load_app_config
+
+    return resolve_threads(load_app_config().threads)
+
+
+def ensure_threads() -> int:
+    """Re-apply the process's chosen count (a model's first use; ultralytics resets torch's in select_device)."""
+    return set_threads(chosen_threads())

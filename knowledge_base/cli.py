@@ -52,17 +52,16 @@ def kb_path(kb: Path | None) -> Path:
 
 
 def open_kb(kb: Path | None, create: bool = False, lazy_embedder: bool = True) -> KnowledgeBase:
-    import os
-
     import faiss
 
     from defect_agent.config import load_app_config
+    from defect_agent.runtime import resolve_threads
     from knowledge_base.kb import KnowledgeBase
     from retrieval.policy import IndexPolicy
 
     app = load_app_config()
     # faiss only (runtime.set_threads would import torch, seconds for commands that never embed)
-    faiss.omp_set_num_threads(app.threads or int(os.environ.get("DEFECT_AGENT_THREADS", 0)) or (os.cpu_count() or 1))
+    faiss.omp_set_num_threads(resolve_threads(app.threads))
     return KnowledgeBase.open(
         kb_path(kb),
         policy=IndexPolicy.from_config(app.retrieval),

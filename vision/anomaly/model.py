@@ -127,10 +127,9 @@ class AnomalyModel:
         import torch
 
         if self._extractor is None:
-            from defect_agent.config import load_app_config
-            from defect_agent.runtime import set_threads
+            from defect_agent.runtime import ensure_threads
 
-            set_threads(load_app_config().threads)
+            ensure_threads()
             self._extractor = backbone.build_extractor(
                 self.config.stages, self.config.pool, self.device, self.config.pad
             )

@@ -61,9 +61,9 @@ def image_session(path: Path, threads: int | None = None) -> onnxruntime.Inferen
     except ModuleNotFoundError as exc:
         raise ConfigError(f"the onnx engine needs onnxruntime ({exc}): pip install {ORT_PIN}") from exc
     if not threads:
-        from defect_agent.config import load_app_config
+        from defect_agent.runtime import chosen_threads
 
-        threads = load_app_config().threads or int(os.environ.get("DEFECT_AGENT_THREADS", 0)) or (os.cpu_count() or 1)
+        threads = chosen_threads()
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1

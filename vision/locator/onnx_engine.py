@@ -53,9 +53,9 @@ def default_threads(threads: int | None = None) -> int:
     machine's cores (the same order as defect_agent.runtime.set_threads, without touching torch)."""
     if threads:
         return int(threads)
-    from defect_agent.config import load_app_config
+    from defect_agent.runtime import chosen_threads
 
-    return load_app_config().threads or int(os.environ.get("DEFECT_AGENT_THREADS", 0)) or (os.cpu_count() or 1)
+    return chosen_threads()
 
 
 def import_onnxruntime() -> Any:

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from defect_agent.config import load_app_config
 from defect_agent.errors import ConfigError, DefectAgentError, ModelFileMissing, UnsafeModelFile
 from defect_agent.files import verify_model_file
 
@@ -45,9 +44,9 @@ def adapter_command(line_name: str) -> str:
 
 def configure_threads() -> int:
     """Set torch threads and stop ultralytics from dropping them to 1 again in its `select_device`."""
-    from defect_agent.runtime import set_threads
+    from defect_agent.runtime import ensure_threads
 
-    n = set_threads(load_app_config().threads)
+    n = ensure_threads()
     try:
         import ultralytics.utils.torch_utils as tu
 
