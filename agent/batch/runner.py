@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from pydantic import BaseModel, Field
 from agent.batch.inputs import expand_inputs
 from agent.batch.ledger import BatchRecord, ResultLog, result_key
 from agent.batch.profile import BatchProfile
+from agent.batch.threads import ThreadTuner, tuner_for
 from defect_agent.errors import ConfigError, DefectAgentError
 
 log = logging.getLogger(__name__)
-PREFETCH = 4  # images read and decoded ahead of the one being analysed
+PREFETCH = 8  # images read and decoded ahead of the batch being analysed
+BATCH_SIZE = 4  # images per model call
 
 
 class BatchSummary(BaseModel):
@@ -43,6 +46,9 @@ class BatchSummary(BaseModel):
     unreadable: int = Field(description="Images that could not be read (their lines carry `error`).")
     verdicts: dict[str, int] = Field(description="Part verdicts of the images analysed in this run.")
     stopped_early: bool = Field(False, description="A SIGTERM / SIGINT ended the run before all images were done.")
+    threads: dict[str, float] = Field(
+        default_factory=dict, description="Under threads: auto, the measured ms per image per thread count."
+    )
 
     @property
     def exit_code(self) -> int:
@@ -71,7 +77,7 @@ def _load(path: str, expected_size: tuple[int, int] | None) -> tuple[str | None,
 
 
 class _Stop:
-    """SIGTERM / SIGINT end the run after the image in progress; the results file stays whole."""
+    """SIGTERM / SIGINT end the run after the batch in progress; the results file stays whole."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -84,7 +90,7 @@ class _Stop:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("signal %d: stopping after the image in progress", signum)
+        log.warning("signal %d: stopping after the batch in progress", signum)
         self.requested = True
 
     def __exit__(self, *exc: object) -> None:
@@ -145,6 +151,59 @@ class _Progress:
             self.bar.close()
 
 
+@dataclass
+class _Item:
+    """One image of a batch on its way through the run: what was read and which results it still lacks."""
+
+    path: str
+    digest: str | None
+    image: np.ndarray | None
+    error: str | None
+    keys: list[str]
+    todo: list[int]
+
+
+def _batches(items: Iterator[_Item], size: int, stop: _Stop) -> Iterator[list[_Item]]:
+    batch: list[_Item] = []
+    for item in items:
+        if stop.requested:
+            break
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch and not stop.requested:
+        yield batch
+
+
+def analyse_items(
+    inspector: Any, queries: list[Any], items: list[_Item], versions: Any, lang: str | None
+) -> list[list[Any]]:
+    """Verdicts (one per instruction still to do) for each item, every model called once for the batch's readable
+    images (those with the same instructions to do share a call); unreadable items get `review` with `error`."""
+    out: list[list[Any]] = [[] for _ in items]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for n, item in enumerate(items):
+        if item.error is not None:
+            verdicts = inspector.inspect_image_many([queries[i] for i in item.todo], item.path, versions, lang=lang)
+            for v in verdicts:
+                v.error = v.error or item.error
+            out[n] = verdicts
+        else:
+            groups.setdefault(tuple(item.todo), []).append(n)
+    for todo, members in groups.items():
+        results = inspector.inspect_batch(
+            [queries[i] for i in todo],
+            [items[n].path for n in members],
+            versions,
+            lang=lang,
+            images=[items[n].image for n in members],
+        )
+        for n, verdicts in zip(members, results):
+            out[n] = verdicts
+    return out
+
+
 def run_batch(
     profile: BatchProfile,
     inputs: Sequence[str | Path],
@@ -154,9 +213,14 @@ def run_batch(
     use_kb: bool = True,
     inspector: Any = None,
     report: bool = True,
+    batch_size: int = BATCH_SIZE,
+    threads: ThreadTuner | None = None,
 ) -> BatchSummary:
     """Inspect every image the inputs name under every standing instruction; resume where an earlier run with
-    the same output folder stopped. Writes verdicts.jsonl, verdicts.csv, report.html and runs/<run_id>.json."""
+    the same output folder stopped. Writes verdicts.jsonl, verdicts.csv, report.html and runs/<run_id>.json.
+
+    `batch_size` images go through the models together; `threads` (default: the app config's `threads`, 'auto'
+    measuring 1 vs every core as the run goes) sets the intra-op threads per batch."""
     from agent.parser import parse_instruction
 
     started = datetime.now(UTC)
@@ -169,6 +233,8 @@ def run_batch(
         from agent.pipeline import Inspector
 
         inspector = Inspector.from_config(line=profile.line, kb_dir=kb_dir, use_kb=use_kb)
+    if threads is None:
+        threads = tuner_for(inspector.app.threads)
     paths = expand_inputs(inputs)
     if inspector.uses_template and inspector.line.reference is not None:
         from vision.reference import drop_references
@@ -181,39 +247,42 @@ def run_batch(
     counts = {"fail": 0, "review": 0, "pass": 0}
     inspected = skipped = unreadable = 0
     progress = _Progress(len(paths), profile.name)
-    with _Stop() as stop, results:
+
+    def items() -> Iterator[_Item]:
+        nonlocal skipped
         for path, (digest, image, error) in _prefetched(paths, inspector.line.image_size):
-            if stop.requested:
-                break
             keys = [result_key(digest, path, mkey, q.instruction, profile.line, profile.lang) for q in queries]
             todo = [i for i, key in enumerate(keys) if key not in done]
-            if not todo:
+            if todo:
+                yield _Item(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo)
+            else:
                 skipped += 1
                 progress.update(counts)
-                continue
-            if error is not None:
-                verdicts = inspector.inspect_image_many([queries[i] for i in todo], path, versions, lang=profile.lang)
-                for v in verdicts:
-                    v.error = v.error or error
-                unreadable += 1
-            else:
-                verdicts = inspector.inspect_image_many(
-                    [queries[i] for i in todo], path, versions, lang=profile.lang, image=image
-                )
-                inspected += 1
-            counts[verdicts[0].verdict] += 1
-            for i, verdict in zip(todo, verdicts):
-                results.append(
-                    BatchRecord(
-                        key=keys[i],
-                        run_id=run_id,
-                        instruction_id=profile.instructions[i].id,
-                        image_sha256=digest,
-                        verdict=verdict,
+
+    with _Stop() as stop, results:
+        for batch in _batches(items(), batch_size, stop):
+            threads.next_threads()
+            t = time.perf_counter()
+            analysed = analyse_items(inspector, queries, batch, versions, profile.lang)
+            threads.record((time.perf_counter() - t) * 1000.0 / len(batch))
+            for item, verdicts in zip(batch, analysed):
+                if item.error is not None:
+                    unreadable += 1
+                else:
+                    inspected += 1
+                counts[verdicts[0].verdict] += 1
+                for i, verdict in zip(item.todo, verdicts):
+                    results.append(
+                        BatchRecord(
+                            key=item.keys[i],
+                            run_id=run_id,
+                            instruction_id=profile.instructions[i].id,
+                            image_sha256=item.digest,
+                            verdict=verdict,
+                        )
                     )
-                )
-                done.add(keys[i])
-            progress.update(counts)
+                    done.add(item.keys[i])
+                progress.update(counts)
         stopped = stop.requested
     progress.close()
     summary = BatchSummary(
@@ -228,6 +297,7 @@ def run_batch(
         unreadable=unreadable,
         verdicts=counts,
         stopped_early=stopped,
+        threads=threads.figures(),
     )
     runs = out_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
