@@ -179,6 +179,14 @@ def batch(
     no_kb: bool = typer.Option(False, help="skip retrieval of similar cases"),
     watch: bool = typer.Option(False, help="keep following the inputs for new images (stop with Ctrl-C / SIGTERM)"),
     interval: float = typer.Option(10.0, min=0.5, help="--watch: seconds between looks at the inputs"),
+    batch_size: int = typer.Option(4, min=1, max=64, help="images per model call"),
+    threads: str | None = typer.Option(
+        None, help="intra-op threads: N, or auto (measure 1 vs every core while running); default: config's threads"
+    ),
+    engine: str = typer.Option(
+        "local", help="local (this process) or ray (Ray Data over an actor pool; RAY_ADDRESS names a cluster)"
+    ),
+    workers: int = typer.Option(2, min=1, help="--engine ray: actors, each with its own copy of the models"),
 ) -> None:
     """Scheduled batch inspection: every standing instruction of a profile over every image, resumable (rerun with
     the same arguments and it skips what is done, keyed by image content + model versions + instruction).
@@ -190,13 +198,27 @@ def batch(
 
     from agent.batch import load_profile, run_batch
     from agent.batch.report import write_reports
+    from agent.batch.threads import tuner_for
     from agent.pipeline import Inspector
 
     prof = load_profile(profile)
     if line is not None and line != prof.line:
         raise typer.BadParameter(f"--line {line} differs from the profile's line {prof.line}")
-    inspector = Inspector.from_config(line=prof.line, kb_dir=kb, use_kb=not no_kb)
-    summary = run_batch(prof, inputs, out, inspector=inspector)
+    if engine not in {"local", "ray"}:
+        raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
+    tuner = tuner_for(_threads_setting(threads)) if threads is not None else None
+    if engine == "ray":
+        from agent.batch.ray_engine import run_batch_ray
+
+        if watch:
+            raise typer.BadParameter("--watch runs on the local engine only")
+        summary = run_batch_ray(
+            prof, inputs, out, kb_dir=kb, use_kb=not no_kb, batch_size=batch_size, workers=workers, threads=threads
+        )
+        inspector = None
+    else:
+        inspector = Inspector.from_config(line=prof.line, kb_dir=kb, use_kb=not no_kb)
+        summary = run_batch(prof, inputs, out, inspector=inspector, batch_size=batch_size, threads=tuner)
     stop = {"now": summary.stopped_early}
     if watch and not stop["now"]:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -204,7 +226,7 @@ def batch(
             while not stop["now"]:
                 time.sleep(interval)
                 try:
-                    summary = run_batch(prof, inputs, out, inspector=inspector)
+                    summary = run_batch(prof, inputs, out, inspector=inspector, batch_size=batch_size, threads=tuner)
                 except EmptyInput:
                     continue
                 stop["now"] = stop["now"] or summary.stopped_early
@@ -219,6 +241,18 @@ def batch(
         err=True,
     )
     raise typer.Exit(totals.exit_code)
+
+
+def _threads_setting(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise typer.BadParameter(f"--threads must be a positive integer or auto, got {value!r}")
+    return n
 
 
 @app.command()

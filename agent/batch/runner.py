@@ -221,14 +221,10 @@ def run_batch(
 
     `batch_size` images go through the models together; `threads` (default: the app config's `threads`, 'auto'
     measuring 1 vs every core as the run goes) sets the intra-op threads per batch."""
-    from agent.parser import parse_instruction
-
     started = datetime.now(UTC)
     t0 = time.monotonic()
     run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    queries = [parse_instruction(i.text, line=profile.line) for i in profile.instructions]
-    if any(q.line != profile.line for q in queries):
-        raise ConfigError(f"profile {profile.name}: every instruction must be about line {profile.line}")
+    queries = profile_queries(profile)
     if inspector is None:
         from agent.pipeline import Inspector
 
@@ -299,9 +295,24 @@ def run_batch(
         stopped_early=stopped,
         threads=threads.figures(),
     )
+    return finish_run(summary, out_dir, profile, report)
+
+
+def profile_queries(profile: BatchProfile) -> list[Any]:
+    """The profile's instructions parsed; one about another line is a ConfigError."""
+    from agent.parser import parse_instruction
+
+    queries = [parse_instruction(i.text, line=profile.line) for i in profile.instructions]
+    if any(q.line != profile.line for q in queries):
+        raise ConfigError(f"profile {profile.name}: every instruction must be about line {profile.line}")
+    return queries
+
+
+def finish_run(summary: BatchSummary, out_dir: Path, profile: BatchProfile, report: bool) -> BatchSummary:
+    """Record the run under runs/ (the report's trend) and rewrite the CSV and HTML report."""
     runs = out_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    (runs / f"{run_id}.json").write_text(summary.model_dump_json(indent=1), encoding="utf-8")
+    (runs / f"{summary.run_id}.json").write_text(summary.model_dump_json(indent=1), encoding="utf-8")
     if report:
         from agent.batch.report import write_reports
 
