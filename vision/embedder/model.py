@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -16,8 +16,9 @@ from defect_agent.config import EmbedderConfig
 from defect_agent.errors import DefectAgentError, ModelFileMissing
 from defect_agent.files import verify_model_file
 from defect_agent.paths import resolve
-from vision.embedder import architecture, checkpoint, towers
-from vision.embedder.preprocess import open_clip_transform, to_batch
+from vision.embedder import architecture, checkpoint, image_tower, towers
+from vision.embedder.image_tower import LazyTextTower
+from vision.embedder.preprocess import to_batch
 
 if TYPE_CHECKING:  # heavy import, only for type hints
     import onnxruntime
@@ -38,26 +39,37 @@ class Embedder:
     def __init__(
         self,
         model,
-        tokenizer: Callable,
+        tokenizer: Callable | None,  # None: texts go through `text_tower`
         transform: Callable | None,  # None: a text-only embedder (training's evaluation builds one)
         *,
         name: str,
         version: str,
         device: str = "cpu",
         batch_size: int = 8,  # images per forward: on CPU the cost per crop grows with the batch (22 ms at 1, 26 at 8)
+        text_tower: LazyTextTower | None = None,
+        dim: int | None = None,
     ) -> None:
         self.model = model.eval()
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
         self.transform = transform
         self.name = name
         self._version = version
         self.device = device
         self.batch_size = batch_size
+        # `model` may be the image half only; texts then go through the full model, built on the first text
+        self.text_tower = text_tower
         self._lock = threading.Lock()
-        self._dim = int(self._probe_dim())
+        self._dim = int(dim) if dim is not None else int(self._probe_dim())
 
     def _probe_dim(self) -> int:
         return self.embed_texts(["a"]).shape[1]
+
+    @property
+    def tokenizer(self) -> Callable | None:
+        """The text tokenizer (building the full model first where texts go through `text_tower`)."""
+        if self._tokenizer is None and self.text_tower is not None:
+            return self.text_tower.get()[1]
+        return self._tokenizer
 
     @property
     def dim(self) -> int:
@@ -95,11 +107,14 @@ class Embedder:
             raise TypeError("embed_texts takes a list of strings")
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
+        model, tokenizer = (self.model, self._tokenizer) if self.text_tower is None else self.text_tower.get()
+        if tokenizer is None:
+            raise DefectAgentError(f"embedder {self.name} has no text tower")
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(texts), 256):
-                ids = self.tokenizer(list(texts[start : start + 256])).to(self.device)
-                out.append(self.model.encode_text(ids, normalize=True).float().cpu().numpy())
+                ids = tokenizer(list(texts[start : start + 256])).to(self.device)
+                out.append(model.encode_text(ids, normalize=True).float().cpu().numpy())
         return _renorm(np.concatenate(out))
 
     def __repr__(self) -> str:
@@ -116,12 +131,14 @@ class OnnxImageEmbedder(Embedder):
     def __init__(self, base: Embedder, session: onnxruntime.InferenceSession, image_engine: str) -> None:
         super().__init__(
             base.model,
-            base.tokenizer,
+            base._tokenizer,
             base.transform,
             name=base.name,
             version=base.version,
             device=base.device,
             batch_size=base.batch_size,
+            text_tower=base.text_tower,
+            dim=base.dim,
         )
         self.session = session
         self.input_name = session.get_inputs()[0].name
@@ -248,26 +265,34 @@ def _load_default(cfg: EmbedderConfig, device: str) -> Embedder:
     payload = checkpoint.read_checkpoint(path)
     checkpoint.check_towers(payload, path)
     model_cfg = payload["model_cfg"]
-    model, tokenizer = architecture.build_model(model_cfg)
-    first = None
-    if payload["added_tokens"]:
-        first = architecture.add_tokens(model, tokenizer, payload["added_tokens"])
-    checkpoint.apply_state(model, payload, first)
+
+    def full_model() -> tuple[Any, Any]:
+        # open_clip + the MiniLM text tower: only for texts (prompts not in the cache, knowledge-base text search)
+        model, tokenizer = architecture.build_model(model_cfg)
+        first = None
+        if payload["added_tokens"]:
+            first = architecture.add_tokens(model, tokenizer, payload["added_tokens"])
+        checkpoint.apply_state(model, payload, first)
+        return model.to(device).eval(), tokenizer
+
+    image_model = image_tower.build_image_model(model_cfg)
+    image_tower.load_image_state(image_model, payload)
     trained_size = int(model_cfg["vision_cfg"].get("image_size", 224))
     if cfg.image_size != trained_size:
         log.warning(
             "embedder trained at %d px, configured image_size %d: embeddings will shift", trained_size, cfg.image_size
         )
     pre = payload["preprocess"]
-    transform = open_clip_transform(cfg.image_size, tuple(pre["mean"]), tuple(pre["std"]))
-    model.to(device)
+    transform = image_tower.eval_transform(cfg.image_size, tuple(pre["mean"]), tuple(pre["std"]))
     return Embedder(
-        for_inference(model),
-        tokenizer,
+        for_inference(image_model.to(device)),
+        None,
         transform,
         name=DEFAULT_MODEL,
         version=f"{DEFAULT_MODEL}@{short_sha(path)}",
         device=device,
+        text_tower=image_tower.LazyTextTower(full_model),
+        dim=int(model_cfg["embed_dim"]),
     )
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import re
+import sys
 import threading
 import time
 import warnings
@@ -284,6 +285,8 @@ def _new_class_conv(like: nn.Conv2d, nc: int, stride: float) -> nn.Conv2d:
 
 
 def _wrappers(model: nn.Module):
+    if "peft" not in sys.modules:
+        return  # only peft makes wrappers: a base no adapter was added to has none (and importing peft costs 3 s)
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import ModulesToSaveWrapper
 
@@ -375,13 +378,12 @@ def activate(
 ) -> None:
     """Make `adapter_name` the active adapter (None: the plain base with its own head) and size the Detect head for
     its classes. `trainable` marks the adapter's weights as requiring gradients (training), else all frozen."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     if adapter_name is None:
         for _, m in _wrappers(model):
             m.enable_adapters(False)
         _set_head_shape(model, getattr(model, BASE_ATTR))
         return
+    from peft.tuners.tuners_utils import BaseTunerLayer
     if names is None:
         raise ValueError("class names are required to activate an adapter")
     for _, m in _wrappers(model):
