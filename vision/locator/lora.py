@@ -384,6 +384,7 @@ def activate(
         _set_head_shape(model, getattr(model, BASE_ATTR))
         return
     from peft.tuners.tuners_utils import BaseTunerLayer
+
     if names is None:
         raise ValueError("class names are required to activate an adapter")
     for _, m in _wrappers(model):
