@@ -115,7 +115,7 @@ def inspect(
 
     queries = parse_instructions(list(dict.fromkeys([instruction, *(also or [])])), line=line)  # each once
     paths = collect_images(images, keep_missing=True)  # a missing path gets its own verdict line, not an abort
-    inspector = Inspector.from_config(line=queries[0].line, kb_dir=kb, use_kb=not no_kb)
+    inspector = Inspector.from_config(line=queries[0].line, kb_dir=kb, use_kb=not no_kb, single_line=True)
     instructions = [q.instruction for q in queries]
     with VerdictWriter(out, overlays=overlays, lang=lang, instructions=instructions) as writer:
         for verdict in inspect_many(inspector, queries, paths, k=k, lang=lang):
@@ -217,7 +217,7 @@ def batch(
         )
         inspector = None
     else:
-        inspector = Inspector.from_config(line=prof.line, kb_dir=kb, use_kb=not no_kb)
+        inspector = Inspector.from_config(line=prof.line, kb_dir=kb, use_kb=not no_kb, single_line=True)
         summary = run_batch(prof, inputs, out, inspector=inspector, batch_size=batch_size, threads=tuner)
     stop = {"now": summary.stopped_early}
     if watch and not stop["now"]:

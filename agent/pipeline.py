@@ -80,9 +80,11 @@ class Inspector:
         use_kb: bool = True,
         app: AppConfig | None = None,
         knowledge_base=None,
+        single_line: bool = False,
     ) -> Inspector:
         """Load a line's models once. `knowledge_base`: an open KnowledgeBase to share (a server's), instead of
-        opening `kb_dir`."""
+        opening `kb_dir`. `single_line`: this process serves only this line (a batch, `inspect`): a LoRA adapter is
+        folded into its base instead of sharing the base with other lines."""
         from defect_agent.runtime import configure_offline, set_threads
 
         configure_offline()
@@ -92,7 +94,13 @@ class Inspector:
 
         # lines over one base share it in memory; a line with only an anomaly model has no locator
         engine = app.engine
-        locator = shared_pool().locator(line_cfg, engine=engine) if line_cfg.locator is not None else None
+        locator = None
+        if line_cfg.locator is not None and single_line and engine == "torch" and line_cfg.locator.adapter:
+            from vision.locator.model import Locator
+
+            locator = Locator.from_line(line_cfg, fold_adapter=True)
+        elif line_cfg.locator is not None:
+            locator = shared_pool().locator(line_cfg, engine=engine)
         verifier = anomaly = None
         if line_cfg.locator is not None and line_cfg.locator.verifies:
             from vision.verifier.model import DefectVerifier

@@ -259,6 +259,12 @@ def test_merged_model_matches_adapter(base_path, adapters, tmp_path):
     assert not any("lora" in k for k in merged.state_dict())
     torch.testing.assert_close(_forward(merged), adapted, rtol=1e-4, atol=1e-3)
 
+    from vision.locator.lora import load_merged_yolo
+
+    in_memory = load_merged_yolo(base_path, adapters["pcb"])  # what a one-line process (a batch) predicts with
+    assert not any("lora" in k for k in in_memory.model.state_dict())
+    torch.testing.assert_close(_forward(in_memory.model), adapted, rtol=1e-4, atol=1e-3)
+
     out = merge_adapter(base_path, adapters["pcb"], tmp_path / "pcb.pt")
     from ultralytics import YOLO
 

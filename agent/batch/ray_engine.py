@@ -54,7 +54,7 @@ class InspectActor:
         self.profile = BatchProfile.model_validate_json(profile_json)
         self.queries = profile_queries(self.profile)
         self.inspector = Inspector.from_config(
-            line=self.profile.line, kb_dir=Path(kb_dir) if kb_dir else None, use_kb=use_kb
+            line=self.profile.line, kb_dir=Path(kb_dir) if kb_dir else None, use_kb=use_kb, single_line=True
         )
         # one intra-op thread per actor unless told otherwise: the pool's parallelism is its actors
         set_threads(threads if threads is not None else 1)

@@ -228,7 +228,7 @@ def run_batch(
     if inspector is None:
         from agent.pipeline import Inspector
 
-        inspector = Inspector.from_config(line=profile.line, kb_dir=kb_dir, use_kb=use_kb)
+        inspector = Inspector.from_config(line=profile.line, kb_dir=kb_dir, use_kb=use_kb, single_line=True)
     if threads is None:
         threads = tuner_for(inspector.app.threads)
     paths = expand_inputs(inputs)
