@@ -29,6 +29,7 @@ from vision.crops import crop_region
 from vision.detection import Detection
 
 log = logging.getLogger(__name__)
+INSPECT_BATCH = 4  # images per model call when `inspect` is given several (the batch job's default too)
 
 
 def case_evidence(cases: list[SimilarCase]) -> float | None:
@@ -170,8 +171,9 @@ class Inspector:
 
             paths = drop_references(paths, self.line.reference)
         versions = self.versions()
-        for path in paths:
-            yield self.inspect_image(query, path, versions, k=k, lang=lang)
+        for start in range(0, len(paths), INSPECT_BATCH):
+            for verdicts in self.inspect_batch([query], paths[start : start + INSPECT_BATCH], versions, k=k, lang=lang):
+                yield verdicts[0]
 
     def inspect_image(
         self,
