@@ -79,19 +79,25 @@ BUSY_LOAD_PER_CORE = 0.5
 
 
 def resolve_threads(setting: int | str | None = None) -> int:
-    """The intra-op thread count a setting means: an int is itself; None: DEFECT_AGENT_THREADS, else every core;
-    'auto': every core on an idle machine, 1 when others keep the cores busy (`BUSY_LOAD_PER_CORE`)."""
-    cores = os.cpu_count() or 1
-    if isinstance(setting, int) and setting > 0:
+    """The intra-op thread count a setting means: an int is itself; else DEFECT_AGENT_THREADS when set (an operator's
+    override); else 'auto': every core on an idle machine, 1 when others keep the cores busy (`BUSY_LOAD_PER_CORE`);
+    None: every core."""
+    if isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         return setting
+    if setting not in (None, "auto"):
+        raise ValueError(f"threads must be a positive integer, 'auto' or null, got {setting!r}")
     env = os.environ.get("DEFECT_AGENT_THREADS", "")
-    if setting is None and env:
+    if env:
         return max(int(env), 1)
-    if setting == "auto" or (setting is None and env == ""):
-        if setting is None:
-            return cores
+    cores = os.cpu_count() or 1
+    if setting == "auto":
         return 1 if machine_busy() else cores
-    raise ValueError(f"threads must be a positive integer, 'auto' or null, got {setting!r}")
+    return cores
+
+
+def threads_pinned() -> bool:
+    """DEFECT_AGENT_THREADS is set: no tuning, that count."""
+    return bool(os.environ.get("DEFECT_AGENT_THREADS", ""))
 
 
 def machine_busy() -> bool:

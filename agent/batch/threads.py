@@ -81,8 +81,8 @@ class ThreadTuner:
 
 def tuner_for(setting: int | str | None) -> ThreadTuner:
     """A tuner for a config / CLI threads setting: 'auto' tunes, anything else is fixed at what it means."""
-    from defect_agent.runtime import resolve_threads
+    from defect_agent.runtime import resolve_threads, threads_pinned
 
-    if setting == "auto":
+    if setting == "auto" and not threads_pinned():
         return ThreadTuner()
     return ThreadTuner(fixed=resolve_threads(setting))
