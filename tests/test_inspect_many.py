@@ -43,17 +43,17 @@ def cells(tmp_path_factory) -> list[str]:
 
 @pytest.fixture
 def locate_calls(monkeypatch) -> dict[str, int]:
-    """Counts the analyses of every Inspector the command builds: the real `Inspector.locate`, wrapped."""
+    """Counts the images every Inspector the command builds analyses: the real `Inspector.locate_batch`, wrapped."""
     from agent.pipeline import Inspector
 
     calls = {"n": 0}
-    real = Inspector.locate
+    real = Inspector.locate_batch
 
-    def counted(self, *args, **kwargs):
-        calls["n"] += 1
-        return real(self, *args, **kwargs)
+    def counted(self, locator_inputs, *args, **kwargs):
+        calls["n"] += len(locator_inputs)
+        return real(self, locator_inputs, *args, **kwargs)
 
-    monkeypatch.setattr(Inspector, "locate", counted)
+    monkeypatch.setattr(Inspector, "locate_batch", counted)
     return calls
 
 
