@@ -24,13 +24,13 @@ from agent.batch.inputs import expand_inputs
 from agent.batch.ledger import BatchRecord, ResultLog, result_key
 from agent.batch.profile import BatchProfile
 from agent.batch.runner import (
+    BatchItem,
     BatchSummary,
-    _Item,
-    _load,
-    _Progress,
-    _Stop,
+    Progress,
+    StopOnSignal,
     analyse_items,
     finish_run,
+    load_item,
     models_key,
     profile_queries,
 )
@@ -69,10 +69,10 @@ class InspectActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         profile, line = self.profile, self.inspector.line
-        items: list[_Item] = []
+        items: list[BatchItem] = []
         status: dict[str, str] = {}
         for path in (str(p) for p in batch["path"]):
-            digest, image, error = _load(path, line.image_size)
+            digest, image, error = load_item(path, line.image_size)
             keys = [
                 result_key(digest, path, self.mkey, q.instruction, profile.line, profile.lang) for q in self.queries
             ]
@@ -80,7 +80,7 @@ class InspectActor:
             if not todo:
                 status[path] = "skipped"
                 continue
-            items.append(_Item(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo))
+            items.append(BatchItem(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo))
             status[path] = "unreadable" if error is not None else "inspected"
         lines: dict[str, list[str]] = {}
         part: dict[str, str] = {}
@@ -176,8 +176,8 @@ def run_batch_ray(
     )
     counts = {"fail": 0, "review": 0, "pass": 0}
     seen = {"inspected": 0, "skipped": 0, "unreadable": 0}
-    progress = _Progress(len(paths), profile.name)
-    with _Stop() as stop, results:
+    progress = Progress(len(paths), profile.name)
+    with StopOnSignal() as stop, results:
         for row in analysed.iter_rows():
             if stop.requested:
                 break

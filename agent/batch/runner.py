@@ -64,7 +64,7 @@ def models_key(versions: Any) -> str:
     return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
 
-def _load(path: str, expected_size: tuple[int, int] | None) -> tuple[str | None, np.ndarray | None, str | None]:
+def load_item(path: str, expected_size: tuple[int, int] | None) -> tuple[str | None, np.ndarray | None, str | None]:
     """(content sha256, decoded image, error) for one path; never raises on a bad item."""
     from agent.images import read_image
 
@@ -76,14 +76,14 @@ def _load(path: str, expected_size: tuple[int, int] | None) -> tuple[str | None,
         return digest, None, str(exc)
 
 
-class _Stop:
+class StopOnSignal:
     """SIGTERM / SIGINT end the run after the batch in progress; the results file stays whole."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _Stop:
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -103,18 +103,18 @@ def _prefetched(paths: Sequence[str], size: tuple[int, int] | None) -> Iterator[
         pending: list[tuple[str, Future[Any]]] = []
         it = iter(paths)
         for path in it:
-            pending.append((path, pool.submit(_load, path, size)))
+            pending.append((path, pool.submit(load_item, path, size)))
             if len(pending) >= PREFETCH:
                 break
         while pending:
             path, fut = pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_load, nxt, size)))
+                pending.append((nxt, pool.submit(load_item, nxt, size)))
             yield path, fut.result()
 
 
-class _Progress:
+class Progress:
     """A tqdm bar (images/s, ETA) on a terminal; a structured log line every 10 s otherwise."""
 
     def __init__(self, total: int, name: str) -> None:
@@ -152,7 +152,7 @@ class _Progress:
 
 
 @dataclass
-class _Item:
+class BatchItem:
     """One image of a batch on its way through the run: what was read and which results it still lacks."""
 
     path: str
@@ -163,8 +163,8 @@ class _Item:
     todo: list[int]
 
 
-def _batches(items: Iterator[_Item], size: int, stop: _Stop) -> Iterator[list[_Item]]:
-    batch: list[_Item] = []
+def _batches(items: Iterator[BatchItem], size: int, stop: StopOnSignal) -> Iterator[list[BatchItem]]:
+    batch: list[BatchItem] = []
     for item in items:
         if stop.requested:
             break
@@ -177,7 +177,7 @@ def _batches(items: Iterator[_Item], size: int, stop: _Stop) -> Iterator[list[_I
 
 
 def analyse_items(
-    inspector: Any, queries: list[Any], items: list[_Item], versions: Any, lang: str | None
+    inspector: Any, queries: list[Any], items: list[BatchItem], versions: Any, lang: str | None
 ) -> list[list[Any]]:
     """Verdicts (one per instruction still to do) for each item, every model called once for the batch's readable
     images (those with the same instructions to do share a call); unreadable items get `review` with `error`."""
@@ -242,20 +242,20 @@ def run_batch(
     done = results.recover()
     counts = {"fail": 0, "review": 0, "pass": 0}
     inspected = skipped = unreadable = 0
-    progress = _Progress(len(paths), profile.name)
+    progress = Progress(len(paths), profile.name)
 
-    def items() -> Iterator[_Item]:
+    def items() -> Iterator[BatchItem]:
         nonlocal skipped
         for path, (digest, image, error) in _prefetched(paths, inspector.line.image_size):
             keys = [result_key(digest, path, mkey, q.instruction, profile.line, profile.lang) for q in queries]
             todo = [i for i, key in enumerate(keys) if key not in done]
             if todo:
-                yield _Item(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo)
+                yield BatchItem(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo)
             else:
                 skipped += 1
                 progress.update(counts)
 
-    with _Stop() as stop, results:
+    with StopOnSignal() as stop, results:
         for batch in _batches(items(), batch_size, stop):
             threads.next_threads()
             t = time.perf_counter()
