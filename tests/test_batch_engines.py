@@ -117,3 +117,25 @@ def _check_ray(profile, cells, inspector, local, tmp_path) -> None:
     local_after = run_batch(profile, [cells], tmp_path / "ray", inspector=inspector, report=False)
     assert (local_after.inspected, local_after.skipped) == (0, 9)
     assert len(_records(tmp_path / "ray")) == 9 * 2
+
+
+def test_thread_settings_resolve_by_load_with_the_environment_as_override(monkeypatch):
+    import os
+
+    from defect_agent import runtime
+    from defect_agent.config import load_app_config
+
+    assert load_app_config().threads == "auto"  # the shipped default
+    monkeypatch.delenv("DEFECT_AGENT_THREADS", raising=False)
+    cores = os.cpu_count() or 1
+    assert runtime.resolve_threads(3) == 3
+    assert runtime.resolve_threads(None) == cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1 * cores, 0.0, 0.0))
+    assert runtime.resolve_threads("auto") == cores  # idle: every core
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5 * cores, 0.0, 0.0))
+    assert runtime.resolve_threads("auto") == 1  # others keep the cores busy: one thread
+    monkeypatch.setenv("DEFECT_AGENT_THREADS", "2")
+    assert runtime.resolve_threads("auto") == 2 and runtime.resolve_threads(None) == 2
+    assert runtime.resolve_threads(4) == 4  # a count in the config is explicit
+    with pytest.raises(ValueError, match="threads"):
+        runtime.resolve_threads("many")

@@ -1,0 +1,465 @@
+"""Batch inspection speed on this machine, every figure against a baseline run in the same process:
+
+- `stages`: per-image p50 / p95 / p99 of the whole agent (one image per call, as a station inspects) and of the bare
+  ultralytics detector of the same weights on the same input, taking turns per image; stage p50s; at each
+  `--threads` count.
+- `batch`: the nightly job (`run_batch`: prefetch, `--batch-size` images per model call) vs the one-image loop
+  (`Inspector.inspect_image` per file) over the same images: images/s and the ratio.
+- `busy`: the agent's p50 at 1 thread and at every core while a second process keeps the cores busy (numpy matrix
+  products, 2 threads), against the idle figures of `stages`; and what `threads: auto`'s tuner picks.
+- `cold`: a new `defect-agent inspect` process to its first verdict (wall, two runs).
+- `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count.
+- `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
+  records compared (floats to 3 decimals).
+- `rss`: `defect-agent batch` over `--rss-images` distinct generated images in a child process; its RSS sampled each
+  second against the number of results written: RSS at 1 k and at the end.
+
+    python benchmarks/bench_batch.py --line battery_tab --parts stages,batch,busy,cold
+    python benchmarks/bench_batch.py --line pcb --parts stages,batch     # needs ../shared/datasets/deeppcb
+    python benchmarks/bench_batch.py --line battery_tab --parts rss --rss-images 10000
+
+Writes benchmarks/results/batch_<line>.json (parts merged into what is there) and prints a Markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+INSTRUCTION = {
+    "battery_tab": "找出所有极耳焊接偏移超0.3mm且伴随焊渣飞溅的电芯",
+    "pcb": "flag boards with an open circuit or a short",
+}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 1)
+
+
+def _images(line: str, n: int, folder: Path) -> list[str]:
+    """`n` image files of the line: generated cells for battery_tab, DeepPCB test boards (with their templates
+    beside them) for pcb."""
+    if line == "battery_tab":
+        from vision.datasets.synth.battery_tab import generate_batch
+
+        generate_batch(folder, n=n, seed=2323)
+        return sorted(str(p) for p in folder.glob("*.png"))[:n]
+    boards = sorted((ROOT.parent / "shared" / "datasets" / "deeppcb" / "PCBData").glob("*/*/*_test.jpg"))
+    if not boards:
+        raise SystemExit("pcb images need ../shared/datasets/deeppcb")
+    return [str(p) for p in boards[:n]]
+
+
+def _inspector(line: str, threads: int, engine: str = "torch", onnx_home: Path | None = None) -> Any:
+    from agent.pipeline import Inspector
+    from defect_agent.config import load_app_config
+    from defect_agent.runtime import set_threads
+
+    app = load_app_config().model_copy(update={"threads": threads, "engine": engine})
+    inspector = Inspector.from_config(line=line, app=app)
+    set_threads(threads)
+    return inspector
+
+
+def _bare(inspector: Any) -> Any:
+    """The bare ultralytics call on the locator's weights (for an adapter line: base + adapter merged)."""
+    line = inspector.line.detector
+    if line.adapter is None:
+        model = inspector.locator.model
+    else:
+        from ultralytics import YOLO
+
+        from defect_agent.paths import resolve
+        from vision.locator.lora import merge_adapter
+
+        merged = Path(tempfile.mkdtemp(prefix="bench-batch-")) / "merged.pt"
+        merge_adapter(resolve(line.base or line.weights), resolve(line.adapter), merged)
+        model = YOLO(str(merged))
+    conf = line.conf if inspector.verifier is None else inspector.line.locator.detector_conf
+    return lambda seen: model.predict([seen], conf=conf, iou=line.iou, imgsz=line.imgsz, verbose=False)
+
+
+def part_stages(line: str, paths: list[str], threads: list[int], rounds: int) -> dict[str, Any]:
+    from agent.images import read_image
+    from defect_agent.runtime import set_threads
+
+    rows = {}
+    for n in threads:
+        inspector = _inspector(line, n)
+        query = inspector.parse(INSTRUCTION[line])
+        images = [read_image(p, inspector.line.image_size) for p in paths]
+        seen = [inspector.locator_input(p, im) for p, im in zip(paths, images)]
+        bare = _bare(inspector)
+        set_threads(n)
+        for p, im, s in list(zip(paths, images, seen))[:2]:  # warm-up
+            bare(s)
+            inspector.inspect_image_many([query], p, image=im)
+        agent_ms: list[float] = []
+        bare_ms: list[float] = []
+        stages: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for p, im, s in zip(paths, images, seen):
+                t = time.perf_counter()
+                bare(s)
+                bare_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                verdict = inspector.inspect_image_many([query], p, image=im)[0]
+                agent_ms.append((time.perf_counter() - t) * 1000)
+                for key, value in verdict.timings_ms.items():
+                    if key != "total":
+                        stages.setdefault(key, []).append(value)
+        a50, b50 = statistics.median(agent_ms), statistics.median(bare_ms)
+        rows[str(n)] = {
+            "agent_p50": round(a50, 1),
+            "agent_p95": _pct(agent_ms, 95),
+            "agent_p99": _pct(agent_ms, 99),
+            "bare_p50": round(b50, 1),
+            "bare_p95": _pct(bare_ms, 95),
+            "agent_over_bare": round(a50 / b50, 2),
+            "p95_over_p50": round(_pct(agent_ms, 95) / a50, 2),
+            "stages_p50": {k: round(statistics.median(v), 1) for k, v in stages.items()},
+            "images": len(agent_ms),
+        }
+        print(f"stages {line} threads={n}: {rows[str(n)]}", file=sys.stderr)
+    return rows
+
+
+def part_batch(line: str, paths: list[str], threads: int | None, batch_size: int) -> dict[str, Any]:
+    from agent.batch import BatchProfile, run_batch
+    from agent.batch.threads import tuner_for
+
+    setting = threads if threads else "auto"
+    inspector = _inspector(line, threads or (os.cpu_count() or 1))
+    query = inspector.parse(INSTRUCTION[line])
+    profile = BatchProfile.model_validate(
+        {"name": "bench", "line": line, "instructions": [{"id": "q", "text": INSTRUCTION[line]}]}
+    )
+    inspector.inspect_image(query, paths[0])  # warm-up
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        # the one-image loop and the batch job take turns twice, so that a load change hits both alike
+        loop_s, batch_s = [], []
+        for r in range(2):
+            t = time.perf_counter()
+            for p in paths:
+                inspector.inspect_image(query, p)
+            loop_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            summary = run_batch(
+                profile,
+                paths,
+                Path(tmp) / f"run{r}",
+                inspector=inspector,
+                report=False,
+                batch_size=batch_size,
+                threads=tuner_for(setting),
+            )
+            batch_s.append(time.perf_counter() - t)
+            assert summary.inspected == len(paths), summary
+        n = len(paths)
+        out = {
+            "images": n,
+            "batch_size": batch_size,
+            "threads": setting,
+            "loop_images_per_s": round(n / min(loop_s), 2),
+            "batch_images_per_s": round(n / min(batch_s), 2),
+            "batch_over_loop": round(min(loop_s) / min(batch_s), 2),
+            "tuner_ms_per_image": summary.threads,
+        }
+    print(f"batch {line}: {out}", file=sys.stderr)
+    return out
+
+
+def _burner() -> subprocess.Popen:
+    code = (
+        "import os; os.environ['OMP_NUM_THREADS']='2'\n"
+        "import numpy as np\na=np.random.rand(700,700)\nwhile True: a=(a@a)/700.0"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def part_busy(line: str, paths: list[str], threads: list[int], rounds: int, idle: dict[str, Any]) -> dict[str, Any]:
+    from agent.images import read_image
+    from defect_agent.runtime import set_threads
+
+    rows: dict[str, Any] = {}
+    burner = _burner()
+    time.sleep(3)
+    try:
+        inspector = _inspector(line, 1)
+        query = inspector.parse(INSTRUCTION[line])
+        images = [read_image(p, inspector.line.image_size) for p in paths]
+        for n in threads:
+            set_threads(n)
+            inspector.inspect_image_many([query], paths[0], image=images[0])
+            ms = []
+            for _ in range(rounds):
+                for p, im in zip(paths, images):
+                    t = time.perf_counter()
+                    inspector.inspect_image_many([query], p, image=im)
+                    ms.append((time.perf_counter() - t) * 1000)
+            p50 = statistics.median(ms)
+            idle_p50 = idle.get(str(n), {}).get("agent_p50")
+            rows[str(n)] = {
+                "agent_p50_busy": round(p50, 1),
+                "agent_p50_idle": idle_p50,
+                "busy_over_idle": round(p50 / idle_p50, 2) if idle_p50 else None,
+            }
+            print(f"busy {line} threads={n}: {rows[str(n)]}", file=sys.stderr)
+        best_idle = min((v["agent_p50"] for v in idle.values()), default=None)
+        best_busy = min(v["agent_p50_busy"] for v in rows.values())
+        rows["best_busy_over_best_idle"] = round(best_busy / best_idle, 2) if best_idle else None
+    finally:
+        burner.kill()
+    return rows
+
+
+def part_cold(line: str, paths: list[str]) -> dict[str, Any]:
+    exe = str(Path(sys.executable).with_name("defect-agent"))
+    runs = []
+    for _ in range(2):
+        t = time.perf_counter()
+        subprocess.run(
+            [exe, "inspect", INSTRUCTION[line], paths[0], "--line", line, "--json"],
+            check=False,
+            capture_output=True,
+            cwd=ROOT,
+        )
+        runs.append(round(time.perf_counter() - t, 2))
+    code = (
+        "import time,sys; t=time.perf_counter(); import torch; a=time.perf_counter()-t; import torch._dynamo; "
+        "print(a, time.perf_counter()-t-a)"
+    )
+    torch_s, dynamo_s = map(
+        float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
+    )
+    out = {
+        "inspect_first_verdict_s": runs,
+        "import_torch_s": round(torch_s, 2),
+        "import_torch_dynamo_s": round(dynamo_s, 2),
+    }
+    print(f"cold {line}: {out}", file=sys.stderr)
+    return out
+
+
+def part_onnx(line: str, paths: list[str], threads: list[int], rounds: int) -> dict[str, Any]:
+    from agent.images import read_image
+    from defect_agent.config import load_line
+    from defect_agent.runtime import set_threads
+
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-") as data:
+        os.environ["DEFECT_AGENT_DATA"] = data  # the engine reads var/onnx/<line> under the data dir
+        subprocess.run(
+            [str(Path(sys.executable).with_name("defect-agent")), "export", "--line", line, "--format", "onnx"],
+            check=True,
+            cwd=ROOT,
+            env={**os.environ},
+            capture_output=True,
+        )
+        load_line(line)
+        for n in threads:
+            engines = {e: _inspector(line, n, engine=e) for e in ("torch", "onnx")}
+            query = engines["torch"].parse(INSTRUCTION[line])
+            images = [read_image(p, engines["torch"].line.image_size) for p in paths]
+            ms: dict[str, list[float]] = {e: [] for e in engines}
+            same = 0
+            for insp in engines.values():
+                set_threads(n)
+                insp.inspect_image_many([query], paths[0], image=images[0])
+            for _ in range(rounds):
+                for p, im in zip(paths, images):
+                    verdicts = {}
+                    for engine, insp in engines.items():
+                        set_threads(n)
+                        t = time.perf_counter()
+                        verdicts[engine] = insp.inspect_image_many([query], p, image=im)[0]
+                        ms[engine].append((time.perf_counter() - t) * 1000)
+                    same += verdicts["torch"].verdict == verdicts["onnx"].verdict
+            t50, o50 = statistics.median(ms["torch"]), statistics.median(ms["onnx"])
+            rows[str(n)] = {
+                "torch_p50": round(t50, 1),
+                "onnx_p50": round(o50, 1),
+                "onnx_speedup": round(t50 / o50, 2),
+                "same_part_verdict": f"{same}/{len(ms['torch'])}",
+            }
+            print(f"onnx {line} threads={n}: {rows[str(n)]}", file=sys.stderr)
+    return rows
+
+
+def _canon(value: Any) -> Any:
+    """A record without run id and timings, floats to 3 decimals (thread count and batch composition move float sums
+    in the last bits)."""
+    if isinstance(value, dict):
+        return {k: _canon(v) for k, v in value.items() if k not in {"run_id", "timings_ms"}}
+    if isinstance(value, list):
+        return [_canon(v) for v in value]
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def part_ray(line: str, paths: list[str], batch_size: int, workers: int) -> dict[str, Any]:
+    """The same profile over the same images by the local engine and by `--engine ray` (local Ray, `workers`
+    CPUs): records compared one by one."""
+    from agent.batch import BatchProfile, run_batch
+    from agent.batch.ray_engine import run_batch_ray
+
+    profile = BatchProfile.model_validate(
+        {
+            "name": "bench",
+            "line": line,
+            "instructions": [{"id": "q", "text": INSTRUCTION[line]}, {"id": "any", "text": "find every defect"}],
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
+        t = time.perf_counter()
+        local = run_batch(profile, paths, Path(tmp) / "local", report=False, batch_size=batch_size)
+        local_s = time.perf_counter() - t
+        t = time.perf_counter()
+        remote = run_batch_ray(profile, paths, Path(tmp) / "ray", batch_size=batch_size, workers=workers, report=False)
+        ray_s = time.perf_counter() - t
+
+        def records(name: str) -> list[Any]:
+            text = (Path(tmp) / name / "verdicts.jsonl").read_text(encoding="utf-8")
+            return [_canon(json.loads(row)) for row in text.splitlines()]
+
+        a, b = records("local"), records("ray")
+    out = {
+        "images": len(paths),
+        "instructions": 2,
+        "records_local": len(a),
+        "records_ray": len(b),
+        "records_equal": sum(x == y for x, y in zip(a, b)),
+        "part_verdicts_local": local.verdicts,
+        "part_verdicts_ray": remote.verdicts,
+        "seconds_local": round(local_s, 1),
+        "seconds_ray_with_start": round(ray_s, 1),
+        "workers": workers,
+    }
+    print(f"ray {line}: {out}", file=sys.stderr)
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1])
+    return 0
+
+
+def part_rss(line: str, n: int, batch_size: int) -> dict[str, Any]:
+    """Distinct images (a base image with one pixel changed per copy: the results key is the content hash)."""
+    import cv2
+
+    from agent.images import read_image
+
+    with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
+        base = _images(line, 24, Path(tmp) / "base")
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        bases = [read_image(p) for p in base]
+        for i in range(n):
+            image = bases[i % len(bases)].copy()
+            image[i // 640 % image.shape[0], i % 640] ^= 0xFF
+            cv2.imwrite(str(folder / f"img_{i:06d}.png"), image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        profile = Path(tmp) / "profile.yaml"
+        profile.write_text(
+            json.dumps({"name": "rss", "line": line, "instructions": [{"id": "q", "text": INSTRUCTION[line]}]}),
+            encoding="utf-8",
+        )
+        out = Path(tmp) / "out"
+        cmd = [str(Path(sys.executable).with_name("defect-agent")), "batch", str(folder), "--profile", str(profile)]
+        cmd += ["--out", str(out), "--no-kb", "--batch-size", str(batch_size)]
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples: list[tuple[int, int]] = []
+        results = out / "verdicts.jsonl"
+        t0 = time.monotonic()
+        while child.poll() is None:
+            time.sleep(1.0)
+            try:
+                done = sum(1 for _ in results.open("rb")) if results.exists() else 0
+                samples.append((done, _rss_kb(child.pid)))
+            except (FileNotFoundError, ProcessLookupError):
+                break
+        seconds = time.monotonic() - t0
+
+    def at(count: int) -> float:
+        near = [rss for done, rss in samples if done >= count and rss]
+        return round(near[0] / 1024, 1) if near else float("nan")
+
+    last = [rss for _, rss in samples if rss]
+    out_row = {
+        "images": n,
+        "exit_code": child.returncode,
+        "seconds": round(seconds, 1),
+        "rss_mb_at_1k": at(min(1000, n)),
+        "rss_mb_at_end": at(n),  # when the last result was written (the report comes after)
+        "rss_mb_max": round(max(last) / 1024, 1) if last else None,
+        "samples": samples[:: max(1, len(samples) // 60)],
+    }
+    if last:
+        out_row["end_over_1k"] = round(out_row["rss_mb_at_end"] / out_row["rss_mb_at_1k"], 3)
+    print(f"rss {line}: { {k: v for k, v in out_row.items() if k != 'samples'} }", file=sys.stderr)
+    return out_row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--line", default="battery_tab", choices=["battery_tab", "pcb"])
+    ap.add_argument("--parts", default="stages,batch,busy,cold")
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-threads", type=int, default=0, help="threads of the batch part (0: auto)")
+    ap.add_argument("--rss-images", type=int, default=10000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    from defect_agent.runtime import configure_offline
+
+    configure_offline()
+    out_path = Path(args.out or ROOT / "benchmarks" / "results" / f"batch_{args.line}.json")
+    result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    result.update(
+        benchmark="bench_batch",
+        line=args.line,
+        host=platform.node(),
+        cpu_count=os.cpu_count(),
+        load_average_1min_before=round(os.getloadavg()[0], 2),
+    )
+    parts = args.parts.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench-batch-img-") as tmp:
+        paths = _images(args.line, args.images, Path(tmp)) if set(parts) - {"rss"} else []
+        if "stages" in parts:
+            result["stages"] = part_stages(args.line, paths, args.threads, args.rounds)
+        if "batch" in parts:
+            result["batch"] = part_batch(args.line, paths, args.batch_threads, args.batch_size)
+        if "busy" in parts:
+            result["busy"] = part_busy(args.line, paths, args.threads, args.rounds, result.get("stages", {}))
+        if "cold" in parts:
+            result["cold"] = part_cold(args.line, paths)
+        if "onnx" in parts:
+            result["onnx"] = part_onnx(args.line, paths, args.threads, args.rounds)
+        if "ray" in parts:
+            result["ray"] = part_ray(args.line, paths, args.batch_size, workers=2)
+        if "rss" in parts:
+            result["rss"] = part_rss(args.line, args.rss_images, args.batch_size)
+    result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+    out_path.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k != "rss"}, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
