@@ -68,7 +68,7 @@ def _inspector(line: str, threads: int, engine: str = "torch", onnx_home: Path |
     from defect_agent.runtime import set_threads
 
     app = load_app_config().model_copy(update={"threads": threads, "engine": engine})
-    inspector = Inspector.from_config(line=line, app=app)
+    inspector = Inspector.from_config(line=line, app=app, single_line=True)  # as batch and inspect load it
     set_threads(threads)
     return inspector
 
@@ -299,14 +299,32 @@ def part_onnx(line: str, paths: list[str], threads: list[int], rounds: int) -> d
     return rows
 
 
-def _canon(value: Any) -> Any:
-    """A record without run id and timings, floats to 3 decimals (thread count and batch composition move float sums
-    in the last bits)."""
+def _canon(value: Any, digits: int | None = 3) -> Any:
+    """A record without run id and timings, floats to `digits` decimals (thread count and batch composition move
+    float sums in the last bits)."""
     if isinstance(value, dict):
-        return {k: _canon(v) for k, v in value.items() if k not in {"run_id", "timings_ms"}}
+        return {k: _canon(v, digits) for k, v in value.items() if k not in {"run_id", "timings_ms"}}
     if isinstance(value, list):
-        return [_canon(v) for v in value]
-    return round(value, 3) if isinstance(value, float) else value
+        return [_canon(v, digits) for v in value]
+    return round(value, digits) if isinstance(value, float) and digits is not None else value
+
+
+def _max_float_diff(a: Any, b: Any) -> float | None:
+    """The largest |a - b| over the numbers of two records of the same shape; None where anything but a number
+    differs (a class, a verdict, a reason, a different number of findings)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return None
+        diffs = [_max_float_diff(a[k], b[k]) for k in a]
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return None
+        diffs = [_max_float_diff(x, y) for x, y in zip(a, b)]
+    elif isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return abs(float(a) - float(b))
+    else:
+        return 0.0 if a == b else None
+    return None if any(d is None for d in diffs) else max(diffs, default=0.0)
 
 
 def part_ray(line: str, paths: list[str], batch_size: int, workers: int) -> dict[str, Any]:
@@ -332,15 +350,19 @@ def part_ray(line: str, paths: list[str], batch_size: int, workers: int) -> dict
 
         def records(name: str) -> list[Any]:
             text = (Path(tmp) / name / "verdicts.jsonl").read_text(encoding="utf-8")
-            return [_canon(json.loads(row)) for row in text.splitlines()]
+            return [_canon(json.loads(row), digits=None) for row in text.splitlines()]
 
         a, b = records("local"), records("ray")
+        a3, b3 = [_canon(r) for r in a], [_canon(r) for r in b]
     out = {
         "images": len(paths),
         "instructions": 2,
         "records_local": len(a),
         "records_ray": len(b),
-        "records_equal": sum(x == y for x, y in zip(a, b)),
+        "records_equal_3_decimals": sum(x == y for x, y in zip(a3, b3)),
+        # everything but numbers equal (verdicts, classes, reasons, findings), and the numbers' largest difference
+        "records_equal_but_float_noise": sum(_max_float_diff(x, y) is not None for x, y in zip(a, b)),
+        "max_number_diff": max((d for x, y in zip(a, b) if (d := _max_float_diff(x, y)) is not None), default=0.0),
         "part_verdicts_local": local.verdicts,
         "part_verdicts_ray": remote.verdicts,
         "seconds_local": round(local_s, 1),
