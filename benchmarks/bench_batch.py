@@ -229,11 +229,12 @@ def part_busy(line: str, paths: list[str], threads: list[int], rounds: int, idle
 def part_cold(line: str, paths: list[str]) -> dict[str, Any]:
     exe = str(Path(sys.executable).with_name("defect-agent"))
     runs = []
+    out_file = Path(tempfile.mkdtemp(prefix="bench-cold-")) / "one.jsonl"
     for _ in range(2):
         t = time.perf_counter()
         subprocess.run(
-            [exe, "inspect", INSTRUCTION[line], paths[0], "--line", line, "--json"],
-            check=False,
+            [exe, "inspect", INSTRUCTION[line], paths[0], "--line", line, "--out", str(out_file)],
+            check=True,
             capture_output=True,
             cwd=ROOT,
         )
