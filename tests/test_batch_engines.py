@@ -8,18 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from test_batch import PROFILE as NIGHTLY
 
 from agent.batch import BatchProfile, run_batch
 from agent.batch.threads import ThreadTuner
 
-PROFILE = {
-    "name": "engines",
-    "line": "battery_tab",
-    "instructions": [
-        {"id": "seed", "text": "找出所有极耳焊接偏移超0.3mm且伴随焊渣飞溅的电芯"},
-        {"id": "cracks", "text": "find cells with a crack"},
-    ],
-}
+PROFILE = {**NIGHTLY, "name": "engines"}  # the same two standing instructions as the batch tests
 
 
 @pytest.fixture(scope="module")

@@ -68,9 +68,13 @@ class ResultLog:
         return self
 
     def append(self, record: BatchRecord) -> None:
+        self.append_json(record.model_dump_json())
+
+    def append_json(self, line: str) -> None:
+        """A record already serialised by `BatchRecord.model_dump_json` (e.g. by a Ray actor)."""
         assert self._fh is not None
         # one write per line, flushed: a SIGKILL leaves whole lines plus at most one torn tail
-        self._fh.write(record.model_dump_json() + "\n")
+        self._fh.write(line + "\n")
         self._fh.flush()
 
     def __exit__(self, *exc: object) -> None:

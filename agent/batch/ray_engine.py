@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.batch.inputs import expand_inputs
-from agent.batch.ledger import BatchRecord, ResultLog, result_key
+from agent.batch.ledger import ResultLog
 from agent.batch.profile import BatchProfile
 from agent.batch.runner import (
     BatchItem,
     BatchSummary,
     Progress,
+    RunClock,
+    RunTally,
     StopOnSignal,
     analyse_items,
+    batch_paths,
     finish_run,
+    item_records,
     load_item,
+    make_item,
     models_key,
     profile_queries,
 )
@@ -68,37 +69,25 @@ class InspectActor:
         self.run_id = run_id
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        profile, line = self.profile, self.inspector.line
+        paths = [str(p) for p in batch["path"]]
         items: list[BatchItem] = []
         status: dict[str, str] = {}
-        for path in (str(p) for p in batch["path"]):
-            digest, image, error = load_item(path, line.image_size)
-            keys = [
-                result_key(digest, path, self.mkey, q.instruction, profile.line, profile.lang) for q in self.queries
-            ]
-            todo = [i for i, key in enumerate(keys) if key not in self.done]
-            if not todo:
+        for path in paths:
+            item = make_item(
+                path, load_item(path, self.inspector.line.image_size), self.queries, self.mkey, self.profile, self.done
+            )
+            if item is None:
                 status[path] = "skipped"
                 continue
-            items.append(BatchItem(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo))
-            status[path] = "unreadable" if error is not None else "inspected"
+            items.append(item)
+            status[path] = "unreadable" if item.error is not None else "inspected"
         lines: dict[str, list[str]] = {}
         part: dict[str, str] = {}
         for item, verdicts in zip(
-            items, analyse_items(self.inspector, self.queries, items, self.versions, profile.lang)
+            items, analyse_items(self.inspector, self.queries, items, self.versions, self.profile.lang)
         ):
             part[item.path] = verdicts[0].verdict
-            lines[item.path] = [
-                BatchRecord(
-                    key=item.keys[i],
-                    run_id=self.run_id,
-                    instruction_id=profile.instructions[i].id,
-                    image_sha256=item.digest,
-                    verdict=verdict,
-                ).model_dump_json()
-                for i, verdict in zip(item.todo, verdicts)
-            ]
-        paths = [str(p) for p in batch["path"]]
+            lines[item.path] = [r.model_dump_json() for r in item_records(item, verdicts, self.run_id, self.profile)]
         return {
             "path": np.array(paths, dtype=object),
             "status": np.array([status[p] for p in paths], dtype=object),
@@ -141,16 +130,9 @@ def run_batch_ray(
     report: bool = True,
 ) -> BatchSummary:
     """`run_batch` on Ray Data with `workers` actors; writes the same files (verdicts.jsonl in input order)."""
-    started = datetime.now(UTC)
-    t0 = time.monotonic()
-    run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    clock = RunClock.start()
     profile_queries(profile)  # a bad instruction fails here, before Ray starts
-    line = load_line(profile.line)
-    paths = expand_inputs(inputs)
-    if line.locator is not None and line.locator.reference == "template" and line.reference is not None:
-        from vision.reference import drop_references
-
-        paths = drop_references(paths, line.reference)
+    paths = batch_paths(inputs, load_line(profile.line))
     results = ResultLog(out_dir / "verdicts.jsonl")
     done = results.recover()
     init_ray(workers)
@@ -171,35 +153,19 @@ def run_batch_ray(
             "use_kb": use_kb,
             "done": ray.put(done),
             "threads": threads,
-            "run_id": run_id,
+            "run_id": clock.run_id,
         },
     )
-    counts = {"fail": 0, "review": 0, "pass": 0}
-    seen = {"inspected": 0, "skipped": 0, "unreadable": 0}
+    tally = RunTally()
     progress = Progress(len(paths), profile.name)
     with StopOnSignal() as stop, results:
         for row in analysed.iter_rows():
             if stop.requested:
                 break
-            seen[row["status"]] += 1
-            if row["verdict"]:
-                counts[row["verdict"]] += 1
+            tally.add(row["status"], row["verdict"])
             for record in filter(None, row["records"].split("\n")):
-                results.append(BatchRecord.model_validate_json(record))
-            progress.update(counts)
+                results.append_json(record)
+            progress.update(tally.verdicts)
         stopped = stop.requested
     progress.close()
-    summary = BatchSummary(
-        run_id=run_id,
-        profile=profile.name,
-        line=profile.line,
-        started=started,
-        seconds=round(time.monotonic() - t0, 2),
-        images=len(paths),
-        inspected=seen["inspected"],
-        skipped=seen["skipped"],
-        unreadable=seen["unreadable"],
-        verdicts=counts,
-        stopped_early=stopped,
-    )
-    return finish_run(summary, out_dir, profile, report)
+    return finish_run(profile, out_dir, clock, len(paths), tally, stopped, report)

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,77 @@ class BatchItem:
     todo: list[int]
 
 
+def make_item(
+    path: str,
+    loaded: tuple[str | None, np.ndarray | None, str | None],
+    queries: list[Any],
+    models: str,
+    profile: BatchProfile,
+    done: set[str],
+) -> BatchItem | None:
+    """The item of one read image (`load_item`'s result), or None when every result it needs is already done."""
+    digest, image, error = loaded
+    keys = [result_key(digest, path, models, q.instruction, profile.line, profile.lang) for q in queries]
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    if not todo:
+        return None
+    return BatchItem(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo)
+
+
+def item_records(item: BatchItem, verdicts: list[Any], run_id: str, profile: BatchProfile) -> list[BatchRecord]:
+    """The results-file lines of one item: one per instruction it still lacked."""
+    return [
+        BatchRecord(
+            key=item.keys[i],
+            run_id=run_id,
+            instruction_id=profile.instructions[i].id,
+            image_sha256=item.digest,
+            verdict=verdict,
+        )
+        for i, verdict in zip(item.todo, verdicts)
+    ]
+
+
+@dataclass
+class RunTally:
+    """What a run has done so far, by either engine: images per outcome and part verdicts."""
+
+    inspected: int = 0
+    skipped: int = 0
+    unreadable: int = 0
+    verdicts: dict[str, int] = field(default_factory=lambda: {"fail": 0, "review": 0, "pass": 0})
+
+    def add(self, status: str, verdict: str | None = None) -> None:
+        """`status`: inspected, unreadable or skipped; `verdict`: the part verdict of an analysed image."""
+        setattr(self, status, getattr(self, status) + 1)
+        if verdict:
+            self.verdicts[verdict] += 1
+
+
+@dataclass(frozen=True)
+class RunClock:
+    """A run's id and when it started."""
+
+    run_id: str
+    started: datetime
+    t0: float
+
+    @classmethod
+    def start(cls) -> RunClock:
+        started = datetime.now(UTC)
+        return cls(started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6], started, time.monotonic())
+
+
+def batch_paths(inputs: Sequence[str | Path], line: Any) -> list[str]:
+    """The images the inputs name; on a template line without the reference images among them."""
+    paths = expand_inputs(inputs)
+    if line.locator is not None and line.locator.reference == "template" and line.reference is not None:
+        from vision.reference import drop_references
+
+        paths = drop_references(paths, line.reference)
+    return paths
+
+
 def _batches(items: Iterator[BatchItem], size: int, stop: StopOnSignal) -> Iterator[list[BatchItem]]:
     batch: list[BatchItem] = []
     for item in items:
@@ -221,9 +292,7 @@ def run_batch(
 
     `batch_size` images go through the models together; `threads` (default: the app config's `threads`, 'auto'
     measuring 1 vs every core as the run goes) sets the intra-op threads per batch."""
-    started = datetime.now(UTC)
-    t0 = time.monotonic()
-    run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    clock = RunClock.start()
     queries = profile_queries(profile)
     if inspector is None:
         from agent.pipeline import Inspector
@@ -231,29 +300,22 @@ def run_batch(
         inspector = Inspector.from_config(line=profile.line, kb_dir=kb_dir, use_kb=use_kb, single_line=True)
     if threads is None:
         threads = tuner_for(inspector.app.threads)
-    paths = expand_inputs(inputs)
-    if inspector.uses_template and inspector.line.reference is not None:
-        from vision.reference import drop_references
-
-        paths = drop_references(paths, inspector.line.reference)
+    paths = batch_paths(inputs, inspector.line)
     versions = inspector.versions()
     mkey = models_key(versions)
     results = ResultLog(out_dir / "verdicts.jsonl")
     done = results.recover()
-    counts = {"fail": 0, "review": 0, "pass": 0}
-    inspected = skipped = unreadable = 0
+    tally = RunTally()
     progress = Progress(len(paths), profile.name)
 
     def items() -> Iterator[BatchItem]:
-        nonlocal skipped
-        for path, (digest, image, error) in _prefetched(paths, inspector.line.image_size):
-            keys = [result_key(digest, path, mkey, q.instruction, profile.line, profile.lang) for q in queries]
-            todo = [i for i, key in enumerate(keys) if key not in done]
-            if todo:
-                yield BatchItem(path=path, digest=digest, image=image, error=error, keys=keys, todo=todo)
+        for path, loaded in _prefetched(paths, inspector.line.image_size):
+            item = make_item(path, loaded, queries, mkey, profile, done)
+            if item is not None:
+                yield item
             else:
-                skipped += 1
-                progress.update(counts)
+                tally.add("skipped")
+                progress.update(tally.verdicts)
 
     with StopOnSignal() as stop, results:
         for batch in _batches(items(), batch_size, stop):
@@ -262,40 +324,14 @@ def run_batch(
             analysed = analyse_items(inspector, queries, batch, versions, profile.lang)
             threads.record((time.perf_counter() - t) * 1000.0 / len(batch))
             for item, verdicts in zip(batch, analysed):
-                if item.error is not None:
-                    unreadable += 1
-                else:
-                    inspected += 1
-                counts[verdicts[0].verdict] += 1
-                for i, verdict in zip(item.todo, verdicts):
-                    results.append(
-                        BatchRecord(
-                            key=item.keys[i],
-                            run_id=run_id,
-                            instruction_id=profile.instructions[i].id,
-                            image_sha256=item.digest,
-                            verdict=verdict,
-                        )
-                    )
-                    done.add(item.keys[i])
-                progress.update(counts)
+                tally.add("unreadable" if item.error is not None else "inspected", verdicts[0].verdict)
+                for record in item_records(item, verdicts, clock.run_id, profile):
+                    results.append(record)
+                    done.add(record.key)
+                progress.update(tally.verdicts)
         stopped = stop.requested
     progress.close()
-    summary = BatchSummary(
-        run_id=run_id,
-        profile=profile.name,
-        line=profile.line,
-        started=started,
-        seconds=round(time.monotonic() - t0, 2),
-        images=len(paths),
-        inspected=inspected,
-        skipped=skipped,
-        unreadable=unreadable,
-        verdicts=counts,
-        stopped_early=stopped,
-        threads=threads.figures(),
-    )
-    return finish_run(summary, out_dir, profile, report)
+    return finish_run(profile, out_dir, clock, len(paths), tally, stopped, report, threads=threads.figures())
 
 
 def profile_queries(profile: BatchProfile) -> list[Any]:
@@ -308,8 +344,31 @@ def profile_queries(profile: BatchProfile) -> list[Any]:
     return queries
 
 
-def finish_run(summary: BatchSummary, out_dir: Path, profile: BatchProfile, report: bool) -> BatchSummary:
-    """Record the run under runs/ (the report's trend) and rewrite the CSV and HTML report."""
+def finish_run(
+    profile: BatchProfile,
+    out_dir: Path,
+    clock: RunClock,
+    images: int,
+    tally: RunTally,
+    stopped: bool,
+    report: bool,
+    threads: dict[str, float] | None = None,
+) -> BatchSummary:
+    """The run's summary, recorded under runs/ (the report's trend); the CSV and HTML report rewritten."""
+    summary = BatchSummary(
+        run_id=clock.run_id,
+        profile=profile.name,
+        line=profile.line,
+        started=clock.started,
+        seconds=round(time.monotonic() - clock.t0, 2),
+        images=images,
+        inspected=tally.inspected,
+        skipped=tally.skipped,
+        unreadable=tally.unreadable,
+        verdicts=tally.verdicts,
+        stopped_early=stopped,
+        threads=threads or {},
+    )
     runs = out_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     (runs / f"{summary.run_id}.json").write_text(summary.model_dump_json(indent=1), encoding="utf-8")
