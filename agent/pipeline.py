@@ -29,7 +29,7 @@ from vision.crops import crop_region
 from vision.detection import Detection
 
 log = logging.getLogger(__name__)
-INSPECT_BATCH = 4  # images per model call when `inspect` is given several (the batch job's default too)
+INSPECT_BATCH = 4  # images per detector call when `inspect` is given several
 
 
 def case_evidence(cases: list[SimilarCase]) -> float | None:
@@ -208,9 +208,9 @@ class Inspector:
         lang: str | None = None,
         images: list[np.ndarray | None] | None = None,
     ) -> list[list[Verdict]]:
-        """`inspect_image_many` over several images with every model called once per batch (detector, anomaly
-        backbone, the embedder over all crops of the batch): one list of verdicts, one per instruction, per image.
-        Stage times in each verdict's `timings_ms` are the batch's divided by its images (`batch` says how many)."""
+        """`inspect_image_many` over several images, the detector called once for all of them: one list of
+        verdicts, one per instruction, per image. Stage times in each verdict's `timings_ms` are the batch's divided
+        by its images (`batch` says how many)."""
         from agent.messages import pick_lang, say
 
         versions = versions or self.versions()
@@ -365,8 +365,9 @@ class Inspector:
         timings: dict[str, float] | None = None,
         k: int = 5,
     ) -> list[tuple[list[DefectFinding], AnomalySummary | None]]:
-        """`analyse` over several images, each model called once for the batch; per image its findings and its
-        anomaly summary (None on a line without an anomaly model). `timings` receives the batch's stage times."""
+        """`analyse` over several images: one detector call, the anomaly model per image, the embedder over the
+        batch's crops (in its own chunks); per image its findings and its anomaly summary (None on a line without an
+        anomaly model). `timings` receives the batch's stage times."""
         from vision.measure import measure_findings
 
         timings = timings if timings is not None else {}

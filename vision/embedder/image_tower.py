@@ -98,10 +98,6 @@ class LazyTextTower:
         self._model: Any = None
         self._tokenizer: Any = None
 
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
     def get(self) -> tuple[Any, Any]:
         with self._lock:
             if self._model is None:
