@@ -7,6 +7,8 @@ on its own, and only similar defect examples in the knowledge base can lift it (
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from agent.fusion import logit, sigmoid
@@ -47,13 +49,25 @@ class AnomalyStage:
         self.explaining_classes = self.defect_classes | {d.name for d in line.derived}
 
     @classmethod
-    def for_line(cls, line: LineConfig) -> AnomalyStage:
-        """Load the model file the line names (ModelFileMissing / ModelFileRejected name the file)."""
+    def for_line(
+        cls, line: LineConfig, engine: str = "torch", onnx_dir: str | Path | None = None, threads: int | None = None
+    ) -> AnomalyStage:
+        """Load the model file the line names (ModelFileMissing / ModelFileRejected name the file). `engine="onnx"`:
+        its patch features from `<onnx_dir>/anomaly_features.onnx` (default var/onnx/<line>; `defect-agent export
+        --line L --format onnx`), scored without torch."""
         from vision.anomaly import AnomalyModel
 
         if line.anomaly is None:
             raise ConfigError(f"line {line.name!r} has no `anomaly:` model")
-        return cls(AnomalyModel.load(resolve(line.anomaly.model)), line)
+        if engine != "onnx":
+            return cls(AnomalyModel.load(resolve(line.anomaly.model)), line)
+        from vision.anomaly.onnx_features import FEATURES_FILE
+        from vision.locator.onnx_engine import default_onnx_dir, require_file
+
+        folder = resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir(line.name)
+        features = require_file(folder / FEATURES_FILE, line.name, "ONNX anomaly features")
+        model = AnomalyModel.load(resolve(line.anomaly.model), engine="onnx", onnx_file=features, threads=threads)
+        return cls(model, line)
 
     @property
     def version(self) -> str:

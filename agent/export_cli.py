@@ -4,18 +4,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from defect_agent.errors import ConfigError
 
-ONNX_PARTS = ("locator", "verifier", "embedder")
+if TYPE_CHECKING:
+    from defect_agent.config import LineConfig
+
+ONNX_PARTS = ("locator", "verifier", "anomaly", "embedder")
 
 
 def export_onnx(line: str, parts: list[str] | None = None, out: Path | None = None) -> dict[str, Path]:
-    """Write the line's ONNX engines: `locator.onnx` (base + adapter merged) and `verifier.onnx` (template lines)
-    into `out` or var/onnx/<line>, the embedder's image tower `<model>-image.onnx` into `out` or var/onnx/embedder.
-    `parts`: a subset of locator, verifier, embedder (default: every one the line has)."""
+    """Write the line's ONNX engines: `locator.onnx` (base + adapter merged), `verifier.onnx` (template lines) and
+    `anomaly_features.onnx` (lines with an anomaly model) into `out` or var/onnx/<line>, the embedder's image tower
+    `<model>-image.onnx` into `out` or var/onnx/embedder. `parts`: a subset of locator, verifier, anomaly, embedder
+    (default: every one the line has)."""
     from defect_agent.config import load_app_config, load_line
     from defect_agent.paths import resolve
     from vision.locator.onnx_engine import default_onnx_dir
@@ -24,9 +29,16 @@ def export_onnx(line: str, parts: list[str] | None = None, out: Path | None = No
     unknown = sorted(set(parts or []) - set(ONNX_PARTS))
     if unknown:
         raise ConfigError(f"--part {', '.join(unknown)}: choose from {', '.join(ONNX_PARTS)}")
-    if parts and "verifier" in parts and not cfg.detector.verifier:
-        raise ConfigError(f"line {line!r} has no locator.verifier to export")
-    chosen = parts or [p for p in ONNX_PARTS if p != "verifier" or cfg.detector.verifier]
+    has = {
+        "locator": cfg.locator is not None,
+        "verifier": cfg.locator is not None and bool(cfg.detector.verifier),
+        "anomaly": cfg.anomaly is not None,
+        "embedder": True,
+    }
+    missing = [p for p in parts or [] if not has[p]]
+    if missing:
+        raise ConfigError(f"line {line!r} has no {', '.join(missing)} to export")
+    chosen = parts or [p for p in ONNX_PARTS if has[p]]
     line_dir = resolve(out) if out else default_onnx_dir(cfg.name)
     written: dict[str, Path] = {}
     for part in ONNX_PARTS:
@@ -40,11 +52,41 @@ def export_onnx(line: str, parts: list[str] | None = None, out: Path | None = No
             from vision.verifier.model import export_line_verifier
 
             written[part] = export_line_verifier(cfg, line_dir)
+        elif part == "anomaly":
+            written[part] = _export_anomaly(cfg, line_dir)
         else:  # one embedder serves every line: its default folder is its own (var/onnx/embedder)
             from vision.embedder.model import export_embedder_onnx
 
             written[part] = export_embedder_onnx(load_app_config().embedder, resolve(out) if out else None)
+            _cache_prompts(cfg)
     return written
+
+
+def _export_anomaly(line: LineConfig, out_dir: Path) -> Path:
+    """`<out_dir>/anomaly_features.onnx` for the line's `anomaly.model`, traced from the backbone it was fitted on."""
+    import json
+
+    from defect_agent.paths import resolve
+    from vision.anomaly.model import AnomalyModel, meta_path_of
+    from vision.anomaly.onnx_features import FEATURES_FILE, export_features
+
+    assert line.anomaly is not None  # export_onnx exports only the parts a line has
+    bank = resolve(line.anomaly.model)
+    bank = bank if bank.suffix == ".safetensors" else bank.with_name(bank.name + ".safetensors")
+    model = AnomalyModel.load(bank)  # checks the files, and that the installed backbone is the fitted one
+    recorded = json.loads(meta_path_of(bank).read_text(encoding="utf-8"))["backbone"]["sha256"]
+    return export_features(model.config, recorded, out_dir / FEATURES_FILE)
+
+
+def _cache_prompts(line: LineConfig) -> None:
+    """Embed the line's prompt texts into the prompt cache (var/cache) now: the onnx engine's text tower is the torch
+    model, and a line PC that runs without torch then never has to build it."""
+    from defect_agent.config import load_app_config
+    from vision.embedder import load_embedder
+    from vision.embedder.texture import TextureScorer
+
+    if any(c.role == "defect" for c in line.classes):
+        TextureScorer.from_line(line, load_embedder(load_app_config().embedder))
 
 
 def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: typer.Typer) -> None:  # noqa: A002
@@ -56,10 +98,10 @@ def register(app: typer.Typer, train: typer.Typer, eval: typer.Typer, data: type
             "pt",
             "--format",
             help="pt: a merged torch checkpoint (with --merge); onnx: the line's locator (adapter merged), "
-            "verifier and the embedder's image tower for onnxruntime",
+            "verifier, anomaly features and the embedder's image tower for onnxruntime",
         ),
         part: list[str] | None = typer.Option(
-            None, "--part", help="onnx: locator, verifier or embedder, repeated (default: all the line has)"
+            None, "--part", help="onnx: locator, verifier, anomaly or embedder, repeated (default: all the line has)"
         ),
         out: Path | None = typer.Option(
             None,

@@ -110,7 +110,7 @@ class Inspector:
         if line_cfg.anomaly is not None:
             from agent.anomaly_stage import AnomalyStage
 
-            anomaly = AnomalyStage.for_line(line_cfg)
+            anomaly = AnomalyStage.for_line(line_cfg, engine=engine)
         set_threads(app.threads)
         embedder = scorer = kb = None
         kb_problem: str | None = None

@@ -7,7 +7,8 @@
   (`Inspector.inspect_image` per file) over the same images: images/s and the ratio.
 - `busy`: the agent's p50 at 1 thread and at every core while a second process keeps the cores busy (numpy matrix
   products, 2 threads), against the idle figures of `stages`; and what `threads: auto`'s tuner picks.
-- `cold`: a new `defect-agent inspect` process to its first verdict (wall, two runs).
+- `cold`: a new `defect-agent inspect` process to its first verdict (wall, two runs), on the torch engine and on the
+  onnx engine (`DEFECT_AGENT_ENGINE=onnx`, files exported into var/onnx first).
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count.
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
@@ -246,8 +247,23 @@ def part_cold(line: str, paths: list[str]) -> dict[str, Any]:
     torch_s, dynamo_s = map(
         float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     )
+    # the onnx engine: files exported where a line PC keeps them (var/onnx), the same command with
+    # DEFECT_AGENT_ENGINE=onnx; its process imports no torch (tests/test_onnx_parity.py)
+    subprocess.run([exe, "export", "--line", line, "--format", "onnx"], check=True, capture_output=True, cwd=ROOT)
+    onnx_runs = []
+    for _ in range(2):
+        t = time.perf_counter()
+        subprocess.run(
+            [exe, "inspect", INSTRUCTION[line], paths[0], "--line", line, "--out", str(out_file)],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+            env={**os.environ, "DEFECT_AGENT_ENGINE": "onnx"},
+        )
+        onnx_runs.append(round(time.perf_counter() - t, 2))
     out = {
         "inspect_first_verdict_s": runs,
+        "onnx_engine_inspect_first_verdict_s": onnx_runs,
         "import_torch_s": round(torch_s, 2),
         "import_torch_dynamo_s": round(dynamo_s, 2),
     }

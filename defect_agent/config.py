@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -364,8 +365,9 @@ class AppConfig(_Strict):
     # intra-op threads: N, null (DEFECT_AGENT_THREADS, else every core) or auto (by the machine's load; a batch
     # re-measures 1 vs every core as it runs: agent/batch/threads.py)
     threads: int | Literal["auto"] | None = None
-    # "onnx": locator, verifier and the embedder's image tower run by onnxruntime from the files `defect-agent export
-    # --line L --format onnx` wrote into var/onnx/ (parity with torch: tests/test_onnx_parity.py)
+    # "onnx": locator, verifier, anomaly features and the embedder's image tower run by onnxruntime from the files
+    # `defect-agent export --line L --format onnx` wrote into var/onnx/ (parity with torch: tests/test_onnx_parity.py);
+    # the process then never imports torch. DEFECT_AGENT_ENGINE overrides it.
     engine: Literal["torch", "onnx"] = "torch"
     kb_dir: str = "var/kb"
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
@@ -387,13 +389,23 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
+ENGINE_ENV = "DEFECT_AGENT_ENGINE"
+
+
 @cache
 def load_app_config(path: str | None = None) -> AppConfig:
     cfg_path = Path(path) if path else configs_dir() / "default.yaml"
     try:
-        return AppConfig.model_validate(_load_yaml(cfg_path))
+        app = AppConfig.model_validate(_load_yaml(cfg_path))
     except ValidationError as exc:
         raise ConfigError(f"{cfg_path}: {exc}") from exc
+    engine = os.environ.get(ENGINE_ENV)
+    if engine:
+        # a line PC picks its engine without editing the shipped config (as DEFECT_AGENT_THREADS does threads)
+        if engine not in ("torch", "onnx"):
+            raise ConfigError(f"{ENGINE_ENV}={engine!r}: choose torch or onnx")
+        app = app.model_copy(update={"engine": engine})
+    return app
 
 
 def available_lines() -> list[str]:

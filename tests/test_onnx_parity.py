@@ -4,7 +4,11 @@ the torch models they come from, exported once per module into a temporary folde
 - locator (battery_tab, generated images; pcb base + LoRA adapter merged, on DeepPCB composites where
   ../shared/datasets holds them): every torch box at least `conf + CONF_TOL` has an ONNX box of its class with
   IoU >= IOU_MIN and |confidence difference| <= CONF_TOL, and no ONNX box at least `conf + CONF_TOL` is left over;
-- embedder image tower: cosine >= COSINE_MIN per crop; texts and version unchanged;
+- embedder image tower: cosine >= COSINE_MIN per crop; texts and version unchanged; the numpy crop preprocessing
+  equal to the torch transform's;
+- anomaly features (battery_tab): image scores and maps within MAP_TOL of the map's peak, the same regions;
+- the whole onnx engine in a process where importing torch, torchvision, timm or ultralytics fails: the verdicts
+  of the torch engine;
 - pcb verifier: class probabilities (eight-view TTA, as the line runs it) within PROB_TOL, refined boxes within
   BOX_TOL px, on reference composites of DeepPCB pairs (synthetic boards without ../shared).
 
@@ -33,6 +37,7 @@ CONF_TOL = 0.02
 COSINE_MIN = 0.999
 PROB_TOL = 1e-3
 BOX_TOL = 0.5  # px: the verifier's refined box corners
+MAP_TOL = 1e-4  # of the anomaly map's peak
 THREADS = 2
 
 
@@ -60,7 +65,7 @@ def _export(line: str, out: Path | None, *parts: str) -> None:
 @pytest.fixture(scope="module")
 def battery_onnx(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx-battery_tab")
-    _export("battery_tab", out, "locator", "embedder")
+    _export("battery_tab", out, "locator", "anomaly", "embedder")
     return out
 
 
@@ -290,7 +295,7 @@ def test_the_engine_is_chosen_in_the_config_and_gives_the_same_verdicts(tmp_path
     from defect_agent.config import load_app_config
     from vision.locator.model import OnnxLocator
 
-    _export("battery_tab", None, "locator", "embedder")
+    _export("battery_tab", None, "locator", "anomaly", "embedder")
     paths = []
     for i, image in enumerate(battery_images):
         paths.append(str(tmp_path / f"cell{i}.png"))
@@ -310,3 +315,90 @@ def test_the_engine_is_chosen_in_the_config_and_gives_the_same_verdicts(tmp_path
         assert sorted(d.defect_class for d in t.defects if d.probability >= 0.5) == sorted(
             d.defect_class for d in o.defects if d.probability >= 0.5
         )
+
+
+def test_numpy_crop_preprocessing_equals_the_torch_transform(battery_images):
+    from vision.embedder import load_embedder
+    from vision.embedder.onnx_image import _normalisation
+    from vision.embedder.preprocess import numpy_batch, to_batch
+
+    embedder = load_embedder(EmbedderConfig())
+    mean, std = _normalisation(embedder.transform)
+    image = battery_images[1]
+    crops = [image[10:90, 30:200], image[:224, :224], image[5:300, 40:100], cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)]
+    expected = to_batch(crops, embedder.transform).numpy()
+    got = numpy_batch(crops, expected.shape[-1], mean, std)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def _corners(box: Box) -> tuple[int, ...]:
+    return (round(box.x1), round(box.y1), round(box.x2), round(box.y2))
+
+
+def test_anomaly_features_match_torch(battery_onnx, battery_images):
+    from agent.anomaly_stage import AnomalyStage
+
+    line = load_line("battery_tab")
+    torch_stage = AnomalyStage.for_line(line)
+    onnx_stage = AnomalyStage.for_line(line, engine="onnx", onnx_dir=battery_onnx, threads=THREADS)
+    assert onnx_stage.model.engine == "onnx" and onnx_stage.version == torch_stage.version
+    for image in battery_images:
+        t, o = torch_stage.model.score(image), onnx_stage.model.score(image)
+        assert abs(t.score - o.score) <= MAP_TOL * t.score
+        assert np.abs(t.map - o.map).max() <= MAP_TOL * t.map.max()
+        (ts, tr), (os_, or_) = torch_stage.run(image, []), onnx_stage.run(image, [])
+        assert ts.anomalous == os_.anomalous
+        assert [_corners(m.box) for m in tr] == [_corners(m.box) for m in or_]
+    with pytest.raises(RuntimeError, match="torch engine"):
+        onnx_stage.model.fit(battery_images[:1])
+
+
+def test_the_onnx_engine_process_never_imports_torch(tmp_path, battery_images):
+    """A line PC's process on `engine: onnx` (DEFECT_AGENT_ENGINE) with torch, torchvision, timm and ultralytics made
+    unimportable: it inspects, and its verdicts are the torch engine's on the same cells."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    env = {**os.environ, "DEFECT_AGENT_DATA": str(data)}
+    exe = str(Path(sys.executable).with_name("defect-agent"))
+    export = subprocess.run(
+        [exe, "export", "--line", "battery_tab", "--format", "onnx"], env=env, capture_output=True, text=True
+    )
+    assert export.returncode == 0, export.stderr
+    paths = []
+    for i, image in enumerate(battery_images[:3]):
+        paths.append(str(tmp_path / f"cell{i}.png"))
+        cv2.imwrite(paths[-1], image)
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'ultralytics'):\n"
+        "            raise ImportError('blocked on a torch-free line PC: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['defect-agent', *sys.argv[1:]]\n"
+        "from agent.cli import main\n"
+        "main()\n"
+    )
+    outs = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / f"{engine}.jsonl"
+        cmd = [exe] if engine == "torch" else [sys.executable, "-c", blocker]
+        run = subprocess.run(
+            [*cmd, "inspect", "find every defect", *paths, "--line", "battery_tab", "--out", str(out)],
+            env={**env, "DEFECT_AGENT_ENGINE": engine},
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert run.returncode in (0, 1), run.stderr[-2000:]
+        outs[engine] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(outs["onnx"]) == len(paths)
+    for t, o in zip(outs["torch"], outs["onnx"]):
+        assert (t["verdict"], t["matches_query"]) == (o["verdict"], o["matches_query"])
+        assert [(d["defect_class"], d["probability"] >= 0.5) for d in t["defects"]] == [
+            (d["defect_class"], d["probability"] >= 0.5) for d in o["defects"]
+        ]

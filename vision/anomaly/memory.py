@@ -1,4 +1,5 @@
-"""PatchCore's memory bank: greedy k-centre coreset selection and nearest-neighbour distances (torch, CPU or GPU).
+"""PatchCore's memory bank: greedy k-centre coreset selection and nearest-neighbour distances (torch, CPU or GPU;
+the distances also in numpy, for the onnx engine's torch-free scoring).
 
 The coreset keeps the patch features that cover the normal set best (each new one is the feature farthest from
 those kept), so a bank of a few percent of the patches gives nearly the distances of the full set at a fraction of
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +58,18 @@ def nearest_distance(queries: Any, bank: Any, bank_sq: Any | None = None, chunk:
         best = torch.minimum(best, d2.min(dim=1).values)
     # rounding can leave tiny negatives for a query that equals a bank row
     return best.clamp_min_(0.0).sqrt_()
+
+
+def nearest_distance_np(
+    queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray | None = None, chunk: int = 8192
+) -> np.ndarray:
+    """`nearest_distance` in numpy float32: (q,) distances from each query row to its nearest bank row."""
+    if bank_sq is None:
+        bank_sq = (bank * bank).sum(axis=1)
+    q_sq = (queries * queries).sum(axis=1, keepdims=True)
+    best = np.full(queries.shape[0], np.inf, dtype=np.float32)
+    for start in range(0, bank.shape[0], chunk):
+        part = bank[start : start + chunk]
+        d2 = q_sq + bank_sq[None, start : start + chunk] - 2.0 * (queries @ part.T)
+        best = np.minimum(best, d2.min(axis=1))
+    return np.sqrt(np.maximum(best, 0.0))

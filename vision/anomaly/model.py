@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, model_validator
 from defect_agent.errors import EmptyInput, ImageReadError, ModelFileMissing, ModelFileRejected
 from defect_agent.files import atomic_write, file_sha256, record_model, verify_model_file
 from vision.anomaly import backbone
-from vision.anomaly.memory import greedy_coreset, nearest_distance
+from vision.anomaly.memory import greedy_coreset, nearest_distance, nearest_distance_np
 from vision.anomaly.regions import AnomalyRegion, regions
 from vision.embedder import towers
 from vision.embedder.texture import calibrate_threshold
@@ -107,11 +107,14 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class AnomalyModel:
     """PatchCore over EfficientNet-Lite0 features, fitted on normal images only (see the module docstring).
 
-    `threshold` (image score) and `map_threshold` (smoothed map) are None until `calibrate` sets them."""
+    `threshold` (image score) and `map_threshold` (smoothed map) are None until `calibrate` sets them. A model
+    loaded with `engine="onnx"` scores only (features by onnxruntime, the bank as numpy: no torch in the process);
+    fitting and growing the bank need the torch engine."""
 
     def __init__(self, config: AnomalyConfig | None = None, device: str = "cpu") -> None:
         self.config = config or AnomalyConfig()
         self.device = device
+        self.engine = "torch"
         self.threshold: float | None = None
         self.map_threshold: float | None = None
         self.max_false_alarm: float | None = None
@@ -123,7 +126,9 @@ class AnomalyModel:
 
     # ------------------------------------------------------------------------------------------------ features
     def _features(self, images: Sequence[np.ndarray]) -> Any:
-        """(n, h*w, d) patch features of a batch of images (torch, on `device`)."""
+        """(n, h*w, d) patch features of a batch of images (torch, on `device`; numpy on the onnx engine)."""
+        if self.engine == "onnx":
+            return self._extractor(backbone.preprocess(images, self.config.image_size))
         import torch
 
         if self._extractor is None:
@@ -155,6 +160,7 @@ class AnomalyModel:
         import torch
         from tqdm import tqdm
 
+        self._need_torch("fitting")
         if len(normal_images) == 0:
             raise EmptyInput("fitting an anomaly model needs at least one normal image")
         t0 = time.perf_counter()
@@ -204,6 +210,7 @@ class AnomalyModel:
         import torch
 
         self._need_bank()
+        self._need_torch("adding normal images")
         if len(images) == 0:
             raise EmptyInput("no images to add as normal")
         floor = keep_above * (self.threshold if self.threshold is not None else 0.0)
@@ -223,12 +230,37 @@ class AnomalyModel:
         )
         return int(len(new))
 
+    def _use_onnx(
+        self, bank: np.ndarray, backbone_sha256: str, onnx_file: Path | str | None, threads: int | None
+    ) -> None:
+        from defect_agent.errors import ConfigError
+        from vision.anomaly.onnx_features import OnnxFeatures, features_source
+
+        if onnx_file is None:
+            raise ConfigError("engine='onnx' needs the exported anomaly features file (onnx_file)")
+        features = OnnxFeatures(Path(onnx_file), threads)
+        expected = features_source(self.config, backbone_sha256)
+        if features.source != expected:
+            raise ConfigError(
+                f"{onnx_file} was exported from {features.source}, the anomaly model needs {expected}: re-export it "
+                "(defect-agent export --line <line> --format onnx)"
+            )
+        self.engine = "onnx"
+        self._extractor = features
+        self._bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self._bank_sq = (self._bank * self._bank).sum(axis=1)
+        self._bank_sha256 = None
+
     def _set_bank(self, bank: Any) -> None:
         self._bank = bank.to(self.device).float()
         self._bank_sq = (self._bank * self._bank).sum(dim=1)
         self._bank_sha256 = None
 
     # ------------------------------------------------------------------------------------------------ score
+    def _need_torch(self, what: str) -> None:
+        if self.engine != "torch":
+            raise RuntimeError(f"{what} needs the torch engine: this model was loaded with engine={self.engine!r}")
+
     def _need_bank(self) -> None:
         if self._bank is None:
             raise RuntimeError("the anomaly model is not fitted: call fit(normal_images) or AnomalyModel.load(path)")
@@ -246,8 +278,12 @@ class AnomalyModel:
         for chunk in _batches(images, self.config.batch_size):
             arrays = [_as_image(x) for x in chunk]
             feats = self._features(arrays)
-            dist = nearest_distance(feats.reshape(-1, feats.shape[-1]), self._bank, self._bank_sq)
-            patch_maps = dist.reshape(len(arrays), g, g).cpu().numpy().astype(np.float32)
+            flat = feats.reshape(-1, feats.shape[-1])
+            if self.engine == "onnx":
+                dist = nearest_distance_np(flat, self._bank, self._bank_sq)
+            else:
+                dist = nearest_distance(flat, self._bank, self._bank_sq).cpu().numpy()
+            patch_maps = dist.reshape(len(arrays), g, g).astype(np.float32)
             cut = math.ceil(self.config.margin / backbone.grid_stride(self.config.stages))
             if cut:
                 # arbitrary crops (DeepPCB) cut parts apart at the image edge; such edge patches stay rarer than
@@ -319,6 +355,7 @@ class AnomalyModel:
         from safetensors.torch import save as save_tensors
 
         self._need_bank()
+        self._need_torch("saving")
         target = Path(path)
         if target.suffix != ".safetensors":
             target = target.with_name(target.name + ".safetensors")
@@ -350,10 +387,22 @@ class AnomalyModel:
         return target
 
     @classmethod
-    def load(cls, path: Path | str, device: str = "cpu") -> AnomalyModel:
+    def load(
+        cls,
+        path: Path | str,
+        device: str = "cpu",
+        *,
+        engine: str = "torch",
+        onnx_file: Path | str | None = None,
+        threads: int | None = None,
+    ) -> AnomalyModel:
         """Load a model written by `save`. Raises `ModelFileMissing`, or `ModelFileRejected` when the files do not
-        belong together, fail the manifest check, or were fitted on a different backbone file."""
-        from safetensors.torch import load_file
+        belong together, fail the manifest check, or were fitted on a different backbone file.
+
+        `engine="onnx"`: patch features from `onnx_file` (`vision.anomaly.onnx_features`, `threads` intra-op
+        threads), the bank as numpy; a file traced from another backbone or config raises ConfigError naming the
+        export command. The backbone check is skipped where its weights package is not installed (a torch-free
+        line PC)."""
 
         target = Path(path)
         if target.suffix != ".safetensors":
@@ -372,7 +421,7 @@ class AnomalyModel:
             raise ModelFileRejected(
                 target, f"{target} (sha256 {bank_sha[:12]}…) is not the bank {meta_path} was written with"
             )
-        tower_sha = file_sha256(towers.image_tower_file())
+        tower_sha = _installed_tower_sha(meta["backbone"]["sha256"], engine)
         if meta["backbone"]["sha256"] != tower_sha:
             raise ModelFileRejected(
                 target,
@@ -380,17 +429,40 @@ class AnomalyModel:
                 f"{towers.IMAGE_PACKAGE} has {tower_sha[:12]}…: refit it",
             )
         model = cls(AnomalyConfig.model_validate(meta["config"]), device=device)
-        bank = load_file(str(target))[BANK_KEY]
+        bank: Any
+        if engine == "onnx":
+            from safetensors.numpy import load_file as load_numpy
+
+            bank = load_numpy(str(target))[BANK_KEY]
+        else:
+            from safetensors.torch import load_file
+
+            bank = load_file(str(target))[BANK_KEY]
         expected = backbone.feature_dim(model.config.stages)
         if bank.ndim != 2 or bank.shape[1] != expected:
             raise ModelFileRejected(target, f"{target}: bank shape {tuple(bank.shape)}, expected (m, {expected})")
-        model._set_bank(bank)
+        if engine == "onnx":
+            model._use_onnx(bank, meta["backbone"]["sha256"], onnx_file, threads)
+        else:
+            model._set_bank(bank)
         model._bank_sha256 = bank_sha
         model.threshold = meta.get("threshold")
         model.map_threshold = meta.get("map_threshold")
         model.max_false_alarm = meta.get("max_false_alarm")
         model.fit_info = meta.get("fit", {})
         return model
+
+
+def _installed_tower_sha(recorded: str, engine: str) -> str:
+    """The installed backbone file's sha256; on the onnx engine without the weights package, the recorded one (the
+    ONNX file's own source check then ties the features to that backbone)."""
+    try:
+        path = towers.image_tower_file()
+    except (ModelFileMissing, ImportError):
+        if engine == "onnx":
+            return recorded
+        raise
+    return file_sha256(path)
 
 
 def meta_path_of(bank_path: Path) -> Path:

@@ -4,6 +4,7 @@ checkpoint) or any open_clip architecture with a local checkpoint file or an ope
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -123,39 +124,88 @@ class Embedder:
 
 class OnnxImageEmbedder(Embedder):
     """An `Embedder` whose image tower runs in onnxruntime (exported by `defect-agent export --line L --format
-    onnx`); texts, `logit_scale` and everything else stay the torch model's. Crops are preprocessed exactly as the
-    torch path does (`to_batch`). `version` stays the torch embedder's: the vectors are the same model's (cosine
-    >= 0.999 with the torch tower, tests/test_onnx_parity.py), so a knowledge base built either way stays usable;
-    `image_engine` names the ONNX file."""
+    onnx`). Crops are preprocessed as the torch path does (`to_batch`), in numpy and PIL (`numpy_batch`), and the
+    export carries the normalisation, temperature and size, so embedding crops never imports torch; the torch model
+    (texts, `model`, `tokenizer`) is built on first use, by `base`. `version` stays the torch embedder's: the vectors
+    are the same model's (cosine >= 0.999 with the torch tower, tests/test_onnx_parity.py), so a knowledge base built
+    either way stays usable; `image_engine` names the ONNX file."""
 
-    def __init__(self, base: Embedder, session: onnxruntime.InferenceSession, image_engine: str) -> None:
-        super().__init__(
-            base.model,
-            base._tokenizer,
-            base.transform,
-            name=base.name,
-            version=base.version,
-            device=base.device,
-            batch_size=base.batch_size,
-            text_tower=base.text_tower,
-            dim=base.dim,
-        )
+    def __init__(
+        self,
+        session: onnxruntime.InferenceSession,
+        image_engine: str,
+        *,
+        name: str,
+        version: str,
+        image_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        logit_scale: float,
+        dim: int,
+        base: Callable[[], Embedder],
+        device: str = "cpu",
+        batch_size: int = 4,
+    ) -> None:
+        # Embedder.__init__ takes a built torch model; here it is built only when asked for (`base`)
+        self.name = name
+        self._version = version
+        self.device = device
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+        self._dim = int(dim)
+        self._tokenizer = None
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.engine = "onnx"
         self.image_engine = image_engine
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._logit_scale = float(logit_scale)
+        self._base_loader = base
+        self._base: Embedder | None = None
+
+    def base(self) -> Embedder:
+        """The torch embedder this export came from (built on the first call)."""
+        with self._lock:
+            if self._base is None:
+                self._base = self._base_loader()
+            return self._base
+
+    @property
+    def model(self):  # the parent stores it; here it is built on demand
+        return self.base().model
+
+    @property
+    def transform(self):
+        return self.base().transform
+
+    @property
+    def text_tower(self):
+        return self.base().text_tower
+
+    @property
+    def tokenizer(self) -> Callable | None:
+        return self.base().tokenizer
+
+    @property
+    def logit_scale(self) -> float:
+        return self._logit_scale
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
         """BGR uint8 crops (any size, grey accepted) -> (n, dim) float32, rows L2-normalised."""
+        from vision.embedder.preprocess import numpy_batch
+
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
-        assert self.transform is not None, "a text-only embedder (no image transform) cannot embed images"
         out = []
         # onnxruntime sessions run concurrently by themselves: no lock around the image path
         for start in range(0, len(images), self.batch_size):
-            batch = to_batch(images[start : start + self.batch_size], self.transform).numpy()
+            batch = numpy_batch(images[start : start + self.batch_size], self.image_size, self.mean, self.std)
             out.append(self.session.run(None, {self.input_name: batch})[0])
         return _renorm(np.concatenate(out))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.base().embed_texts(texts)
 
 
 def _renorm(x: np.ndarray) -> np.ndarray:
@@ -212,8 +262,7 @@ def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, th
         source_of,
     )
 
-    base = load_embedder(cfg, device)
-    path = (resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir()) / image_file_name(base.name)
+    path = (resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir()) / image_file_name(cfg.model)
     if not path.is_file():
         raise ModelFileMissing(path, EXPORT_COMMAND, what="ONNX image tower")
     stamp = path.stat().st_mtime_ns
@@ -222,13 +271,43 @@ def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, th
         if key in _CACHE:
             return _CACHE[key]
     session = image_session(path, threads)
-    recorded, current = our_metadata(session).get("source"), source_of(base)
+    meta = our_metadata(session)
+
+    def base() -> Embedder:
+        return load_embedder(cfg, device)
+
+    weights = _weights_path(cfg)
+    if cfg.model == DEFAULT_MODEL and weights is not None and weights.is_file():
+        # the version is the weights file's hash: known without building the torch model
+        current = f"{DEFAULT_MODEL}@{short_sha(weights)}@{cfg.image_size}px"
+    elif cfg.model == DEFAULT_MODEL:
+        raise ModelFileMissing(weights or cfg.pretrained or "", "make install", what="embedder weights")
+    else:
+        current = source_of(base())
+    recorded = meta.get("source")
     if recorded != current:
         raise DefectAgentError(
             f"{path} was exported from {recorded}, the configured embedder is {current}: re-export it "
             f"({EXPORT_COMMAND})"
         )
-    embedder = OnnxImageEmbedder(base, session, f"{path.name}@{short_sha(path)}")
+    missing = {"mean", "std", "logit_scale", "image_size"} - set(meta)
+    if missing:
+        raise DefectAgentError(
+            f"{path} lacks {', '.join(sorted(missing))} (an older export): re-export it ({EXPORT_COMMAND})"
+        )
+    embedder = OnnxImageEmbedder(
+        session,
+        f"{path.name}@{short_sha(path)}",
+        name=cfg.model,
+        version=current.rsplit("@", 1)[0],
+        image_size=int(meta["image_size"]),
+        mean=tuple(json.loads(meta["mean"])),
+        std=tuple(json.loads(meta["std"])),
+        logit_scale=float(meta["logit_scale"]),
+        dim=int(session.get_outputs()[0].shape[1]),
+        base=base,
+        device=device,
+    )
     with _CACHE_LOCK:
         _CACHE[key] = embedder
     return embedder

@@ -7,6 +7,7 @@ import (import-linter layers), hence the small session / metadata helpers repeat
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -120,10 +121,15 @@ def export_image_tower(embedder: Embedder, target: Path) -> Path:
                 dynamo=False,  # the TorchScript exporter: the dynamo one needs onnxscript, which is not pinned
             )
     model = onnx.load(str(tmp))
+    mean, std = _normalisation(embedder.transform)
     for key, value in {
         "kind": "embedder_image",
         "source": source_of(embedder),
         "image_size": str(size),
+        # what the torch-free runtime needs to preprocess crops and score textures without the torch model
+        "mean": json.dumps(mean),
+        "std": json.dumps(std),
+        "logit_scale": repr(embedder.logit_scale),
         "torch": torch.__version__,
     }.items():
         entry = model.metadata_props.add()
@@ -132,3 +138,11 @@ def export_image_tower(embedder: Embedder, target: Path) -> Path:
     os.replace(tmp, target)
     log.info("wrote %s (%.1f MB) from %s", target, target.stat().st_size / 1e6, embedder.version)
     return target
+
+
+def _normalisation(transform: Any) -> tuple[list[float], list[float]]:
+    """mean and std of the eval transform's Normalize step."""
+    for step in getattr(transform, "transforms", []):
+        if type(step).__name__ == "Normalize":
+            return [float(v) for v in step.mean], [float(v) for v in step.std]
+    raise ConfigError(f"the embedder's eval transform has no Normalize step: {transform}")

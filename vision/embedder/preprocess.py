@@ -58,3 +58,21 @@ def to_batch(crops: list[np.ndarray], transform: Callable):
         rgb = cv2.cvtColor(pad_to_square(as_bgr(crop)), cv2.COLOR_BGR2RGB)
         tensors.append(transform(Image.fromarray(rgb)))
     return torch.stack(tensors)
+
+
+def numpy_batch(crops: list[np.ndarray], size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """`to_batch` with the eval transform (bicubic resize to `size`, centre crop, to tensor, normalise) done in
+    numpy and PIL, for the onnx engine: float32 (n, 3, size, size). Crops are squares here, so the resize is to
+    size x size and the centre crop keeps everything - the same steps, value for value
+    (tests/test_onnx_parity.py)."""
+    from PIL import Image
+
+    m = np.asarray(mean, dtype=np.float32)
+    s = np.asarray(std, dtype=np.float32)
+    out = np.empty((len(crops), 3, size, size), dtype=np.float32)
+    for i, crop in enumerate(crops):
+        image = Image.fromarray(cv2.cvtColor(pad_to_square(as_bgr(crop)), cv2.COLOR_BGR2RGB))
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        out[i] = ((np.asarray(image, dtype=np.float32) / 255.0 - m) / s).transpose(2, 0, 1)
+    return out

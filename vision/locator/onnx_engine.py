@@ -1,7 +1,8 @@
 """The ONNX engine of the locator on a line PC: onnxruntime sessions (CPU, threads set explicitly), the metadata an
 exported file carries (`defect_agent.*` keys beside ultralytics' own) and `OnnxDetector`, which runs an exported
-detector with ultralytics' own letterbox, non-maximum suppression and box scaling, so its boxes are the torch
-predictor's. Export lives in `vision.locator.export`; this module imports neither the exporter nor `onnx`.
+detector with ultralytics' letterbox, non-maximum suppression and box scaling redone in numpy, so its boxes are the
+torch predictor's without importing torch. Export lives in `vision.locator.export`; this module imports neither the
+exporter nor `onnx`.
 
 The verifier (`vision.verifier.model`) reuses `ort_session` and the metadata helpers; the embedder, a sibling
 package, keeps its own copy (vision/embedder/onnx_image.py)."""
@@ -12,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -121,10 +122,10 @@ def check_source(recorded: str | None, current: str | None, path: Path, line_nam
 class OnnxDetector:
     """An ultralytics detector exported to ONNX (`vision.locator.export`), run by onnxruntime.
 
-    Pre- and post-processing are ultralytics' own, called the way its predictor calls them (`rect=True`): a list of
-    same-sized images is letterboxed to the smallest stride multiple (`auto`), mixed sizes to the square `imgsz`;
-    BGR -> RGB, /255; NMS per class with `max_det` 300; boxes scaled back and clipped to the original image. The
-    file is exported with dynamic batch, height and width for that reason."""
+    Pre- and post-processing follow ultralytics' predictor (`rect=True`) in numpy (`vision.locator.yolo_numpy`, so
+    that a line PC's process never imports torch): a list of same-sized images is letterboxed to the smallest stride
+    multiple, mixed sizes to the square `imgsz`; BGR -> RGB, /255; NMS per class with `max_det` 300; boxes scaled back
+    and clipped to the original image. The file is exported with dynamic batch, height and width for that reason."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import ast
@@ -145,25 +146,14 @@ class OnnxDetector:
         self, images: list[np.ndarray], conf: float, iou: float, imgsz: int, max_det: int = 300
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per BGR uint8 image: (xyxy float (n, 4) in its own pixels, confidence (n,), class id (n,))."""
-        import torch
-        from ultralytics.data.augment import LetterBox
-        from ultralytics.utils import nms, ops
-        from ultralytics.utils.checks import check_imgsz
+        from vision.locator.yolo_numpy import non_max_suppression, scale_boxes, to_input
 
-        size = check_imgsz(imgsz, stride=self.stride, min_dim=2)
-        same_shapes = len({im.shape for im in images}) == 1
-        letterbox = LetterBox(size, auto=same_shapes, stride=self.stride)
-        # LetterBox returns the image alone when called with one (its dict form is for labelled training samples)
-        batch = np.stack([cast(np.ndarray, letterbox(image=im)) for im in images])
-        x = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        x = to_input(images, imgsz, self.stride)
         (raw,) = self.session.run(None, {self.input_name: x})
-        preds = nms.non_max_suppression(
-            torch.from_numpy(raw), conf, iou, None, False, max_det=max_det, nc=0, end2end=False
-        )
         out = []
-        for pred, im in zip(preds, images):
-            boxes = np.asarray(ops.scale_boxes(x.shape[2:], pred[:, :4], im.shape), dtype=float)
-            out.append((boxes, pred[:, 4].numpy().astype(float), pred[:, 5].numpy().astype(int)))
+        for pred, im in zip(non_max_suppression(raw, conf, iou, max_det=max_det), images):
+            boxes = scale_boxes(x.shape[2:], pred[:, :4], im.shape[:2])
+            out.append((boxes, pred[:, 4].astype(float), pred[:, 5].astype(int)))
         return out
 
 

@@ -359,11 +359,25 @@ class DefectVerifier:
 
     def read_channels(self, channels: np.ndarray, boxes: Sequence[Box]) -> VerifierReading:
         """`read` on an image already turned into `verifier_channels`."""
-        import torch
-
         if not boxes:
             return VerifierReading(probabilities=np.zeros((0, len(self.outputs)), np.float32), boxes=[])
-        x = _to_tensor([crop_box(channels, b, self.meta) for b in boxes])
+        crops = [crop_box(channels, b, self.meta) for b in boxes]
+        if isinstance(self.model, OnnxVerifierNet):
+            probs, deltas = self._read_numpy(crops)
+        else:
+            probs, deltas = self._read_torch(crops)
+        if deltas is None:
+            return VerifierReading(probabilities=probs, boxes=list(boxes))
+        h, w = channels.shape[:2]
+        return VerifierReading(
+            probabilities=probs, boxes=[decode_box(b, d, self.meta).clip(w, h) for b, d in zip(boxes, deltas)]
+        )
+
+    def _read_torch(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and box offsets averaged over the views (eight with `tta`)."""
+        import torch
+
+        x = _to_tensor(crops)
         n = len(self.outputs)
         views = range(8) if self.tta else range(1)
         prob_sum: float | torch.Tensor = 0.0
@@ -377,12 +391,26 @@ class DefectVerifier:
         # at least one view ran, so the sums are tensors
         probs = cast("torch.Tensor", prob_sum / len(views)).numpy()
         if not self.meta.box_regression:
-            return VerifierReading(probabilities=probs, boxes=list(boxes))
-        deltas = cast("torch.Tensor", delta_sum / len(views)).numpy()
-        h, w = channels.shape[:2]
-        return VerifierReading(
-            probabilities=probs, boxes=[decode_box(b, d, self.meta).clip(w, h) for b, d in zip(boxes, deltas)]
-        )
+            return probs, None
+        return probs, cast("torch.Tensor", delta_sum / len(views)).numpy()
+
+    def _read_numpy(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """`_read_torch` for the ONNX network, in numpy: the onnx engine never imports torch."""
+        model = cast(OnnxVerifierNet, self.model)
+        x = np.stack(crops).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        n = len(self.outputs)
+        views = range(8) if self.tta else range(1)
+        prob_sum = np.zeros((len(crops), n), np.float32)
+        delta_sum = np.zeros((len(crops), 4), np.float32)
+        for k in views:
+            out = model.run(_dihedral_np(x, k))
+            logits = out[:, :n] - out[:, :n].max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            prob_sum += e / e.sum(axis=1, keepdims=True)
+            if self.meta.box_regression:
+                delta_sum += _undo_dihedral_deltas_np(out[:, n:], k)
+        probs = prob_sum / len(views)
+        return probs, (delta_sum / len(views) if self.meta.box_regression else None)
 
     def probabilities(self, composite: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """(len(boxes), classes + 1) softmax over the line's defect classes and background."""
@@ -447,11 +475,15 @@ class OnnxVerifierNet:
     def eval(self) -> OnnxVerifierNet:
         return self
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """float32 (N, C, S, S) crops -> (N, outputs) logits."""
+        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return logits
+
     def __call__(self, x):
         import torch
 
-        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
-        return torch.from_numpy(logits)
+        return torch.from_numpy(self.run(x.numpy()))
 
     def state_dict(self) -> dict:
         raise ConfigError("an ONNX verifier has no torch weights to save: save the torch verifier it came from")
@@ -609,6 +641,21 @@ def _dihedral(x, k: int):
 
     x = torch.rot90(x, k % 4, dims=(2, 3))
     return torch.flip(x, dims=(3,)) if k >= 4 else x
+
+
+def _dihedral_np(x: np.ndarray, k: int) -> np.ndarray:
+    """`_dihedral` for a numpy batch (np.rot90 turns the same way as torch.rot90 over the same axes)."""
+    x = np.rot90(x, k % 4, axes=(2, 3))
+    return np.ascontiguousarray(np.flip(x, axis=3) if k >= 4 else x)
+
+
+def _undo_dihedral_deltas_np(d: np.ndarray, k: int) -> np.ndarray:
+    """`undo_dihedral_deltas` for numpy offsets."""
+    if k >= 4:
+        d = d * np.asarray([-1.0, 1.0, 1.0, 1.0], dtype=d.dtype)
+    for _ in range((4 - k % 4) % 4):
+        d = np.stack([d[:, 1], -d[:, 0], d[:, 3], d[:, 2]], axis=1)
+    return d
 
 
 def _rot_deltas(d, times: int):
