@@ -200,13 +200,16 @@ def batch(
     from agent.batch.report import write_reports
     from agent.batch.threads import tuner_for
     from agent.pipeline import Inspector
+    from defect_agent.config import load_app_config
 
     prof = load_profile(profile)
     if line is not None and line != prof.line:
         raise typer.BadParameter(f"--line {line} differs from the profile's line {prof.line}")
     if engine not in {"local", "ray"}:
         raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
-    tuner = tuner_for(_threads_setting(threads)) if threads is not None else None
+    app = load_app_config()
+    if threads is not None:
+        app = app.model_copy(update={"threads": _threads_setting(threads)})
     if engine == "ray":
         from agent.batch.ray_engine import run_batch_ray
 
@@ -215,9 +218,10 @@ def batch(
         summary = run_batch_ray(
             prof, inputs, out, kb_dir=kb, use_kb=not no_kb, batch_size=batch_size, workers=workers, threads=threads
         )
-        inspector = None
+        inspector = tuner = None
     else:
-        inspector = Inspector.from_config(line=prof.line, kb_dir=kb, use_kb=not no_kb, single_line=True)
+        inspector = Inspector.from_config(line=prof.line, kb_dir=kb, use_kb=not no_kb, app=app, single_line=True)
+        tuner = tuner_for(app.threads, app.engine) if threads is not None else None
         summary = run_batch(prof, inputs, out, inspector=inspector, batch_size=batch_size, threads=tuner)
     stop = {"now": summary.stopped_early}
     if watch and not stop["now"]:

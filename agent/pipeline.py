@@ -93,6 +93,8 @@ class Inspector:
         line_cfg = load_line(line or app.default_line)
         from vision.locator.model import shared_pool
 
+        # onnxruntime sessions take their thread count when built: settle it before any model is
+        set_threads(app.threads)
         # lines over one base share it in memory; a line with only an anomaly model has no locator
         engine = app.engine
         locator = None

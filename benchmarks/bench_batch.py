@@ -9,7 +9,9 @@
   products, 2 threads), against the idle figures of `stages`; and what `threads: auto`'s tuner picks.
 - `cold`: a new `defect-agent inspect` process to its first verdict (wall, two runs), on the torch engine and on the
   onnx engine (`DEFECT_AGENT_ENGINE=onnx`, files exported into var/onnx first).
-- `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count.
+- `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
+  both in this process (their thread pools compete at 2 threads).
+- `onnx_stages`: `stages` on the onnx engine in a child process without torch, against the bare exported detector.
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
 - `rss`: `defect-agent batch` over `--rss-images` distinct generated images in a child process; its RSS sampled each
@@ -75,8 +77,13 @@ def _inspector(line: str, threads: int, engine: str = "torch", onnx_home: Path |
 
 
 def _bare(inspector: Any) -> Any:
-    """The bare ultralytics call on the locator's weights (for an adapter line: base + adapter merged)."""
+    """The bare ultralytics call on the locator's weights (for an adapter line: base + adapter merged); on the onnx
+    engine the bare exported detector (letterbox, session, NMS)."""
     line = inspector.line.detector
+    conf = line.conf if inspector.verifier is None else inspector.line.locator.detector_conf
+    if getattr(inspector.locator, "engine", "torch") == "onnx":
+        detector = inspector.locator.detector
+        return lambda seen: detector.detect([seen], conf=conf, iou=line.iou, imgsz=line.imgsz)
     if line.adapter is None:
         model = inspector.locator.model
     else:
@@ -88,17 +95,16 @@ def _bare(inspector: Any) -> Any:
         merged = Path(tempfile.mkdtemp(prefix="bench-batch-")) / "merged.pt"
         merge_adapter(resolve(line.base or line.weights), resolve(line.adapter), merged)
         model = YOLO(str(merged))
-    conf = line.conf if inspector.verifier is None else inspector.line.locator.detector_conf
     return lambda seen: model.predict([seen], conf=conf, iou=line.iou, imgsz=line.imgsz, verbose=False)
 
 
-def part_stages(line: str, paths: list[str], threads: list[int], rounds: int) -> dict[str, Any]:
+def part_stages(line: str, paths: list[str], threads: list[int], rounds: int, engine: str = "torch") -> dict[str, Any]:
     from agent.images import read_image
     from defect_agent.runtime import set_threads
 
     rows = {}
     for n in threads:
-        inspector = _inspector(line, n)
+        inspector = _inspector(line, n, engine=engine)
         query = inspector.parse(INSTRUCTION[line])
         images = [read_image(p, inspector.line.image_size) for p in paths]
         seen = [inspector.locator_input(p, im) for p, im in zip(paths, images)]
@@ -133,8 +139,22 @@ def part_stages(line: str, paths: list[str], threads: list[int], rounds: int) ->
             "stages_p50": {k: round(statistics.median(v), 1) for k, v in stages.items()},
             "images": len(agent_ms),
         }
-        print(f"stages {line} threads={n}: {rows[str(n)]}", file=sys.stderr)
+        print(f"stages {line} {engine} threads={n}: {rows[str(n)]}", file=sys.stderr)
     return rows
+
+
+def part_onnx_stages(line: str, n_images: int, threads: list[int], rounds: int) -> dict[str, Any]:
+    """`stages` on the onnx engine in a child process that never imports torch (a line PC's), the bare baseline the
+    exported detector alone; files exported into a temporary data folder first."""
+    exe = str(Path(sys.executable).with_name("defect-agent"))
+    with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-stages-") as data:
+        env = {**os.environ, "DEFECT_AGENT_DATA": data, "DEFECT_AGENT_ENGINE": "onnx"}
+        subprocess.run([exe, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
+        child_out = Path(data) / "child.json"
+        cmd = [sys.executable, __file__, "--line", line, "--parts", "onnx_stages_here", "--out", str(child_out)]
+        cmd += ["--images", str(n_images), "--rounds", str(rounds), "--threads", *map(str, threads)]
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+        return json.loads(child_out.read_text())["onnx_stages"]
 
 
 def part_batch(line: str, paths: list[str], threads: int | None, batch_size: int) -> dict[str, Any]:
@@ -491,6 +511,11 @@ def main() -> None:
             result["cold"] = part_cold(args.line, paths)
         if "onnx" in parts:
             result["onnx"] = part_onnx(args.line, paths, args.threads, args.rounds)
+        if "onnx_stages" in parts:
+            result["onnx_stages"] = part_onnx_stages(args.line, args.images, args.threads, args.rounds)
+        if "onnx_stages_here" in parts:  # the child of onnx_stages
+            result["onnx_stages"] = part_stages(args.line, paths, args.threads, args.rounds, engine="onnx")
+            result["onnx_stages"]["torch_imported"] = "torch" in sys.modules
         if "ray" in parts:
             result["ray"] = part_ray(args.line, paths, args.batch_size, workers=2)
         if "rss" in parts:

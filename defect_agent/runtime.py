@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -115,20 +116,15 @@ def set_threads(n: int | str | None = None) -> int:
     global _chosen_threads
     n = resolve_threads(n)
     _chosen_threads = n
+    # a library imported later reads the count from the environment; one already loaded is told directly. Never
+    # imported here: the onnx engine's process has no torch, and importing it costs a second
     os.environ["OMP_NUM_THREADS"] = str(n)
-    try:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-    except Exception:
-        pass
-    try:
-        import faiss
-
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
         faiss.omp_set_num_threads(n)
-    except Exception:
-        pass
     return n
 
 

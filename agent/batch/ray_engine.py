@@ -40,7 +40,7 @@ from defect_agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # what a worker process needs to see the same project as the driver (a scratch home in tests, a plant's data dir)
-FORWARDED_ENV = ("DEFECT_AGENT_HOME", "DEFECT_AGENT_DATA", "DEFECT_AGENT_THREADS", "PYTHONPATH")
+FORWARDED_ENV = ("DEFECT_AGENT_HOME", "DEFECT_AGENT_DATA", "DEFECT_AGENT_THREADS", "DEFECT_AGENT_ENGINE", "PYTHONPATH")
 
 
 class InspectActor:

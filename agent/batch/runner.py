@@ -299,7 +299,7 @@ def run_batch(
 
         inspector = Inspector.from_config(line=profile.line, kb_dir=kb_dir, use_kb=use_kb, single_line=True)
     if threads is None:
-        threads = tuner_for(inspector.app.threads)
+        threads = tuner_for(inspector.app.threads, inspector.app.engine)
     paths = batch_paths(inputs, inspector.line)
     versions = inspector.versions()
     mkey = models_key(versions)

@@ -79,10 +79,14 @@ class ThreadTuner:
         return {str(n): round(sorted(v)[len(v) // 2], 1) for n, v in self._samples.items() if v}
 
 
-def tuner_for(setting: int | str | None) -> ThreadTuner:
-    """A tuner for a config / CLI threads setting: 'auto' tunes, anything else is fixed at what it means."""
-    from defect_agent.runtime import resolve_threads, threads_pinned
+def tuner_for(setting: int | str | None, engine: str = "torch") -> ThreadTuner:
+    """A tuner for a config / CLI threads setting: 'auto' tunes, anything else is fixed at what it means. On the
+    onnx engine the count is the one the sessions were built with (`chosen_threads`): onnxruntime cannot change it
+    afterwards, so there is nothing to tune."""
+    from defect_agent.runtime import chosen_threads, resolve_threads, threads_pinned
 
+    if engine == "onnx":
+        return ThreadTuner(fixed=chosen_threads())
     if setting == "auto" and not threads_pinned():
         return ThreadTuner()
     return ThreadTuner(fixed=resolve_threads(setting))

@@ -262,6 +262,10 @@ def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, th
         source_of,
     )
 
+    if not threads:  # the session's count is fixed when built: key the cache on the count it gets
+        from defect_agent.runtime import chosen_threads
+
+        threads = chosen_threads()
     path = (resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir()) / image_file_name(cfg.model)
     if not path.is_file():
         raise ModelFileMissing(path, EXPORT_COMMAND, what="ONNX image tower")
