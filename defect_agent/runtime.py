@@ -111,6 +111,9 @@ def machine_busy() -> bool:
     return load / (os.cpu_count() or 1) >= BUSY_LOAD_PER_CORE
 
 
+_blas_single = False
+
+
 def set_threads(n: int | str | None = None) -> int:
     """Set torch / OpenMP / faiss intra-op threads (a setting as in `resolve_threads`); returns the count used."""
     global _chosen_threads
@@ -125,7 +128,21 @@ def set_threads(n: int | str | None = None) -> int:
     faiss = sys.modules.get("faiss")
     if faiss is not None:
         faiss.omp_set_num_threads(n)
+    _single_thread_blas()
     return n
+
+
+def _single_thread_blas() -> None:
+    """numpy's BLAS at one thread: its products here are small (anomaly distances, fusion), and its idle threads spin
+    on the cores the model's thread pools need next (onnx engine, battery_tab: the sessions took 125 ms per image
+    beside 2 BLAS threads, 73 ms beside 1; docs/results.md)."""
+    global _blas_single
+    if _blas_single:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    _blas_single = True
 
 
 def chosen_threads() -> int:

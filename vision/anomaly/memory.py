@@ -1,5 +1,5 @@
-"""PatchCore's memory bank: greedy k-centre coreset selection and nearest-neighbour distances (torch, CPU or GPU;
-the distances also in numpy, for the onnx engine's torch-free scoring).
+"""PatchCore's memory bank: greedy k-centre coreset selection and nearest-neighbour distances (torch, CPU or GPU; the
+onnx engine computes the distances in its exported graph from `scaled_bank_t`).
 
 The coreset keeps the patch features that cover the normal set best (each new one is the feature farthest from
 those kept), so a bank of a few percent of the patches gives nearly the distances of the full set at a fraction of
@@ -60,16 +60,7 @@ def nearest_distance(queries: Any, bank: Any, bank_sq: Any | None = None, chunk:
     return best.clamp_min_(0.0).sqrt_()
 
 
-def nearest_distance_np(
-    queries: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray | None = None, chunk: int = 8192
-) -> np.ndarray:
-    """`nearest_distance` in numpy float32: (q,) distances from each query row to its nearest bank row."""
-    if bank_sq is None:
-        bank_sq = (bank * bank).sum(axis=1)
-    q_sq = (queries * queries).sum(axis=1, keepdims=True)
-    best = np.full(queries.shape[0], np.inf, dtype=np.float32)
-    for start in range(0, bank.shape[0], chunk):
-        part = bank[start : start + chunk]
-        d2 = q_sq + bank_sq[None, start : start + chunk] - 2.0 * (queries @ part.T)
-        best = np.minimum(best, d2.min(axis=1))
-    return np.sqrt(np.maximum(best, 0.0))
+def scaled_bank_t(bank: np.ndarray) -> np.ndarray:
+    """-2 x the bank, transposed and contiguous: (d, m). The onnx engine's distances (vision.anomaly.onnx_features)
+    take min_j |q - b_j|^2 as |q|^2 + min_j (|b_j|^2 + q.(-2 b_j)): one product, its (q, m) result read once."""
+    return np.ascontiguousarray((-2.0 * bank).T, dtype=np.float32)

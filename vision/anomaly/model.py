@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, model_validator
 from defect_agent.errors import EmptyInput, ImageReadError, ModelFileMissing, ModelFileRejected
 from defect_agent.files import atomic_write, file_sha256, record_model, verify_model_file
 from vision.anomaly import backbone
-from vision.anomaly.memory import greedy_coreset, nearest_distance, nearest_distance_np
+from vision.anomaly.memory import greedy_coreset, nearest_distance, scaled_bank_t
 from vision.anomaly.regions import AnomalyRegion, regions
 from vision.embedder import towers
 from vision.embedder.texture import calibrate_threshold
@@ -121,14 +121,14 @@ class AnomalyModel:
         self.fit_info: dict[str, Any] = {}
         self._bank: Any = None  # torch tensor (m, d)
         self._bank_sq: Any = None
+        self._bank_scaled_t: np.ndarray | None = None  # onnx engine: -2 x bank, transposed (memory.scaled_bank_t)
         self._extractor: Any = None
         self._bank_sha256: str | None = None
 
     # ------------------------------------------------------------------------------------------------ features
     def _features(self, images: Sequence[np.ndarray]) -> Any:
         """(n, h*w, d) patch features of a batch of images (torch, on `device`; numpy on the onnx engine)."""
-        if self.engine == "onnx":
-            return self._extractor(backbone.preprocess(images, self.config.image_size))
+        self._need_torch("patch features")  # the onnx engine's graph returns distances only
         import torch
 
         if self._extractor is None:
@@ -249,6 +249,7 @@ class AnomalyModel:
         self._extractor = features
         self._bank = np.ascontiguousarray(bank, dtype=np.float32)
         self._bank_sq = (self._bank * self._bank).sum(axis=1)
+        self._bank_scaled_t = scaled_bank_t(self._bank)
         self._bank_sha256 = None
 
     def _set_bank(self, bank: Any) -> None:
@@ -277,12 +278,12 @@ class AnomalyModel:
         size = self.config.image_size
         for chunk in _batches(images, self.config.batch_size):
             arrays = [_as_image(x) for x in chunk]
-            feats = self._features(arrays)
-            flat = feats.reshape(-1, feats.shape[-1])
             if self.engine == "onnx":
-                dist = nearest_distance_np(flat, self._bank, self._bank_sq)
+                pixels = backbone.preprocess(arrays, self.config.image_size)
+                dist = self._extractor.distances(pixels, self._bank_scaled_t, self._bank_sq)
             else:
-                dist = nearest_distance(flat, self._bank, self._bank_sq).cpu().numpy()
+                feats = self._features(arrays)
+                dist = nearest_distance(feats.reshape(-1, feats.shape[-1]), self._bank, self._bank_sq).cpu().numpy()
             patch_maps = dist.reshape(len(arrays), g, g).astype(np.float32)
             cut = math.ceil(self.config.margin / backbone.grid_stride(self.config.stages))
             if cut:

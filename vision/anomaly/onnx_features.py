@@ -1,6 +1,8 @@
-"""The anomaly model's patch-feature extractor (vision.anomaly.backbone) as an ONNX file run by onnxruntime, so that
-a line PC scores anomalies without importing torch or timm. The memory bank and its nearest-neighbour search stay
-as they are (numpy on this engine, `vision.anomaly.memory.nearest_distance_np`).
+"""The anomaly model's scoring - patch-feature extractor (vision.anomaly.backbone) and each patch's distance to its
+nearest memory-bank feature - as an ONNX file run by onnxruntime, so that a line PC scores anomalies without
+importing torch or timm. The bank is an input of the graph, not part of it (`line mark-normal` grows it without a
+re-export): the distances run in the session's own thread pool, where a numpy product beside it cost 2x in
+contention (docs/results.md).
 
 One file per line (`<onnx_dir>/anomaly_features.onnx`, written by `defect-agent export --line L --format onnx`);
 it records what it was traced from - the backbone file's sha256 and the config that shapes the features - and
@@ -34,8 +36,8 @@ def features_source(config: AnomalyConfig, backbone_sha256: str) -> str:
 
 
 def export_features(config: AnomalyConfig, backbone_sha256: str, target: Path) -> Path:
-    """Trace the torch extractor at the config's input size (dynamic batch) into `target`, stamped with its
-    source; written beside the target and renamed over it."""
+    """Trace the torch extractor and the distances at the config's input size (dynamic batch and bank size) into
+    `target`, stamped with its source; written beside the target and renamed over it."""
     import warnings
 
     import torch
@@ -45,23 +47,44 @@ def export_features(config: AnomalyConfig, backbone_sha256: str, target: Path) -
 
     target = writable_target(Path(target))
     tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-    module = backbone.build_extractor(config.stages, config.pool, "cpu", config.pad)
+    extractor = backbone.build_extractor(config.stages, config.pool, "cpu", config.pad)
+
+    class PatchDistances(torch.nn.Module):
+        """Patch features, then min_j |f - b_j| from the bank as `memory.scaled_bank_t` lays it out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.extractor = extractor
+
+        def forward(self, x: torch.Tensor, scaled_t: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+            feats = self.extractor(x)
+            flat = feats.reshape(-1, feats.shape[-1])
+            best = (flat @ scaled_t + bank_sq).min(dim=1).values + (flat * flat).sum(dim=1)
+            return best.clamp_min(0.0).sqrt().reshape(feats.shape[0], feats.shape[1])
+
     size = config.image_size
+    dim = backbone.feature_dim(config.stages)
+    example = (torch.zeros(1, 3, size, size), torch.zeros(dim, 16), torch.zeros(16))
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter: deprecated, tracer notes on the fixed input size
         torch.onnx.export(
-            module,
-            (torch.zeros(1, 3, size, size),),
+            PatchDistances().eval(),
+            example,
             str(tmp),
-            input_names=["pixels"],
-            output_names=["features"],
-            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            input_names=["pixels", "scaled_bank_t", "bank_sq"],
+            output_names=["distances"],
+            dynamic_axes={
+                "pixels": {0: "batch"},
+                "scaled_bank_t": {1: "bank"},
+                "bank_sq": {0: "bank"},
+                "distances": {0: "batch"},
+            },
             opset_version=17,
             dynamo=False,  # the dynamo exporter needs onnxscript, which is not pinned
         )
     stamp_metadata(
         tmp,
-        {"kind": "anomaly_features", "source": features_source(config, backbone_sha256), "torch": torch.__version__},
+        {"kind": "anomaly_distances", "source": features_source(config, backbone_sha256), "torch": torch.__version__},
     )
     replace_atomically(tmp, target)
     log.info("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)
@@ -69,16 +92,30 @@ def export_features(config: AnomalyConfig, backbone_sha256: str, target: Path) -
 
 
 class OnnxFeatures:
-    """The extractor as a session: a float32 (n, 3, S, S) batch in, (n, patches, dim) features out (numpy)."""
+    """The exported scorer as a session: a float32 (n, 3, S, S) batch and the bank (`memory.scaled_bank_t`, squared
+    norms) in, (n, patches) nearest-bank distances out (numpy)."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
+        from defect_agent.errors import ConfigError
         from vision.locator.onnx_engine import ort_session, our_metadata
 
         self.path = Path(path)
         self.session: Any = ort_session(self.path, threads)
-        self.source = our_metadata(self.session).get("source")
-        self.input_name = self.session.get_inputs()[0].name
+        meta = our_metadata(self.session)
+        if meta.get("kind") != "anomaly_distances":
+            raise ConfigError(
+                f"{path} is not an exported anomaly scorer (kind {meta.get('kind')!r}): re-export it "
+                "(defect-agent export --line <line> --format onnx)"
+            )
+        self.source = meta.get("source")
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        (features,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return features
+    def distances(self, batch: np.ndarray, scaled_t: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(
+            None,
+            {
+                "pixels": np.ascontiguousarray(batch, dtype=np.float32),
+                "scaled_bank_t": scaled_t,
+                "bank_sq": np.ascontiguousarray(bank_sq, dtype=np.float32),
+            },
+        )
+        return out

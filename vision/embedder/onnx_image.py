@@ -69,6 +69,9 @@ def image_session(path: Path, threads: int | None = None) -> onnxruntime.Inferen
     options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # a line's sessions run one after another, each with its own pool: a pool spinning after its run takes the core
+    # the next session needs (2 threads measured slower than 1 per image, bench_batch onnx_stages)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # a truncated file, a graph this onnxruntime cannot run

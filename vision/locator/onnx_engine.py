@@ -77,6 +77,9 @@ def ort_session(path: Path, threads: int | None = None) -> onnxruntime.Inference
     options.intra_op_num_threads = default_threads(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # a line's sessions run one after another, each with its own pool: a pool spinning after its run takes the core
+    # the next session needs (2 threads measured slower than 1 per image, bench_batch onnx_stages)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
