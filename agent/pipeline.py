@@ -94,7 +94,7 @@ class Inspector:
         from vision.locator.model import shared_pool
 
         # onnxruntime sessions take their thread count when built: settle it before any model is
-        set_threads(app.threads)
+        set_threads(app.threads, app.engine)
         # lines over one base share it in memory; a line with only an anomaly model has no locator
         engine = app.engine
         locator = None
@@ -113,7 +113,7 @@ class Inspector:
             from agent.anomaly_stage import AnomalyStage
 
             anomaly = AnomalyStage.for_line(line_cfg, engine=engine)
-        set_threads(app.threads)
+        set_threads(app.threads, app.engine)
         embedder = scorer = kb = None
         kb_problem: str | None = None
         if use_embedder:

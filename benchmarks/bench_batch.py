@@ -11,7 +11,8 @@
   onnx engine (`DEFECT_AGENT_ENGINE=onnx`, files exported into var/onnx first).
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
   both in this process (their thread pools compete at 2 threads).
-- `onnx_stages`: `stages` on the onnx engine in a child process without torch, against the bare exported detector.
+- `onnx_stages`: `stages` and `busy` on the onnx engine in a child process without torch, against the bare exported
+  detector.
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
 - `rss`: `defect-agent batch` over `--rss-images` distinct generated images in a child process; its RSS sampled each
@@ -211,7 +212,9 @@ def _burner() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code])
 
 
-def part_busy(line: str, paths: list[str], threads: list[int], rounds: int, idle: dict[str, Any]) -> dict[str, Any]:
+def part_busy(
+    line: str, paths: list[str], threads: list[int], rounds: int, idle: dict[str, Any], engine: str = "torch"
+) -> dict[str, Any]:
     from agent.images import read_image
     from defect_agent.runtime import set_threads
 
@@ -219,10 +222,12 @@ def part_busy(line: str, paths: list[str], threads: list[int], rounds: int, idle
     burner = _burner()
     time.sleep(3)
     try:
-        inspector = _inspector(line, 1)
+        inspector = _inspector(line, 1, engine=engine)
         query = inspector.parse(INSTRUCTION[line])
         images = [read_image(p, inspector.line.image_size) for p in paths]
         for n in threads:
+            if engine == "onnx":  # a session keeps the thread count it was built with
+                inspector = _inspector(line, n, engine=engine)
             set_threads(n)
             inspector.inspect_image_many([query], paths[0], image=images[0])
             ms = []
@@ -238,8 +243,8 @@ def part_busy(line: str, paths: list[str], threads: list[int], rounds: int, idle
                 "agent_p50_idle": idle_p50,
                 "busy_over_idle": round(p50 / idle_p50, 2) if idle_p50 else None,
             }
-            print(f"busy {line} threads={n}: {rows[str(n)]}", file=sys.stderr)
-        best_idle = min((v["agent_p50"] for v in idle.values()), default=None)
+            print(f"busy {line} {engine} threads={n}: {rows[str(n)]}", file=sys.stderr)
+        best_idle = min((v["agent_p50"] for v in idle.values() if isinstance(v, dict)), default=None)
         best_busy = min(v["agent_p50_busy"] for v in rows.values())
         rows["best_busy_over_best_idle"] = round(best_busy / best_idle, 2) if best_idle else None
     finally:
@@ -514,8 +519,10 @@ def main() -> None:
         if "onnx_stages" in parts:
             result["onnx_stages"] = part_onnx_stages(args.line, args.images, args.threads, args.rounds)
         if "onnx_stages_here" in parts:  # the child of onnx_stages
-            result["onnx_stages"] = part_stages(args.line, paths, args.threads, args.rounds, engine="onnx")
-            result["onnx_stages"]["torch_imported"] = "torch" in sys.modules
+            stages = part_stages(args.line, paths, args.threads, args.rounds, engine="onnx")
+            stages["busy"] = part_busy(args.line, paths, args.threads, args.rounds, stages, engine="onnx")
+            stages["torch_imported"] = "torch" in sys.modules
+            result["onnx_stages"] = stages
         if "ray" in parts:
             result["ray"] = part_ray(args.line, paths, args.batch_size, workers=2)
         if "rss" in parts:

@@ -362,8 +362,8 @@ class AppConfig(_Strict):
     knowledge-base folder, and the embedder, fusion and retrieval settings."""
 
     default_line: str = "battery_tab"
-    # intra-op threads: N, null (DEFECT_AGENT_THREADS, else every core) or auto (by the machine's load; a batch
-    # re-measures 1 vs every core as it runs: agent/batch/threads.py)
+    # intra-op threads: N, null (DEFECT_AGENT_THREADS, else every core) or auto (torch: by the machine's load, a batch
+    # re-measuring 1 vs every core as it runs, agent/batch/threads.py; onnx: every core, defect_agent/runtime.py)
     threads: int | Literal["auto"] | None = None
     # "onnx": locator, verifier, anomaly features and the embedder's image tower run by onnxruntime from the files
     # `defect-agent export --line L --format onnx` wrote into var/onnx/ (parity with torch: tests/test_onnx_parity.py);

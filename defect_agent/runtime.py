@@ -79,9 +79,11 @@ _chosen_threads: int | None = None
 BUSY_LOAD_PER_CORE = 0.5
 
 
-def resolve_threads(setting: int | str | None = None) -> int:
+def resolve_threads(setting: int | str | None = None, engine: str = "torch") -> int:
     """The intra-op thread count a setting means: an int is itself; else DEFECT_AGENT_THREADS when set (an operator's
-    override); else 'auto': every core on an idle machine, 1 when others keep the cores busy (`BUSY_LOAD_PER_CORE`);
+    override); else 'auto': on the torch engine every core on an idle machine, 1 when others keep the cores busy
+    (`BUSY_LOAD_PER_CORE`: torch's OpenMP threads spin on cores others hold), on the onnx engine every core (its
+    sessions do not spin: beside a busy process every core measured 1.5x faster than one, docs/results.md);
     None: every core."""
     if isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         return setting
@@ -91,7 +93,7 @@ def resolve_threads(setting: int | str | None = None) -> int:
     if env:
         return max(int(env), 1)
     cores = os.cpu_count() or 1
-    if setting == "auto":
+    if setting == "auto" and engine != "onnx":
         return 1 if machine_busy() else cores
     return cores
 
@@ -114,10 +116,11 @@ def machine_busy() -> bool:
 _blas_single = False
 
 
-def set_threads(n: int | str | None = None) -> int:
-    """Set torch / OpenMP / faiss intra-op threads (a setting as in `resolve_threads`); returns the count used."""
+def set_threads(n: int | str | None = None, engine: str = "torch") -> int:
+    """Set torch / OpenMP / faiss intra-op threads (a setting as in `resolve_threads`), the count onnxruntime
+    sessions built from now on take; returns the count used."""
     global _chosen_threads
-    n = resolve_threads(n)
+    n = resolve_threads(n, engine)
     _chosen_threads = n
     # a library imported later reads the count from the environment; one already loaded is told directly. Never
     # imported here: the onnx engine's process has no torch, and importing it costs a second
@@ -151,7 +154,8 @@ def chosen_threads() -> int:
         return _chosen_threads
     from defect_agent.config import load_app_config
 
-    return resolve_threads(load_app_config().threads)
+    app = load_app_config()
+    return resolve_threads(app.threads, app.engine)
 
 
 def ensure_threads() -> int:

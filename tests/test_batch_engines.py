@@ -128,6 +128,7 @@ def test_thread_settings_resolve_by_load_with_the_environment_as_override(monkey
     assert runtime.resolve_threads("auto") == cores  # idle: every core
     monkeypatch.setattr(os, "getloadavg", lambda: (1.5 * cores, 0.0, 0.0))
     assert runtime.resolve_threads("auto") == 1  # others keep the cores busy: one thread
+    assert runtime.resolve_threads("auto", "onnx") == cores  # onnxruntime's non-spinning pools: every core
     monkeypatch.setenv("DEFECT_AGENT_THREADS", "2")
     assert runtime.resolve_threads("auto") == 2 and runtime.resolve_threads(None) == 2
     assert runtime.resolve_threads(4) == 4  # a count in the config is explicit
