@@ -11,7 +11,7 @@
   onnx engine (`DEFECT_AGENT_ENGINE=onnx`, files exported into var/onnx first).
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
   both in this process (their thread pools compete at 2 threads).
-- `onnx_stages`: `stages` and `busy` on the onnx engine in a child process without torch, against the bare exported
+- `onnx_stages`: `stages`, `busy` and `batch` on the onnx engine in a child process without torch, against the bare exported
   detector.
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
@@ -158,12 +158,14 @@ def part_onnx_stages(line: str, n_images: int, threads: list[int], rounds: int) 
         return json.loads(child_out.read_text())["onnx_stages"]
 
 
-def part_batch(line: str, paths: list[str], threads: int | None, batch_size: int) -> dict[str, Any]:
+def part_batch(
+    line: str, paths: list[str], threads: int | None, batch_size: int, engine: str = "torch"
+) -> dict[str, Any]:
     from agent.batch import BatchProfile, run_batch
     from agent.batch.threads import tuner_for
 
     setting = threads if threads else "auto"
-    inspector = _inspector(line, threads or (os.cpu_count() or 1))
+    inspector = _inspector(line, threads or (os.cpu_count() or 1), engine=engine)
     query = inspector.parse(INSTRUCTION[line])
     profile = BatchProfile.model_validate(
         {"name": "bench", "line": line, "instructions": [{"id": "q", "text": INSTRUCTION[line]}]}
@@ -186,7 +188,7 @@ def part_batch(line: str, paths: list[str], threads: int | None, batch_size: int
                 inspector=inspector,
                 report=False,
                 batch_size=batch_size,
-                threads=tuner_for(setting),
+                threads=tuner_for(setting, engine),
             )
             batch_s.append(time.perf_counter() - t)
             assert summary.inspected == len(paths), summary
@@ -200,7 +202,7 @@ def part_batch(line: str, paths: list[str], threads: int | None, batch_size: int
             "batch_over_loop": round(min(loop_s) / min(batch_s), 2),
             "tuner_ms_per_image": summary.threads,
         }
-    print(f"batch {line}: {out}", file=sys.stderr)
+    print(f"batch {line} {engine}: {out}", file=sys.stderr)
     return out
 
 
@@ -521,6 +523,7 @@ def main() -> None:
         if "onnx_stages_here" in parts:  # the child of onnx_stages
             stages = part_stages(args.line, paths, args.threads, args.rounds, engine="onnx")
             stages["busy"] = part_busy(args.line, paths, args.threads, args.rounds, stages, engine="onnx")
+            stages["batch"] = part_batch(args.line, paths, args.batch_threads, args.batch_size, engine="onnx")
             stages["torch_imported"] = "torch" in sys.modules
             result["onnx_stages"] = stages
         if "ray" in parts:

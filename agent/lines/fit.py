@@ -5,6 +5,7 @@ from one half, rate on the other); examples scored and boxed without a drawn box
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 from agent.images import collect_images, read_image
 from agent.lines.card import ExampleFigures, LineCard, relative_path, write_card
 from defect_agent.errors import ConfigError, EmptyInput
+from vision.detection import Box
 
 MIN_NORMAL = 8  # fewer normal images cannot both fit a bank and calibrate a threshold on held-back ones
 MODEL_STEM = "anomaly"
@@ -99,17 +101,40 @@ def fit_anomaly(
     return model, card
 
 
-def example_figures(model, paths: list[str]) -> ExampleFigures:
-    results = model.score_batch([read_image(p) for p in paths])
-    return ExampleFigures(images=len(paths), flagged=sum(model.is_anomalous(r) for r in results))
+@dataclass(frozen=True)
+class ExampleReading:
+    """One example image, scored once: whether the calibrated threshold flags it, and its defect's box."""
+
+    path: str
+    flagged: bool
+    box: Box | None
 
 
-def example_box(model, image: np.ndarray, mm_per_px: float):
+def read_examples(model, paths: list[str], mm_per_px: float) -> list[ExampleReading]:
+    """Score each example once (one at a time: an anomaly map per image is the size of the image)."""
+    out = []
+    for path in paths:
+        result = model.score(read_image(path))
+        out.append(
+            ExampleReading(path=path, flagged=model.is_anomalous(result), box=region_box(model, result, mm_per_px))
+        )
+    return out
+
+
+def example_figures(readings: list[ExampleReading]) -> ExampleFigures:
+    return ExampleFigures(images=len(readings), flagged=sum(r.flagged for r in readings))
+
+
+def example_box(model, image: np.ndarray, mm_per_px: float) -> Box | None:
+    """`region_box` of the image's anomaly map."""
+    return region_box(model, model.score(image), mm_per_px)
+
+
+def region_box(model, result, mm_per_px: float) -> Box | None:
     """The example's defect without a drawn box: the strongest region of its anomaly map at the calibrated map
     threshold, else (a defect the model ranks as normal, or a false alarm below it) the compact region around the
     map's peak (above 90 % of it). Region-sized, like the regions inspection compares it with: a whole-image crop
     would be compared with region crops and match nothing, or everything."""
-    result = model.score(image)
     threshold = model.map_threshold if result.peak > model.map_threshold else 0.9 * result.peak
     regions = model.regions(result, mm_per_px=mm_per_px, threshold=threshold)
     return regions[0].box if regions else None

@@ -35,7 +35,7 @@ from agent.lines.config_writer import (
     title_pair,
     write_config,
 )
-from agent.lines.fit import example_box, example_figures, fit_anomaly
+from agent.lines.fit import ExampleReading, example_box, example_figures, fit_anomaly, read_examples
 from defect_agent.config import LineConfig, available_lines, load_line
 from defect_agent.errors import ConfigError, DefectAgentError
 from defect_agent.files import atomic_write
@@ -82,7 +82,8 @@ def create_line(
     if folder.exists() and force:
         shutil.rmtree(folder)
     model, card = fit_anomaly(name, normal, folder, max_false_alarm, image_size, stages, holdout, progress, margin)
-    figures = {c: example_figures(model, paths) for c, paths in classes.items()}
+    readings = {c: read_examples(model, paths, mm_per_px) for c, paths in classes.items()}
+    figures = {c: example_figures(r) for c, r in readings.items()}
     header = (
         f"# Line {name}: created by `defect-agent line new` on {datetime.now(UTC):%Y-%m-%d}. Edit the "
         "synonyms, prompts and calibration.mm_per_px\n# (the camera's scale) freely; the anomaly model lives in "
@@ -92,7 +93,7 @@ def create_line(
     card.examples = figures
     write_card(card)
     if classes:
-        added = file_examples(name, classes, model, kb_dir)
+        added = file_examples(name, readings, kb_dir)
         for c, n in added.items():
             card.examples[c].added_to_kb = n
         write_card(card)
@@ -139,25 +140,23 @@ def add_anomaly(
     return card
 
 
-def file_examples(name: str, classes: dict[str, list[str]], model, kb_dir: Path | None) -> dict[str, int]:
-    """Add example images to the knowledge base as cases of their class (box: the strongest anomaly region), once
-    each (re-adding the same image is a no-op). Returns class -> cases added."""
+def file_examples(name: str, readings: dict[str, list[ExampleReading]], kb_dir: Path | None) -> dict[str, int]:
+    """Add example images to the knowledge base as cases of their class (box: the strongest anomaly region, as
+    `read_examples` found it), once each (re-adding the same image is a no-op). Returns class -> cases added."""
     from knowledge_base.case import CaseInput, Disposition
     from knowledge_base.cli import open_kb
 
-    line = load_line(name)
     added: dict[str, int] = {}
     with open_kb(kb_dir, create=True) as kb:
-        for cls, paths in classes.items():
+        for cls, examples in readings.items():
             added[cls] = 0
-            for path in paths:
-                box = example_box(model, read_image(path), line.calibration.mm_per_px)
+            for example in examples:
                 _, new = kb.add_unique(
                     CaseInput(
                         line=name,
                         defect_class=cls,
-                        image_path=str(path),
-                        box=box,
+                        image_path=str(example.path),
+                        box=example.box,
                         disposition=Disposition.scrap,
                         report=f"example of {cls} given when the line was set up",
                         author="defect-agent line",
@@ -181,8 +180,9 @@ def add_examples(name: str, examples: Path, kb_dir: Path | None = None) -> dict[
     data["classes"] = data.get("classes", []) + [class_entry(c, words) for c in classes if c not in known]
     write_config(name, data, header_of(path))
     model = AnomalyModel.load(model_path(card))
-    for c, paths in classes.items():
-        figures = example_figures(model, paths)
+    readings = {c: read_examples(model, paths, load_line(name).calibration.mm_per_px) for c, paths in classes.items()}
+    for c, found in readings.items():
+        figures = example_figures(found)
         old = card.examples.get(c)
         card.examples[c] = (
             figures
@@ -191,7 +191,7 @@ def add_examples(name: str, examples: Path, kb_dir: Path | None = None) -> dict[
                 images=old.images + figures.images, flagged=old.flagged + figures.flagged, added_to_kb=old.added_to_kb
             )
         )
-    added = file_examples(name, classes, model, kb_dir)
+    added = file_examples(name, readings, kb_dir)
     for c, n in added.items():
         card.examples[c].added_to_kb += n
     write_card(card)
