@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
@@ -301,13 +301,7 @@ class DefectVerifier:
         if check_engine(engine) == "onnx":
             verifier = cls._onnx_for_line(line, onnx_dir, threads)
         else:
-            verifier = cls.from_file(
-                resolve(line.detector.verifier),
-                relabel_min=line.detector.verifier_relabel_min,
-                tta=line.detector.verifier_tta,
-                union_min=line.detector.verifier_union_min,
-                demote=line.detector.verifier_demote,
-            )
+            verifier = cls.from_file(resolve(line.detector.verifier), **_line_options(line))
         defects = [c.name for c in line.classes if c.role == "defect"]
         if sorted(verifier.meta.classes) != sorted(defects):
             raise ConfigError(
@@ -325,14 +319,7 @@ class DefectVerifier:
 
         folder = resolve(onnx_dir) if onnx_dir is not None else default_onnx_dir(line.name)
         path = require_file(folder / VERIFIER_FILE, line.name, "ONNX verifier")
-        verifier = cls.from_onnx(
-            path,
-            threads=threads,
-            relabel_min=line.detector.verifier_relabel_min,
-            tta=line.detector.verifier_tta,
-            union_min=line.detector.verifier_union_min,
-            demote=line.detector.verifier_demote,
-        )
+        verifier = cls.from_onnx(path, threads=threads, **_line_options(line))
         source = resolve(line.detector.verifier or "")
         current = f"{source.name}@{file_sha256(source)[:12]}" if source.is_file() else None
         check_source(verifier.version.split("|")[0], current, path, line.name)
@@ -461,6 +448,17 @@ class DefectVerifier:
             union_min=self.union_min,
             demote=self.demote if candidates else None,
         )
+
+
+def _line_options(line: LineConfig) -> dict[str, Any]:
+    """How the line's config has its verifier read boxes (either engine)."""
+    cfg = line.detector
+    return {
+        "relabel_min": cfg.verifier_relabel_min,
+        "tta": cfg.verifier_tta,
+        "union_min": cfg.verifier_union_min,
+        "demote": cfg.verifier_demote,
+    }
 
 
 class OnnxVerifierNet:
