@@ -402,3 +402,35 @@ def test_the_onnx_engine_process_never_imports_torch(tmp_path, battery_images):
         assert [(d["defect_class"], d["probability"] >= 0.5) for d in t["defects"]] == [
             (d["defect_class"], d["probability"] >= 0.5) for d in o["defects"]
         ]
+
+
+def test_sessions_take_the_inspectors_thread_count(battery_onnx):
+    """onnxruntime fixes a session's pool when it is built: the app's `threads` must be settled before any model
+    loads (a second inspector at another count used to get the first one's), and a batch keeps that count."""
+    from agent.batch.threads import tuner_for
+    from agent.pipeline import Inspector
+    from defect_agent.config import load_app_config
+
+    _export("battery_tab", None, "locator", "anomaly", "embedder")
+    for n in (1, 2):
+        app = load_app_config().model_copy(update={"engine": "onnx", "threads": n})
+        inspector = Inspector.from_config(line="battery_tab", app=app, use_kb=False)
+        sessions = [
+            inspector.locator.detector.session,
+            inspector.anomaly.model._extractor.session,
+            inspector.embedder.session,
+        ]
+        assert [s.get_session_options().intra_op_num_threads for s in sessions] == [n, n, n]
+        assert tuner_for("auto", "onnx").fixed == n
+
+
+def test_setting_threads_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from defect_agent.runtime import set_threads; set_threads(1); set_threads('auto', 'onnx'); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
