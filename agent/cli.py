@@ -207,16 +207,17 @@ def batch(
         raise typer.BadParameter(f"--line {line} differs from the profile's line {prof.line}")
     if engine not in {"local", "ray"}:
         raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
+    setting = _threads_setting(threads) if threads is not None else None
     app = load_app_config()
-    if threads is not None:
-        app = app.model_copy(update={"threads": _threads_setting(threads)})
+    if setting is not None:
+        app = app.model_copy(update={"threads": setting})
     if engine == "ray":
         from agent.batch.ray_engine import run_batch_ray
 
         if watch:
             raise typer.BadParameter("--watch runs on the local engine only")
         summary = run_batch_ray(
-            prof, inputs, out, kb_dir=kb, use_kb=not no_kb, batch_size=batch_size, workers=workers, threads=threads
+            prof, inputs, out, kb_dir=kb, use_kb=not no_kb, batch_size=batch_size, workers=workers, threads=setting
         )
         inspector = tuner = None
     else:

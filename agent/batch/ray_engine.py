@@ -50,15 +50,16 @@ class InspectActor:
         self, profile_json: str, kb_dir: str | None, use_kb: bool, done: Any, threads: int | str | None, run_id: str
     ) -> None:
         from agent.pipeline import Inspector
-        from defect_agent.runtime import set_threads
+        from defect_agent.config import load_app_config
 
         self.profile = BatchProfile.model_validate_json(profile_json)
         self.queries = profile_queries(self.profile)
+        # one intra-op thread per actor unless told otherwise: the pool's parallelism is its actors. Given to the
+        # models as they load (an onnxruntime session keeps the count it was built with)
+        app = load_app_config().model_copy(update={"threads": threads if threads is not None else 1})
         self.inspector = Inspector.from_config(
-            line=self.profile.line, kb_dir=Path(kb_dir) if kb_dir else None, use_kb=use_kb, single_line=True
+            line=self.profile.line, kb_dir=Path(kb_dir) if kb_dir else None, use_kb=use_kb, app=app, single_line=True
         )
-        # one intra-op thread per actor unless told otherwise: the pool's parallelism is its actors
-        set_threads(threads if threads is not None else 1)
         self.versions = self.inspector.versions()
         self.mkey = models_key(self.versions)
         if not isinstance(done, set):  # a reference to the driver's set (shared, not copied per actor)
