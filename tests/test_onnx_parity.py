@@ -273,6 +273,20 @@ def test_missing_or_stale_exports_name_the_export_command(battery_onnx, tmp_path
 
     with pytest.raises(ModelFileMissing, match="--format onnx"):
         load_embedder(EmbedderConfig(), engine="onnx", onnx_dir=tmp_path)
+    from agent.anomaly_stage import AnomalyStage
+
+    with pytest.raises(ModelFileMissing, match="defect-agent export --line battery_tab --format onnx"):
+        AnomalyStage.for_line(line, engine="onnx", onnx_dir=tmp_path)
+    # an export traced for another input size no longer serves the model
+    from defect_agent.paths import resolve
+    from vision.anomaly import AnomalyModel
+    from vision.anomaly.onnx_features import export_features
+
+    bank = resolve(line.anomaly.model)
+    model = AnomalyModel.load(bank)
+    other = export_features(model.config.model_copy(update={"image_size": 320}), "0" * 64, tmp_path / "other.onnx")
+    with pytest.raises(ConfigError, match="re-export"):
+        AnomalyModel.load(bank, engine="onnx", onnx_file=other)
 
 
 def test_export_never_writes_into_models(tmp_path):
