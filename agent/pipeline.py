@@ -93,7 +93,7 @@ class Inspector:
         line_cfg = load_line(line or app.default_line)
         from vision.locator.model import shared_pool
 
-        # onnxruntime sessions take their thread count when built: settle it before any model is
+        # onnxruntime sessions keep the thread count they are built with: settle it before any model loads
         set_threads(app.threads, app.engine)
         # lines over one base share it in memory; a line with only an anomaly model has no locator
         engine = app.engine

@@ -136,9 +136,9 @@ def set_threads(n: int | str | None = None, engine: str = "torch") -> int:
 
 
 def _single_thread_blas() -> None:
-    """numpy's BLAS at one thread: its products here are small (anomaly distances, fusion), and its idle threads spin
-    on the cores the model's thread pools need next (onnx engine, battery_tab: the sessions took 125 ms per image
-    beside 2 BLAS threads, 73 ms beside 1; docs/results.md)."""
+    """numpy's BLAS at one thread: its products here are small (measurement fits, fusion, knowledge-base
+    prototypes), and its idle threads spin on the cores the models' thread pools need next (onnx engine, battery_tab:
+    the sessions took 125 ms per image beside 2 BLAS threads, 73 ms beside 1; docs/results.md)."""
     global _blas_single
     if _blas_single:
         return

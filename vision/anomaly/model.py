@@ -108,8 +108,8 @@ class AnomalyModel:
     """PatchCore over EfficientNet-Lite0 features, fitted on normal images only (see the module docstring).
 
     `threshold` (image score) and `map_threshold` (smoothed map) are None until `calibrate` sets them. A model
-    loaded with `engine="onnx"` scores only (features by onnxruntime, the bank as numpy: no torch in the process);
-    fitting and growing the bank need the torch engine."""
+    loaded with `engine="onnx"` scores only (features and bank distances in one onnxruntime graph, the bank held as
+    numpy: no torch in the process); fitting and growing the bank need the torch engine."""
 
     def __init__(self, config: AnomalyConfig | None = None, device: str = "cpu") -> None:
         self.config = config or AnomalyConfig()
@@ -119,7 +119,7 @@ class AnomalyModel:
         self.map_threshold: float | None = None
         self.max_false_alarm: float | None = None
         self.fit_info: dict[str, Any] = {}
-        self._bank: Any = None  # torch tensor (m, d)
+        self._bank: Any = None  # (m, d): a torch tensor, numpy on the onnx engine
         self._bank_sq: Any = None
         self._bank_scaled_t: np.ndarray | None = None  # onnx engine: -2 x bank, transposed (memory.scaled_bank_t)
         self._extractor: Any = None
@@ -127,8 +127,9 @@ class AnomalyModel:
 
     # ------------------------------------------------------------------------------------------------ features
     def _features(self, images: Sequence[np.ndarray]) -> Any:
-        """(n, h*w, d) patch features of a batch of images (torch, on `device`; numpy on the onnx engine)."""
-        self._need_torch("patch features")  # the onnx engine's graph returns distances only
+        """(n, h*w, d) patch features of a batch of images (torch, on `device`). The onnx engine's graph returns
+        distances only."""
+        self._need_torch("patch features")
         import torch
 
         if self._extractor is None:
