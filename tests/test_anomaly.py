@@ -87,6 +87,22 @@ def test_region_found_at_the_defect_with_a_size_in_mm(fitted: AnomalyModel, held
     assert all(not fitted.regions(r, MM_PER_PX) for r in normal)
 
 
+def test_adding_normals_returns_their_scores_before_they_joined(held_back: list[np.ndarray]) -> None:
+    rng = np.random.default_rng(11)
+    model = AnomalyModel(AnomalyConfig(image_size=SIZE, coreset_min=256, coreset_max=512)).fit(
+        [texture(rng) for _ in range(6)]
+    )
+    model.calibrate([model.score(im).score for im in held_back], max_false_alarm=0.25)
+    images = [with_defect(held_back[0]), held_back[1]]
+    before = model.score_batch(images)
+    added, scored = model.score_and_add_normal(images)
+    assert added > 0 and len(scored) == 2
+    for b, s in zip(before, scored):
+        assert s.score == pytest.approx(b.score, rel=1e-5)
+        np.testing.assert_allclose(s.map, b.map, rtol=0, atol=1e-5 * b.map.max())
+    assert model.score(images[0]).score < before[0].score  # now part of the bank
+
+
 def test_regions_cut_connected_components() -> None:
     heat = np.zeros((60, 80), dtype=np.float32)
     heat[10:20, 10:30] = 5.0  # 20 x 10 px

@@ -125,11 +125,6 @@ def example_figures(readings: list[ExampleReading]) -> ExampleFigures:
     return ExampleFigures(images=len(readings), flagged=sum(r.flagged for r in readings))
 
 
-def example_box(model, image: np.ndarray, mm_per_px: float) -> Box | None:
-    """`region_box` of the image's anomaly map."""
-    return region_box(model, model.score(image), mm_per_px)
-
-
 def region_box(model, result, mm_per_px: float) -> Box | None:
     """The example's defect without a drawn box: the strongest region of its anomaly map at the calibrated map
     threshold, else (a defect the model ranks as normal, or a false alarm below it) the compact region around the

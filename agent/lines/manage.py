@@ -35,7 +35,7 @@ from agent.lines.config_writer import (
     title_pair,
     write_config,
 )
-from agent.lines.fit import ExampleReading, example_box, example_figures, fit_anomaly, read_examples
+from agent.lines.fit import ExampleReading, example_figures, fit_anomaly, read_examples, region_box
 from defect_agent.config import LineConfig, available_lines, load_line
 from defect_agent.errors import ConfigError, DefectAgentError
 from defect_agent.files import atomic_write
@@ -211,8 +211,9 @@ def mark_normal(
     paths = collect_images(images)
     arrays = [read_image(p) for p in paths]
     model = AnomalyModel.load(model_path(card))
-    boxes = [example_box(model, a, load_line(name).calibration.mm_per_px) for a in arrays] if file_case else []
-    added = model.add_normal(arrays)
+    added, scored = model.score_and_add_normal(arrays)
+    mm_per_px = load_line(name).calibration.mm_per_px
+    boxes = [region_box(model, result, mm_per_px) for result in scored] if file_case else []
     bank = model.save(model_path(card))
     card.normal_added += len(paths)
     card.model_version = model.version

@@ -208,6 +208,13 @@ class AnomalyModel:
         features farther from the bank than `keep_above` x the image threshold join it (nearer ones add nothing the
         bank does not already cover). Returns how many joined. Thresholds stay: the bank only grows, so normal
         scores only fall."""
+        return self.score_and_add_normal(images, keep_above)[0]
+
+    def score_and_add_normal(
+        self, images: Sequence[np.ndarray | Path | str], keep_above: float = 0.5
+    ) -> tuple[int, list[AnomalyResult]]:
+        """`add_normal`, also returning each image's `score` against the bank before they joined it (one backbone
+        pass per image for both: `line mark-normal` boxes the false alarm it files from these)."""
         import torch
 
         self._need_bank()
@@ -216,11 +223,14 @@ class AnomalyModel:
             raise EmptyInput("no images to add as normal")
         floor = keep_above * (self.threshold if self.threshold is not None else 0.0)
         added = []
+        results: list[AnomalyResult] = []
         for chunk in _batches(images, self.config.batch_size):
-            feats = self._features([_as_image(x) for x in chunk])
+            arrays = [_as_image(x) for x in chunk]
+            feats = self._features(arrays)
             flat = feats.reshape(-1, feats.shape[-1])
             dist = nearest_distance(flat, self._bank, self._bank_sq)
             added.append(flat[dist > floor])
+            results += self._results(arrays, dist.cpu().numpy())
         new = torch.cat(added)
         if len(new):
             self._set_bank(torch.cat([self._bank, new.to(self.device).float()]).contiguous())
@@ -229,7 +239,7 @@ class AnomalyModel:
         log.info(
             "%d normal images added: %d patch features joined the bank (now %d)", len(images), len(new), self.bank_size
         )
-        return int(len(new))
+        return int(len(new)), results
 
     def _use_onnx(
         self, bank: np.ndarray, backbone_sha256: str, onnx_file: Path | str | None, threads: int | None
@@ -275,8 +285,6 @@ class AnomalyModel:
         """Score images together (one backbone pass per `batch_size`); results in input order."""
         self._need_bank()
         out: list[AnomalyResult] = []
-        g = self.grid
-        size = self.config.image_size
         for chunk in _batches(images, self.config.batch_size):
             arrays = [_as_image(x) for x in chunk]
             if self.engine == "onnx":
@@ -285,17 +293,25 @@ class AnomalyModel:
             else:
                 feats = self._features(arrays)
                 dist = nearest_distance(feats.reshape(-1, feats.shape[-1]), self._bank, self._bank_sq).cpu().numpy()
-            patch_maps = dist.reshape(len(arrays), g, g).astype(np.float32)
-            cut = math.ceil(self.config.margin / backbone.grid_stride(self.config.stages))
-            if cut:
-                # arbitrary crops (DeepPCB) cut parts apart at the image edge; such edge patches stay rarer than
-                # most defects even with the mirrored pad, so a line can leave a thin border uninspected
-                inner = patch_maps[:, cut:-cut, cut:-cut].copy()
-                patch_maps[:] = 0.0
-                patch_maps[:, cut:-cut, cut:-cut] = inner
-            for image, patch_map in zip(arrays, patch_maps):
-                out.append(AnomalyResult(score=float(patch_map.max()), map=self._anomaly_map(patch_map, image, size)))
+            out += self._results(arrays, dist)
         return out
+
+    def _results(self, arrays: list[np.ndarray], dist: np.ndarray) -> list[AnomalyResult]:
+        """Each image's result from its patches' nearest-bank distances (the chunk's, flattened)."""
+        g = self.grid
+        patch_maps = dist.reshape(len(arrays), g, g).astype(np.float32)
+        cut = math.ceil(self.config.margin / backbone.grid_stride(self.config.stages))
+        if cut:
+            # arbitrary crops (DeepPCB) cut parts apart at the image edge; such edge patches stay rarer than most
+            # defects even with the mirrored pad, so a line can leave a thin border uninspected
+            inner = patch_maps[:, cut:-cut, cut:-cut].copy()
+            patch_maps[:] = 0.0
+            patch_maps[:, cut:-cut, cut:-cut] = inner
+        size = self.config.image_size
+        return [
+            AnomalyResult(score=float(patch_map.max()), map=self._anomaly_map(patch_map, image, size))
+            for image, patch_map in zip(arrays, patch_maps)
+        ]
 
     def _anomaly_map(self, patch_map: np.ndarray, image: np.ndarray, size: int) -> np.ndarray:
         # patch (i, j) is centred on input pixel (stride * i, stride * j) ('same'-padded stride-2 convolutions),
