@@ -343,16 +343,6 @@ def part_onnx(line: str, paths: list[str], threads: list[int], rounds: int) -> d
     return rows
 
 
-def _canon(value: Any, digits: int | None = 3) -> Any:
-    """A record without run id and timings, floats to `digits` decimals (thread count and batch composition move
-    float sums in the last bits)."""
-    if isinstance(value, dict):
-        return {k: _canon(v, digits) for k, v in value.items() if k not in {"run_id", "timings_ms"}}
-    if isinstance(value, list):
-        return [_canon(v, digits) for v in value]
-    return round(value, digits) if isinstance(value, float) and digits is not None else value
-
-
 def _max_float_diff(a: Any, b: Any) -> float | None:
     """The largest |a - b| over the numbers of two records of the same shape; None where anything but a number
     differs (a class, a verdict, a reason, a different number of findings)."""
@@ -375,6 +365,7 @@ def part_ray(line: str, paths: list[str], batch_size: int, workers: int) -> dict
     """The same profile over the same images by the local engine and by `--engine ray` (local Ray, `workers`
     CPUs): records compared one by one."""
     from agent.batch import BatchProfile, run_batch
+    from agent.batch.ledger import comparable
     from agent.batch.ray_engine import run_batch_ray
 
     profile = BatchProfile.model_validate(
@@ -394,10 +385,10 @@ def part_ray(line: str, paths: list[str], batch_size: int, workers: int) -> dict
 
         def records(name: str) -> list[Any]:
             text = (Path(tmp) / name / "verdicts.jsonl").read_text(encoding="utf-8")
-            return [_canon(json.loads(row), digits=None) for row in text.splitlines()]
+            return [comparable(json.loads(row), digits=None) for row in text.splitlines()]
 
         a, b = records("local"), records("ray")
-        a3, b3 = [_canon(r) for r in a], [_canon(r) for r in b]
+        a3, b3 = [comparable(r) for r in a], [comparable(r) for r in b]
     out = {
         "images": len(paths),
         "instructions": 2,

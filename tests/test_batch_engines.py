@@ -11,6 +11,7 @@ import pytest
 from test_batch import PROFILE as NIGHTLY
 
 from agent.batch import BatchProfile, run_batch
+from agent.batch.ledger import comparable
 from agent.batch.threads import ThreadTuner
 
 PROFILE = {**NIGHTLY, "name": "engines"}  # the same two standing instructions as the batch tests
@@ -33,20 +34,8 @@ def inspector():
     return Inspector.from_config(line="battery_tab", use_kb=False)
 
 
-def _canon(value):
-    """A record without what differs between runs (run id, timings) and with floats to 3 decimals: thread count and
-    batch composition change float sums in the last bits (an anomaly score 36.50031 vs 36.5003)."""
-    if isinstance(value, dict):
-        return {k: _canon(v) for k, v in value.items() if k not in {"run_id", "timings_ms"}}
-    if isinstance(value, list):
-        return [_canon(v) for v in value]
-    if isinstance(value, float):
-        return round(value, 3)
-    return value
-
-
 def _records(out: Path) -> list[dict]:
-    return [_canon(json.loads(line)) for line in (out / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [comparable(json.loads(line)) for line in (out / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def test_batches_give_the_one_by_one_verdicts(cells, inspector, tmp_path):

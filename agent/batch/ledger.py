@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pydantic import BaseModel, Field
 
@@ -96,3 +96,17 @@ def read_records(path: Path) -> Iterator[BatchRecord]:
                     yield BatchRecord.model_validate_json(line)
                 except ValueError:
                     continue
+
+
+RUN_FIELDS = frozenset({"run_id", "timings_ms"})  # differ between two runs over the same images by design
+
+
+def comparable(record: Any, digits: int | None = 3) -> Any:
+    """A record (parsed JSON) as two runs over the same images must agree on it: without the run's own fields, floats
+    rounded to `digits` (None: kept), since thread counts and batch compositions move float sums in their last bits
+    (an anomaly score 36.50031 vs 36.5003). For comparing engines, thread settings or a rerun."""
+    if isinstance(record, dict):
+        return {k: comparable(v, digits) for k, v in record.items() if k not in RUN_FIELDS}
+    if isinstance(record, list):
+        return [comparable(v, digits) for v in record]
+    return round(record, digits) if isinstance(record, float) and digits is not None else record
