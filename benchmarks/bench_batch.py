@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).with_name("defect-agent"))  # the project's command in this virtual environment
 sys.path.insert(0, str(ROOT))
 INSTRUCTION = {
     "battery_tab": "找出所有极耳焊接偏移超0.3mm且伴随焊渣飞溅的电芯",
@@ -147,10 +148,9 @@ def part_stages(line: str, paths: list[str], threads: list[int], rounds: int, en
 def part_onnx_stages(line: str, n_images: int, threads: list[int], rounds: int) -> dict[str, Any]:
     """`stages` on the onnx engine in a child process that never imports torch (a line PC's), the bare baseline the
     exported detector alone; files exported into a temporary data folder first."""
-    exe = str(Path(sys.executable).with_name("defect-agent"))
     with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-stages-") as data:
         env = {**os.environ, "DEFECT_AGENT_DATA": data, "DEFECT_AGENT_ENGINE": "onnx"}
-        subprocess.run([exe, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
+        subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
         child_out = Path(data) / "child.json"
         cmd = [sys.executable, __file__, "--line", line, "--parts", "onnx_stages_here", "--out", str(child_out)]
         cmd += ["--images", str(n_images), "--rounds", str(rounds), "--threads", *map(str, threads)]
@@ -254,19 +254,26 @@ def part_busy(
     return rows
 
 
-def part_cold(line: str, paths: list[str]) -> dict[str, Any]:
-    exe = str(Path(sys.executable).with_name("defect-agent"))
-    runs = []
+def _first_verdict_s(line: str, path: str, runs: int = 2, **env: str) -> list[float]:
+    """Wall seconds of a new `defect-agent inspect` process on one image, `runs` times (`env` added to its
+    environment)."""
     out_file = Path(tempfile.mkdtemp(prefix="bench-cold-")) / "one.jsonl"
-    for _ in range(2):
+    seconds = []
+    for _ in range(runs):
         t = time.perf_counter()
         subprocess.run(
-            [exe, "inspect", INSTRUCTION[line], paths[0], "--line", line, "--out", str(out_file)],
+            [CLI, "inspect", INSTRUCTION[line], path, "--line", line, "--out", str(out_file)],
             check=True,
             capture_output=True,
             cwd=ROOT,
+            env={**os.environ, **env},
         )
-        runs.append(round(time.perf_counter() - t, 2))
+        seconds.append(round(time.perf_counter() - t, 2))
+    return seconds
+
+
+def part_cold(line: str, paths: list[str]) -> dict[str, Any]:
+    runs = _first_verdict_s(line, paths[0])
     code = (
         "import time,sys; t=time.perf_counter(); import torch; a=time.perf_counter()-t; import torch._dynamo; "
         "print(a, time.perf_counter()-t-a)"
@@ -276,18 +283,8 @@ def part_cold(line: str, paths: list[str]) -> dict[str, Any]:
     )
     # the onnx engine: files exported where a line PC keeps them (var/onnx), the same command with
     # DEFECT_AGENT_ENGINE=onnx; its process imports no torch (tests/test_onnx_parity.py)
-    subprocess.run([exe, "export", "--line", line, "--format", "onnx"], check=True, capture_output=True, cwd=ROOT)
-    onnx_runs = []
-    for _ in range(2):
-        t = time.perf_counter()
-        subprocess.run(
-            [exe, "inspect", INSTRUCTION[line], paths[0], "--line", line, "--out", str(out_file)],
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-            env={**os.environ, "DEFECT_AGENT_ENGINE": "onnx"},
-        )
-        onnx_runs.append(round(time.perf_counter() - t, 2))
+    subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, capture_output=True, cwd=ROOT)
+    onnx_runs = _first_verdict_s(line, paths[0], DEFECT_AGENT_ENGINE="onnx")
     out = {
         "inspect_first_verdict_s": runs,
         "onnx_engine_inspect_first_verdict_s": onnx_runs,
@@ -307,7 +304,7 @@ def part_onnx(line: str, paths: list[str], threads: list[int], rounds: int) -> d
     with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-") as data:
         os.environ["DEFECT_AGENT_DATA"] = data  # the engine reads var/onnx/<line> under the data dir
         subprocess.run(
-            [str(Path(sys.executable).with_name("defect-agent")), "export", "--line", line, "--format", "onnx"],
+            [CLI, "export", "--line", line, "--format", "onnx"],
             check=True,
             cwd=ROOT,
             env={**os.environ},
@@ -436,7 +433,7 @@ def part_rss(line: str, n: int, batch_size: int) -> dict[str, Any]:
             encoding="utf-8",
         )
         out = Path(tmp) / "out"
-        cmd = [str(Path(sys.executable).with_name("defect-agent")), "batch", str(folder), "--profile", str(profile)]
+        cmd = [CLI, "batch", str(folder), "--profile", str(profile)]
         cmd += ["--out", str(out), "--no-kb", "--batch-size", str(batch_size)]
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         samples: list[tuple[int, int]] = []

@@ -97,7 +97,7 @@ class OnnxFeatures:
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         from defect_agent.errors import ConfigError
-        from vision.locator.onnx_engine import ort_session, our_metadata
+        from vision.onnx_session import ort_session, our_metadata
 
         self.path = Path(path)
         self.session: Any = ort_session(self.path, threads)

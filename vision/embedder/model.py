@@ -253,14 +253,8 @@ def load_embedder(
 
 
 def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, threads: int | None) -> Embedder:
-    from vision.embedder.onnx_image import (
-        EXPORT_COMMAND,
-        default_onnx_dir,
-        image_file_name,
-        image_session,
-        our_metadata,
-        source_of,
-    )
+    from vision.embedder.onnx_image import EXPORT_COMMAND, default_onnx_dir, image_file_name, source_of
+    from vision.onnx_session import ort_session, our_metadata
 
     if not threads:  # the session's count is fixed when built: key the cache on the count it gets
         from defect_agent.runtime import chosen_threads
@@ -274,7 +268,7 @@ def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, th
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    session = image_session(path, threads)
+    session = ort_session(path, threads)
     meta = our_metadata(session)
 
     def base() -> Embedder:

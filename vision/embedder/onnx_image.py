@@ -1,9 +1,7 @@
 """The embedder's image tower as ONNX, for line PCs: export (`encode_image(x, normalize=True)` of the loaded model,
 dynamic batch, fixed `image_size`) and the onnxruntime session `OnnxImageEmbedder` (vision.embedder.model) runs.
 Only the image tower: texts are embedded once per line or query by the torch text tower, crops on every part.
-
-The locator's ONNX helpers (vision/locator/onnx_engine.py) are a sibling package's, which the embedder may not
-import (import-linter layers), hence the small session / metadata helpers repeated here."""
+Sessions and their metadata: `vision.onnx_session`, as for every engine."""
 
 from __future__ import annotations
 
@@ -15,16 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from defect_agent.errors import ConfigError
+from vision.onnx_session import META_PREFIX
 
 if TYPE_CHECKING:  # heavy imports, only for type hints
-    import onnxruntime
-
     from vision.embedder.model import Embedder
 
 log = logging.getLogger(__name__)
 
-ORT_PIN = "onnxruntime==1.31.1"
-META_PREFIX = "defect_agent."
 EXPORT_COMMAND = "defect-agent export --line <line> --format onnx"
 
 
@@ -52,35 +47,6 @@ def _transform_size(embedder: Embedder) -> int:
 
     assert embedder.transform is not None, "a text-only embedder has no image tower"
     return int(to_batch([np.zeros((8, 8, 3), np.uint8)], embedder.transform).shape[-1])
-
-
-def image_session(path: Path, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU session with `threads` intra-op threads (default: app config, DEFECT_AGENT_THREADS, cores) and one
-    inter-op thread, so it does not fight the process's torch and faiss threads."""
-    try:
-        import onnxruntime as ort
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"the onnx engine needs onnxruntime ({exc}): pip install {ORT_PIN}") from exc
-    if not threads:
-        from defect_agent.runtime import chosen_threads
-
-        threads = chosen_threads()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # a line's sessions run one after another, each with its own pool: a pool spinning after its run takes the core
-    # the next session needs (2 threads measured slower than 1 per image, bench_batch onnx_stages)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # a truncated file, a graph this onnxruntime cannot run
-        raise ConfigError(f"cannot load ONNX model {path}: {exc}") from exc
-
-
-def our_metadata(session: onnxruntime.InferenceSession) -> dict[str, str]:
-    meta = session.get_modelmeta().custom_metadata_map
-    return {k[len(META_PREFIX) :]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
 
 
 def export_image_tower(embedder: Embedder, target: Path) -> Path:

@@ -327,7 +327,8 @@ _DETECTORS_LOCK = threading.Lock()
 def _onnx_detector(path: Path, threads: int | None) -> OnnxDetector:
     """One session per file, its modification time and thread count: a pool's lines, or a server's requests, share it
     (onnxruntime sessions are safe to run from several threads)."""
-    from vision.locator.onnx_engine import OnnxDetector, default_threads
+    from vision.locator.onnx_engine import OnnxDetector
+    from vision.onnx_session import default_threads
 
     key = (path.resolve(), path.stat().st_mtime_ns, default_threads(threads))
     with _DETECTORS_LOCK:

@@ -4,8 +4,7 @@ detector with ultralytics' letterbox, non-maximum suppression and box scaling re
 torch predictor's without importing torch. Export lives in `vision.locator.export`; this module imports neither the
 exporter nor `onnx`.
 
-The verifier (`vision.verifier.model`) reuses `ort_session` and the metadata helpers; the embedder, a sibling
-package, keeps its own copy (vision/embedder/onnx_image.py)."""
+Sessions and their metadata are opened by `vision.onnx_session`, as for every engine."""
 
 from __future__ import annotations
 
@@ -18,18 +17,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from defect_agent.errors import ConfigError, ModelFileMissing
+from vision.onnx_session import META_PREFIX, ort_session, our_metadata, session_metadata
 
 if TYPE_CHECKING:  # heavy import, only for type hints
-    import onnxruntime
+    pass
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["torch", "onnx"]
 ENGINES: tuple[str, ...] = ("torch", "onnx")
-ORT_PIN = "onnxruntime==1.31.1"
 LOCATOR_FILE = "locator.onnx"
 VERIFIER_FILE = "verifier.onnx"
-META_PREFIX = "defect_agent."  # our keys in the ONNX file's metadata_props, beside ultralytics' own
 
 
 def export_command(line_name: str) -> str:
@@ -47,53 +45,6 @@ def default_onnx_dir(line_name: str) -> Path:
     from defect_agent.paths import data_dir
 
     return data_dir() / "onnx" / line_name
-
-
-def default_threads(threads: int | None = None) -> int:
-    """Intra-op threads: the argument, else `threads` of configs/default.yaml, else DEFECT_AGENT_THREADS, else the
-    machine's cores (the same order as defect_agent.runtime.set_threads, without touching torch)."""
-    if threads:
-        return int(threads)
-    from defect_agent.runtime import chosen_threads
-
-    return chosen_threads()
-
-
-def import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"the onnx engine needs onnxruntime ({exc}): pip install {ORT_PIN}, or use engine='torch'"
-        ) from exc
-    return onnxruntime
-
-
-def ort_session(path: Path, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU session with `threads` intra-op threads and one inter-op thread: onnxruntime's default takes every core,
-    which fights the torch / faiss threads of the same process (../shared/STACK-NOTES.md)."""
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = default_threads(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # a line's sessions run one after another, each with its own pool: a pool spinning after its run takes the core
-    # the next session needs (2 threads measured slower than 1 per image, bench_batch onnx_stages)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # a truncated file, a graph this onnxruntime cannot run
-        raise ConfigError(f"cannot load ONNX model {path}: {exc}") from exc
-
-
-def session_metadata(session: onnxruntime.InferenceSession) -> dict[str, str]:
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def our_metadata(session: onnxruntime.InferenceSession) -> dict[str, str]:
-    """The `defect_agent.*` keys of an exported file, prefix removed."""
-    return {k[len(META_PREFIX) :]: v for k, v in session_metadata(session).items() if k.startswith(META_PREFIX)}
 
 
 def onnx_version(path: Path) -> str:

@@ -256,7 +256,8 @@ class DefectVerifier:
     ) -> DefectVerifier:
         """A verifier exported by `export_verifier_onnx`, its network run by onnxruntime (`OnnxVerifierNet`);
         crops, TTA, box decoding and merging stay the torch verifier's. Version: `<source>|onnx@<sha12>`."""
-        from vision.locator.onnx_engine import onnx_version, ort_session, our_metadata
+        from vision.locator.onnx_engine import onnx_version
+        from vision.onnx_session import ort_session, our_metadata
 
         path = Path(path)
         if not path.is_file():
