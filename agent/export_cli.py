@@ -64,18 +64,14 @@ def export_onnx(line: str, parts: list[str] | None = None, out: Path | None = No
 
 def _export_anomaly(line: LineConfig, out_dir: Path) -> Path:
     """`<out_dir>/anomaly_features.onnx` for the line's `anomaly.model`, traced from the backbone it was fitted on."""
-    import json
-
     from defect_agent.paths import resolve
-    from vision.anomaly.model import AnomalyModel, meta_path_of
+    from vision.anomaly.model import AnomalyModel
     from vision.anomaly.onnx_features import FEATURES_FILE, export_features
 
     assert line.anomaly is not None  # export_onnx exports only the parts a line has
-    bank = resolve(line.anomaly.model)
-    bank = bank if bank.suffix == ".safetensors" else bank.with_name(bank.name + ".safetensors")
-    model = AnomalyModel.load(bank)  # checks the files, and that the installed backbone is the fitted one
-    recorded = json.loads(meta_path_of(bank).read_text(encoding="utf-8"))["backbone"]["sha256"]
-    return export_features(model.config, recorded, out_dir / FEATURES_FILE)
+    model = AnomalyModel.load(resolve(line.anomaly.model))  # checks the files, and that the backbone is the fitted one
+    assert model.backbone_sha256 is not None  # load sets it
+    return export_features(model.config, model.backbone_sha256, out_dir / FEATURES_FILE)
 
 
 def _cache_prompts(line: LineConfig) -> None:

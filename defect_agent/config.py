@@ -395,17 +395,16 @@ ENGINE_ENV = "DEFECT_AGENT_ENGINE"
 @cache
 def load_app_config(path: str | None = None) -> AppConfig:
     cfg_path = Path(path) if path else configs_dir() / "default.yaml"
-    try:
-        app = AppConfig.model_validate(_load_yaml(cfg_path))
-    except ValidationError as exc:
-        raise ConfigError(f"{cfg_path}: {exc}") from exc
+    data = _load_yaml(cfg_path)
     engine = os.environ.get(ENGINE_ENV)
     if engine:
         # a line PC picks its engine without editing the shipped config (as DEFECT_AGENT_THREADS does threads)
-        if engine not in ("torch", "onnx"):
-            raise ConfigError(f"{ENGINE_ENV}={engine!r}: choose torch or onnx")
-        app = app.model_copy(update={"engine": engine})
-    return app
+        data = {**data, "engine": engine}
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"{cfg_path} with {ENGINE_ENV}={engine}" if engine else str(cfg_path)
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def available_lines() -> list[str]:

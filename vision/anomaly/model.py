@@ -124,6 +124,7 @@ class AnomalyModel:
         self._bank_scaled_t: np.ndarray | None = None  # onnx engine: -2 x bank, transposed (memory.scaled_bank_t)
         self._extractor: Any = None
         self._bank_sha256: str | None = None
+        self.backbone_sha256: str | None = None  # the backbone file the bank was fitted on (set by save / load)
 
     # ------------------------------------------------------------------------------------------------ features
     def _features(self, images: Sequence[np.ndarray]) -> Any:
@@ -241,16 +242,15 @@ class AnomalyModel:
         )
         return int(len(new)), results
 
-    def _use_onnx(
-        self, bank: np.ndarray, backbone_sha256: str, onnx_file: Path | str | None, threads: int | None
-    ) -> None:
+    def _use_onnx(self, bank: np.ndarray, onnx_file: Path | str | None, threads: int | None) -> None:
         from defect_agent.errors import ConfigError
         from vision.anomaly.onnx_features import OnnxFeatures, features_source
 
         if onnx_file is None:
             raise ConfigError("engine='onnx' needs the exported anomaly features file (onnx_file)")
         features = OnnxFeatures(Path(onnx_file), threads)
-        expected = features_source(self.config, backbone_sha256)
+        assert self.backbone_sha256 is not None  # load sets it before
+        expected = features_source(self.config, self.backbone_sha256)
         if features.source != expected:
             raise ConfigError(
                 f"{onnx_file} was exported from {features.source}, the anomaly model needs {expected}: re-export it "
@@ -381,6 +381,7 @@ class AnomalyModel:
         atomic_write(target, save_tensors({BANK_KEY: self._bank.detach().cpu().contiguous()}, {"format": FORMAT}))
         self._bank_sha256 = file_sha256(target)
         tower = towers.image_tower_file()
+        self.backbone_sha256 = file_sha256(tower)
         meta = {
             "format": FORMAT,
             "method": METHOD,
@@ -389,7 +390,7 @@ class AnomalyModel:
                 "timm": towers.TIMM_NAME,
                 "package": towers.IMAGE_PACKAGE,
                 "file": tower.name,
-                "sha256": file_sha256(tower),
+                "sha256": self.backbone_sha256,
             },
             "bank": {"file": target.name, "sha256": self._bank_sha256, "shape": list(self._bank.shape)},
             "threshold": self.threshold,
@@ -459,8 +460,9 @@ class AnomalyModel:
         expected = backbone.feature_dim(model.config.stages)
         if bank.ndim != 2 or bank.shape[1] != expected:
             raise ModelFileRejected(target, f"{target}: bank shape {tuple(bank.shape)}, expected (m, {expected})")
+        model.backbone_sha256 = meta["backbone"]["sha256"]
         if engine == "onnx":
-            model._use_onnx(bank, meta["backbone"]["sha256"], onnx_file, threads)
+            model._use_onnx(bank, onnx_file, threads)
         else:
             model._set_bank(bank)
         model._bank_sha256 = bank_sha
