@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision first, pinned to the builds on disk here (a plain `torch` would pull a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test,lint,ray]'
+	$(PY) -m pip install -q -e '.[test,lint,ray,openvino]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 # Debian packages the optional features use: a CJK font for Chinese overlay labels, Chromium for the page's browser

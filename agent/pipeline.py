@@ -86,10 +86,11 @@ class Inspector:
         """Load a line's models once. `knowledge_base`: an open KnowledgeBase to share (a server's), instead of
         opening `kb_dir`. `single_line`: this process serves only this line (a batch, `inspect`): a LoRA adapter is
         folded into its base instead of sharing the base with other lines."""
-        from defect_agent.runtime import configure_offline, set_threads
+        from defect_agent.runtime import configure_offline, set_onnx_backend, set_threads
 
         configure_offline()
         app = app or load_app_config()
+        set_onnx_backend(app.onnx.runtime, app.onnx.precision)
         line_cfg = load_line(line or app.default_line)
         from vision.locator.model import shared_pool
 

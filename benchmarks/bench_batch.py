@@ -12,7 +12,8 @@
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
   both in this process (their thread pools compete at 2 threads).
 - `onnx_stages`: `stages`, `busy` and `batch` on the onnx engine in a child process without torch, against the bare exported
-  detector.
+  detector on the same runtime; `--onnx-runtime openvino --onnx-precision bf16` runs them on OpenVINO (results under
+  `onnx_stages_openvino_bf16`).
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
 - `rss`: `defect-agent batch` over `--rss-images` distinct generated images in a child process; its RSS sampled each
@@ -145,11 +146,19 @@ def part_stages(line: str, paths: list[str], threads: list[int], rounds: int, en
     return rows
 
 
-def part_onnx_stages(line: str, n_images: int, threads: list[int], rounds: int) -> dict[str, Any]:
+def part_onnx_stages(
+    line: str, n_images: int, threads: list[int], rounds: int, runtime: str = "onnxruntime", precision: str = "f32"
+) -> dict[str, Any]:
     """`stages` on the onnx engine in a child process that never imports torch (a line PC's), the bare baseline the
-    exported detector alone; files exported into a temporary data folder first."""
+    exported detector alone on the same runtime; files exported into a temporary data folder first."""
     with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-stages-") as data:
-        env = {**os.environ, "DEFECT_AGENT_DATA": data, "DEFECT_AGENT_ENGINE": "onnx"}
+        env = {
+            **os.environ,
+            "DEFECT_AGENT_DATA": data,
+            "DEFECT_AGENT_ENGINE": "onnx",
+            "DEFECT_AGENT_ONNX_RUNTIME": runtime,
+            "DEFECT_AGENT_ONNX_PRECISION": precision,
+        }
         subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
         child_out = Path(data) / "child.json"
         cmd = [sys.executable, __file__, "--line", line, "--parts", "onnx_stages_here", "--out", str(child_out)]
@@ -478,6 +487,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--batch-threads", type=int, default=0, help="threads of the batch part (0: auto)")
     ap.add_argument("--rss-images", type=int, default=10000)
+    ap.add_argument("--onnx-runtime", default="onnxruntime", choices=["onnxruntime", "openvino"], help="onnx_stages")
+    ap.add_argument("--onnx-precision", default="f32", choices=["f32", "bf16"], help="onnx_stages (bf16: openvino)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -507,12 +518,20 @@ def main() -> None:
         if "onnx" in parts:
             result["onnx"] = part_onnx(args.line, paths, args.threads, args.rounds)
         if "onnx_stages" in parts:
-            result["onnx_stages"] = part_onnx_stages(args.line, args.images, args.threads, args.rounds)
+            key = "onnx_stages"
+            if args.onnx_runtime != "onnxruntime":
+                key += f"_{args.onnx_runtime}_{args.onnx_precision}"
+            result[key] = part_onnx_stages(
+                args.line, args.images, args.threads, args.rounds, args.onnx_runtime, args.onnx_precision
+            )
         if "onnx_stages_here" in parts:  # the child of onnx_stages
             stages = part_stages(args.line, paths, args.threads, args.rounds, engine="onnx")
             stages["busy"] = part_busy(args.line, paths, args.threads, args.rounds, stages, engine="onnx")
             stages["batch"] = part_batch(args.line, paths, args.batch_threads, args.batch_size, engine="onnx")
             stages["torch_imported"] = "torch" in sys.modules
+            from defect_agent.runtime import chosen_onnx_backend
+
+            stages["runtime"] = "-".join(chosen_onnx_backend())
             result["onnx_stages"] = stages
         if "ray" in parts:
             result["ray"] = part_ray(args.line, paths, args.batch_size, workers=2)

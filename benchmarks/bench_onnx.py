@@ -1,5 +1,6 @@
 """Per-image latency of a line's locator, torch (ultralytics) vs onnxruntime (the file `defect-agent export --line L
---format onnx` writes), at 1 and 2 intra-op threads, in one process; optionally OpenVINO on the same ONNX file.
+--format onnx` writes), at 1 and 2 intra-op threads, in one process; where installed, OpenVINO on the same ONNX file
+in float32 and in bfloat16 (computed in bf16 on CPUs with AVX512-BF16 / AMX, as this VM's).
 
     python benchmarks/bench_onnx.py --line battery_tab --n-images 16 --rounds 3 --threads 1 2
 
@@ -24,21 +25,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-class _OpenVinoSession:
-    """The one call of an onnxruntime session OnnxDetector makes, answered by an OpenVINO compiled model."""
-
-    def __init__(self, path: Path, threads: int) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        # f32 on every CPU: a bf16 hint (default on CPUs with AMX) would compare another precision
-        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-
-    def run(self, _outputs: Any, feeds: dict[str, Any]) -> list[Any]:
-        return [self.compiled(list(feeds.values()))[0]]
 
 
 def _compare(reference: list, other: list, conf: float, tol: float = 0.02) -> dict[str, float | int]:
@@ -119,14 +105,15 @@ def main() -> None:
             n,
             Locator.from_line(line, engine="onnx", onnx_dir=onnx_dir, threads=n),
         )
-        if openvino_version:
+        for precision in ("f32", "bf16") if openvino_version else ():
             ov_loc = OnnxLocator.load(line, onnx_dir=onnx_dir, threads=n)
             # a detector of its own: the shared one (same file, same threads) belongs to the onnxruntime entry
             from vision.locator.onnx_engine import OnnxDetector
+            from vision.onnx_session import OpenVinoSession
 
             ov_loc.detector = OnnxDetector(onnx_file, threads=n)
-            ov_loc.detector.session = _OpenVinoSession(onnx_file, n)
-            configs[f"openvino/{n}"] = ("openvino", n, ov_loc)
+            ov_loc.detector.session = OpenVinoSession(onnx_file, n, precision)
+            configs[f"openvino-{precision}/{n}"] = (f"openvino-{precision}", n, ov_loc)
 
     def set_torch_threads(n: int) -> None:
         tu.NUM_THREADS = n  # ultralytics' select_device resets torch to this on a predictor set-up

@@ -83,7 +83,8 @@ def resolve_threads(setting: int | str | None = None, engine: str = "torch") -> 
     """The intra-op thread count a setting means: an int is itself; else DEFECT_AGENT_THREADS when set (an operator's
     override); else 'auto': on the torch engine every core on an idle machine, 1 when others keep the cores busy
     (`BUSY_LOAD_PER_CORE`: torch's OpenMP threads spin on cores others hold), on the onnx engine every core (its
-    sessions do not spin: beside a busy process every core measured 1.5x faster than one, docs/results.md);
+    sessions do not spin: beside a busy process every core measured 1.5x faster than one, docs/results.md; on
+    OpenVINO 1 thread was 25 % faster on battery_tab, 12 % slower on pcb: no rule);
     None: every core."""
     if isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         return setting
@@ -161,3 +162,23 @@ def chosen_threads() -> int:
 def ensure_threads() -> int:
     """Re-apply the process's chosen count (a model's first use; ultralytics resets torch's in select_device)."""
     return set_threads(chosen_threads())
+
+
+_onnx_backend: tuple[str, str] | None = None
+
+
+def set_onnx_backend(runtime: str, precision: str = "f32") -> None:
+    """What opens the onnx engine's sessions from now on (`onnx:` of configs/default.yaml): settled with the threads,
+    before any model loads, because a session keeps the runtime it was opened with."""
+    global _onnx_backend
+    _onnx_backend = (runtime, precision)
+
+
+def chosen_onnx_backend() -> tuple[str, str]:
+    """(runtime, precision) `set_onnx_backend` chose for this process, else the app config's."""
+    if _onnx_backend is not None:
+        return _onnx_backend
+    from defect_agent.config import load_app_config
+
+    onnx = load_app_config().onnx
+    return onnx.runtime, onnx.precision

@@ -128,22 +128,28 @@ def pcb_composites():
     return _deeppcb_pairs(3) or _synthetic_boards(3)
 
 
-def box_deviation(torch_dets: list[Detection], onnx_dets: list[Detection], conf: float) -> tuple[float, float]:
+def box_deviation(
+    torch_dets: list[Detection],
+    onnx_dets: list[Detection],
+    conf: float,
+    iou_min: float = IOU_MIN,
+    conf_tol: float = CONF_TOL,
+) -> tuple[float, float]:
     """Asserts the tolerance of the module docstring; returns (lowest IoU, largest |conf diff|) over the matches."""
     worst_iou, worst_conf = 1.0, 0.0
     used: set[int] = set()
     for t in torch_dets:
         candidates = [(i, o) for i, o in enumerate(onnx_dets) if o.defect_class == t.defect_class and i not in used]
         best = max(candidates, key=lambda io: t.box.iou(io[1].box), default=None)
-        if t.confidence < conf + CONF_TOL and (best is None or t.box.iou(best[1].box) < IOU_MIN):
+        if t.confidence < conf + conf_tol and (best is None or t.box.iou(best[1].box) < iou_min):
             continue  # at the threshold the other engine may fall just below it
         assert best is not None, f"torch box {t} has no ONNX box of its class"
         i, o = best
         iou, dconf = t.box.iou(o.box), abs(t.confidence - o.confidence)
-        assert iou >= IOU_MIN and dconf <= CONF_TOL, (t, o, iou, dconf)
+        assert iou >= iou_min and dconf <= conf_tol, (t, o, iou, dconf)
         used.add(i)
         worst_iou, worst_conf = min(worst_iou, iou), max(worst_conf, dconf)
-    extra = [o for i, o in enumerate(onnx_dets) if i not in used and o.confidence >= conf + CONF_TOL]
+    extra = [o for i, o in enumerate(onnx_dets) if i not in used and o.confidence >= conf + conf_tol]
     assert not extra, f"ONNX boxes without a torch box: {extra}"
     return worst_iou, worst_conf
 
@@ -448,3 +454,142 @@ def test_setting_threads_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# OpenVINO over the same files (`onnx.runtime: openvino`). float32: onnxruntime's tolerances. bfloat16 (`precision:
+# bf16`, computed in bf16 where the CPU has AVX512-BF16 / AMX, else float32): boxes and crops move by the rounding of
+# an 8-bit mantissa, so its tolerances are wider; the anomaly graph stays float32 (its distances cancel in bf16).
+BF16_IOU_MIN = 0.9
+BF16_CONF_TOL = 0.03
+BF16_COSINE_MIN = 0.99
+
+
+@pytest.fixture
+def openvino_backend(monkeypatch):
+    """Sets the process's onnx runtime for one test (what `Inspector.from_config` does from `onnx:`), undone after."""
+    pytest.importorskip("openvino", reason="onnx.runtime openvino needs OpenVINO (pip install openvino==2026.4.1)")
+    from defect_agent import runtime
+
+    def use(precision: str) -> None:
+        monkeypatch.setattr(runtime, "_onnx_backend", ("openvino", precision))
+
+    return use
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_openvino_runs_the_exported_files(openvino_backend, precision, battery_onnx, battery_images):
+    """The same exported files on OpenVINO: locator boxes, embeddings and anomaly maps against torch, within
+    onnxruntime's tolerances in float32 and the wider bf16 ones in bfloat16; versions name the runtime."""
+    from agent.anomaly_stage import AnomalyStage
+    from vision.crops import crop_region
+    from vision.embedder import load_embedder
+    from vision.locator import Locator
+    from vision.onnx_session import OpenVinoSession
+
+    openvino_backend(precision)
+    line = load_line("battery_tab")
+    torch_loc = Locator.from_line(line)
+    ov_loc = Locator.from_line(line, engine="onnx", onnx_dir=battery_onnx, threads=THREADS)
+    session = ov_loc.detector.session
+    assert isinstance(session, OpenVinoSession) and session.precision == precision
+    assert session.compiled.get_property("INFERENCE_NUM_THREADS") == THREADS
+    assert ov_loc.version.endswith(f"+openvino-{precision}")
+    iou_min, conf_tol = (IOU_MIN, CONF_TOL) if precision == "f32" else (BF16_IOU_MIN, BF16_CONF_TOL)
+    conf = line.locator.conf
+    found = ov_loc.predict(battery_images, conf=conf)
+    figures = [
+        box_deviation(t, o, conf, iou_min, conf_tol) for t, o in zip(torch_loc.predict(battery_images, conf), found)
+    ]
+
+    cfg = EmbedderConfig()
+    torch_emb = load_embedder(cfg)
+    ov_emb = load_embedder(cfg, engine="onnx", onnx_dir=battery_onnx, threads=THREADS)
+    crops = [crop_region(im, d.box) for im, dets in zip(battery_images, found) for d in dets]
+    crops += [im[100:300, 150:400] for im in battery_images]
+    cosine = (torch_emb.embed_images(crops) * ov_emb.embed_images(crops)).sum(axis=1)
+    assert cosine.min() >= (COSINE_MIN if precision == "f32" else BF16_COSINE_MIN), cosine.min()
+
+    torch_stage = AnomalyStage.for_line(line)
+    ov_stage = AnomalyStage.for_line(line, engine="onnx", onnx_dir=battery_onnx, threads=THREADS)
+    assert ov_stage.model._extractor.session.precision == "f32"  # whatever the process chose
+    for image in battery_images:
+        t, o = torch_stage.model.score(image), ov_stage.model.score(image)
+        assert np.abs(t.map - o.map).max() <= MAP_TOL * t.map.max()
+    print(
+        f"openvino {precision}: 1 - min IoU {1 - min(f[0] for f in figures):.2e}, max |dconf| "
+        f"{max(f[1] for f in figures):.2e}, 1 - min cosine {1 - cosine.min():.2e} over {len(crops)} crops"
+    )
+
+
+def test_openvino_bf16_inspector_gives_the_torch_verdicts(tmp_path, battery_images):
+    """`onnx: {runtime: openvino, precision: bf16}` in the app config: the Inspector opens every session on
+    OpenVINO and judges the sample cells as the torch engine does."""
+    pytest.importorskip("openvino", reason="onnx.runtime openvino needs OpenVINO (pip install openvino==2026.4.1)")
+    from agent.pipeline import Inspector
+    from defect_agent import runtime
+    from defect_agent.config import OnnxRuntimeConfig, load_app_config
+    from vision.onnx_session import OpenVinoSession
+
+    _export("battery_tab", None, "locator", "anomaly", "embedder")
+    paths = []
+    for i, image in enumerate(battery_images):
+        paths.append(str(tmp_path / f"cell{i}.png"))
+        cv2.imwrite(paths[-1], image)
+    base = load_app_config()
+    onnx = OnnxRuntimeConfig(runtime="openvino", precision="bf16")
+    verdicts = {}
+    try:
+        for name, update in (("torch", {"engine": "torch"}), ("openvino", {"engine": "onnx", "onnx": onnx})):
+            inspector = Inspector.from_config(line="battery_tab", app=base.model_copy(update=update), use_kb=False)
+            query = inspector.parse("find every defect")
+            verdicts[name] = [inspector.inspect_image(query, p) for p in paths]
+        assert isinstance(inspector.embedder.session, OpenVinoSession)
+        assert isinstance(inspector.locator.detector.session, OpenVinoSession)
+    finally:
+        runtime.set_onnx_backend("onnxruntime", "f32")
+    for t, o in zip(verdicts["torch"], verdicts["openvino"]):
+        assert (t.verdict, t.matches_query) == (o.verdict, o.matches_query)
+        assert sorted(d.defect_class for d in t.defects if d.probability >= 0.5) == sorted(
+            d.defect_class for d in o.defects if d.probability >= 0.5
+        )
+
+
+def test_the_onnx_runtime_is_checked_and_overridable(monkeypatch):
+    from defect_agent.config import AppConfig, load_app_config
+
+    with pytest.raises(ValueError, match="bf16 needs runtime openvino"):
+        AppConfig.model_validate({"onnx": {"precision": "bf16"}})
+    load_app_config.cache_clear()
+    monkeypatch.setenv("DEFECT_AGENT_ONNX_RUNTIME", "openvino")
+    monkeypatch.setenv("DEFECT_AGENT_ONNX_PRECISION", "bf16")
+    try:
+        assert load_app_config().onnx.model_dump() == {"runtime": "openvino", "precision": "bf16"}
+        monkeypatch.setenv("DEFECT_AGENT_ONNX_RUNTIME", "onnxruntime")
+        load_app_config.cache_clear()
+        with pytest.raises(ConfigError, match="DEFECT_AGENT_ONNX_PRECISION=bf16"):
+            load_app_config()
+    finally:
+        monkeypatch.delenv("DEFECT_AGENT_ONNX_RUNTIME")
+        monkeypatch.delenv("DEFECT_AGENT_ONNX_PRECISION")
+        load_app_config.cache_clear()
+
+
+def test_openvino_missing_or_a_bad_file_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    from vision.onnx_session import OpenVinoSession
+
+    bad = tmp_path / "locator.onnx"
+    bad.write_bytes(b"not an onnx file")
+    if "openvino" in sys.modules or _has_openvino():
+        with pytest.raises(ConfigError, match=str(bad)):
+            OpenVinoSession(bad, threads=1)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as on a PC without it
+    with pytest.raises(ConfigError, match="pip install openvino=="):
+        OpenVinoSession(bad, threads=1)
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None

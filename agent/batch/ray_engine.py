@@ -35,12 +35,12 @@ from agent.batch.runner import (
     models_key,
     profile_queries,
 )
-from defect_agent.config import load_line
+from defect_agent.config import ENV_OVERRIDES, load_line
 from defect_agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # what a worker process needs to see the same project as the driver (a scratch home in tests, a plant's data dir)
-FORWARDED_ENV = ("DEFECT_AGENT_HOME", "DEFECT_AGENT_DATA", "DEFECT_AGENT_THREADS", "DEFECT_AGENT_ENGINE", "PYTHONPATH")
+FORWARDED_ENV = ("DEFECT_AGENT_HOME", "DEFECT_AGENT_DATA", "DEFECT_AGENT_THREADS", *ENV_OVERRIDES, "PYTHONPATH")
 
 
 class InspectActor:

@@ -97,10 +97,13 @@ class OnnxFeatures:
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         from defect_agent.errors import ConfigError
-        from vision.onnx_session import ort_session, our_metadata
+        from vision.onnx_session import open_session, our_metadata
 
         self.path = Path(path)
-        self.session: Any = ort_session(self.path, threads)
+        # float32 on every runtime: a normal patch lies a small distance from large bank vectors, and bfloat16
+        # features (8-bit mantissa) moved the map by 1.1 % of its peak - faint regions came and went in 62 of 200
+        # cells, with the distances alone kept in float32 as well (docs/results.md)
+        self.session: Any = open_session(self.path, threads, precision="f32")
         meta = our_metadata(self.session)
         if meta.get("kind") != "anomaly_distances":
             raise ConfigError(

@@ -254,7 +254,7 @@ def load_embedder(
 
 def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, threads: int | None) -> Embedder:
     from vision.embedder.onnx_image import EXPORT_COMMAND, default_onnx_dir, image_file_name, source_of
-    from vision.onnx_session import ort_session, our_metadata
+    from vision.onnx_session import open_session, our_metadata
 
     if not threads:  # the session's count is fixed when built: key the cache on the count it gets
         from defect_agent.runtime import chosen_threads
@@ -264,11 +264,23 @@ def _load_onnx(cfg: EmbedderConfig, device: str, onnx_dir: str | Path | None, th
     if not path.is_file():
         raise ModelFileMissing(path, EXPORT_COMMAND, what="ONNX image tower")
     stamp = path.stat().st_mtime_ns
-    key = ("onnx", cfg.model, cfg.pretrained, cfg.image_size, device, str(path.resolve()), stamp, threads)
+    from defect_agent.runtime import chosen_onnx_backend
+
+    key = (
+        "onnx",
+        cfg.model,
+        cfg.pretrained,
+        cfg.image_size,
+        device,
+        str(path.resolve()),
+        stamp,
+        threads,
+        chosen_onnx_backend(),
+    )
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    session = ort_session(path, threads)
+    session = open_session(path, threads)
     meta = our_metadata(session)
 
     def base() -> Embedder:

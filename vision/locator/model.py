@@ -320,17 +320,18 @@ class OnnxLocator(Locator):
         return out
 
 
-_DETECTORS: dict[tuple[Path, int, int], OnnxDetector] = {}
+_DETECTORS: dict[tuple[Path, int, int, tuple[str, str]], OnnxDetector] = {}
 _DETECTORS_LOCK = threading.Lock()
 
 
 def _onnx_detector(path: Path, threads: int | None) -> OnnxDetector:
-    """One session per file, its modification time and thread count: a pool's lines, or a server's requests, share it
-    (onnxruntime sessions are safe to run from several threads)."""
+    """One session per file, its modification time, thread count and runtime: a pool's lines, or a server's requests,
+    share it (sessions are safe to run from several threads)."""
+    from defect_agent.runtime import chosen_onnx_backend
     from vision.locator.onnx_engine import OnnxDetector
     from vision.onnx_session import default_threads
 
-    key = (path.resolve(), path.stat().st_mtime_ns, default_threads(threads))
+    key = (path.resolve(), path.stat().st_mtime_ns, default_threads(threads), chosen_onnx_backend())
     with _DETECTORS_LOCK:
         if key not in _DETECTORS:
             _DETECTORS[key] = OnnxDetector(path, threads=key[2])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from defect_agent.errors import ConfigError, ModelFileMissing
-from vision.onnx_session import META_PREFIX, ort_session, our_metadata, session_metadata
+from vision.onnx_session import META_PREFIX, open_session, our_metadata, session_metadata
 
 if TYPE_CHECKING:  # heavy import, only for type hints
     pass
@@ -48,10 +48,15 @@ def default_onnx_dir(line_name: str) -> Path:
 
 
 def onnx_version(path: Path) -> str:
-    """`onnx@<first 12 hex of sha256>` of an exported file (appended to the source model's version)."""
+    """`onnx@<first 12 hex of sha256>` of an exported file (appended to the source model's version), with
+    `+openvino-<precision>` where OpenVINO runs it: a verdict names what computed it, and a resumed batch does not
+    mix bfloat16 results into a float32 run."""
     from defect_agent.files import file_sha256
+    from defect_agent.runtime import chosen_onnx_backend
 
-    return f"onnx@{file_sha256(path)[:12]}"
+    runtime, precision = chosen_onnx_backend()
+    suffix = "" if runtime == "onnxruntime" else f"+{runtime}-{precision}"
+    return f"onnx@{file_sha256(path)[:12]}{suffix}"
 
 
 def require_file(path: Path, line_name: str, what: str) -> Path:
@@ -85,7 +90,7 @@ class OnnxDetector:
         import ast
 
         self.path = Path(path)
-        self.session = ort_session(self.path, threads)
+        self.session = open_session(self.path, threads)
         meta = session_metadata(self.session)
         try:
             self.stride = int(meta["stride"])

@@ -257,12 +257,12 @@ class DefectVerifier:
         """A verifier exported by `export_verifier_onnx`, its network run by onnxruntime (`OnnxVerifierNet`);
         crops, TTA, box decoding and merging stay the torch verifier's. Version: `<source>|onnx@<sha12>`."""
         from vision.locator.onnx_engine import onnx_version
-        from vision.onnx_session import ort_session, our_metadata
+        from vision.onnx_session import open_session, our_metadata
 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"ONNX verifier not found: {path} (defect-agent export --line <line> --format onnx)")
-        session = ort_session(path, threads)
+        session = open_session(path, threads)
         recorded = our_metadata(session)
         try:
             meta = VerifierMeta.model_validate_json(recorded["verifier_meta"])
