@@ -7,7 +7,8 @@ and on the onnx engine with a given runtime and precision, the records compared 
 Images as bench_batch's (generated cells; DeepPCB test boards spread over the groups). The files are exported into a
 temporary data folder; both runs use the knowledge base of configs/default.yaml (`make demo`'s). Per line: the same
 part verdict, instruction answer and defect list (class and source), for findings matched across the runs (same
-class and source, IoU >= 0.9) the same nearest knowledge-base case, and the largest probability and mm differences.
+class and source, IoU >= 0.9) the same nearest knowledge-base case (where it differs: whether the two cases share a
+class, and how much closer the reference found its own first case), and the largest probability and mm differences.
 Writes benchmarks/results/engines_<line>_<runtime>_<precision>.json."""
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def compare(reference: list[dict[str, Any]], other: list[dict[str, Any]]) -> dic
     changed: Counter[str] = Counter()
     matched: Counter[str] = Counter()
     top_case: Counter[str] = Counter()
-    max_dp = max_dmm = 0.0
+    max_dp = max_dmm = max_swap_gap = 0.0
+    swaps_same_class = 0
     for a, b in zip(reference, other, strict=True):
         same["verdict"] += a["verdict"] == b["verdict"]
         same["matches_query"] += a["matches_query"] == b["matches_query"]
@@ -87,7 +89,15 @@ def compare(reference: list[dict[str, Any]], other: list[dict[str, Any]]) -> dic
                 if key.endswith("_mm") and key in db["measurements"]:
                     max_dmm = max(max_dmm, abs(value - db["measurements"][key]))
             if da["similar_cases"] and db["similar_cases"]:
-                top_case[da["source"]] += da["similar_cases"][0]["case_id"] == db["similar_cases"][0]["case_id"]
+                first, other_first = da["similar_cases"][0], db["similar_cases"][0]
+                top_case[da["source"]] += first["case_id"] == other_first["case_id"]
+                if first["case_id"] != other_first["case_id"]:
+                    swaps_same_class += first["defect_class"] == other_first["defect_class"]
+                    # how far down the reference's list the other run's first case sat (the whole k if absent)
+                    ref_sim = {c["case_id"]: c["similarity"] for c in da["similar_cases"]}
+                    floor = min(ref_sim.values())
+                    gap = first["similarity"] - ref_sim.get(other_first["case_id"], floor)
+                    max_swap_gap = max(max_swap_gap, gap)
             else:
                 top_case[da["source"]] += da["similar_cases"] == db["similar_cases"]
     return {
@@ -96,6 +106,8 @@ def compare(reference: list[dict[str, Any]], other: list[dict[str, Any]]) -> dic
         "changed_defects": dict(changed),
         "matched_findings": dict(matched),
         "same_nearest_case": dict(top_case),
+        "nearest_case_swaps_same_class": swaps_same_class,
+        "largest_swap_similarity_gap": round(max_swap_gap, 4),
         "max_probability_diff": round(max_dp, 4),
         "max_mm_diff": round(max_dmm, 4),
     }
