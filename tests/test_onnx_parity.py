@@ -10,7 +10,9 @@ the torch models they come from, exported once per module into a temporary folde
 - the whole onnx engine in a process where importing torch, torchvision, timm or ultralytics fails: the verdicts
   of the torch engine;
 - pcb verifier: class probabilities (eight-view TTA, as the line runs it) within PROB_TOL, refined boxes within
-  BOX_TOL px, on reference composites of DeepPCB pairs (synthetic boards without ../shared).
+  BOX_TOL px, on reference composites of DeepPCB pairs (synthetic boards without ../shared);
+- the same files on OpenVINO (`onnx.runtime: openvino`, skipped without it): float32 within the tolerances above,
+  bfloat16 within the BF16_* ones, the anomaly graph float32 either way.
 
 Sockets are blocked for the whole suite (pytest-socket): the exports download nothing."""
 
@@ -462,6 +464,7 @@ def test_setting_threads_never_imports_torch():
 BF16_IOU_MIN = 0.9
 BF16_CONF_TOL = 0.03
 BF16_COSINE_MIN = 0.99
+BF16_PROB_TOL = 0.01
 
 
 @pytest.fixture
@@ -593,3 +596,26 @@ def _has_openvino() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("openvino") is not None
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_openvino_verifier_reads_boxes_as_torch_does(openvino_backend, precision, pcb_onnx, pcb_composites):
+    """The pcb verifier's exported CNN on OpenVINO: the same class for every annotated box, probabilities within
+    PROB_TOL in float32 and BF16_PROB_TOL in bfloat16."""
+    from vision.onnx_session import OpenVinoSession
+    from vision.verifier.model import DefectVerifier
+
+    openvino_backend(precision)
+    line = load_line("pcb")
+    torch_ver = DefectVerifier.for_line(line)
+    ov_ver = DefectVerifier.for_line(line, engine="onnx", onnx_dir=pcb_onnx, threads=THREADS)
+    assert ov_ver.version.endswith(f"+openvino-{precision}")
+    assert isinstance(ov_ver.model.session, OpenVinoSession)
+    worst = 0.0
+    for composite, truth in pcb_composites:
+        boxes = [b for _, b in truth]
+        a, b = torch_ver.read(composite, boxes), ov_ver.read(composite, boxes)
+        assert (a.probabilities.argmax(1) == b.probabilities.argmax(1)).all()
+        worst = max(worst, float(np.abs(a.probabilities - b.probabilities).max()))
+    assert worst <= (PROB_TOL if precision == "f32" else BF16_PROB_TOL), worst
+    print(f"openvino {precision} verifier: max |dp| {worst:.2e}")
