@@ -156,7 +156,9 @@ def main() -> None:
         **compare(torch_records, onnx_records),
         "command": " ".join(["python", *sys.argv]),
     }
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"engines_{args.line}_{args.runtime}_{args.precision}.json")
+    out = Path(
+        args.out or ROOT / "benchmarks" / "results" / f"engines_{args.line}_{args.runtime}_{args.precision}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     print(json.dumps(result, indent=1))
