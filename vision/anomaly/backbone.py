@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from vision.embedder import towers
-from vision.embedder.preprocess import as_bgr
+from vision.embedder.preprocess import as_bgr, normalise_into
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,13 @@ def preprocess(images: Sequence[np.ndarray], size: int) -> np.ndarray:
 
     Images are resized to a square: the anomaly map is resized back to each image's own shape, so a non-square
     image is only seen stretched, consistently for fitting and scoring."""
-    mean = np.asarray(towers.IMAGE_MEAN, dtype=np.float32)
-    std = np.asarray(towers.IMAGE_STD, dtype=np.float32)
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     for i, image in enumerate(images):
         bgr = as_bgr(image)
         h, w = bgr.shape[:2]
         interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
         rgb = cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=interp), cv2.COLOR_BGR2RGB)
-        out[i] = ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+        normalise_into(out[i], rgb, towers.IMAGE_MEAN, towers.IMAGE_STD)
     return out
 
 
