@@ -84,7 +84,7 @@ def resolve_threads(setting: int | str | None = None, engine: str = "torch") -> 
     override); else 'auto': on the torch engine every core on an idle machine, 1 when others keep the cores busy
     (`BUSY_LOAD_PER_CORE`: torch's OpenMP threads spin on cores others hold), on the onnx engine every core (its
     sessions do not spin: beside a busy process every core measured 1.5x faster than one, docs/results.md; on
-    OpenVINO 1 thread was 25 % faster on battery_tab, 12 % slower on pcb: no rule);
+    OpenVINO 1 thread beat every core in two runs of four: no rule to apply);
     None: every core."""
     if isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         return setting
