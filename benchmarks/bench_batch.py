@@ -54,9 +54,9 @@ def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
 
-def _images(line: str, n: int, folder: Path) -> list[str]:
+def _images(line: str, n: int, folder: Path, spread: bool = False) -> list[str]:
     """`n` image files of the line: generated cells for battery_tab, DeepPCB test boards (with their templates
-    beside them) for pcb."""
+    beside them) for pcb - the first `n`, or with `spread` every k-th so that every group is in."""
     if line == "battery_tab":
         from vision.datasets.synth.battery_tab import generate_batch
 
@@ -65,7 +65,8 @@ def _images(line: str, n: int, folder: Path) -> list[str]:
     boards = sorted((ROOT.parent / "shared" / "datasets" / "deeppcb" / "PCBData").glob("*/*/*_test.jpg"))
     if not boards:
         raise SystemExit("pcb images need ../shared/datasets/deeppcb")
-    return [str(p) for p in boards[:n]]
+    step = max(len(boards) // n, 1) if spread else 1
+    return [str(p) for p in boards[::step][:n]]
 
 
 def _inspector(line: str, threads: int, engine: str = "torch", onnx_home: Path | None = None) -> Any:

@@ -24,27 +24,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-CLI = str(Path(sys.executable).with_name("defect-agent"))
+from bench_batch import CLI, ROOT, _images
+
 INSTRUCTION = {
     "battery_tab": "find cells with weld spatter or a missing weld",
     "pcb": "flag boards with an open circuit or a short",
 }
 MATCH_IOU = 0.9
-
-
-def _images(line: str, n: int, folder: Path) -> list[str]:
-    if line == "battery_tab":
-        from vision.datasets.synth.battery_tab import generate_batch
-
-        generate_batch(folder, n=n, seed=2323, progress=False)
-        return sorted(str(p) for p in folder.glob("*.png"))[:n]
-    boards = sorted((ROOT.parent / "shared" / "datasets" / "deeppcb" / "PCBData").glob("*/*/*_test.jpg"))
-    if not boards:
-        raise SystemExit("pcb images need ../shared/datasets/deeppcb")
-    step = max(len(boards) // n, 1)
-    return [str(p) for p in boards[::step][:n]]
 
 
 def _inspect(line: str, paths: list[str], out: Path, env: dict[str, str]) -> list[dict[str, Any]]:
@@ -124,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="compare-engines-") as tmp:
-        paths = _images(args.line, args.images, Path(tmp) / "images")
+        paths = _images(args.line, args.images, Path(tmp) / "images", spread=True)
         data = Path(tmp) / "data"
         base = {**os.environ, "DEFECT_AGENT_THREADS": str(args.threads)}
         exported = subprocess.run(

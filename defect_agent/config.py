@@ -416,13 +416,14 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 
 
 def _with_env_overrides(data: dict) -> tuple[dict, list[str]]:
+    """The config file's data with ENV_OVERRIDES applied (copies, the file's dict untouched), and which applied."""
     used: list[str] = []
+    data = dict(data)
     for env, keys in ENV_OVERRIDES.items():
         value = os.environ.get(env)
         if not value:
             continue
         used.append(f"{env}={value}")
-        data = dict(data)
         node = data
         for key in keys[:-1]:
             node[key] = dict(node.get(key) or {})

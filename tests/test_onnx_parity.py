@@ -19,6 +19,7 @@ Sockets are blocked for the whole suite (pytest-socket): the exports download no
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -154,6 +155,32 @@ def box_deviation(
     extra = [o for i, o in enumerate(onnx_dets) if i not in used and o.confidence >= conf + conf_tol]
     assert not extra, f"ONNX boxes without a torch box: {extra}"
     return worst_iou, worst_conf
+
+
+def _cells_on_disk(folder: Path, images: list[np.ndarray]) -> list[str]:
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(folder / f"cell{i}.png"))
+        cv2.imwrite(paths[-1], image)
+    return paths
+
+
+def _inspect_cells(app, paths: list[str]) -> tuple[Any, list]:
+    """An Inspector of battery_tab on `app` (no knowledge base) and its verdicts on the cells."""
+    from agent.pipeline import Inspector
+
+    inspector = Inspector.from_config(line="battery_tab", app=app, use_kb=False)
+    query = inspector.parse("find every defect")
+    return inspector, [inspector.inspect_image(query, p) for p in paths]
+
+
+def assert_same_verdicts(reference: list, other: list) -> None:
+    """Part verdict, instruction answer and the classes found at probability >= 0.5, image by image."""
+    for t, o in zip(reference, other, strict=True):
+        assert (t.verdict, t.matches_query) == (o.verdict, o.matches_query)
+        assert sorted(d.defect_class for d in t.defects if d.probability >= 0.5) == sorted(
+            d.defect_class for d in o.defects if d.probability >= 0.5
+        )
 
 
 def test_battery_tab_locator_boxes_match_torch(battery_onnx, battery_images):
@@ -313,30 +340,16 @@ def test_export_never_writes_into_models(tmp_path):
 def test_the_engine_is_chosen_in_the_config_and_gives_the_same_verdicts(tmp_path, battery_images):
     """`engine: onnx` in the app config: the Inspector runs the exported files from their default place
     (var/onnx/<line>, var/onnx/embedder) and judges the sample cells as the torch engine does."""
-    from agent.pipeline import Inspector
     from defect_agent.config import load_app_config
     from vision.locator.model import OnnxLocator
 
     _export("battery_tab", None, "locator", "anomaly", "embedder")
-    paths = []
-    for i, image in enumerate(battery_images):
-        paths.append(str(tmp_path / f"cell{i}.png"))
-        cv2.imwrite(paths[-1], image)
+    paths = _cells_on_disk(tmp_path, battery_images)
     base = load_app_config()
-    verdicts = {}
-    for engine in ("torch", "onnx"):
-        inspector = Inspector.from_config(
-            line="battery_tab", app=base.model_copy(update={"engine": engine}), use_kb=False
-        )
-        if engine == "onnx":
-            assert isinstance(inspector.locator, OnnxLocator)
-        query = inspector.parse("find every defect")
-        verdicts[engine] = [inspector.inspect_image(query, p) for p in paths]
-    for t, o in zip(verdicts["torch"], verdicts["onnx"]):
-        assert (t.verdict, t.matches_query) == (o.verdict, o.matches_query)
-        assert sorted(d.defect_class for d in t.defects if d.probability >= 0.5) == sorted(
-            d.defect_class for d in o.defects if d.probability >= 0.5
-        )
+    _, torch_verdicts = _inspect_cells(base.model_copy(update={"engine": "torch"}), paths)
+    inspector, onnx_verdicts = _inspect_cells(base.model_copy(update={"engine": "onnx"}), paths)
+    assert isinstance(inspector.locator, OnnxLocator)
+    assert_same_verdicts(torch_verdicts, onnx_verdicts)
 
 
 def test_numpy_crop_preprocessing_equals_the_torch_transform(battery_images):
@@ -390,10 +403,7 @@ def test_the_onnx_engine_process_never_imports_torch(tmp_path, battery_images):
         [exe, "export", "--line", "battery_tab", "--format", "onnx"], env=env, capture_output=True, text=True
     )
     assert export.returncode == 0, export.stderr
-    paths = []
-    for i, image in enumerate(battery_images[:3]):
-        paths.append(str(tmp_path / f"cell{i}.png"))
-        cv2.imwrite(paths[-1], image)
+    paths = _cells_on_disk(tmp_path, battery_images[:3])
     blocker = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
@@ -524,37 +534,25 @@ def test_openvino_runs_the_exported_files(openvino_backend, precision, battery_o
     )
 
 
-def test_openvino_bf16_inspector_gives_the_torch_verdicts(tmp_path, battery_images):
+def test_openvino_bf16_inspector_gives_the_torch_verdicts(tmp_path, battery_images, monkeypatch):
     """`onnx: {runtime: openvino, precision: bf16}` in the app config: the Inspector opens every session on
     OpenVINO and judges the sample cells as the torch engine does."""
     pytest.importorskip("openvino", reason="onnx.runtime openvino needs OpenVINO (pip install openvino==2026.4.1)")
-    from agent.pipeline import Inspector
     from defect_agent import runtime
     from defect_agent.config import OnnxRuntimeConfig, load_app_config
     from vision.onnx_session import OpenVinoSession
 
+    # the Inspector settles the process's runtime from its app: put back what the process had afterwards
+    monkeypatch.setattr(runtime, "_onnx_backend", runtime._onnx_backend)
     _export("battery_tab", None, "locator", "anomaly", "embedder")
-    paths = []
-    for i, image in enumerate(battery_images):
-        paths.append(str(tmp_path / f"cell{i}.png"))
-        cv2.imwrite(paths[-1], image)
+    paths = _cells_on_disk(tmp_path, battery_images)
     base = load_app_config()
     onnx = OnnxRuntimeConfig(runtime="openvino", precision="bf16")
-    verdicts = {}
-    try:
-        for name, update in (("torch", {"engine": "torch"}), ("openvino", {"engine": "onnx", "onnx": onnx})):
-            inspector = Inspector.from_config(line="battery_tab", app=base.model_copy(update=update), use_kb=False)
-            query = inspector.parse("find every defect")
-            verdicts[name] = [inspector.inspect_image(query, p) for p in paths]
-        assert isinstance(inspector.embedder.session, OpenVinoSession)
-        assert isinstance(inspector.locator.detector.session, OpenVinoSession)
-    finally:
-        runtime.set_onnx_backend("onnxruntime", "f32")
-    for t, o in zip(verdicts["torch"], verdicts["openvino"]):
-        assert (t.verdict, t.matches_query) == (o.verdict, o.matches_query)
-        assert sorted(d.defect_class for d in t.defects if d.probability >= 0.5) == sorted(
-            d.defect_class for d in o.defects if d.probability >= 0.5
-        )
+    _, torch_verdicts = _inspect_cells(base.model_copy(update={"engine": "torch"}), paths)
+    inspector, openvino_verdicts = _inspect_cells(base.model_copy(update={"engine": "onnx", "onnx": onnx}), paths)
+    assert isinstance(inspector.embedder.session, OpenVinoSession)
+    assert isinstance(inspector.locator.detector.session, OpenVinoSession)
+    assert_same_verdicts(torch_verdicts, openvino_verdicts)
 
 
 def test_the_onnx_runtime_is_checked_and_overridable(monkeypatch):
