@@ -12,8 +12,9 @@
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
   both in this process (their thread pools compete at 2 threads).
 - `onnx_stages`: `stages`, `busy` and `batch` on the onnx engine in a child process without torch, against the bare exported
-  detector on the same runtime; `--onnx-runtime openvino --onnx-precision bf16` runs them on OpenVINO (results under
-  `onnx_stages_openvino_bf16`).
+  detector on the same runtime, then the bare ultralytics detector (torch) on the same images in this process
+  (`agent_over_ultralytics`, the issue's baseline); `--onnx-runtime openvino --onnx-precision bf16` runs them on
+  OpenVINO (results under `onnx_stages_openvino_bf16`).
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
 - `rss`: `defect-agent batch` over `--rss-images` distinct generated images in a child process; its RSS sampled each
@@ -148,10 +149,11 @@ def part_stages(line: str, paths: list[str], threads: list[int], rounds: int, en
 
 
 def part_onnx_stages(
-    line: str, n_images: int, threads: list[int], rounds: int, runtime: str = "onnxruntime", precision: str = "f32"
+    line: str, paths: list[str], threads: list[int], rounds: int, runtime: str = "onnxruntime", precision: str = "f32"
 ) -> dict[str, Any]:
     """`stages` on the onnx engine in a child process that never imports torch (a line PC's), the bare baseline the
-    exported detector alone on the same runtime; files exported into a temporary data folder first."""
+    exported detector alone on the same runtime; files exported into a temporary data folder first. Then, in this
+    process, the bare ultralytics detector on the same images (`agent_over_ultralytics`)."""
     with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-stages-") as data:
         env = {
             **os.environ,
@@ -163,9 +165,40 @@ def part_onnx_stages(
         subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
         child_out = Path(data) / "child.json"
         cmd = [sys.executable, __file__, "--line", line, "--parts", "onnx_stages_here", "--out", str(child_out)]
-        cmd += ["--images", str(n_images), "--rounds", str(rounds), "--threads", *map(str, threads)]
+        cmd += ["--images", str(len(paths)), "--rounds", str(rounds), "--threads", *map(str, threads)]
         subprocess.run(cmd, check=True, env=env, cwd=ROOT)
-        return json.loads(child_out.read_text())["onnx_stages"]
+        rows = json.loads(child_out.read_text())["onnx_stages"]
+    # the issue's baseline, the bare ultralytics detector of the same weights, in this process (torch) right after
+    # the child, on the same images and thread counts
+    for n, bare in _ultralytics_bare(line, paths, threads, rounds).items():
+        row = rows[n]
+        row["ultralytics_bare_p50"], row["ultralytics_bare_p95"] = bare["p50"], bare["p95"]
+        row["agent_over_ultralytics"] = round(row["agent_p50"] / bare["p50"], 2)
+        print(f"onnx_stages {line} threads={n}: agent {row['agent_p50']} ms, ultralytics {bare}", file=sys.stderr)
+    return rows
+
+
+def _ultralytics_bare(line: str, paths: list[str], threads: list[int], rounds: int) -> dict[str, dict[str, float]]:
+    """p50 / p95 of the bare ultralytics detector (torch) on `paths` at each thread count."""
+    from agent.images import read_image
+    from defect_agent.runtime import set_threads
+
+    out = {}
+    for n in threads:
+        inspector = _inspector(line, n)
+        seen = [inspector.locator_input(p, read_image(p, inspector.line.image_size)) for p in paths]
+        bare = _bare(inspector)
+        set_threads(n)
+        for s in seen[:2]:  # warm-up
+            bare(s)
+        ms = []
+        for _ in range(rounds):
+            for s in seen:
+                t = time.perf_counter()
+                bare(s)
+                ms.append((time.perf_counter() - t) * 1000)
+        out[str(n)] = {"p50": round(statistics.median(ms), 1), "p95": _pct(ms, 95)}
+    return out
 
 
 def part_batch(
@@ -523,7 +556,7 @@ def main() -> None:
             if args.onnx_runtime != "onnxruntime":
                 key += f"_{args.onnx_runtime}_{args.onnx_precision}"
             result[key] = part_onnx_stages(
-                args.line, args.images, args.threads, args.rounds, args.onnx_runtime, args.onnx_precision
+                args.line, paths, args.threads, args.rounds, args.onnx_runtime, args.onnx_precision
             )
         if "onnx_stages_here" in parts:  # the child of onnx_stages
             stages = part_stages(args.line, paths, args.threads, args.rounds, engine="onnx")
