@@ -127,7 +127,7 @@ class Inspector:
             elif use_kb:
                 kb, kb_problem = _open_kb(kb_dir or app.kb_dir, embedder)
             try:
-                prototypes = _kb_prototypes(kb, line_cfg.name)
+                prototypes = _kb_prototypes(kb, line_cfg)
             except Exception as exc:  # vectors of another model or a damaged store: inspect without the KB
                 kb, kb_problem = None, f"knowledge base unusable ({type(exc).__name__}: {exc})"
                 prototypes = None
@@ -483,10 +483,14 @@ def _open_kb(kb_dir: str | Path, embedder) -> tuple[Any, str | None]:
         return None, problem
 
 
-def _kb_prototypes(kb, line: str) -> dict[str, np.ndarray] | None:
+def _kb_prototypes(kb, line: LineConfig) -> dict[str, np.ndarray] | None:
+    """The knowledge base's class prototypes for the texture scorer, less the line's derived defects: those are
+    measured, not seen in a texture, though their cases are kept (and retrieved) like any other."""
     if kb is None:
         return None
-    return kb.class_prototypes(line=line) or None
+    derived = {d.name for d in line.derived}
+    protos = {name: vector for name, vector in kb.class_prototypes(line=line.name).items() if name not in derived}
+    return protos or None
 
 
 def _kb_snapshot(kb) -> str | None:

@@ -200,3 +200,14 @@ def test_export_jsonl_and_prototypes_and_snapshot(kb: KnowledgeBase, tmp_path: P
     assert abs(float(np.linalg.norm(protos["spatter"])) - 1.0) < 1e-5
     kb.edit(a.id, report="changed")
     assert kb.snapshot_id() != snap and kb.snapshot_id().startswith("2@")
+
+
+def test_texture_prototypes_leave_out_the_lines_measured_defects(kb: KnowledgeBase, tmp_path: Path) -> None:
+    from agent.pipeline import _kb_prototypes
+    from defect_agent.config import load_line
+
+    kb.add(case_input(make_image(tmp_path / "a.png", "red")))
+    kb.add(case_input(make_image(tmp_path / "b.png", "blue"), defect_class="weld_offset"))
+    assert set(kb.class_prototypes("battery_tab")) == {"spatter", "weld_offset"}  # the case is kept and retrievable
+    protos = _kb_prototypes(kb, load_line("battery_tab"))
+    assert protos is not None and set(protos) == {"spatter"}  # a measured defect has no texture to score
