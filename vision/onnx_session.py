@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # heavy import, only for type hints
 ORT_PIN = "onnxruntime==1.31.1"
 OPENVINO_PIN = "openvino==2026.4.1"
 META_PREFIX = "defect_agent."  # our keys in the ONNX file's metadata_props, beside ultralytics' own
+# OpenVINO pins a session's threads to the first cores by default: two 1-thread processes (Ray workers, two stations)
+# then share core 0 and each runs 2x slower; unpinned, idle latency is the same (benchmarks/bench_pinning.py)
+CPU_PINNING = False
 
 
 def default_threads(threads: int | None = None) -> int:
@@ -107,6 +110,7 @@ class OpenVinoSession:
                     "NUM_STREAMS": 1,
                     "PERFORMANCE_HINT": "LATENCY",
                     "INFERENCE_PRECISION_HINT": precision,
+                    "ENABLE_CPU_PINNING": CPU_PINNING,
                 },
             )
         except Exception as exc:  # a truncated file, a graph OpenVINO cannot compile
