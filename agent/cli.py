@@ -202,6 +202,7 @@ def batch(
     from agent.pipeline import Inspector
     from defect_agent.config import load_app_config
 
+    logging.getLogger("agent.batch").setLevel(logging.INFO)  # progress lines under cron, without --verbose
     prof = load_profile(profile)
     if line is not None and line != prof.line:
         raise typer.BadParameter(f"--line {line} differs from the profile's line {prof.line}")

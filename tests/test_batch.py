@@ -168,7 +168,7 @@ def kill_and_resume(profile: Path, inputs: Path, out: Path, n_images: int, kills
         (json.loads(line)["verdict"]["image"], json.loads(line)["instruction_id"])
         for line in (out / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()
     )
-    return {"signals": delivered, "expected": expected, "keys": keys, "pairs": pairs}
+    return {"signals": delivered, "expected": expected, "keys": keys, "pairs": pairs, "stderr": err}
 
 
 def test_killed_and_resumed_the_cli_loses_nothing_and_duplicates_nothing(cells, tmp_path):
@@ -179,6 +179,9 @@ def test_killed_and_resumed_the_cli_loses_nothing_and_duplicates_nothing(cells, 
     assert sum(got["keys"].values()) == got["expected"] == len(got["keys"])  # nothing duplicated
     assert len(got["pairs"]) == got["expected"]  # nothing lost
     assert (out / "report.html").exists() and (out / "verdicts.csv").exists()
+    # no terminal: progress as log lines, at INFO (a log watcher alerts on WARNING), without --verbose
+    assert "INFO agent.batch.runner: batch progress done=" in got["stderr"]
+    assert "WARNING agent.batch.runner: batch progress" not in got["stderr"]
 
 
 @pytest.mark.slow

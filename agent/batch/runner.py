@@ -135,7 +135,7 @@ class Progress:
             self.last = now
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.warning(
+            log.info(  # `defect-agent batch` shows agent.batch at INFO: progress is not a warning to a log watcher
                 "batch progress done=%d total=%d rate=%.2f img/s eta=%.0f s fail=%d review=%d pass=%d",
                 self.done,
                 self.total,
