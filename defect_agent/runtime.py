@@ -3,6 +3,7 @@ and explicit thread counts (ultralytics otherwise drops torch to one thread on s
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -169,9 +170,10 @@ _onnx_backend: tuple[str, str] | None = None
 
 def set_onnx_backend(runtime: str, precision: str = "f32") -> None:
     """What opens the onnx engine's sessions from now on (`onnx:` of configs/default.yaml): settled with the threads,
-    before any model loads, because a session keeps the runtime it was opened with."""
+    before any model loads, because a session keeps the runtime it was opened with. bf16 on a CPU without bfloat16
+    becomes f32 (with a warning): OpenVINO would compute in float32 anyway, and versions must say so."""
     global _onnx_backend
-    _onnx_backend = (runtime, precision)
+    _onnx_backend = (runtime, _precision_here(runtime, precision))
 
 
 def chosen_onnx_backend() -> tuple[str, str]:
@@ -181,4 +183,28 @@ def chosen_onnx_backend() -> tuple[str, str]:
     from defect_agent.config import load_app_config
 
     onnx = load_app_config().onnx
-    return onnx.runtime, onnx.precision
+    return onnx.runtime, _precision_here(onnx.runtime, onnx.precision)
+
+
+def _precision_here(runtime: str, precision: str) -> str:
+    if runtime == "openvino" and precision == "bf16" and not _openvino_has_bf16():
+        return "f32"
+    return precision
+
+
+@functools.cache
+def _openvino_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bfloat16 here (AVX512-BF16 or AMX); True when OpenVINO is missing, so
+    that opening a session reports that instead."""
+    try:
+        import openvino as ov
+    except ModuleNotFoundError:
+        return True
+    capabilities = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if "BF16" in capabilities:
+        return True
+    log.warning(
+        "onnx.precision bf16: this CPU has no bfloat16 (OpenVINO's capabilities: %s); running float32",
+        ", ".join(capabilities),
+    )
+    return False

@@ -577,6 +577,38 @@ def test_the_onnx_runtime_is_checked_and_overridable(monkeypatch):
         load_app_config.cache_clear()
 
 
+def test_bf16_on_a_cpu_without_it_runs_float32_and_versions_say_so(monkeypatch, caplog):
+    """A line PC without AVX512-BF16 / AMX: OpenVINO would compute float32 while versions said bf16; the backend
+    settles on f32 with one warning naming the CPU's capabilities. With bfloat16 it stays bf16."""
+    from defect_agent import runtime
+
+    ov = pytest.importorskip("openvino", reason="onnx.runtime openvino needs OpenVINO (pip install openvino==2026.4.1)")
+
+    def core_with(capabilities: list[str]) -> type:
+        class Core:
+            def get_property(self, device: str, name: str) -> list[str]:
+                assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+                return capabilities
+
+        return Core
+
+    monkeypatch.setattr(runtime, "_onnx_backend", None)  # the process's choice, restored after the test
+    try:
+        monkeypatch.setattr(ov, "Core", core_with(["WINOGRAD", "FP32", "INT8"]))
+        runtime._openvino_has_bf16.cache_clear()
+        with caplog.at_level("WARNING", logger="defect_agent.runtime"):
+            runtime.set_onnx_backend("openvino", "bf16")
+            assert runtime.chosen_onnx_backend() == ("openvino", "f32")
+            runtime.set_onnx_backend("openvino", "bf16")  # asked again: no second warning
+        assert caplog.text.count("this CPU has no bfloat16") == 1 and "FP32" in caplog.text
+        monkeypatch.setattr(ov, "Core", core_with(["BF16", "FP32"]))
+        runtime._openvino_has_bf16.cache_clear()
+        runtime.set_onnx_backend("openvino", "bf16")
+        assert runtime.chosen_onnx_backend() == ("openvino", "bf16")
+    finally:
+        runtime._openvino_has_bf16.cache_clear()
+
+
 def test_openvino_missing_or_a_bad_file_is_a_clear_error(monkeypatch, tmp_path):
     import sys
 
