@@ -6,7 +6,8 @@
 - `batch`: the nightly job (`run_batch`: prefetch, `--batch-size` images per model call) vs the one-image loop
   (`Inspector.inspect_image` per file) over the same images: images/s and the ratio.
 - `busy`: the agent's p50 at 1 thread and at every core while a second process keeps the cores busy (numpy matrix
-  products, 2 threads), against the idle figures of `stages`; and what `threads: auto`'s tuner picks.
+  products, 2 threads), against the idle figures of `stages`; and what `threads: auto`'s tuner picks. `--nice -5`
+  runs the agent at a higher priority than that process (as a station service would be set up).
 - `cold`: a new `defect-agent inspect` process to its first verdict (wall, two runs), on the torch engine and on the
   onnx engine (`DEFECT_AGENT_ENGINE=onnx`, files exported into var/onnx first).
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
@@ -250,11 +251,12 @@ def part_batch(
 
 
 def _burner() -> subprocess.Popen:
+    """The competing process, at the default priority whatever `--nice` gave this one."""
     code = (
         "import os; os.environ['OMP_NUM_THREADS']='2'\n"
         "import numpy as np\na=np.random.rand(700,700)\nwhile True: a=(a@a)/700.0"
     )
-    return subprocess.Popen([sys.executable, "-c", code])
+    return subprocess.Popen([sys.executable, "-c", code], preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, 0))
 
 
 def part_busy(
@@ -523,8 +525,16 @@ def main() -> None:
     ap.add_argument("--rss-images", type=int, default=10000)
     ap.add_argument("--onnx-runtime", default="onnxruntime", choices=["onnxruntime", "openvino"], help="onnx_stages")
     ap.add_argument("--onnx-precision", default="f32", choices=["f32", "bf16"], help="onnx_stages (bf16: openvino)")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the agent at this priority (negative needs root; the busy part's competing process stays at 0)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # before any thread starts: children inherit it
 
     from defect_agent.runtime import configure_offline
 
@@ -555,6 +565,8 @@ def main() -> None:
             key = "onnx_stages"
             if args.onnx_runtime != "onnxruntime":
                 key += f"_{args.onnx_runtime}_{args.onnx_precision}"
+            if args.nice:
+                key += f"_nice{args.nice}"
             result[key] = part_onnx_stages(
                 args.line, paths, args.threads, args.rounds, args.onnx_runtime, args.onnx_precision
             )
