@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,22 @@ INSTRUCTION = {
 
 def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
+
+
+def _time_ms(call: Callable[[Any], Any], items: list[Any], rounds: int) -> list[float]:
+    """Wall milliseconds of `call(item)` for every item, `rounds` times over."""
+    ms = []
+    for _ in range(rounds):
+        for item in items:
+            t = time.perf_counter()
+            call(item)
+            ms.append((time.perf_counter() - t) * 1000)
+    return ms
+
+
+def _inspects(inspector: Any, query: Any) -> Callable[[tuple[str, np.ndarray]], Any]:
+    """One station call on a (path, decoded image) pair, for `_time_ms`."""
+    return lambda pair: inspector.inspect_image_many([query], pair[0], image=pair[1])
 
 
 def _images(line: str, n: int, folder: Path, spread: bool = False) -> list[str]:
@@ -192,12 +209,7 @@ def _ultralytics_bare(line: str, paths: list[str], threads: list[int], rounds: i
         set_threads(n)
         for s in seen[:2]:  # warm-up
             bare(s)
-        ms = []
-        for _ in range(rounds):
-            for s in seen:
-                t = time.perf_counter()
-                bare(s)
-                ms.append((time.perf_counter() - t) * 1000)
+        ms = _time_ms(bare, seen, rounds)
         out[str(n)] = {"p50": round(statistics.median(ms), 1), "p95": _pct(ms, 95)}
     return out
 
@@ -271,18 +283,13 @@ def part_busy(
     try:
         inspector = _inspector(line, 1, engine=engine)
         query = inspector.parse(INSTRUCTION[line])
-        images = [read_image(p, inspector.line.image_size) for p in paths]
+        pairs = [(p, read_image(p, inspector.line.image_size)) for p in paths]
         for n in threads:
             if engine == "onnx":  # a session keeps the thread count it was built with
                 inspector = _inspector(line, n, engine=engine)
             set_threads(n)
-            inspector.inspect_image_many([query], paths[0], image=images[0])
-            ms = []
-            for _ in range(rounds):
-                for p, im in zip(paths, images):
-                    t = time.perf_counter()
-                    inspector.inspect_image_many([query], p, image=im)
-                    ms.append((time.perf_counter() - t) * 1000)
+            inspector.inspect_image_many([query], pairs[0][0], image=pairs[0][1])  # warm-up
+            ms = _time_ms(_inspects(inspector, query), pairs, rounds)
             p50 = statistics.median(ms)
             idle_p50 = idle.get(str(n), {}).get("agent_p50")
             rows[str(n)] = {

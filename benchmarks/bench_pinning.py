@@ -43,12 +43,7 @@ def _child(line: str, images: int, rounds: int, pinning: bool, out: Path) -> Non
         inspector.inspect_image_many([query], paths[0], image=loaded[0])  # warm-up
         start = float(os.environ["BENCH_PINNING_START"])
         time.sleep(max(0.0, start - time.time()))  # the processes of a run start inspecting together
-        ms = []
-        for _ in range(rounds):
-            for p, im in zip(paths, loaded):
-                t = time.perf_counter()
-                inspector.inspect_image_many([query], p, image=im)
-                ms.append((time.perf_counter() - t) * 1000)
+        ms = bench_batch._time_ms(bench_batch._inspects(inspector, query), list(zip(paths, loaded)), rounds)
     out.write_text(json.dumps({"p50": round(statistics.median(ms), 1), "images": len(ms)}))
 
 
