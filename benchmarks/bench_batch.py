@@ -15,7 +15,9 @@
 - `onnx_stages`: `stages`, `busy` and `batch` on the onnx engine in a child process without torch, against the bare exported
   detector on the same runtime, then the bare ultralytics detector (torch) on the same images in this process
   (`agent_over_ultralytics`, the issue's baseline); `--onnx-runtime openvino --onnx-precision bf16` runs them on
-  OpenVINO (results under `onnx_stages_openvino_bf16`).
+  OpenVINO (results under `onnx_stages_openvino_bf16`). Per image also the time inside the networks themselves
+  (`networks_p50`, `networks_over_ultralytics`) and, on a line with an anomaly model, the agent without that stage
+  (`without_anomaly_over_ultralytics`: the pipeline the issue measured).
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
 - `rss`: `defect-agent batch` over `--rss-images` distinct generated images in a child process; its RSS sampled each
@@ -30,6 +32,7 @@ Writes benchmarks/results/batch_<line>.json (parts merged into what is there) an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -38,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +124,63 @@ def _bare(inspector: Any) -> Any:
     return lambda seen: model.predict([seen], conf=conf, iou=line.iou, imgsz=line.imgsz, verbose=False)
 
 
+@contextlib.contextmanager
+def _network_clock(spent: dict[str, float]) -> Iterator[dict[str, float]]:
+    """While open, every exported network's run (OpenVINO or onnxruntime session) adds its wall milliseconds to
+    `spent` under the file's name: what of the agent's time is the networks themselves."""
+    from vision.onnx_session import OpenVinoSession
+
+    classes: list[Any] = [OpenVinoSession]
+    if "onnxruntime" in sys.modules:
+        classes.append(sys.modules["onnxruntime"].InferenceSession)
+    originals = {cls: cls.run for cls in classes}
+
+    def timed(original: Callable[..., Any]) -> Callable[..., Any]:
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                name = Path(str(getattr(self, "path", None) or getattr(self, "_model_path", "?"))).name
+                spent[name] = spent.get(name, 0.0) + (time.perf_counter() - t) * 1000
+
+        return run
+
+    for cls, original in originals.items():
+        cls.run = timed(original)
+    try:
+        yield spent
+    finally:
+        for cls, original in originals.items():
+            cls.run = original
+
+
+def _networks_and_pipeline(inspector: Any, query: Any, pairs: list[tuple[str, np.ndarray]], rounds: int) -> dict:
+    """On the onnx engine: per image, the milliseconds inside the exported networks (p50 of their sum and of each)
+    and, on a line with an anomaly model, the agent's p50 without that stage - the pipeline the issue measured
+    (detector, measure, embed, retrieve, fuse; the anomaly model came with a later issue)."""
+    call = _inspects(inspector, query)
+    per_image: list[dict[str, float]] = []
+    for _ in range(rounds):
+        for pair in pairs:
+            with _network_clock({}) as spent:
+                call(pair)
+            per_image.append(spent)
+    names = sorted({name for spent in per_image for name in spent})
+    out: dict[str, Any] = {
+        "networks_p50": round(statistics.median(sum(spent.values()) for spent in per_image), 1),
+        "network_p50": {n: round(statistics.median(s.get(n, 0.0) for s in per_image), 1) for n in names},
+    }
+    if inspector.anomaly is not None:
+        stage, inspector.anomaly = inspector.anomaly, None
+        try:
+            ms = _time_ms(call, pairs, rounds)
+        finally:
+            inspector.anomaly = stage
+        out["agent_without_anomaly_p50"] = round(statistics.median(ms), 1)
+    return out
+
+
 def part_stages(line: str, paths: list[str], threads: list[int], rounds: int, engine: str = "torch") -> dict[str, Any]:
     from agent.images import read_image
     from defect_agent.runtime import set_threads
@@ -162,6 +222,8 @@ def part_stages(line: str, paths: list[str], threads: list[int], rounds: int, en
             "stages_p50": {k: round(statistics.median(v), 1) for k, v in stages.items()},
             "images": len(agent_ms),
         }
+        if engine == "onnx":
+            rows[str(n)].update(_networks_and_pipeline(inspector, query, list(zip(paths, images)), rounds))
         print(f"stages {line} {engine} threads={n}: {rows[str(n)]}", file=sys.stderr)
     return rows
 
@@ -192,6 +254,9 @@ def part_onnx_stages(
         row = rows[n]
         row["ultralytics_bare_p50"], row["ultralytics_bare_p95"] = bare["p50"], bare["p95"]
         row["agent_over_ultralytics"] = round(row["agent_p50"] / bare["p50"], 2)
+        row["networks_over_ultralytics"] = round(row["networks_p50"] / bare["p50"], 2)
+        if "agent_without_anomaly_p50" in row:
+            row["without_anomaly_over_ultralytics"] = round(row["agent_without_anomaly_p50"] / bare["p50"], 2)
         print(f"onnx_stages {line} threads={n}: agent {row['agent_p50']} ms, ultralytics {bare}", file=sys.stderr)
     return rows
 
