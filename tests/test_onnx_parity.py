@@ -364,6 +364,8 @@ def test_numpy_crop_preprocessing_equals_the_torch_transform(battery_images):
     expected = to_batch(crops, embedder.transform).numpy()
     got = numpy_batch(crops, expected.shape[-1], mean, std)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # crops prepared side by side on a pool land in their own rows, value for value
+    np.testing.assert_array_equal(numpy_batch(crops, expected.shape[-1], mean, std, threads=3), got)
 
 
 def _corners(box: Box) -> tuple[int, ...]:

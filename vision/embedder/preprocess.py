@@ -5,7 +5,10 @@ converted BGR -> RGB and passed through the open_clip eval transform (resize, ce
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -60,20 +63,37 @@ def to_batch(crops: list[np.ndarray], transform: Callable):
     return torch.stack(tensors)
 
 
-def numpy_batch(crops: list[np.ndarray], size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+def numpy_batch(
+    crops: list[np.ndarray], size: int, mean: tuple[float, ...], std: tuple[float, ...], threads: int = 1
+) -> np.ndarray:
     """`to_batch` with the eval transform (bicubic resize to `size`, centre crop, to tensor, normalise) done in
     numpy and PIL, for the onnx engine: float32 (n, 3, size, size). Crops are squares here, so the resize is to
     size x size and the centre crop keeps everything - the same steps, value for value
-    (tests/test_onnx_parity.py)."""
+    (tests/test_onnx_parity.py). `threads` > 1 prepares crops side by side: PIL's resize, OpenCV and numpy release
+    the GIL, and the networks are idle meanwhile (a battery_tab image's ~6 crops: 4.9 -> 3.5 ms at 2 threads, the
+    same arrays)."""
     from PIL import Image
 
     out = np.empty((len(crops), 3, size, size), dtype=np.float32)
-    for i, crop in enumerate(crops):
-        image = Image.fromarray(cv2.cvtColor(pad_to_square(as_bgr(crop)), cv2.COLOR_BGR2RGB))
+
+    def fill(i: int) -> None:
+        image = Image.fromarray(cv2.cvtColor(pad_to_square(as_bgr(crops[i])), cv2.COLOR_BGR2RGB))
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.BICUBIC)
         normalise_into(out[i], np.asarray(image), mean, std)
+
+    if threads > 1 and len(crops) > 1:
+        list(_crop_pool(min(threads, len(crops)), os.getpid()).map(fill, range(len(crops))))
+    else:
+        for i in range(len(crops)):
+            fill(i)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _crop_pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per thread count, per process (`pid`: a forked child never reuses its parent's dead threads)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="crop-prep")
 
 
 def normalise_into(out: np.ndarray, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> None:
