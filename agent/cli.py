@@ -97,7 +97,7 @@ def inspect(
     overlays: Path | None = typer.Option(None, help="write annotated images into this folder"),
     kb: Path | None = typer.Option(None, help="knowledge base folder (default: configs/default.yaml kb_dir)"),
     k: int | None = typer.Option(None, help="similar past cases per defect"),
-    no_kb: bool = typer.Option(False, help="skip retrieval of similar cases"),
+    no_kb: bool = typer.Option(False, "--no-kb", help="skip retrieval of similar cases"),
     lang: str | None = typer.Option(
         None, help="language of reasons, table and overlays: zh | en (default: the instruction's)"
     ),
@@ -176,7 +176,7 @@ def batch(
     out: Path = typer.Option(..., help="output folder: verdicts.jsonl, verdicts.csv, report.html, runs/"),
     line: str | None = typer.Option(None, help="must match the profile's line when given"),
     kb: Path | None = typer.Option(None, help="knowledge base folder (default: kb_dir)"),
-    no_kb: bool = typer.Option(False, help="skip retrieval of similar cases"),
+    no_kb: bool = typer.Option(False, "--no-kb", help="skip retrieval of similar cases"),
     watch: bool = typer.Option(False, help="keep following the inputs for new images (stop with Ctrl-C / SIGTERM)"),
     interval: float = typer.Option(10.0, min=0.5, help="--watch: seconds between looks at the inputs"),
     batch_size: int = typer.Option(4, min=1, max=64, help="images per model call"),

@@ -24,7 +24,7 @@ def eval_queries(
     seed: int = typer.Option(4242, help="battery_tab: test-set seed (training used other seeds)"),
     out: Path = typer.Option(Path("var/eval/queries"), help="where the test set and verdicts go"),
     as_json: Path | None = typer.Option(None, "--json", help="write the figures as JSON here"),
-    no_kb: bool = typer.Option(False, help="skip retrieval"),
+    no_kb: bool = typer.Option(False, "--no-kb", help="skip retrieval"),
     deeppcb: Path | None = typer.Option(None, help="pcb: DeepPCB folder (default ../shared/datasets/deeppcb)"),
     max_boards: int | None = typer.Option(None, help="pcb: only the first N validation boards (quick checks)"),
     skip_boards: int = typer.Option(
