@@ -20,6 +20,9 @@
   (`without_anomaly_over_ultralytics`: the pipeline the issue measured).
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
   records compared (floats to 3 decimals).
+- `ray_scale`: the nightly job as cron runs it (`defect-agent batch`, the line's nightly profile, onnx engine on
+  `--onnx-runtime` / `--onnx-precision`) over `--images` and `--scale-images` images, local engine vs `--engine ray
+  --workers 2 --threads 1`: images/s past each engine's start, where Ray starts to finish first, records compared.
 - `rss`: `defect-agent batch` over `--rss-images` distinct generated images in a child process; its RSS sampled each
   second against the number of results written: RSS at 1 k and at the end.
 
@@ -526,6 +529,72 @@ def part_ray(line: str, paths: list[str], batch_size: int, workers: int) -> dict
     return out
 
 
+def part_ray_scale(line: str, small: int, large: int, runtime: str, precision: str, workers: int = 2) -> dict:
+    """The nightly job as cron runs it - `defect-agent batch` with the line's nightly profile, a new process, the onnx
+    engine - over `small` and then `large` images, by the local engine and by `--engine ray --workers W --threads 1`:
+    wall seconds, each engine's images/s past its start ((large - small) / the difference in wall time), where Ray
+    starts to finish first, and the large runs' records compared."""
+    from agent.batch.ledger import comparable
+
+    profile = ROOT / "configs" / "profiles" / f"{line}_nightly.yaml"
+    with tempfile.TemporaryDirectory(prefix="bench-ray-scale-") as tmp:
+        env = {
+            **os.environ,
+            "DEFECT_AGENT_DATA": tmp,
+            "DEFECT_AGENT_ENGINE": "onnx",
+            "DEFECT_AGENT_ONNX_RUNTIME": runtime,
+            "DEFECT_AGENT_ONNX_PRECISION": precision,
+        }
+        subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
+        paths = _images(line, large, Path(tmp) / "all", spread=True)
+        manifests = {}
+        for n in (small, large):
+            manifests[n] = Path(tmp) / f"images_{n}.txt"
+            manifests[n].write_text("\n".join(paths[:n]) + "\n", encoding="utf-8")
+        engines = {"local": [], "ray": ["--engine", "ray", "--workers", str(workers), "--threads", "1"]}
+        wall: dict[str, dict[int, float]] = {name: {} for name in engines}
+        for n in (small, large):
+            for name, extra in engines.items():
+                folder = Path(tmp) / f"out_{name}_{n}"
+                t = time.perf_counter()
+                done = subprocess.run(
+                    [CLI, "batch", "--profile", str(profile), str(manifests[n]), "--out", str(folder), *extra],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                wall[name][n] = round(time.perf_counter() - t, 1)
+                if done.returncode not in (0, 1):
+                    raise SystemExit(f"batch {name} over {n} images failed ({done.returncode}): {done.stderr[-2000:]}")
+
+        def records(name: str) -> dict[str, Any]:
+            rows = (Path(tmp) / f"out_{name}_{large}" / "verdicts.jsonl").read_text(encoding="utf-8").splitlines()
+            return {json.loads(row)["key"]: comparable(json.loads(row)) for row in rows}
+
+        local, ray = records("local"), records("ray")
+    rate = {name: round((large - small) / (wall[name][large] - wall[name][small]), 2) for name in engines}
+    start = {name: round(wall[name][small] - small / rate[name], 1) for name in engines}
+    out = {
+        "images": [small, large],
+        "workers": workers,
+        "runtime": f"{runtime}-{precision}",
+        "wall_s": {name: {str(n): s for n, s in by_n.items()} for name, by_n in wall.items()},
+        "images_per_s_past_start": rate,
+        "start_s": start,
+        "ray_over_local_past_start": round(rate["ray"] / rate["local"], 2),
+        # where the two wall-time lines cross: start_ray + n / rate_ray = start_local + n / rate_local
+        "ray_first_from_images": (
+            round((start["ray"] - start["local"]) / (1 / rate["local"] - 1 / rate["ray"]))
+            if rate["ray"] > rate["local"]
+            else None
+        ),
+        "records": [len(local), len(ray)],
+        "records_equal_3_decimals": sum(local[k] == ray.get(k) for k in local),
+    }
+    print(f"ray_scale {line}: {out}", file=sys.stderr)
+    return out
+
+
 def _rss_kb(pid: int) -> int:
     for row in Path(f"/proc/{pid}/status").read_text().splitlines():
         if row.startswith("VmRSS:"):
@@ -599,6 +668,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--batch-threads", type=int, default=0, help="threads of the batch part (0: auto)")
     ap.add_argument("--rss-images", type=int, default=10000)
+    ap.add_argument("--scale-images", type=int, default=480, help="ray_scale: the large run (the small: --images)")
     ap.add_argument("--onnx-runtime", default="onnxruntime", choices=["onnxruntime", "openvino"], help="onnx_stages")
     ap.add_argument("--onnx-precision", default="f32", choices=["f32", "bf16"], help="onnx_stages (bf16: openvino)")
     ap.add_argument(
@@ -657,6 +727,11 @@ def main() -> None:
             result["onnx_stages"] = stages
         if "ray" in parts:
             result["ray"] = part_ray(args.line, paths, args.batch_size, workers=2)
+        if "ray_scale" in parts:
+            key = f"ray_scale_{args.onnx_runtime}_{args.onnx_precision}"
+            result[key] = part_ray_scale(
+                args.line, args.images, args.scale_images, args.onnx_runtime, args.onnx_precision
+            )
         if "rss" in parts:
             result["rss"] = part_rss(args.line, args.rss_images, args.batch_size)
     result["load_average_1min_after"] = round(os.getloadavg()[0], 2)
