@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from defect_agent.paths import resolve
 from retrieval.hits import SimilarCase
 from vision.crops import crop_region
 from vision.detection import Detection
+
+if TYPE_CHECKING:  # vision.measure loads with the first analysis
+    from vision.measure import Measured
 
 log = logging.getLogger(__name__)
 INSPECT_BATCH = 4  # images per detector call when `inspect` is given several
@@ -145,8 +148,15 @@ class Inspector:
             embedder=getattr(self.embedder, "version", None),
             verifier=getattr(self.verifier, "version", None),
             kb_snapshot=_kb_snapshot(self.kb),
-            anomaly=self.anomaly.version if self.anomaly is not None else None,
+            anomaly=self._anomaly_version(),
         )
+
+    def _anomaly_version(self) -> str | None:
+        if self.anomaly is None:
+            return None
+        # unembedded faint regions change verdicts: a batch resumed with the other setting must not reuse them
+        quiet = self.line.anomaly is not None and not self.line.anomaly.embed_faint
+        return f"{self.anomaly.version}|faint-unembedded" if quiet else self.anomaly.version
 
     def parse(self, instruction: str) -> InspectionQuery:
         from agent.parser import parse_instruction
@@ -388,30 +398,36 @@ class Inspector:
                 summaries[i] = summary
                 measured[i] = [*measured[i], *regions]
             timings["anomaly"] = _ms(t)
-        vectors: list[np.ndarray | None] = [None] * len(images)
-        textures: list[Any] = [None] * len(images)
-        crops = [crop_region(image, m.box) for image, own in zip(images, measured) for m in own]
-        if self.embedder is not None and crops:
+        # per finding its vector and texture score; None where it is not embedded
+        vectors: list[list[Any]] = [[None] * len(own) for own in measured]
+        textures: list[list[Any]] = [[None] * len(own) for own in measured]
+        wanted = [(i, j) for i, own in enumerate(measured) for j, m in enumerate(own) if self._embeds(m)]
+        if self.embedder is not None and wanted:
             t = time.perf_counter()
-            flat = self.embedder.embed_images(crops)
+            flat = self.embedder.embed_images([crop_region(images[i], measured[i][j].box) for i, j in wanted])
             timings["embed"] = _ms(t)
             scored = self.texture_scorer.score_vectors(flat) if self.texture_scorer is not None else None
-            start = 0
-            for i, own in enumerate(measured):
-                vectors[i] = flat[start : start + len(own)]
-                if scored is not None:
-                    textures[i] = scored[start : start + len(own)]
-                start += len(own)
+            for row, (i, j) in enumerate(wanted):
+                vectors[i][j] = flat[row]
+                textures[i][j] = scored[row] if scored is not None else None
         t = time.perf_counter()
         out = [(self._fuse(own, vectors[i], textures[i], k), summaries[i]) for i, own in enumerate(measured)]
         timings["retrieve_fuse"] = _ms(t)
         return out
 
-    def _fuse(self, measured: list, vectors: np.ndarray | None, textures: Any, k: int) -> list[DefectFinding]:
+    def _embeds(self, m: Measured) -> bool:
+        """Whether a finding's crop is embedded: all are, but a faint anomaly region (below the review band on its
+        own) on a line whose `anomaly.embed_faint` is off."""
+        if m.source != "anomaly" or self.line.anomaly is None or self.line.anomaly.embed_faint:
+            return True
+        band = self.line.acceptance.review_band or self.app.fusion.review_band
+        return m.confidence >= band[0]
+
+    def _fuse(self, measured: list, vectors: list[Any], textures: list[Any], k: int) -> list[DefectFinding]:
         findings: list[DefectFinding] = []
         for i, m in enumerate(measured):
-            similar = self._similar(vectors[i], k) if vectors is not None else []
-            texture = textures[i].defect_score if textures is not None else None
+            similar = self._similar(vectors[i], k) if vectors[i] is not None else []
+            texture = textures[i].defect_score if textures[i] is not None else None
             evidence = case_evidence(similar)
             defect_class, alternatives = m.defect_class, m.alternatives
             if m.source == "anomaly" and self.anomaly is not None:

@@ -69,6 +69,49 @@ def test_findings_carry_similar_cases_and_scores(inspector, cells):
     assert any(r.startswith("c1") for r in v.query_reasons) and any(r.startswith("c2") for r in v.query_reasons)
 
 
+def test_faint_anomaly_regions_skip_the_embedder_when_the_line_says_so(inspector, cells, monkeypatch):
+    from agent.images import read_image
+
+    band = inspector.line.acceptance.review_band or inspector.app.fusion.review_band
+    embedded: list[int] = []
+    embed = inspector.embedder.embed_images
+
+    def counting(crops):
+        embedded.append(len(crops))
+        return embed(crops)
+
+    monkeypatch.setattr(inspector.embedder, "embed_images", counting)
+    images = [read_image(p, inspector.line.image_size) for p in cells.values()]
+    before = [inspector.analyse(image) for image in images]
+    faint = [[f for f in found if f.source == "anomaly" and f.confidence < band[0]] for found in before]
+    assert sum(map(len, faint)) > 0, "the planted cells should show faint anomaly regions"
+    assert all(f.similar_cases and f.texture_score is not None for own in faint for f in own)
+    assert embedded == [len(found) for found in before]
+    assert "faint" not in inspector.versions().anomaly
+
+    embedded.clear()
+    quiet = inspector.line.anomaly.model_copy(update={"embed_faint": False})
+    monkeypatch.setattr(inspector, "line", inspector.line.model_copy(update={"anomaly": quiet}))
+    after = [inspector.analyse(image) for image in images]
+    # the setting is part of the models' identity: a resumed batch does not mix the two ways
+    assert inspector.versions().anomaly.endswith("|faint-unembedded")
+    assert embedded == [len(found) - len(own) for found, own in zip(before, faint) if len(found) > len(own)]
+    for found, again, own in zip(before, after, faint):
+        assert [(f.defect_class, f.box) for f in found if f not in own] == [
+            (f.defect_class, f.box) for f in again if f.source != "anomaly" or f.confidence >= band[0]
+        ]
+        unembedded = [f for f in again if f.source == "anomaly" and f.confidence < band[0]]
+        assert [f.box for f in unembedded] == [f.box for f in own]
+        # no example can name or lift them: they keep their own confidence and the anomaly class
+        assert all(not f.similar_cases and f.texture_score is None for f in unembedded)
+        assert all(abs(f.probability - f.confidence) <= 1e-4 and f.defect_class == "anomaly" for f in unembedded)
+        # what is embedded is scored as before
+        kept = [f for f in found if f not in own]
+        again_kept = [f for f in again if f not in unembedded]
+        assert [f.similar_cases for f in kept] == [f.similar_cases for f in again_kept]
+        assert [f.probability for f in kept] == [f.probability for f in again_kept]
+
+
 def test_unreadable_image_gives_review_with_error_and_the_rest_still_run(inspector, cells, tmp_path):
     bad = tmp_path / "torn.png"
     bad.write_bytes(b"not an image")
