@@ -1,6 +1,6 @@
 """What embedding faint anomaly regions buys and what it costs (`anomaly.embed_faint` of a line): the agent over
-generated battery_tab cells with exact truth, each cell inspected with its faint regions embedded (the default) and
-without, the two ways taking turns per cell in one process, one image per call (a station).
+generated battery_tab cells with exact truth, each cell inspected with its faint regions embedded and without, the
+two ways taking turns per cell in one process, one image per call (a station).
 
     DEFECT_AGENT_ENGINE=onnx DEFECT_AGENT_ONNX_RUNTIME=openvino DEFECT_AGENT_ONNX_PRECISION=bf16 \
         python benchmarks/bench_faint.py --images 480
@@ -75,8 +75,8 @@ def run(images: int, threads: int) -> dict[str, Any]:
         line = inspector.line
         assert line.anomaly is not None, f"line {LINE} has no anomaly model"
         ways = {
-            "embedded": line,
-            "not_embedded": line.model_copy(update={"anomaly": line.anomaly.model_copy(update={"embed_faint": False})}),
+            way: line.model_copy(update={"anomaly": line.anomaly.model_copy(update={"embed_faint": value})})
+            for way, value in (("embedded", True), ("not_embedded", False))
         }
         band = line.acceptance.review_band or inspector.app.fusion.review_band
         tolerance = next(d.tolerance_mm for d in line.derived if d.rule == "offset")

@@ -80,8 +80,14 @@ def test_faint_anomaly_regions_skip_the_embedder_when_the_line_says_so(inspector
         embedded.append(len(crops))
         return embed(crops)
 
+    def with_embed_faint(value: bool):
+        anomaly = inspector.line.anomaly.model_copy(update={"embed_faint": value})
+        return inspector.line.model_copy(update={"anomaly": anomaly})
+
     monkeypatch.setattr(inspector.embedder, "embed_images", counting)
+    embedding, quiet = with_embed_faint(True), with_embed_faint(False)
     images = [read_image(p, inspector.line.image_size) for p in cells.values()]
+    monkeypatch.setattr(inspector, "line", embedding)
     before = [inspector.analyse(image) for image in images]
     faint = [[f for f in found if f.source == "anomaly" and f.confidence < band[0]] for found in before]
     assert sum(map(len, faint)) > 0, "the planted cells should show faint anomaly regions"
@@ -90,8 +96,7 @@ def test_faint_anomaly_regions_skip_the_embedder_when_the_line_says_so(inspector
     assert "faint" not in inspector.versions().anomaly
 
     embedded.clear()
-    quiet = inspector.line.anomaly.model_copy(update={"embed_faint": False})
-    monkeypatch.setattr(inspector, "line", inspector.line.model_copy(update={"anomaly": quiet}))
+    monkeypatch.setattr(inspector, "line", quiet)
     after = [inspector.analyse(image) for image in images]
     # the setting is part of the models' identity: a resumed batch does not mix the two ways
     assert inspector.versions().anomaly.endswith("|faint-unembedded")
