@@ -231,7 +231,7 @@ class AnomalyLineConfig(_Strict):
     detector_overlap: float = Field(0.3, ge=0.0, le=1.0)  # a region this much inside a detector box is explained
     # False: a region below the review band on its own is reported without embedding it - no similar cases, so no
     # example can name or lift it - which saves one image-tower pass per faint region (battery_tab on a line PC:
-    # ~2.8 per cell; docs/results.md, "Faint regions")
+    # ~2.9 per cell; docs/results.md, "Faint regions")
     embed_faint: bool = True
     label: ClassSpec = Field(default_factory=default_anomaly_label)  # the unnamed region's class and its words
 

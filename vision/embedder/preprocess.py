@@ -83,16 +83,17 @@ def numpy_batch(
         normalise_into(out[i], np.asarray(image), mean, std)
 
     if threads > 1 and len(crops) > 1:
-        list(_crop_pool(min(threads, len(crops)), os.getpid()).map(fill, range(len(crops))))
+        list(_crop_pool(threads, os.getpid()).map(fill, range(len(crops))))
     else:
         for i in range(len(crops)):
             fill(i)
     return out
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _crop_pool(threads: int, pid: int) -> ThreadPoolExecutor:
-    """One pool per thread count, per process (`pid`: a forked child never reuses its parent's dead threads)."""
+    """One pool per thread count (a process settles on one), per process (`pid`: a forked child never reuses its
+    parent's dead threads)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="crop-prep")
 
 
