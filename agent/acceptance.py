@@ -84,9 +84,15 @@ def _judge_one(
     return "review", say("near", lang, name=name, detail="; ".join(near))
 
 
+def review_band(line: LineConfig, fusion: FusionConfig) -> tuple[float, float]:
+    """The probability band that sends a finding to a person: the line's own (`acceptance.review_band`), else the
+    fusion's default."""
+    return line.acceptance.review_band or fusion.review_band
+
+
 def judge_part(findings: list[DefectFinding], line: LineConfig, fusion: FusionConfig, lang: str = "en") -> Acceptance:
     """Judge one part by its findings under the line's acceptance rules."""
-    band = line.acceptance.review_band or fusion.review_band
+    band = review_band(line, fusion)
     margin = (
         line.acceptance.measurement_margin_mm
         if line.acceptance.measurement_margin_mm is not None

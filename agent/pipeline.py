@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.acceptance import review_band
 from agent.clauses import decide
 from agent.fusion import FusionWeights, load_fusion
 from agent.images import apply_scope, read_image
@@ -420,8 +421,7 @@ class Inspector:
         own) on a line whose `anomaly.embed_faint` is off."""
         if m.source != "anomaly" or self.line.anomaly is None or self.line.anomaly.embed_faint:
             return True
-        band = self.line.acceptance.review_band or self.app.fusion.review_band
-        return m.confidence >= band[0]
+        return m.confidence >= review_band(self.line, self.app.fusion)[0]
 
     def _fuse(self, measured: list, vectors: list[Any], textures: list[Any], k: int) -> list[DefectFinding]:
         findings: list[DefectFinding] = []

@@ -55,6 +55,7 @@ def _defective(truth: dict[str, Any], tolerance_mm: float) -> bool:
 
 
 def run(images: int, threads: int) -> dict[str, Any]:
+    from agent.acceptance import review_band
     from agent.images import read_image
     from defect_agent.config import load_app_config
 
@@ -78,7 +79,7 @@ def run(images: int, threads: int) -> dict[str, Any]:
             way: line.model_copy(update={"anomaly": line.anomaly.model_copy(update={"embed_faint": value})})
             for way, value in (("embedded", True), ("not_embedded", False))
         }
-        band = line.acceptance.review_band or inspector.app.fusion.review_band
+        band = review_band(line, inspector.app.fusion)
         tolerance = next(d.tolerance_mm for d in line.derived if d.rule == "offset")
         pairs = [(p, read_image(p, line.image_size)) for p in paths]
         for p, im in pairs[:2]:  # warm-up

@@ -70,9 +70,10 @@ def test_findings_carry_similar_cases_and_scores(inspector, cells):
 
 
 def test_faint_anomaly_regions_skip_the_embedder_when_the_line_says_so(inspector, cells, monkeypatch):
+    from agent.acceptance import review_band
     from agent.images import read_image
 
-    band = inspector.line.acceptance.review_band or inspector.app.fusion.review_band
+    band = review_band(inspector.line, inspector.app.fusion)
     embedded: list[int] = []
     embed = inspector.embedder.embed_images
 
