@@ -235,6 +235,20 @@ def part_stages(line: str, paths: list[str], threads: list[int], rounds: int, en
     return rows
 
 
+def onnx_env(line: str, data: str, runtime: str, precision: str) -> dict[str, str]:
+    """The environment of a process on the onnx engine with `runtime` / `precision` and `data` as its data folder,
+    the line's files exported there first (by the project's command, as a line PC does)."""
+    env = {
+        **os.environ,
+        "DEFECT_AGENT_DATA": data,
+        "DEFECT_AGENT_ENGINE": "onnx",
+        "DEFECT_AGENT_ONNX_RUNTIME": runtime,
+        "DEFECT_AGENT_ONNX_PRECISION": precision,
+    }
+    subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
+    return env
+
+
 def part_onnx_stages(
     line: str, paths: list[str], threads: list[int], rounds: int, runtime: str = "onnxruntime", precision: str = "f32"
 ) -> dict[str, Any]:
@@ -242,14 +256,7 @@ def part_onnx_stages(
     exported detector alone on the same runtime; files exported into a temporary data folder first. Then, in this
     process, the bare ultralytics detector on the same images (`agent_over_ultralytics`)."""
     with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-stages-") as data:
-        env = {
-            **os.environ,
-            "DEFECT_AGENT_DATA": data,
-            "DEFECT_AGENT_ENGINE": "onnx",
-            "DEFECT_AGENT_ONNX_RUNTIME": runtime,
-            "DEFECT_AGENT_ONNX_PRECISION": precision,
-        }
-        subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
+        env = onnx_env(line, data, runtime, precision)
         child_out = Path(data) / "child.json"
         cmd = [sys.executable, __file__, "--line", line, "--parts", "onnx_stages_here", "--out", str(child_out)]
         cmd += ["--images", str(len(paths)), "--rounds", str(rounds), "--threads", *map(str, threads)]
@@ -538,14 +545,7 @@ def part_ray_scale(line: str, small: int, large: int, runtime: str, precision: s
 
     profile = ROOT / "configs" / "profiles" / f"{line}_nightly.yaml"
     with tempfile.TemporaryDirectory(prefix="bench-ray-scale-") as tmp:
-        env = {
-            **os.environ,
-            "DEFECT_AGENT_DATA": tmp,
-            "DEFECT_AGENT_ENGINE": "onnx",
-            "DEFECT_AGENT_ONNX_RUNTIME": runtime,
-            "DEFECT_AGENT_ONNX_PRECISION": precision,
-        }
-        subprocess.run([CLI, "export", "--line", line, "--format", "onnx"], check=True, env=env, capture_output=True)
+        env = onnx_env(line, tmp, runtime, precision)
         paths = _images(line, large, Path(tmp) / "all", spread=True)
         manifests = {}
         for n in (small, large):

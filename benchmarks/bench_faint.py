@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_batch import CLI, ROOT, _images, _inspector, _pct
+from bench_batch import ROOT, _images, _inspector, _pct, onnx_env
 
 LINE = "battery_tab"
 PARTS = ("tab", "weld")
@@ -59,11 +58,11 @@ def run(images: int, threads: int) -> dict[str, Any]:
     from agent.images import read_image
     from defect_agent.config import load_app_config
 
-    engine = load_app_config().engine
+    app = load_app_config()
+    engine = app.engine
     with tempfile.TemporaryDirectory(prefix="bench-faint-") as tmp:
-        if engine == "onnx":
-            os.environ["DEFECT_AGENT_DATA"] = tmp  # the onnx engine reads var/onnx under the data folder
-            subprocess.run([CLI, "export", "--line", LINE, "--format", "onnx"], check=True, capture_output=True)
+        if engine == "onnx":  # this process reads var/onnx under the data folder the files are exported to
+            os.environ.update(onnx_env(LINE, tmp, app.onnx.runtime, app.onnx.precision))
         folder = Path(tmp) / "cells"
         paths = _images(LINE, images, folder)
         rows = (folder / "truth.jsonl").read_text(encoding="utf-8").splitlines()

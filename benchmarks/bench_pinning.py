@@ -91,18 +91,10 @@ def main() -> None:
         "threads_per_process": 1,
         "load_average_1min_before": round(os.getloadavg()[0], 2),
     }
-    cli = str(Path(sys.executable).with_name("defect-agent"))
+    from bench_batch import onnx_env
+
     with tempfile.TemporaryDirectory(prefix="bench-pinning-data-") as data:
-        env = {
-            **os.environ,
-            "DEFECT_AGENT_DATA": data,
-            "DEFECT_AGENT_ENGINE": "onnx",
-            "DEFECT_AGENT_ONNX_RUNTIME": "openvino",
-            "DEFECT_AGENT_ONNX_PRECISION": args.precision,
-        }
-        subprocess.run(
-            [cli, "export", "--line", args.line, "--format", "onnx"], check=True, env=env, capture_output=True
-        )
+        env = onnx_env(args.line, data, "openvino", args.precision)
         for pinning in (True, False):
             alone = _run(args.line, args.images, args.rounds, pinning, 1, env)[0]
             both = _run(args.line, args.images, args.rounds, pinning, 2, env)
