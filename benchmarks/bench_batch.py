@@ -6,8 +6,9 @@
 - `batch`: the nightly job (`run_batch`: prefetch, `--batch-size` images per model call) vs the one-image loop
   (`Inspector.inspect_image` per file) over the same images: images/s and the ratio.
 - `busy`: the agent's p50 at 1 thread and at every core while a second process keeps the cores busy (numpy matrix
-  products, 2 threads), against the idle figures of `stages`; and what `threads: auto`'s tuner picks. `--nice -5`
-  runs the agent at a higher priority than that process (as a station service would be set up).
+  products, 2 threads; `--burner-threads 1`: one core), against the idle figures of `stages`; and what `threads:
+  auto`'s tuner picks. `--nice -5` runs the agent at a higher priority than that process (as a station service would
+  be set up).
 - `cold`: a new `defect-agent inspect` process to its first verdict (wall, two runs), on the torch engine and on the
   onnx engine (`DEFECT_AGENT_ENGINE=onnx`, files exported into var/onnx first).
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
@@ -250,7 +251,13 @@ def onnx_env(line: str, data: str, runtime: str, precision: str) -> dict[str, st
 
 
 def part_onnx_stages(
-    line: str, paths: list[str], threads: list[int], rounds: int, runtime: str = "onnxruntime", precision: str = "f32"
+    line: str,
+    paths: list[str],
+    threads: list[int],
+    rounds: int,
+    runtime: str = "onnxruntime",
+    precision: str = "f32",
+    burner_threads: int = 2,
 ) -> dict[str, Any]:
     """`stages` on the onnx engine in a child process that never imports torch (a line PC's), the bare baseline the
     exported detector alone on the same runtime; files exported into a temporary data folder first. Then, in this
@@ -260,6 +267,7 @@ def part_onnx_stages(
         child_out = Path(data) / "child.json"
         cmd = [sys.executable, __file__, "--line", line, "--parts", "onnx_stages_here", "--out", str(child_out)]
         cmd += ["--images", str(len(paths)), "--rounds", str(rounds), "--threads", *map(str, threads)]
+        cmd += ["--burner-threads", str(burner_threads)]
         subprocess.run(cmd, check=True, env=env, cwd=ROOT)
         rows = json.loads(child_out.read_text())["onnx_stages"]
     # the issue's baseline, the bare ultralytics detector of the same weights, in this process (torch) right after
@@ -341,23 +349,29 @@ def part_batch(
     return out
 
 
-def _burner() -> subprocess.Popen:
-    """The competing process, at the default priority whatever `--nice` gave this one."""
+def _burner(threads: int = 2) -> subprocess.Popen:
+    """The competing process on `threads` threads, at the default priority whatever `--nice` gave this one."""
     code = (
-        "import os; os.environ['OMP_NUM_THREADS']='2'\n"
+        f"import os; os.environ['OMP_NUM_THREADS']='{threads}'\n"
         "import numpy as np\na=np.random.rand(700,700)\nwhile True: a=(a@a)/700.0"
     )
     return subprocess.Popen([sys.executable, "-c", code], preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, 0))
 
 
 def part_busy(
-    line: str, paths: list[str], threads: list[int], rounds: int, idle: dict[str, Any], engine: str = "torch"
+    line: str,
+    paths: list[str],
+    threads: list[int],
+    rounds: int,
+    idle: dict[str, Any],
+    engine: str = "torch",
+    burner_threads: int = 2,
 ) -> dict[str, Any]:
     from agent.images import read_image
     from defect_agent.runtime import set_threads
 
     rows: dict[str, Any] = {}
-    burner = _burner()
+    burner = _burner(burner_threads)
     time.sleep(3)
     try:
         inspector = _inspector(line, 1, engine=engine)
@@ -380,6 +394,7 @@ def part_busy(
         best_idle = min((v["agent_p50"] for v in idle.values() if isinstance(v, dict)), default=None)
         best_busy = min(v["agent_p50_busy"] for v in rows.values())
         rows["best_busy_over_best_idle"] = round(best_busy / best_idle, 2) if best_idle else None
+        rows["burner_threads"] = burner_threads
     finally:
         burner.kill()
     return rows
@@ -677,6 +692,9 @@ def main() -> None:
         default=0,
         help="run the agent at this priority (negative needs root; the busy part's competing process stays at 0)",
     )
+    ap.add_argument(
+        "--burner-threads", type=int, default=2, help="busy: the competing process's threads (2: both cores busy)"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.nice:
@@ -702,7 +720,14 @@ def main() -> None:
         if "batch" in parts:
             result["batch"] = part_batch(args.line, paths, args.batch_threads, args.batch_size)
         if "busy" in parts:
-            result["busy"] = part_busy(args.line, paths, args.threads, args.rounds, result.get("stages", {}))
+            result["busy"] = part_busy(
+                args.line,
+                paths,
+                args.threads,
+                args.rounds,
+                result.get("stages", {}),
+                burner_threads=args.burner_threads,
+            )
         if "cold" in parts:
             result["cold"] = part_cold(args.line, paths)
         if "onnx" in parts:
@@ -713,12 +738,16 @@ def main() -> None:
                 key += f"_{args.onnx_runtime}_{args.onnx_precision}"
             if args.nice:
                 key += f"_nice{args.nice}"
+            if args.burner_threads != 2:
+                key += f"_burner{args.burner_threads}"
             result[key] = part_onnx_stages(
-                args.line, paths, args.threads, args.rounds, args.onnx_runtime, args.onnx_precision
+                args.line, paths, args.threads, args.rounds, args.onnx_runtime, args.onnx_precision, args.burner_threads
             )
         if "onnx_stages_here" in parts:  # the child of onnx_stages
             stages = part_stages(args.line, paths, args.threads, args.rounds, engine="onnx")
-            stages["busy"] = part_busy(args.line, paths, args.threads, args.rounds, stages, engine="onnx")
+            stages["busy"] = part_busy(
+                args.line, paths, args.threads, args.rounds, stages, engine="onnx", burner_threads=args.burner_threads
+            )
             stages["batch"] = part_batch(args.line, paths, args.batch_threads, args.batch_size, engine="onnx")
             stages["torch_imported"] = "torch" in sys.modules
             from defect_agent.runtime import chosen_onnx_backend
