@@ -14,9 +14,9 @@
 - `onnx`: the agent with `engine: onnx` (files exported into a temporary folder) vs torch, p50 at each thread count,
   both in this process (their thread pools compete at 2 threads).
 - `onnx_stages`: `stages`, `busy` and `batch` on the onnx engine in a child process without torch, against the bare exported
-  detector on the same runtime, then the bare ultralytics detector (torch) on the same images in this process
-  (`agent_over_ultralytics`, the issue's baseline); `--onnx-runtime openvino --onnx-precision bf16` runs them on
-  OpenVINO (results under `onnx_stages_openvino_bf16`). Per image also the time inside the networks themselves
+  detector on the same runtime, and the bare ultralytics detector (torch) on the same images in this process before
+  and after the child (`agent_over_ultralytics`, the issue's baseline, its p50 over both); `--onnx-runtime openvino
+  --onnx-precision bf16` runs them on OpenVINO (results under `onnx_stages_openvino_bf16`). Per image also the time inside the networks themselves
   (`networks_p50`, `networks_over_ultralytics`) and, on a line with an anomaly model, the agent without that stage
   (`without_anomaly_over_ultralytics`: the pipeline the issue measured).
 - `ray`: the local engine and `--engine ray` (local Ray, 2 CPUs) over the same images and two instructions: the
@@ -260,8 +260,13 @@ def part_onnx_stages(
     burner_threads: int = 2,
 ) -> dict[str, Any]:
     """`stages` on the onnx engine in a child process that never imports torch (a line PC's), the bare baseline the
-    exported detector alone on the same runtime; files exported into a temporary data folder first. Then, in this
-    process, the bare ultralytics detector on the same images (`agent_over_ultralytics`)."""
+    exported detector alone on the same runtime; files exported into a temporary data folder first. In this process,
+    before the child and again after it, the bare ultralytics detector on the same images: its p50 over both
+    (`agent_over_ultralytics`), so that a change of the machine's speed while the child runs hits the baseline as well
+    (`ultralytics_bare_p50_before_after` shows how much it moved)."""
+    # the issue's baseline, the bare ultralytics detector of the same weights, in this process (torch), on the same
+    # images and thread counts
+    before = _ultralytics_bare(line, paths, threads, rounds)
     with tempfile.TemporaryDirectory(prefix="bench-batch-onnx-stages-") as data:
         env = onnx_env(line, data, runtime, precision)
         child_out = Path(data) / "child.json"
@@ -270,21 +275,30 @@ def part_onnx_stages(
         cmd += ["--burner-threads", str(burner_threads)]
         subprocess.run(cmd, check=True, env=env, cwd=ROOT)
         rows = json.loads(child_out.read_text())["onnx_stages"]
-    # the issue's baseline, the bare ultralytics detector of the same weights, in this process (torch) right after
-    # the child, on the same images and thread counts
-    for n, bare in _ultralytics_bare(line, paths, threads, rounds).items():
-        row = rows[n]
-        row["ultralytics_bare_p50"], row["ultralytics_bare_p95"] = bare["p50"], bare["p95"]
-        row["agent_over_ultralytics"] = round(row["agent_p50"] / bare["p50"], 2)
-        row["networks_over_ultralytics"] = round(row["networks_p50"] / bare["p50"], 2)
+    after = _ultralytics_bare(line, paths, threads, rounds)
+    for n, ms in after.items():
+        row, both = rows[n], before[n] + ms
+        bare_p50 = round(statistics.median(both), 1)
+        row["ultralytics_bare_p50"], row["ultralytics_bare_p95"] = bare_p50, _pct(both, 95)
+        row["ultralytics_bare_p50_before_after"] = [
+            round(statistics.median(before[n]), 1),
+            round(statistics.median(ms), 1),
+        ]
+        row["agent_over_ultralytics"] = round(row["agent_p50"] / bare_p50, 2)
+        row["networks_over_ultralytics"] = round(row["networks_p50"] / bare_p50, 2)
         if "agent_without_anomaly_p50" in row:
-            row["without_anomaly_over_ultralytics"] = round(row["agent_without_anomaly_p50"] / bare["p50"], 2)
-        print(f"onnx_stages {line} threads={n}: agent {row['agent_p50']} ms, ultralytics {bare}", file=sys.stderr)
+            row["without_anomaly_over_ultralytics"] = round(row["agent_without_anomaly_p50"] / bare_p50, 2)
+        print(
+            f"onnx_stages {line} threads={n}: agent {row['agent_p50']} ms, ultralytics {bare_p50} ms "
+            f"(before / after {row['ultralytics_bare_p50_before_after']})",
+            file=sys.stderr,
+        )
     return rows
 
 
-def _ultralytics_bare(line: str, paths: list[str], threads: list[int], rounds: int) -> dict[str, dict[str, float]]:
-    """p50 / p95 of the bare ultralytics detector (torch) on `paths` at each thread count."""
+def _ultralytics_bare(line: str, paths: list[str], threads: list[int], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds of the bare ultralytics detector (torch) on each of `paths`, `rounds` times, at each thread
+    count."""
     from agent.images import read_image
     from defect_agent.runtime import set_threads
 
@@ -296,8 +310,7 @@ def _ultralytics_bare(line: str, paths: list[str], threads: list[int], rounds: i
         set_threads(n)
         for s in seen[:2]:  # warm-up
             bare(s)
-        ms = _time_ms(bare, seen, rounds)
-        out[str(n)] = {"p50": round(statistics.median(ms), 1), "p95": _pct(ms, 95)}
+        out[str(n)] = _time_ms(bare, seen, rounds)
     return out
 
 
