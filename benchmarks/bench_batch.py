@@ -514,7 +514,8 @@ def _max_float_diff(a: Any, b: Any) -> float | None:
         return abs(float(a) - float(b))
     else:
         return 0.0 if a == b else None
-    return None if any(d is None for d in diffs) else max(diffs, default=0.0)
+    known = [d for d in diffs if d is not None]
+    return None if len(known) < len(diffs) else max(known, default=0.0)
 
 
 def part_ray(line: str, paths: list[str], batch_size: int, workers: int) -> dict[str, Any]:
@@ -671,17 +672,18 @@ def part_rss(line: str, n: int, batch_size: int) -> dict[str, Any]:
         return round(near[0] / 1024, 1) if near else float("nan")
 
     last = [rss for _, rss in samples if rss]
-    out_row = {
+    at_1k, at_end = at(min(1000, n)), at(n)  # at_end: when the last result was written (the report comes after)
+    out_row: dict[str, Any] = {
         "images": n,
         "exit_code": child.returncode,
         "seconds": round(seconds, 1),
-        "rss_mb_at_1k": at(min(1000, n)),
-        "rss_mb_at_end": at(n),  # when the last result was written (the report comes after)
+        "rss_mb_at_1k": at_1k,
+        "rss_mb_at_end": at_end,
         "rss_mb_max": round(max(last) / 1024, 1) if last else None,
         "samples": samples[:: max(1, len(samples) // 60)],
     }
     if last:
-        out_row["end_over_1k"] = round(out_row["rss_mb_at_end"] / out_row["rss_mb_at_1k"], 3)
+        out_row["end_over_1k"] = round(at_end / at_1k, 3)
     print(f"rss {line}: { {k: v for k, v in out_row.items() if k != 'samples'} }", file=sys.stderr)
     return out_row
 
