@@ -129,15 +129,28 @@ def _bare(inspector: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _network_clock(spent: dict[str, float]) -> Iterator[dict[str, float]]:
-    """While open, every exported network's run (OpenVINO or onnxruntime session) adds its wall milliseconds to
-    `spent` under the file's name: what of the agent's time is the networks themselves."""
+def session_runs_wrapped(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """While open, every exported network's session (OpenVINO, and onnxruntime once imported) runs through
+    `wrap(original run)`; the original `run` methods are put back on exit."""
     from vision.onnx_session import OpenVinoSession
 
     classes: list[Any] = [OpenVinoSession]
     if "onnxruntime" in sys.modules:
         classes.append(sys.modules["onnxruntime"].InferenceSession)
     originals = {cls: cls.run for cls in classes}
+    for cls, original in originals.items():
+        cls.run = wrap(original)
+    try:
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.run = original
+
+
+@contextlib.contextmanager
+def _network_clock(spent: dict[str, float]) -> Iterator[dict[str, float]]:
+    """While open, every exported network's run (OpenVINO or onnxruntime session) adds its wall milliseconds to
+    `spent` under the file's name: what of the agent's time is the networks themselves."""
 
     def timed(original: Callable[..., Any]) -> Callable[..., Any]:
         def run(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -150,13 +163,8 @@ def _network_clock(spent: dict[str, float]) -> Iterator[dict[str, float]]:
 
         return run
 
-    for cls, original in originals.items():
-        cls.run = timed(original)
-    try:
+    with session_runs_wrapped(timed):
         yield spent
-    finally:
-        for cls, original in originals.items():
-            cls.run = original
 
 
 @contextlib.contextmanager

@@ -53,12 +53,7 @@ FIGURES: dict[str, tuple[str, int, int]] = {  # name: (phase, processes, threads
 def _recorded_calls(calls: list[tuple[Any, Any, Any]]) -> Iterator[None]:
     """While open, every exported network's run (OpenVINO or onnxruntime session) is appended to `calls` as
     (session, output names, a copy of its feeds)."""
-    from vision.onnx_session import OpenVinoSession
-
-    classes: list[Any] = [OpenVinoSession]
-    if "onnxruntime" in sys.modules:
-        classes.append(sys.modules["onnxruntime"].InferenceSession)
-    originals = {cls: cls.run for cls in classes}
+    from bench_batch import session_runs_wrapped
 
     def recording(original: Callable[..., Any]) -> Callable[..., Any]:
         def run(self: Any, output_names: Any, feeds: Any, *args: Any, **kwargs: Any) -> Any:
@@ -67,13 +62,8 @@ def _recorded_calls(calls: list[tuple[Any, Any, Any]]) -> Iterator[None]:
 
         return run
 
-    for cls, original in originals.items():
-        cls.run = recording(original)
-    try:
+    with session_runs_wrapped(recording):
         yield
-    finally:
-        for cls, original in originals.items():
-            cls.run = original
 
 
 def _worker(line: str, phase: str, threads: int, paths_file: Path, barrier: Path, out: Path) -> None:
